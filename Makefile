@@ -1,0 +1,31 @@
+# One virtualenv at .venv; every target installs what it needs on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt requirements-dev.txt | sha1sum | cut -c1-12)
+
+.PHONY: venv demo test lint bench clean-venv
+
+$(STAMP): pyproject.toml constraints.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps -e .
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make demo: a real search on bundled data (see README)
+demo: venv
+	$(BIN)/quicktune demo
+
+## make test: lint contracts, then every test (slow ones included)
+test: venv lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1200 tests
+
+lint: venv
+	$(BIN)/lint-imports
+
+bench: venv
+	$(BIN)/python benchmarks/run_all.py

@@ -1,0 +1,106 @@
+"""The trial-backend contract: run one finetuning step somewhere and report how it went.
+
+A *step* advances one configuration to ``to_epoch`` (resuming from its checkpoint directory)
+and produces a RESULT.json (see ``quicktune.finetune.result``). Backends only run steps; the
+controller decides which. Every backend must pass ``quicktune.backends.testing``'s conformance
+suite.
+
+Identity: a step's id is deterministic (``step_id(search_id, config_id, to_epoch)``). Starting a
+step whose id is already known to the backend (running or finished) must *re-adopt* it, never
+start a duplicate; this is what lets a restarted controller continue without repeating work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "pending", "running", "succeeded", "failed", "cancelled"
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+
+def step_id(search_id: str, config_id: str, to_epoch: int) -> str:
+    """A DNS-1123-safe, deterministic id (<= 63 chars) for one step of one search."""
+    base = re.sub(r"[^a-z0-9-]", "-", f"qt-{search_id}".lower()).strip("-")[:40].strip("-")
+    digest = hashlib.sha1(f"{search_id}/{config_id}/{to_epoch}".encode()).hexdigest()[:8]
+    return f"{base}-{config_id[:8]}-e{to_epoch}-{digest}"[:63].strip("-")
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """Everything a worker needs to run ``quicktune step``."""
+
+    search_id: str
+    config_id: str
+    config: Mapping[str, Any]
+    data_uri: str
+    to_epoch: int
+    checkpoint_dir: str  # local path or s3://bucket/prefix, one per config
+    seed: int = 0
+    device: str = "cpu"
+    image_size: int | None = None  # None: the step's default for the dataset
+    extra_env: Mapping[str, str] = field(default_factory=dict)  # non-secret env only
+
+    @property
+    def id(self) -> str:
+        return step_id(self.search_id, self.config_id, self.to_epoch)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["config"] = dict(self.config)
+        d["extra_env"] = dict(self.extra_env)
+        return d
+
+
+@dataclass
+class StepStatus:
+    state: str  # PENDING | RUNNING | SUCCEEDED | FAILED | CANCELLED
+    message: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+
+class BackendError(RuntimeError):
+    """The backend itself failed (not the step): e.g. the cluster API is unreachable."""
+
+
+class TrialBackend(ABC):
+    """Runs steps. Implementations: ``LocalBackend`` (subprocesses), ``KubernetesBackend`` (Jobs)."""
+
+    @abstractmethod
+    def start(self, request: StepRequest) -> str:
+        """Start (or re-adopt, if its id is known) a step; returns its id. Never duplicates."""
+
+    @abstractmethod
+    def poll(self, step_id: str) -> StepStatus:
+        """Current state of a step. Unknown ids raise KeyError."""
+
+    @abstractmethod
+    def result(self, step_id: str) -> dict[str, Any]:
+        """The step's RESULT.json as a dict (only once ``poll`` says it is done). A step that died
+        without writing one yields ``{"status": "failed", "message": ..., "epochs": []}``."""
+
+    @abstractmethod
+    def logs(self, step_id: str) -> str:
+        """Combined stdout/stderr of the step so far (possibly truncated to the tail)."""
+
+    @abstractmethod
+    def cancel(self, step_id: str) -> None:
+        """Stop a step; idempotent; a cancelled step polls as CANCELLED."""
+
+    @abstractmethod
+    def active(self) -> list[str]:
+        """Ids of steps not yet terminal (pending or running), including ones started by an
+        earlier controller process for the same search where the backend can see them."""
+
+    def capacity(self) -> int:
+        """How many steps may run at once."""
+        return 1
+
+    def close(self) -> None:
+        """Release resources; running steps keep running where the backend allows."""
