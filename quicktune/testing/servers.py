@@ -1,0 +1,307 @@
+"""Real S3 (SeaweedFS) and MLflow servers on loopback ports, as context managers.
+
+Why real servers: S3 and MLflow behaviour (auth, ETags, multipart, 403s, artifact proxying) is
+what breaks in production, and fakes hide exactly that. Both servers start in a few seconds here
+and are shared per test session (see ``tests/conftest.py``).
+
+    with SeaweedS3(tmp_path / "s3", "key", "secret") as s3:
+        s3.create_bucket("data")
+        with MlflowServer(tmp_path / "mlflow", s3) as mlf:
+            mlflow.set_tracking_uri(mlf.tracking_uri)
+
+``SeaweedS3`` runs ``weed mini`` (master, volume, filer and S3 gateway in one process) with an
+identity file, so requests must be signed with the given key and secret. ``MlflowServer`` runs
+``mlflow server`` with a sqlite backend and proxies artifacts to ``s3://BUCKET/artifacts``.
+Logs stay in the work folder; if a server does not come up, ``ServerError`` carries the tail of
+its log.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["SeaweedS3", "MlflowServer", "ServerError", "free_port_pair"]
+
+
+class ServerError(RuntimeError):
+    """A test server failed to start (the message includes its log tail)."""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair(n: int = 1, offset: int = 10000, low: int = 20000, high: int = 29999) -> list[int]:
+    """``n`` distinct ports P that are free together with P + ``offset`` (SeaweedFS's gRPC ports)."""
+    rng = random.Random()
+    chosen: list[int] = []
+    for _ in range(5000):
+        p = rng.randint(low, high)
+        if p in chosen or any(abs(p - c) == offset for c in chosen):
+            continue
+        if _port_free(p) and (offset == 0 or _port_free(p + offset)):
+            chosen.append(p)
+            if len(chosen) == n:
+                return chosen
+    raise ServerError(f"could not find {n} free loopback ports (with +{offset} free too)")
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no log written)"
+    return "\n".join(lines[-n:])
+
+
+def _executable(name: str) -> str:
+    """Prefer the tool installed next to this Python (the venv), then PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise ServerError(f"{name!r} not found next to {sys.executable} or on PATH")
+    return found
+
+
+class _Process:
+    """A child process in its own session, with log capture and a polite stop."""
+
+    def __init__(self, name: str, workdir: Path) -> None:
+        self.name = name
+        self.workdir = Path(workdir)
+        self.log_path = self.workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, cmd: list[str], env: Mapping[str, str] | None = None) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=dict(env) if env else None,
+                                         start_new_session=True)
+        finally:
+            log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def fail(self, why: str) -> ServerError:
+        code = None if self.proc is None else self.proc.poll()
+        state = "still running" if code is None else f"exited with code {code}"
+        return ServerError(f"{self.name} {why} ({state}); log {self.log_path}:\n{_tail(self.log_path)}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(5)
+
+
+class SeaweedS3:
+    """SeaweedFS ``weed mini`` with S3 authentication on, for tests and demos.
+
+    Attributes once started: ``endpoint_url``, ``access_key``, ``secret_key``, ``env``
+    (the AWS_* / MLFLOW_S3_ENDPOINT_URL variables a client process needs).
+    """
+
+    def __init__(self, workdir: str | os.PathLike[str], access_key: str = "quicktune",
+                 secret_key: str = "quicktune-secret", start_timeout: float = 90.0) -> None:
+        self.workdir = Path(workdir)
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.start_timeout = start_timeout
+        self._process = _Process("seaweedfs", self.workdir)
+        self.endpoint_url = ""
+        self.ports: dict[str, int] = {}
+        self._socks_before: set[str] = set()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self) -> "SeaweedS3":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "admin",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+        config.chmod(0o600)
+        self._socks_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "seaweedfs-*.sock")))
+        master, volume, filer, s3, admin = free_port_pair(5)
+        self.ports = dict(master=master, volume=volume, filer=filer, s3=s3, admin=admin)
+        cmd = [_executable("weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               f"-s3.config={config}", "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
+               "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        for name, port in self.ports.items():
+            cmd += [f"-{name}.port={port}", f"-{name}.port.grpc={port + 10000}"]
+        self.endpoint_url = f"http://127.0.0.1:{s3}"
+        self._process.start(cmd)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        from botocore import exceptions as bx
+
+        deadline = time.monotonic() + self.start_timeout
+        client = self.client(max_attempts=1)
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if not self._process.alive():
+                raise self._process.fail("did not start")
+            try:
+                client.list_buckets()
+                return
+            except (bx.BotoCoreError, bx.ClientError) as exc:
+                last = exc
+                time.sleep(0.3)
+        self.stop()
+        raise self._process.fail(f"was not ready within {self.start_timeout:.0f} s (last error: {last})")
+
+    def stop(self) -> None:
+        self._process.stop()
+        for sock in set(glob.glob(os.path.join(tempfile.gettempdir(), "seaweedfs-*.sock"))) - self._socks_before:
+            try:
+                os.unlink(sock)
+            except OSError:
+                pass
+
+    # --- clients --------------------------------------------------------------------------------
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables that point an S3 client (boto3, MLflow) at this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint_url,
+        }
+
+    def client(self, access_key: str | None = None, secret_key: str | None = None, max_attempts: int = 3) -> Any:
+        """A boto3 S3 client for this server (path-style, SigV4)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+            aws_access_key_id=access_key or self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
+                          retries={"max_attempts": max_attempts, "mode": "standard"},
+                          connect_timeout=3, read_timeout=30))
+
+    def create_bucket(self, name: str) -> str:
+        """Create ``name`` if it does not exist yet; returns ``s3://name``."""
+        from botocore import exceptions as bx
+
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        except bx.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+        return f"s3://{name}"
+
+
+class MlflowServer:
+    """``mlflow server`` with a sqlite store and (optionally) S3 artifacts on a ``SeaweedS3``."""
+
+    def __init__(self, workdir: str | os.PathLike[str], s3: SeaweedS3 | None = None, bucket: str = "mlflow",
+                 start_timeout: float = 180.0, extra_env: Mapping[str, str] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.s3 = s3
+        self.bucket = bucket
+        self.start_timeout = start_timeout
+        self.extra_env = dict(extra_env or {})
+        self._process = _Process("mlflow", self.workdir)
+        self.port = 0
+        self.tracking_uri = ""
+
+    def __enter__(self) -> "MlflowServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for a client process: tracking URI plus the S3 variables."""
+        env = {"MLFLOW_TRACKING_URI": self.tracking_uri}
+        if self.s3 is not None:
+            env.update(self.s3.env)
+        return env
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.port,) = free_port_pair(1, offset=0)
+        env = dict(os.environ)
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        cmd = [_executable("mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}", "--workers", "1"]
+        if self.s3 is not None:
+            self.s3.create_bucket(self.bucket)
+            env.update(self.s3.env)
+            cmd += ["--artifacts-destination", f"s3://{self.bucket}/artifacts"]
+        else:
+            cmd += ["--artifacts-destination", str(self.workdir / "artifacts")]
+        env.update(self.extra_env)
+        self.tracking_uri = f"http://127.0.0.1:{self.port}"
+        self._process.start(cmd, env)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if not self._process.alive():
+                raise self._process.fail("did not start")
+            try:
+                with urllib.request.urlopen(f"{self.tracking_uri}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise self._process.fail(f"did not answer GET /health within {self.start_timeout:.0f} s")
+
+    def stop(self) -> None:
+        self._process.stop(timeout=20)
