@@ -1,0 +1,385 @@
+"""Run finetuning steps as local ``quicktune step`` subprocesses, surviving controller restarts.
+
+Every step lives in ``WORKDIR/steps/<step id>/``:
+
+- ``request.json``  the :class:`StepRequest` (no secrets: the environment is inherited, not stored);
+- ``config.json``   the config handed to ``quicktune step --config``;
+- ``launch.json``   pid and kernel start time of the step's *runner* process, argv, wall start time;
+- ``step.log``      combined stdout/stderr;
+- ``RESULT.json``   written by the step itself;
+- ``exit.json``     written by the runner when the step process ends (return code, timeout flag);
+- ``cancelled``     a marker written before a cancel kills the process group.
+
+The runner (``python -m quicktune.backends.local run DIR``) is a tiny parent of the step process
+that records the exit code and enforces the timeout even when no controller is alive, so state
+is decided from files alone: a new :class:`LocalBackend` on the same workdir re-adopts running
+steps (pid alive *and* same start time, so a recycled pid is not mistaken for ours) and sees
+finished ones. A runner that vanished without writing ``exit.json`` (killed from outside, machine
+restart) leaves a *lost* step: it polls as FAILED, and ``start()`` runs it again -- as it does a
+cancelled step. A step that ran and failed is re-adopted, never re-run.
+
+Steps beyond ``max_workers`` are queued (PENDING) and launched as slots free up, on the next
+``start``/``poll``/``active`` call.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from quicktune.backends.base import (CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, BackendError, StepRequest,
+                                     StepStatus, TrialBackend)
+
+LOG_TAIL_BYTES = 256 * 1024
+_KILL_GRACE_SECONDS = 3.0
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:  # half-written by a foreign writer; treat as absent for now
+        return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel start time (clock ticks since boot) of ``pid``, or None if it is gone or a zombie.
+
+    Compared with the value recorded at launch, it tells our process from a recycled pid."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        if sys.platform.startswith("linux"):
+            return None
+        try:  # no procfs: the best we can do is "a process with this pid exists"
+            os.kill(pid, 0)
+            return 0
+        except OSError:
+            return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):  # zombie / dead: finished, just not reaped
+        return None
+    return int(fields[19])
+
+
+class LocalBackend(TrialBackend):
+    """``quicktune step`` as local subprocesses, ``max_workers`` at a time, each limited to
+    ``threads_per_worker`` CPU threads (OMP/MKL/torch), each in its own process group."""
+
+    def __init__(self, workdir: str | os.PathLike[str], max_workers: int = 1, threads_per_worker: int = 1,
+                 python: str = sys.executable, step_timeout: float | None = None,
+                 step_command: Sequence[str] | None = None) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        if threads_per_worker < 1:
+            raise ValueError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
+        self.workdir = Path(workdir).resolve()
+        self.steps_dir = self.workdir / "steps"
+        self.steps_dir.mkdir(parents=True, exist_ok=True)
+        self.max_workers = int(max_workers)
+        self.threads_per_worker = int(threads_per_worker)
+        self.python = python
+        self.step_timeout = step_timeout
+        # The command that runs one step; the step arguments are appended.
+        self.step_command = list(step_command) if step_command else [python, "-m", "quicktune.cli", "step"]
+        self._children: dict[str, subprocess.Popen] = {}  # runners we spawned (reaped by poll)
+
+    # --- files ---------------------------------------------------------------------------------
+    def _dir(self, step_id: str) -> Path:
+        if not step_id or "/" in step_id or step_id.startswith("."):
+            raise KeyError(step_id)
+        return self.steps_dir / step_id
+
+    def step_dir(self, step_id: str) -> Path:
+        """Where a step's files live (request, log, RESULT.json)."""
+        d = self._dir(step_id)
+        if not (d / "request.json").exists():
+            raise KeyError(step_id)
+        return d
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.workdir / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # --- contract ------------------------------------------------------------------------------
+    def capacity(self) -> int:
+        return self.max_workers
+
+    def start(self, request: StepRequest) -> str:
+        sid = request.id
+        d = self._dir(sid)
+        with self._lock():
+            if (d / "request.json").exists():
+                state = self._state(sid)
+                if not self._rerunnable(d, state):
+                    return sid  # re-adopt: running, pending or finished
+                self._reset(d)
+            d.mkdir(parents=True, exist_ok=True)
+            _write_json_atomic(d / "config.json", dict(request.config))
+            _write_json_atomic(d / "request.json", {**request.to_dict(), "queued_at": time.time()})
+            self._pump_locked()
+        return sid
+
+    def poll(self, step_id: str) -> StepStatus:
+        self.step_dir(step_id)
+        with self._lock():
+            self._pump_locked()
+        return self._state(step_id)
+
+    def result(self, step_id: str) -> dict[str, Any]:
+        d = self.step_dir(step_id)
+        state = self._state(step_id)
+        if not state.done:
+            raise BackendError(f"step {step_id} is {state.state}; its result is not available yet")
+        if state.state == CANCELLED:
+            return {"status": "failed", "message": "cancelled", "epochs": []}
+        exit_info = _read_json(d / "exit.json") or {}
+        if exit_info.get("timed_out"):
+            res = _read_json(d / "RESULT.json") or {}
+            return {**res, "status": "failed", "message": state.message, "epochs": res.get("epochs", []),
+                    "timeout": True}
+        res = _read_json(d / "RESULT.json")
+        if res is None:
+            return {"status": "failed", "message": state.message, "epochs": []}
+        res.setdefault("epochs", [])
+        res.setdefault("message", "")
+        return res
+
+    def logs(self, step_id: str) -> str:
+        d = self.step_dir(step_id)
+        path = d / "step.log"
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return ""
+        with open(path, "rb") as fh:
+            if size > LOG_TAIL_BYTES:
+                fh.seek(size - LOG_TAIL_BYTES)
+            data = fh.read()
+        text = data.decode("utf-8", errors="replace")
+        return text if size <= LOG_TAIL_BYTES else "[... log truncated ...]\n" + text
+
+    def cancel(self, step_id: str) -> None:
+        d = self.step_dir(step_id)
+        with self._lock():
+            state = self._state(step_id)
+            if state.state in (SUCCEEDED, FAILED) or (d / "cancelled").exists():
+                return
+            (d / "cancelled").write_text(str(time.time()))
+            launch = _read_json(d / "launch.json")
+            if launch:
+                self._kill_group(step_id, launch)
+            self._pump_locked()
+
+    def active(self) -> list[str]:
+        with self._lock():
+            self._pump_locked()
+        out = []
+        for d in sorted(self.steps_dir.iterdir()):
+            if (d / "request.json").exists() and not self._state(d.name).done:
+                out.append(d.name)
+        return out
+
+    def close(self) -> None:
+        """Steps keep running (they are session leaders); a later backend re-adopts them."""
+        self._children.clear()
+
+    # --- state -----------------------------------------------------------------------------------
+    def _alive(self, step_id: str, launch: Mapping[str, Any]) -> bool:
+        child = self._children.get(step_id)
+        if child is not None and child.pid == launch.get("pid"):
+            if child.poll() is not None:  # reap our own zombie
+                self._children.pop(step_id, None)
+                return False
+        pid = launch.get("pid")
+        if not pid:
+            return False
+        return process_start_time(int(pid)) == launch.get("proc_start")
+
+    def _state(self, step_id: str) -> StepStatus:
+        d = self._dir(step_id)
+        if not (d / "request.json").exists():
+            raise KeyError(step_id)
+        launch = _read_json(d / "launch.json")
+        if (d / "cancelled").exists():
+            if launch and self._alive(step_id, launch):
+                return StepStatus(RUNNING, "cancelling")
+            return StepStatus(CANCELLED, "cancelled")
+        if launch is None:
+            return StepStatus(PENDING, "queued: waiting for a free worker")
+        alive = self._alive(step_id, launch)
+        exit_info = _read_json(d / "exit.json")
+        if alive and exit_info is None:
+            timeout = launch.get("timeout")
+            if timeout and time.time() - float(launch["started_at"]) > float(timeout) + 5.0:
+                # the runner should have enforced it; it did not (stopped, wedged): do it here
+                _write_json_atomic(d / "exit.json", {"returncode": None, "timed_out": True,
+                                                     "finished_at": time.time(), "by": "backend"})
+                self._kill_group(step_id, launch)
+                return StepStatus(FAILED, f"timeout: exceeded {timeout:g} s")
+            return StepStatus(RUNNING, "")
+        if exit_info is None and alive is False:
+            # the runner vanished without recording an exit: give it a moment (it may be writing)
+            exit_info = _read_json(d / "exit.json")
+        if exit_info is not None and exit_info.get("timed_out"):
+            return StepStatus(FAILED, f"timeout: exceeded {launch.get('timeout')} s")
+        result = _read_json(d / "RESULT.json")
+        if result is not None:
+            status = str(result.get("status", "failed"))
+            if status == "ok":
+                return StepStatus(SUCCEEDED, str(result.get("message", "")))
+            return StepStatus(FAILED, f"{status}: {result.get('message', '')}".strip())
+        if exit_info is not None:
+            rc = exit_info.get("returncode")
+            how = f"killed by signal {-rc}" if isinstance(rc, int) and rc < 0 else f"exited with code {rc}"
+            return StepStatus(FAILED, f"the step process {how} without writing a result; see its logs")
+        return StepStatus(FAILED, "lost: the step process is gone without a result or exit record "
+                                  "(killed from outside?); start() runs it again")
+
+    @staticmethod
+    def _rerunnable(d: Path, state: StepStatus) -> bool:
+        """Cancelled and lost steps run again on start(); everything else is re-adopted."""
+        if state.state == CANCELLED:
+            return True
+        return (state.state == FAILED and not (d / "exit.json").exists()
+                and not (d / "RESULT.json").exists())
+
+    def _reset(self, d: Path) -> None:
+        attempt = (_read_json(d / "launch.json") or {}).get("attempt", 0)
+        log = d / "step.log"
+        if log.exists():
+            log.rename(d / f"step.log.{attempt}")
+        for name in ("launch.json", "exit.json", "RESULT.json", "cancelled", "request.json"):
+            (d / name).unlink(missing_ok=True)
+        (d / ".attempt").write_text(str(attempt + 1))
+
+    # --- launching -----------------------------------------------------------------------------
+    def _running_count(self) -> int:
+        n = 0
+        for d in self.steps_dir.iterdir():
+            launch = _read_json(d / "launch.json")
+            if launch and _read_json(d / "exit.json") is None and self._alive(d.name, launch):
+                n += 1
+        return n
+
+    def _pump_locked(self) -> None:
+        """Launch queued steps while there are free slots (caller holds the lock)."""
+        queued = []
+        for d in self.steps_dir.iterdir():
+            if (d / "request.json").exists() and not (d / "launch.json").exists() and not (d / "cancelled").exists():
+                req = _read_json(d / "request.json") or {}
+                queued.append((float(req.get("queued_at", 0.0)), d.name))
+        if not queued:
+            return
+        free = self.max_workers - self._running_count()
+        for _, sid in sorted(queued)[:max(free, 0)]:
+            self._launch(sid)
+
+    def _step_argv(self, d: Path, req: Mapping[str, Any]) -> list[str]:
+        argv = [*self.step_command, "--config", str(d / "config.json"), "--data", str(req["data_uri"]),
+                "--to-epoch", str(int(req["to_epoch"])), "--checkpoint-dir", str(req["checkpoint_dir"]),
+                "--out", str(d / "RESULT.json"), "--device", str(req.get("device") or "cpu"),
+                "--seed", str(int(req.get("seed") or 0))]
+        if req.get("image_size"):
+            argv += ["--image-size", str(int(req["image_size"]))]
+        return argv
+
+    def _launch(self, step_id: str) -> None:
+        d = self._dir(step_id)
+        req = _read_json(d / "request.json")
+        if req is None:
+            raise BackendError(f"step {step_id}: request.json is unreadable")
+        attempt = int((d / ".attempt").read_text()) if (d / ".attempt").exists() else 0
+        argv = self._step_argv(d, req)
+        # Only non-secret overrides (extra_env, thread limits) are written to disk; the rest of the
+        # environment (credentials included) reaches the step by inheritance through the runner.
+        overrides = {str(k): str(v) for k, v in (req.get("extra_env") or {}).items()}
+        threads = str(self.threads_per_worker)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "QUICKTUNE_NUM_THREADS"):
+            overrides[var] = threads
+        overrides.setdefault("PYTHONUNBUFFERED", "1")
+        _write_json_atomic(d / ".runner.json", {"argv": argv, "env_overrides": overrides,
+                                                "timeout": self.step_timeout})
+        with open(d / "step.log", "ab") as log:
+            log.write(f"[quicktune local backend] {' '.join(argv)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen([self.python, "-m", "quicktune.backends.local", "run", str(d)],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=str(d), start_new_session=True)
+        self._children[step_id] = proc
+        start = process_start_time(proc.pid)
+        _write_json_atomic(d / "launch.json", {"pid": proc.pid, "proc_start": start, "started_at": time.time(),
+                                               "argv": argv, "timeout": self.step_timeout, "attempt": attempt})
+
+    def _kill_group(self, step_id: str, launch: Mapping[str, Any]) -> None:
+        pid = int(launch.get("pid") or 0)
+        if not pid or not self._alive(step_id, launch):
+            return
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + _KILL_GRACE_SECONDS
+        while time.time() < deadline and self._alive(step_id, launch):
+            time.sleep(0.05)
+        if self._alive(step_id, launch):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            for _ in range(100):
+                if not self._alive(step_id, launch):
+                    break
+                time.sleep(0.02)
+
+
+# --- the runner: parent of one step process ----------------------------------------------------
+def _run(step_dir: str) -> int:
+    """Run the step described in ``step_dir/.runner.json``; record how it ended in exit.json."""
+    d = Path(step_dir)
+    spec = json.loads((d / ".runner.json").read_text())
+    timeout = spec.get("timeout")
+    env = {**os.environ, **spec.get("env_overrides", {})}
+    try:
+        proc = subprocess.Popen(spec["argv"], stdin=subprocess.DEVNULL, env=env, cwd=str(d))
+    except OSError as exc:
+        print(f"[quicktune local backend] cannot start the step: {exc}", flush=True)
+        _write_json_atomic(d / "exit.json", {"returncode": 127, "timed_out": False, "finished_at": time.time()})
+        return 0
+    try:
+        rc = proc.wait(timeout=float(timeout) if timeout else None)
+    except subprocess.TimeoutExpired:
+        _write_json_atomic(d / "exit.json", {"returncode": None, "timed_out": True, "finished_at": time.time(),
+                                             "by": "runner"})
+        print(f"[quicktune local backend] step exceeded its timeout of {float(timeout):g} s: killed", flush=True)
+        os.killpg(os.getpgid(0), signal.SIGKILL)  # the step, its workers and this runner
+        return 124
+    _write_json_atomic(d / "exit.json", {"returncode": rc, "timed_out": False, "finished_at": time.time()})
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through LocalBackend
+    if len(sys.argv) == 3 and sys.argv[1] == "run":
+        sys.exit(_run(sys.argv[2]))
+    print("usage: python -m quicktune.backends.local run STEP_DIR", file=sys.stderr)
+    sys.exit(2)
