@@ -2,14 +2,16 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt requirements-dev.txt | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt requirements-dev.txt requirements-nodeps.txt | sha1sum | cut -c1-12)
 
-.PHONY: venv demo test lint bench clean-venv
+.PHONY: venv demo test lint bench clean-venv system-data
 
-$(STAMP): pyproject.toml constraints.txt requirements-dev.txt
+$(STAMP): pyproject.toml constraints.txt requirements-dev.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps -r requirements-nodeps.txt
+	-$(MAKE) --no-print-directory system-data
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps -e .
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
@@ -29,3 +31,12 @@ lint: venv
 
 bench: venv
 	$(BIN)/python benchmarks/run_all.py
+
+APT_DATA := dataset-fashion-mnist fonts-noto-color-emoji unicode-data
+## make system-data: optional Debian packages with real datasets (fashion-mnist, emoji); never fails
+system-data:
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		{ apt-get install -y -q $(APT_DATA) >/dev/null 2>&1 \
+		  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(APT_DATA) >/dev/null 2>&1; }; } \
+		|| echo "note: optional apt packages (dataset-fashion-mnist fonts-noto-color-emoji unicode-data) not installed"; \
+	else echo "note: skipping optional apt packages (needs apt-get as root)"; fi
