@@ -1,0 +1,110 @@
+"""``quicktune step``: advance one config to an epoch (the unit of work of a search).
+
+Exit code 0 whenever RESULT.json was written, whatever the status inside it; 2 when it could
+not be (unreadable config file, unwritable --out). With ``--evaluate-test`` the command scores
+an existing checkpoint on a split instead of training and writes those metrics to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "step", help="finetune one config up to an epoch (resuming from its checkpoint)",
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", required=True, help="CONFIG.json: the config's active knobs (docs/search-space.md)")
+    p.add_argument("--data", required=True, help="dataset URI: a local folder or s3://bucket/prefix")
+    p.add_argument("--to-epoch", type=int, help="train up to this epoch (1-based); required unless --evaluate-test")
+    p.add_argument("--checkpoint-dir", required=True, help="this config's checkpoint folder (local or s3://)")
+    p.add_argument("--out", required=True, help="where to write RESULT.json (local or s3://)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="training seed (data order, init, augmentation)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the 60/20/20 split when the data has no split files")
+    p.add_argument("--image-size", type=int, default=None, help="input size in px (default: 32 on CPU, the model's on GPU)")
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help="lr schedule length (the search's epoch budget); default $QUICKTUNE_MAX_EPOCHS or 50")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--workers", type=int, default=None, help="data-loader worker processes (default: 0 on CPU)")
+    p.add_argument("--cache-dir", default=None, help="dataset cache folder (S3 mirrors)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic cuDNN kernels (slower on GPU)")
+    p.add_argument("--evaluate-test", action="store_true",
+                   help="do not train: evaluate the best checkpoint on --split and write the metrics to --out")
+    p.add_argument("--split", default="test", help="split for --evaluate-test")
+    p.set_defaults(handler=_handle)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    from quicktune import storage
+
+    try:
+        config = json.loads(storage.read_bytes(args.config))
+    except (OSError, ValueError) as exc:
+        return _fail(args, f"cannot read --config {args.config}: {exc}")
+    if args.evaluate_test:
+        return _evaluate(args)
+    if args.to_epoch is None:
+        print("quicktune step: --to-epoch is required", file=sys.stderr)
+        return 2
+    max_epochs = args.max_epochs or (int(os.environ["QUICKTUNE_MAX_EPOCHS"]) if os.environ.get("QUICKTUNE_MAX_EPOCHS") else None)
+    from quicktune.finetune.step import run_step
+
+    try:
+        result = run_step(config, args.data, args.to_epoch, args.checkpoint_dir, out=args.out, device=args.device,
+                          seed=args.seed, image_size=args.image_size, cache_dir=args.cache_dir, max_epochs=max_epochs,
+                          threads=args.threads, split_seed=args.split_seed, num_workers=args.workers,
+                          deterministic=args.deterministic)
+    except Exception as exc:  # noqa: BLE001 - only writing --out can raise here
+        print(f"quicktune step: could not write {args.out}: {exc}", file=sys.stderr)
+        return 2
+    last = result["epochs"][-1] if result["epochs"] else None
+    summary = f"status={result['status']}"
+    if last:
+        summary += f" epoch={last['epoch']} score={last['score']:.4f} cost={last['cost']:.2f}s"
+    if result["message"]:
+        summary += f" message={result['message']}"
+    print(summary)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from quicktune import storage
+    from quicktune.finetune.export import evaluate_checkpoint
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        metrics = evaluate_checkpoint(args.checkpoint_dir, args.data, split=args.split, device=args.device,
+                                      cache_dir=args.cache_dir)
+        out = {"status": "ok", "message": "", **metrics}
+    except Exception as exc:  # noqa: BLE001
+        logging.getLogger(__name__).exception("evaluation failed")
+        out = {"status": "failed", "message": f"{type(exc).__name__}: {exc}"}
+    try:
+        storage.write_bytes(args.out, json.dumps(out, indent=1).encode())
+    except Exception as exc:  # noqa: BLE001
+        print(f"quicktune step: could not write {args.out}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(out))
+    return 0
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    """A bad config *file* still yields a RESULT.json (status failed) when --out is writable."""
+    from quicktune.finetune.result import make_result, write_result
+
+    try:
+        write_result(args.out, make_result("failed", message))
+    except Exception as exc:  # noqa: BLE001
+        print(f"quicktune step: {message}; and could not write {args.out}: {exc}", file=sys.stderr)
+        return 2
+    print(f"status=failed message={message}")
+    return 0

@@ -1,0 +1,491 @@
+"""One finetuning step: advance one config from its newest checkpoint to ``to_epoch``.
+
+This is the unit of work the optimizer schedules (freeze-thaw): resume exactly where the config
+stopped, train epoch by epoch, evaluate on the validation split after each epoch, checkpoint,
+and report. Every outcome ends in a RESULT dict (``quicktune.finetune.result``) with a status:
+
+- ``ok``: trained (or already trained) to ``to_epoch``;
+- ``invalid``: the config cannot be trained (unknown knob or model, bad value);
+- ``diverged``: the training loss became NaN/inf (the last good checkpoint stays);
+- ``oom``: out of memory (CUDA or host);
+- ``failed``: anything else (bad data, corrupt checkpoints, storage errors, bugs); the message
+  says what, the full traceback goes to the log (stderr).
+
+Exact resume: the checkpoint holds the model, optimizer, scheduler and grad-scaler states and
+the RNG states; besides, every epoch reseeds python/numpy/torch and draws its data order from
+``(seed, epoch)`` alone, so "2 epochs, then 2 more" trains on the same batches with the same
+augmentations as "4 epochs" and ends with the same weights.
+
+Schedule length: the lr schedule spans ``max_epochs`` (the search's epoch budget, from the
+controller; default 50 as in the paper's learning curves). The first step records it (and the
+image size and seed) in the checkpoint; later steps use the recorded values so that a config
+never sees its schedule change, and warn when asked for different ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from quicktune.finetune.config import InvalidConfigError, parse_betas, resolve_config
+from quicktune.finetune.model import UnknownModelError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_EPOCHS = 50
+CPU_IMAGE_SIZE = 32
+
+__all__ = ["run_step", "DEFAULT_MAX_EPOCHS", "CPU_IMAGE_SIZE", "StepError"]
+
+
+class StepError(RuntimeError):
+    """The step cannot run as asked (bad arguments, checkpoint of another config, ...)."""
+
+
+@dataclass
+class _Report:
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    meta_features: dict[str, Any] = field(default_factory=dict)
+    num_params: int | None = None
+    checkpoint: str | None = None
+    best_checkpoint: str | None = None
+    message: str = ""
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------
+def run_step(config: Mapping[str, Any], data_uri: str, to_epoch: int, checkpoint_dir: str, out: str | None = None,
+             device: str = "cpu", seed: int = 0, image_size: int | None = None, cache_dir: str | None = None,
+             max_epochs: int | None = None, threads: int | None = 1, split_seed: int = 0,
+             num_workers: int | None = None, deterministic: bool = False,
+             weights_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``config`` up to epoch ``to_epoch`` (1-based), resuming from ``checkpoint_dir``.
+
+    Returns the RESULT dict and, when ``out`` is given, writes it there atomically (local path or
+    s3:// URI). Never raises for a training problem: the status says how it went. ``threads``
+    sets torch's CPU threads (1 by default: several steps share a machine's cores; None leaves
+    torch's setting alone).
+    """
+    from quicktune.finetune.result import make_result, write_result
+
+    t_start = time.perf_counter()
+    report = _Report(device=str(device))
+    status, message = "ok", ""
+    try:
+        _run(report, config, data_uri, int(to_epoch), checkpoint_dir, device, int(seed), image_size, cache_dir,
+             max_epochs, threads, int(split_seed), num_workers, deterministic, weights_config)
+        message = report.message
+    except (InvalidConfigError, UnknownModelError) as exc:
+        status, message = "invalid", str(exc)
+    except _diverged_type() as exc:
+        status, message = "diverged", f"{exc}; kept the last good checkpoint"
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        status, message = "oom", f"out of memory on {device}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    except Exception as exc:  # noqa: BLE001 - the step reports every failure as a status
+        status, message = "failed", f"{type(exc).__name__}: {exc}"
+        log.error("finetuning step failed:\n%s", traceback.format_exc())
+    if status in ("oom",) and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    result = make_result(
+        status, message, report.epochs,
+        peak_memory_mb=_peak_memory_mb(device),
+        meta_features=report.meta_features,
+        num_params=report.num_params,
+        checkpoint=report.checkpoint,
+        best_checkpoint=report.best_checkpoint,
+        history=report.history,
+        step_seconds=round(time.perf_counter() - t_start, 4),
+        warnings=report.warnings,
+        device=str(device),
+        **report.extra,
+    )
+    if out is not None:
+        write_result(out, result)
+    return result
+
+
+def _diverged_type():
+    from quicktune.finetune.train import DivergedError
+
+    return DivergedError
+
+
+def _peak_memory_mb(device: str) -> float:
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 2)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 2)  # Linux: KiB
+
+
+# --------------------------------------------------------------------------------------------
+# The step
+# --------------------------------------------------------------------------------------------
+def seed_everything(value: int) -> None:
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
+def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: int, checkpoint_dir: str, device: str,
+         seed: int, image_size: int | None, cache_dir: str | None, max_epochs: int | None, threads: int | None,
+         split_seed: int, num_workers: int | None, deterministic: bool, weights_config) -> None:
+    from quicktune.data import open_dataset
+    from quicktune.finetune import checkpoint as ck
+    from quicktune.finetune.loader import ImageSet, epoch_seed, eval_batches, effective_batch_size, train_batches
+    from quicktune.finetune.model import model_defaults
+    from quicktune.finetune.train import evaluate, train_one_epoch
+    from quicktune.finetune.transforms import build_policy
+
+    cfg = resolve_config(config)
+    if to_epoch < 1:
+        raise StepError(f"--to-epoch must be >= 1, got {to_epoch}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise StepError(f"device {device!r} requested but CUDA is not available on this machine")
+    if threads is not None and threads > 0:
+        torch.set_num_threads(int(threads))
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = bool(deterministic)
+        torch.backends.cuda.matmul.allow_tf32 = not deterministic
+        torch.backends.cudnn.allow_tf32 = not deterministic
+        torch.cuda.reset_peak_memory_stats()
+    defaults = model_defaults(cfg["model"])
+
+    # --- the checkpoint decides image size, schedule length and seed of a resumed config
+    ckpt, problems = ck.load_newest(checkpoint_dir)
+    for p in problems:
+        report.warnings.append(f"skipped a bad checkpoint: {p}")
+        log.warning("skipped a bad checkpoint: %s", p)
+    start_epoch = 0
+    if ckpt is not None:
+        m = ckpt.manifest
+        if m.get("config") != dict(config):
+            raise StepError(f"{checkpoint_dir} holds checkpoints of another config ({m.get('config')}); "
+                            f"use one checkpoint folder per config")
+        for name, asked, stored in (("image_size", image_size, m["image_size"]), ("max_epochs", max_epochs, m["max_epochs"]),
+                                    ("seed", seed, m["seed"]), ("split_seed", split_seed, m["split_seed"])):
+            if asked is not None and int(asked) != int(stored) and not (name in ("seed", "split_seed") and asked == 0):
+                report.warnings.append(f"{name}={asked} ignored: this config was started with {name}={stored}")
+        image_size, max_epochs, seed, split_seed = m["image_size"], m["max_epochs"], m["seed"], m["split_seed"]
+        start_epoch = ckpt.epoch
+        report.history = list(m.get("history", []))
+        report.checkpoint = ckpt.uri
+        report.best_checkpoint = _best_uri(checkpoint_dir, m)
+    else:
+        image_size = int(image_size) if image_size else (CPU_IMAGE_SIZE if dev.type == "cpu" else defaults["input_size"])
+        max_epochs = int(max_epochs) if max_epochs else DEFAULT_MAX_EPOCHS
+    if image_size < 8:
+        raise StepError(f"image size {image_size} px is too small (>= 8)")
+    if to_epoch > max_epochs:
+        report.warnings.append(f"to_epoch {to_epoch} is beyond the schedule length max_epochs={max_epochs}")
+
+    ds = open_dataset(data_uri, cache_dir=cache_dir, split_seed=split_seed)
+    report.meta_features = dict(ds.meta_features())
+    classes = [str(c) for c in ds.classes]
+    num_classes, in_chans = len(classes), int(ds.num_channels)
+    if ckpt is not None:
+        m = ckpt.manifest
+        if m.get("classes") != classes or m.get("in_chans") != in_chans:
+            raise StepError(f"{data_uri}: classes/channels differ from the ones this config's checkpoint was trained on")
+        if m.get("data_fingerprint") not in (None, getattr(ds, "fingerprint", None)):
+            report.warnings.append(f"{data_uri}: the dataset changed since this config's last checkpoint "
+                                   f"(fingerprint {m.get('data_fingerprint')} -> {ds.fingerprint})")
+    if to_epoch <= start_epoch:
+        report.message = f"already trained to epoch {start_epoch} (asked for {to_epoch}); nothing to do"
+        return
+
+    # --- model, regularizers, optimizer, schedule (built the same way on every step)
+    parts = build_training(cfg, defaults, num_classes, in_chans, image_size, dev, seed, max_epochs, weights_config, report)
+    net, optimizer, scheduler, scaler, regs = parts["net"], parts["optimizer"], parts["scheduler"], parts["scaler"], parts["regs"]
+    report.num_params = int(sum(p.numel() for p in net.parameters()))
+    mean, std = defaults["mean"], defaults["std"]
+    bs = int(cfg["batch_size"])
+
+    policy = build_policy(cfg, image_size, mean)
+    train_set = ImageSet(ds, ds.split("train"), image_size, in_chans, mean, std, policy)
+    val_set = ImageSet(ds, ds.split("val"), image_size, in_chans, mean, std, None)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise StepError(f"{data_uri}: the train or validation split is empty "
+                        f"(train {len(train_set)}, val {len(val_set)} images)")
+    if parts["mixup"] is not None and effective_batch_size(len(train_set), bs) % 2:
+        raise InvalidConfigError(f"knob 'batch_size': mixup/cutmix need an even batch size, got {bs}")
+    if num_workers is None:
+        num_workers = min(4, os.cpu_count() or 1) if (dev.type == "cuda" and policy is not None) else 0
+    eval_bs = max(32, min(512, 2 * bs))
+
+    if ckpt is not None:
+        restore_state(ckpt, parts)
+    elif regs.cotuning_weight > 0 and regs.source_head is not None:
+        regs.relationship = compute_relationship(net, regs.source_head, train_set, num_classes, dev, eval_bs)
+    if regs.relationship is not None:
+        regs.relationship = regs.relationship.to(dev)
+
+    # --- epochs
+    best_epoch, best_score = _best(report.history)
+    for epoch in range(start_epoch + 1, to_epoch + 1):
+        seed_everything(epoch_seed(seed, epoch))
+        lr = float(optimizer.param_groups[0]["lr"]) / float(optimizer.param_groups[0].get("lr_scale", 1.0))
+        t0 = time.perf_counter()
+        stats = train_one_epoch(net, train_batches(train_set, bs, seed, epoch, num_workers, pin_memory=dev.type == "cuda"),
+                                optimizer, parts["loss_fn"], dev, regs, mixup=parts["mixup"], num_classes=num_classes,
+                                clip_grad=float(cfg["clip_grad"]), scaler=scaler, amp=parts["amp"])
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        ev = evaluate(net, eval_batches(val_set, eval_bs), dev, amp=parts["amp"])
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        scheduler.step(epoch, ev["top1"])
+        record = {
+            "epoch": epoch, "score": ev["top1"], "top5": ev["top5"], "val_loss": ev["loss"],
+            "train_loss": stats["train_loss"], "train_seconds": round(t1 - t0, 6), "eval_seconds": round(t2 - t1, 6),
+            "lr": lr, "train_images": stats["train_images"],
+        }
+        record["cost"] = record["train_seconds"] + record["eval_seconds"]
+        if best_score is None or record["score"] > best_score:
+            best_epoch, best_score = epoch, record["score"]
+        history = report.history + [record]
+        meta = checkpoint_meta(config, cfg, parts, ds, classes, in_chans, image_size, max_epochs, seed, split_seed,
+                               defaults, history, best_epoch, best_score, data_uri)
+        tensors = checkpoint_tensors(parts)
+        uri = ck.save_checkpoint(checkpoint_dir, epoch, tensors, meta)
+        ck.prune(checkpoint_dir, {epoch, best_epoch})
+        report.history = history
+        report.epochs.append(record)
+        report.checkpoint = uri
+        report.best_checkpoint = _best_uri(checkpoint_dir, {"best_epoch": best_epoch})
+        log.info("epoch %d: val top-1 %.4f, loss %.4f, train loss %.4f, %.1fs", epoch, ev["top1"], ev["loss"],
+                 stats["train_loss"], record["cost"])
+
+
+def _best(history: list[dict[str, Any]]) -> tuple[int | None, float | None]:
+    best_epoch, best_score = None, None
+    for r in history:
+        if best_score is None or r["score"] > best_score:
+            best_epoch, best_score = r["epoch"], r["score"]
+    return best_epoch, best_score
+
+
+def _best_uri(directory: str, manifest: Mapping[str, Any]) -> str | None:
+    from quicktune import storage
+
+    e = manifest.get("best_epoch")
+    return None if e is None else storage.join(directory, f"epoch-{int(e):04d}.json")
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks (shared with evaluation/export)
+# --------------------------------------------------------------------------------------------
+def build_training(cfg: Mapping[str, Any], defaults: Mapping[str, Any], num_classes: int, in_chans: int, image_size: int,
+                   dev: torch.device, seed: int, max_epochs: int, weights_config, report: _Report | None = None) -> dict[str, Any]:
+    """Network (seeded init), StochNorm, freezing, regularizers, optimizer, scheduler, loss, mixup."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    from quicktune.finetune.freezing import apply_freezing, head_parameter_names
+    from quicktune.finetune.model import build_network
+    from quicktune.finetune.regularizers import (BatchSpectralShrinkage, DeltaRegularization, SPRegularization,
+                                                 convert_to_stoch_norm)
+    from quicktune.finetune.train import Regularizers
+
+    warnings = report.warnings if report is not None else []
+    seed_everything(epoch_seed_init(seed))
+    want_source = cfg["cotuning_reg"] > 0
+    net, source_head = build_network(cfg["model"], num_classes, in_chans, image_size, float(cfg["drop"]),
+                                     pretrained=bool(defaults["pretrained"]), defaults=defaults,
+                                     weights_config=weights_config, keep_source_head=want_source)
+    if want_source and source_head is None:
+        warnings.append(f"cotuning_reg={cfg['cotuning_reg']} ignored: {cfg['model']} has no pretrained source head "
+                        f"(random init in this hub)")
+    stoch = 0
+    if cfg["stoch_norm"]:
+        stoch = convert_to_stoch_norm(net)
+        if stoch == 0:
+            warnings.append(f"stoch_norm ignored: {cfg['model']} has no BatchNorm layers")
+    net.to(dev)
+    if source_head is not None:
+        source_head.to(dev)
+    freeze = apply_freezing(net, float(cfg["pct_to_freeze"]), bool(cfg["linear_probing"]))
+
+    regs = Regularizers()
+    head = head_parameter_names(net)
+    if cfg["sp_reg"] > 0:
+        regs.sp = SPRegularization([(n, p) for n, p in net.named_parameters() if n not in head], cfg["sp_reg"])
+    if cfg["delta_reg"] > 0:
+        regs.delta = DeltaRegularization(copy.deepcopy(net), cfg["delta_reg"])
+    if cfg["bss_reg"] > 0:
+        regs.bss = BatchSpectralShrinkage(cfg["bss_reg"])
+    if want_source and source_head is not None:
+        regs.cotuning_weight, regs.source_head = float(cfg["cotuning_reg"]), source_head
+
+    opt, momentum = cfg["opt"], float(cfg["momentum"])
+    if opt == "sgd" and momentum == 0:
+        opt = "momentum"  # Nesterov needs momentum > 0: 'sgd' with momentum 0 is plain SGD
+    kwargs: dict[str, Any] = {"opt": opt, "lr": float(cfg["lr"]), "weight_decay": float(cfg["weight_decay"])}
+    if opt in ("sgd", "momentum"):
+        kwargs["momentum"] = momentum
+    else:
+        kwargs["betas"] = parse_betas(cfg["opt_betas"])
+    if cfg["layer_decay"] > 0:
+        kwargs["layer_decay"] = float(cfg["layer_decay"])
+    optimizer = create_optimizer_v2(net, **kwargs)
+    if regs.source_head is not None:
+        optimizer.add_param_group({"params": list(regs.source_head.parameters()), "lr": float(cfg["lr"]),
+                                   "weight_decay": float(cfg["weight_decay"])})
+    sched_kwargs: dict[str, Any] = dict(
+        sched=cfg["sched"], num_epochs=int(max_epochs), warmup_epochs=int(cfg["warmup_epochs"]),
+        warmup_lr=float(cfg["warmup_lr"]), min_lr=0.0, decay_rate=float(cfg["decay_rate"]),
+        decay_epochs=int(cfg["decay_epochs"]), decay_milestones=[int(cfg["decay_epochs"]), 2 * int(cfg["decay_epochs"])],
+        patience_epochs=int(cfg["patience_epochs"]), plateau_mode="max", step_on_epochs=True)
+    scheduler, _ = create_scheduler_v2(optimizer, **sched_kwargs)
+
+    mixup = None
+    if (cfg["mixup"] > 0 or cfg["cutmix"] > 0) and cfg["mixup_prob"] > 0:
+        mixup = Mixup(mixup_alpha=float(cfg["mixup"]), cutmix_alpha=float(cfg["cutmix"]), prob=float(cfg["mixup_prob"]),
+                      switch_prob=0.5, mode="batch", label_smoothing=float(cfg["smoothing"]), num_classes=num_classes)
+        loss_fn: Any = SoftTargetCrossEntropy()
+    elif cfg["smoothing"] > 0:
+        loss_fn = LabelSmoothingCrossEntropy(smoothing=float(cfg["smoothing"]))
+    else:
+        loss_fn = torch.nn.CrossEntropyLoss()
+    amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    return {"net": net, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "regs": regs,
+            "mixup": mixup, "loss_fn": loss_fn, "amp": amp, "freeze": freeze, "stoch_norm_layers": stoch,
+            "optimizer_kwargs": kwargs, "scheduler_kwargs": sched_kwargs}
+
+
+def epoch_seed_init(seed: int) -> int:
+    from quicktune.finetune.loader import epoch_seed
+
+    return epoch_seed(seed, 0, "init")
+
+
+@torch.no_grad()
+def compute_relationship(net, source_head, train_set, num_classes: int, dev: torch.device, batch_size: int) -> torch.Tensor:
+    """Co-tuning's p(y_source | y_target) from the pretrained model on the (unaugmented) training images."""
+    from quicktune.finetune.regularizers import category_relationship
+    from quicktune.finetune.transforms import to_tensor
+
+    was_training = net.training
+    net.eval()
+    source_head.eval()
+    probs = []
+    for i in range(0, len(train_set), batch_size):
+        ims = train_set.images[i:i + batch_size]
+        x = torch.stack([to_tensor(im, train_set.in_chans, train_set.mean, train_set.std) for im in ims]).to(dev)
+        feats = net.forward_head(net.forward_features(x), pre_logits=True)
+        probs.append(torch.softmax(source_head(feats).float(), dim=1).cpu())
+    net.train(was_training)
+    return category_relationship(torch.cat(probs), train_set.labels, num_classes)
+
+
+def _scheduler_state(scheduler) -> dict[str, Any]:
+    from timm.scheduler.plateau_lr import PlateauLRScheduler
+
+    if isinstance(scheduler, PlateauLRScheduler):
+        # timm's own state_dict keeps only 'best' and 'last_epoch'; the patience counters matter too.
+        return {"kind": "plateau", "torch": scheduler.lr_scheduler.state_dict(), "restore_lr": scheduler.restore_lr}
+    return {"kind": "timm", "state": scheduler.state_dict()}
+
+
+def _load_scheduler_state(scheduler, state: Mapping[str, Any]) -> None:
+    if state["kind"] == "plateau":
+        scheduler.lr_scheduler.load_state_dict(dict(state["torch"]))
+        scheduler.restore_lr = state.get("restore_lr")
+    else:
+        scheduler.load_state_dict(dict(state["state"]))
+
+
+def checkpoint_tensors(parts: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    from quicktune.finetune.checkpoint import optimizer_to_parts
+
+    tensors: dict[str, torch.Tensor] = {f"model/{k}": v for k, v in parts["net"].state_dict().items()}
+    regs = parts["regs"]
+    if regs.source_head is not None:
+        tensors.update({f"source_head/{k}": v for k, v in regs.source_head.state_dict().items()})
+    if regs.relationship is not None:
+        tensors["cotuning/relationship"] = regs.relationship
+    opt_tensors, _ = optimizer_to_parts(parts["optimizer"].state_dict())
+    tensors.update(opt_tensors)
+    tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
+    np_state = np.random.get_state()
+    tensors["rng/numpy_keys"] = torch.from_numpy(np.ascontiguousarray(np_state[1]).view(np.uint8).copy())
+    return tensors
+
+
+def checkpoint_meta(config, cfg, parts, ds, classes, in_chans, image_size, max_epochs, seed, split_seed, defaults,
+                    history, best_epoch, best_score, data_uri) -> dict[str, Any]:
+    import timm
+
+    from quicktune.finetune.checkpoint import optimizer_to_parts
+
+    _, opt_meta = optimizer_to_parts(parts["optimizer"].state_dict())
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "config": dict(config), "resolved_config": dict(cfg), "model": cfg["model"],
+        "seed": int(seed), "split_seed": int(split_seed), "image_size": int(image_size), "in_chans": int(in_chans),
+        "num_classes": len(classes), "classes": classes, "mean": list(defaults["mean"]), "std": list(defaults["std"]),
+        "pretrained": bool(defaults["pretrained"]), "max_epochs": int(max_epochs),
+        "data_uri": str(data_uri), "data_fingerprint": getattr(ds, "fingerprint", None),
+        "history": history, "best_epoch": best_epoch, "best_score": best_score,
+        "optimizer": opt_meta, "scheduler": _scheduler_state(parts["scheduler"]),
+        "scaler": parts["scaler"].state_dict() if parts["scaler"] is not None else None,
+        "rng": {"python": [py_state[0], list(py_state[1]), py_state[2]],
+                "numpy": {"pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+                "data_order": "torch.Generator seeded per epoch from sha256(seed, epoch) (loader.epoch_seed)"},
+        "stoch_norm": bool(cfg["stoch_norm"]), "source_head": parts["regs"].source_head is not None,
+        "versions": {"torch": torch.__version__, "timm": timm.__version__},
+    }
+
+
+def restore_state(ckpt, parts: Mapping[str, Any]) -> None:
+    from quicktune.finetune.checkpoint import CheckpointError, optimizer_from_parts
+
+    t, m = ckpt.tensors, ckpt.manifest
+    model_sd = {k[len("model/"):]: v for k, v in t.items() if k.startswith("model/")}
+    try:
+        parts["net"].load_state_dict(model_sd, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt.uri}: model weights do not fit the config's model: {exc}") from exc
+    regs = parts["regs"]
+    if regs.source_head is not None:
+        regs.source_head.load_state_dict({k[len("source_head/"):]: v for k, v in t.items() if k.startswith("source_head/")})
+    if "cotuning/relationship" in t:
+        regs.relationship = t["cotuning/relationship"]
+    elif regs.cotuning_weight > 0 and regs.source_head is not None:
+        raise CheckpointError(f"{ckpt.uri}: co-tuning relationship missing")
+    parts["optimizer"].load_state_dict(optimizer_from_parts(t, m["optimizer"]))
+    _load_scheduler_state(parts["scheduler"], m["scheduler"])
+    if parts["scaler"] is not None and m.get("scaler"):
+        parts["scaler"].load_state_dict(m["scaler"])
+    torch.set_rng_state(t["rng/torch"])
+    if "rng/cuda" in t and torch.cuda.is_available():
+        torch.cuda.set_rng_state(t["rng/cuda"])
+    py = m["rng"]["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npm = m["rng"]["numpy"]
+    keys = t["rng/numpy_keys"].numpy().view(np.uint32)
+    np.random.set_state(("MT19937", keys, npm["pos"], npm["has_gauss"], npm["cached_gaussian"]))
