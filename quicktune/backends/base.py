@@ -98,6 +98,13 @@ class TrialBackend(ABC):
         """Ids of steps not yet terminal (pending or running), including ones started by an
         earlier controller process for the same search where the backend can see them."""
 
+    def rerun(self, request: StepRequest) -> str:
+        """Run a step again under its id although it already finished or was never started (the
+        controller retries a step that failed for a possibly transient reason, or starts one a
+        killed controller had planned). The old attempt's record is discarded; a step still
+        pending or running is re-adopted, not duplicated. Returns the step id."""
+        raise NotImplementedError(f"{type(self).__name__} cannot re-run a finished step")
+
     def capacity(self) -> int:
         """How many steps may run at once."""
         return 1

@@ -140,6 +140,14 @@ class LocalBackend(TrialBackend):
             self._pump_locked()
         return sid
 
+    def rerun(self, request: StepRequest) -> str:
+        sid = request.id
+        d = self._dir(sid)
+        with self._lock():
+            if (d / "request.json").exists() and self._state(sid).done:
+                self._reset(d)
+        return self.start(request)
+
     def poll(self, step_id: str) -> StepStatus:
         self.step_dir(step_id)
         with self._lock():

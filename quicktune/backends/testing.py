@@ -172,15 +172,27 @@ class BackendConformance:
         assert wait_state(restarted, sid, (CANCELLED,), timeout=60) == CANCELLED
 
     # --- failures ------------------------------------------------------------------------------
-    def test_invalid_config_reports_invalid(self, make_backend, make_request):
+    def test_invalid_config_reports_invalid_and_rerun_runs_again(self, make_backend, make_request):
         backend = make_backend()
-        sid = backend.start(make_request("invalid", _sid("inv")))
+        req = make_request("invalid", _sid("inv"))
+        sid = backend.start(req)
         status = wait_done(backend, sid, self.wait_seconds)
         assert status.state == FAILED
         result = backend.result(sid)
         assert result["status"] == "invalid", result
         assert result["message"] and result["epochs"] == []
         assert "invalid" in status.message
+        # rerun() runs a finished step again under the same id (the controller's retry)
+        assert backend.rerun(req) == sid
+        assert backend.poll(sid).state in (PENDING, RUNNING)
+        assert sid in backend.active()
+        assert wait_done(backend, sid, self.wait_seconds).state == FAILED
+        assert backend.result(sid)["status"] == "invalid"
+        # rerun() of a step never started starts it
+        fresh = make_request("invalid", _sid("inv2"))
+        assert backend.rerun(fresh) == fresh.id
+        assert backend.poll(fresh.id).state in (PENDING, RUNNING, FAILED)
+        backend.cancel(fresh.id)
 
     def test_crashing_process_fails_with_logs(self, make_backend, make_request):
         backend = make_backend()
