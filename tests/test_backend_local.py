@@ -1,0 +1,100 @@
+"""LocalBackend against the backend conformance suite, with real ``quicktune step`` processes.
+
+Cost: ~40-60 s on 2 busy cores (each real step pays ~4-8 s of Python/torch/timm start-up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from quicktune.backends.base import FAILED, RUNNING
+from quicktune.backends.local import LocalBackend, process_start_time
+from quicktune.backends.testing import BackendConformance, RealStepRequests, wait_done, wait_state
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory):
+    """300 real 8x8 digit images (30 per class) as an image folder."""
+    from quicktune.data.packaged import import_dataset
+
+    dest = tmp_path_factory.mktemp("digits") / "digits"
+    import_dataset("digits", str(dest), max_per_class=30)
+    return dest
+
+
+class TestLocalBackendConformance(BackendConformance):
+    @pytest.fixture
+    def make_backend(self, tmp_path):
+        return lambda: LocalBackend(tmp_path / "work", max_workers=2)
+
+    @pytest.fixture
+    def make_request(self, digits_folder, tmp_path):
+        return RealStepRequests(data_uri=str(digits_folder), checkpoint_root=str(tmp_path / "ckpt"))
+
+
+def test_files_state_and_no_secrets_on_disk(tmp_path, digits_folder, monkeypatch):
+    """The step's state lives in files; env secrets reach the step by inheritance, never on disk."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value-123")
+    backend = LocalBackend(tmp_path / "work", max_workers=1, threads_per_worker=1)
+    req = RealStepRequests(str(digits_folder), str(tmp_path / "ckpt"))("ok", "files")
+    sid = backend.start(req)
+    assert wait_done(backend, sid).state == "succeeded", backend.logs(sid)
+    d = backend.step_dir(sid)
+    launch = json.loads((d / "launch.json").read_text())
+    assert launch["pid"] > 0 and "--to-epoch" in launch["argv"]
+    assert json.loads((d / "exit.json").read_text())["returncode"] == 0
+    assert json.loads((d / ".runner.json").read_text())["env_overrides"]["OMP_NUM_THREADS"] == "1"
+    for f in d.rglob("*"):
+        if f.is_file():
+            assert b"very-secret-value-123" not in f.read_bytes(), f
+
+
+def test_dead_runner_without_result_is_lost_and_rerun_on_start(tmp_path, digits_folder):
+    """A runner killed from outside (no exit record, no result) polls FAILED as lost; start() runs it
+    again, while a step that crashed by itself is re-adopted, not re-run (see the suite)."""
+    backend = LocalBackend(tmp_path / "work", max_workers=1)
+    req = RealStepRequests(str(digits_folder), str(tmp_path / "ckpt"))("slow", "lost")
+    sid = backend.start(req)
+    wait_state(backend, sid, (RUNNING,))
+    launch = json.loads((backend.step_dir(sid) / "launch.json").read_text())
+    os.killpg(launch["pid"], signal.SIGKILL)  # the whole group, runner included: nothing records an exit
+    status = wait_done(LocalBackend(tmp_path / "work"), sid, timeout=30)
+    assert status.state == FAILED and status.message.startswith("lost")
+    assert backend.start(req) == sid
+    assert wait_state(backend, sid, (RUNNING,)) == RUNNING
+    assert (backend.step_dir(sid) / "step.log.0").exists()  # the first attempt's log is kept
+    backend.cancel(sid)
+
+
+def test_timeout_fails_the_step_with_status_timeout(tmp_path, digits_folder):
+    backend = LocalBackend(tmp_path / "work", max_workers=1, step_timeout=2.0)
+    req = RealStepRequests(str(digits_folder), str(tmp_path / "ckpt"))("slow", "timeout")
+    sid = backend.start(req)
+    status = wait_done(backend, sid, timeout=60)
+    assert status.state == FAILED and "timeout" in status.message
+    result = backend.result(sid)
+    assert result["status"] == "failed" and result.get("timeout") is True
+    assert "timeout" in backend.logs(sid)
+    launch = json.loads((backend.step_dir(sid) / "launch.json").read_text())
+    assert process_start_time(launch["pid"]) is None  # the process group is gone
+
+
+def test_recycled_pid_is_not_mistaken_for_the_step(tmp_path):
+    """Re-adoption checks the start time, not just the pid."""
+    assert process_start_time(os.getpid()) is not None
+    backend = LocalBackend(tmp_path / "work")
+    assert not backend._alive("x", {"pid": os.getpid(), "proc_start": -1})
+    assert backend._alive("x", {"pid": os.getpid(), "proc_start": process_start_time(os.getpid())})
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="max_workers"):
+        LocalBackend(tmp_path, max_workers=0)
+    with pytest.raises(KeyError):
+        LocalBackend(tmp_path).logs("../etc")
