@@ -159,7 +159,7 @@ def _curve(config: dict[str, Any], shift: dict[str, Any], max_epochs: int, rng: 
     overfit *= (1.0 - 0.15 * (wd + 6) / 5)
     if overfit > 0.35 and rng.random() < overfit:
         peak = float(rng.uniform(0.3, 0.7) * max_epochs)
-        scores = scores - 0.004 * gap * overfit * np.maximum(epochs - peak, 0.0) ** 1.3
+        scores = scores - 0.25 * gap * overfit * (np.maximum(epochs - peak, 0.0) / max_epochs) ** 1.2
 
     # noise
     noise_sd = 0.004 + 0.01 * (config["batch_size"] <= 16) + 0.004 * (shift["ceiling"] < 0.7)

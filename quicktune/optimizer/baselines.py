@@ -7,7 +7,8 @@ the benchmark charges every optimizer the same per-epoch costs. Rungs are geomet
 with reduction factor ``eta`` (3): for ``max_epochs=20`` they are 1, 3, 9, 20.
 
 Candidates are either a ``SearchSpace`` (configs are sampled lazily, without repetition) or a
-finite list of ``(config_id, config)`` pairs, visited in a seed-dependent random order. ``ask``
+finite list of ``(config_id, config)`` pairs, visited in a seed-dependent random order
+(``shuffle=False``: in the given order). ``ask``
 returns None when nothing can be started right now: the pool is exhausted, or (for the
 synchronous successive halving inside Hyperband brackets) every remaining step waits on a
 pending result. A config told with a non-``ok`` status (or a NaN score) is dead.
@@ -47,7 +48,7 @@ class _PoolOptimizer(Optimizer):
     name = "pool"
 
     def __init__(self, candidates: SearchSpace | Sequence[tuple[str, Mapping[str, Any]]], max_epochs: int,
-                 seed: int = 0, **ignored_options: Any) -> None:
+                 seed: int = 0, shuffle: bool = True, **ignored_options: Any) -> None:
         if int(max_epochs) < 1:
             raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
         self.max_epochs = int(max_epochs)
@@ -72,7 +73,7 @@ class _PoolOptimizer(Optimizer):
             if not self._configs:
                 raise ValueError("candidates is empty")
             ids = list(self._configs)
-            self._order = [ids[i] for i in self._rng.permutation(len(ids))]
+            self._order = [ids[i] for i in self._rng.permutation(len(ids))] if shuffle else ids
         self._scores: dict[str, list[float]] = {}  # config -> scores of epochs 1..last
         self._pending: dict[str, int] = {}  # config -> epoch asked and not yet told
         self._dead: set[str] = set()
@@ -177,8 +178,9 @@ class RandomSearch(_PoolOptimizer):
 
     name = "random"
 
-    def __init__(self, candidates, max_epochs: int, seed: int = 0, **ignored_options: Any) -> None:
-        super().__init__(candidates, max_epochs, seed=seed)
+    def __init__(self, candidates, max_epochs: int, seed: int = 0, shuffle: bool = True,
+                 **ignored_options: Any) -> None:
+        super().__init__(candidates, max_epochs, seed=seed, shuffle=shuffle)
         self._active: list[str] = []
 
     def ask(self) -> Suggestion | None:
@@ -210,8 +212,8 @@ class ASHA(_PoolOptimizer):
     name = "asha"
 
     def __init__(self, candidates, max_epochs: int, seed: int = 0, eta: int = 3, min_epoch: int = 1,
-                 **ignored_options: Any) -> None:
-        super().__init__(candidates, max_epochs, seed=seed)
+                 shuffle: bool = True, **ignored_options: Any) -> None:
+        super().__init__(candidates, max_epochs, seed=seed, shuffle=shuffle)
         self.eta = int(eta)
         self.levels = rung_levels(self.max_epochs, self.eta, int(min_epoch))
         self._target: dict[str, int] = {}  # config -> index of the rung it is heading to
@@ -329,8 +331,8 @@ class Hyperband(_PoolOptimizer):
     name = "hyperband"
 
     def __init__(self, candidates, max_epochs: int, seed: int = 0, eta: int = 3, min_epoch: int = 1,
-                 **ignored_options: Any) -> None:
-        super().__init__(candidates, max_epochs, seed=seed)
+                 shuffle: bool = True, **ignored_options: Any) -> None:
+        super().__init__(candidates, max_epochs, seed=seed, shuffle=shuffle)
         self.eta = int(eta)
         self.levels = rung_levels(self.max_epochs, self.eta, int(min_epoch))
         self.s_max = len(self.levels) - 1

@@ -1,0 +1,158 @@
+"""Baselines: rung arithmetic, ASHA / SH / Hyperband promotions on hand-made tables, pending
+asks, dead configs, state save/restore and exhaustion. All pure Python, < 2 s in total."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from quicktune.bench.synthetic import synthetic_space
+from quicktune.optimizer.baselines import ASHA, Hyperband, RandomSearch, SuccessiveHalving, rung_levels
+from quicktune.optimizer.registry import make_optimizer
+
+# constant-over-epochs scores of nine configs: c4 > c1 > c8 > c6 > c0 > c7 > c3 > c5 > c2
+Q = [0.5, 0.9, 0.1, 0.3, 0.95, 0.2, 0.6, 0.4, 0.8]
+
+
+def _pool(q):
+    return [(f"c{i}", {"x": i}) for i in range(len(q))]
+
+
+def _drive(opt, score_of, limit=10_000):
+    """Ask/tell sequentially until None; returns the asked (config, epoch) sequence."""
+    seq = []
+    for _ in range(limit):
+        s = opt.ask()
+        if s is None:
+            return seq
+        seq.append((s.config_id, s.epoch))
+        opt.tell(s.config_id, s.epoch, score_of(s.config_id, s.epoch), 1.0)
+    raise AssertionError("optimizer never exhausted")
+
+
+def _q(q):
+    return lambda cid, epoch: q[int(cid[1:])]
+
+
+def test_rung_levels():
+    assert rung_levels(20) == [1, 3, 9, 20]
+    assert rung_levels(9) == [1, 3, 9]
+    assert rung_levels(27) == [1, 3, 9, 27]
+    assert rung_levels(1) == [1]
+    assert rung_levels(12, eta=2, min_epoch=2) == [2, 4, 8, 12]
+    with pytest.raises(ValueError):
+        rung_levels(0)
+
+
+def test_asha_promotes_the_right_configs():
+    # Hand-computed (levels 1, 3, 9; eta 3): a rung promotes its best not-yet-promoted config among
+    # its top floor(n/3); higher rungs are served first; otherwise a new config starts.
+    seq = _drive(ASHA(_pool(Q), 9, seed=0, shuffle=False), _q(Q))
+    expected = [("c0", 1), ("c1", 1), ("c2", 1),  # rung 0 = {c0, c1, c2}: top-1 is c1
+                ("c1", 2), ("c1", 3),  # c1 -> rung 1
+                ("c3", 1), ("c4", 1),  # rung 0 has 5: top-1 is now c4
+                ("c4", 2), ("c4", 3),
+                ("c5", 1), ("c6", 1), ("c7", 1), ("c8", 1),  # rung 0 has 9: top-3 = c4, c1, c8
+                ("c8", 2), ("c8", 3),  # rung 1 = {c1, c4, c8}: top-1 = c4 -> rung 2
+                ("c4", 4), ("c4", 5), ("c4", 6), ("c4", 7), ("c4", 8), ("c4", 9)]
+    assert seq == expected
+
+
+def test_successive_halving_bracket():
+    seq = _drive(SuccessiveHalving(_pool(Q), 9, seed=0, shuffle=False), _q(Q))
+    expected = [(f"c{i}", 1) for i in range(9)]
+    expected += [("c4", 2), ("c4", 3), ("c1", 2), ("c1", 3), ("c8", 2), ("c8", 3)]
+    expected += [("c4", e) for e in range(4, 10)]
+    assert seq == expected
+
+
+def test_hyperband_second_bracket_starts_at_rung_one():
+    q = Q + [0.15, 0.7, 0.25, 0.05, 0.35]  # c9..c13: c10 is the best of them
+    seq = _drive(Hyperband(_pool(q), 9, seed=0, shuffle=False), _q(q))
+    assert seq[:21] == _drive(SuccessiveHalving(_pool(Q), 9, seed=0, shuffle=False), _q(Q))
+    rest = seq[21:]
+    # bracket s=1: ceil(3/2 * 3) = 5 configs straight to epoch 3, then the top one to 9
+    expected = [(f"c{i}", e) for i in range(9, 14) for e in (1, 2, 3)] + [("c10", e) for e in range(4, 10)]
+    assert rest == expected
+
+
+def test_random_search_trains_each_config_to_max_epochs_then_exhausts():
+    pool = [("a", {"x": 1}), ("b", {"x": 2})]
+    seq = _drive(RandomSearch(pool, 3, seed=0, shuffle=False), lambda c, e: 0.5)
+    assert seq == [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2), ("b", 3)]
+
+
+def test_pending_asks_are_distinct_and_parallel_rungs():
+    opt = ASHA(_pool(Q), 9, seed=3)
+    asks = [opt.ask() for _ in range(4)]
+    assert len({(s.config_id, s.epoch) for s in asks}) == 4
+    assert all(s.epoch == 1 for s in asks)
+    with pytest.raises(ValueError, match="was not asked"):
+        opt.tell(asks[0].config_id, 2, 0.5, 1.0)
+    # synchronous SH blocks (None) while its rung waits on pending results, then continues
+    sh = SuccessiveHalving(_pool(Q[:3]), 9, seed=0, shuffle=False)
+    first = [sh.ask() for _ in range(3)]
+    assert [s.config_id for s in first] == ["c0", "c1", "c2"]
+    assert sh.ask() is None  # all of rung 0 is pending and the pool is empty
+    for s in first:
+        sh.tell(s.config_id, 1, Q[int(s.config_id[1:])], 1.0)
+    nxt = sh.ask()
+    assert (nxt.config_id, nxt.epoch) == ("c1", 2)
+
+
+def test_dead_configs_are_never_proposed_again():
+    for cls in (RandomSearch, ASHA, SuccessiveHalving, Hyperband):
+        opt = cls(_pool(Q), 9, seed=1)
+        killed = set()
+        for _ in range(500):
+            s = opt.ask()
+            if s is None:
+                break
+            assert s.config_id not in killed, cls.__name__
+            if s.config_id in ("c4", "c1") and s.epoch == 1:
+                killed.add(s.config_id)
+                opt.tell(s.config_id, s.epoch, math.nan, 1.0, "diverged")
+            else:
+                opt.tell(s.config_id, s.epoch, Q[int(s.config_id[1:])], 1.0)
+        assert killed == {"c4", "c1"}
+    with pytest.raises(ValueError, match="status"):
+        opt = RandomSearch(_pool(Q), 3)
+        s = opt.ask()
+        opt.tell(s.config_id, s.epoch, 0.1, 1.0, "exploded")
+
+
+@pytest.mark.parametrize("name", ["random", "sh", "asha", "hyperband"])
+def test_state_dict_round_trip_continues_exactly(name):
+    q = [((i * 37) % 23) / 23 for i in range(30)]
+    score = lambda cid, e: q[int(cid[1:])] + 0.01 * e  # noqa: E731
+    a = make_optimizer(name, _pool(q), 9, seed=5)
+    for _ in range(17):
+        s = a.ask()
+        a.tell(s.config_id, s.epoch, score(s.config_id, s.epoch), 1.0)
+    pending = a.ask()  # one outstanding ask is part of the state
+    state = json.loads(json.dumps(a.state_dict()))
+    b = make_optimizer(name, _pool(q), 9, seed=999)
+    b.load_state_dict(state)
+    a.tell(pending.config_id, pending.epoch, 0.3, 1.0)
+    b.tell(pending.config_id, pending.epoch, 0.3, 1.0)
+    assert _drive(a, score) == _drive(b, score)
+    with pytest.raises(ValueError):
+        make_optimizer(name, _pool(q), 5, seed=0).load_state_dict(state)  # other max_epochs
+
+
+def test_sampling_from_a_search_space():
+    space = synthetic_space()
+    opt = RandomSearch(space, 2, seed=0)
+    seen = []
+    for _ in range(20):
+        s = opt.ask()
+        space.validate(s.config)
+        seen.append(s.config_id)
+        opt.tell(s.config_id, s.epoch, 0.5, 1.0)
+    assert len(set(seen)) == 10  # 10 configs x 2 epochs, never repeated
+    state = json.loads(json.dumps(opt.state_dict()))
+    other = RandomSearch(space, 2, seed=0)
+    other.load_state_dict(state)
+    assert opt.ask() == other.ask()
