@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt requirements-dev.txt requirements-nodeps.txt | sha1sum | cut -c1-12)
 
-.PHONY: venv demo test lint bench clean-venv system-data
+.PHONY: venv demo test lint bench bench-peers clean-venv system-data
 
 $(STAMP): pyproject.toml constraints.txt requirements-dev.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,3 +40,11 @@ system-data:
 		  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(APT_DATA) >/dev/null 2>&1; }; } \
 		|| echo "note: optional apt packages (dataset-fashion-mnist fonts-noto-color-emoji unicode-data) not installed"; \
 	else echo "note: skipping optional apt packages (needs apt-get as root)"; fi
+
+## make bench-peers: Syne Tune 0.13.0 (needs numpy<2) in its own venv .venv-peers, plus Optuna in .venv
+PEERS_VENV := .venv-peers
+bench-peers: venv
+	$(BIN)/python -m pip install -q -c constraints.txt optuna
+	test -x $(PEERS_VENV)/bin/python || $(PY) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -c "import syne_tune, sys; sys.exit(syne_tune.__version__ != '0.13.0')" 2>/dev/null \
+		|| $(PEERS_VENV)/bin/python -m pip install -q "syne-tune[gpsearchers,kde]==0.13.0"
