@@ -193,8 +193,12 @@ def _s3_call(uri: str, fn, *args, **kwargs):
 def _bucket_exists_or_raise(uri: str) -> None:
     """Distinguish 'no such key' from 'no such bucket' (HEAD requests cannot say which)."""
     bucket, _ = parse_s3_uri(uri)
-    client = s3_client()
-    _s3_call(f"s3://{bucket}", client.head_bucket, Bucket=bucket)
+    try:
+        _s3_call(f"s3://{bucket}", s3_client().head_bucket, Bucket=bucket)
+    except NoSuchBucketError:
+        raise NoSuchBucketError(f"{uri}: the bucket {bucket!r} does not exist at {s3_endpoint_url() or 'AWS S3'}") from None
+    except NotFoundError:  # HEAD has no body, so S3 cannot say NoSuchBucket
+        raise NoSuchBucketError(f"{uri}: the bucket {bucket!r} does not exist at {s3_endpoint_url() or 'AWS S3'}") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -134,19 +134,23 @@ def _sync_locked(base_uri: str, bucket: str, prefix: str, root: Path, remote: di
             pending = futures
             while pending:
                 done, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
-                for fut in done:
+                failed: BaseException | None = None
+                for fut in done:  # record every finished download before reporting a failure
                     exc = fut.exception()
                     if exc is not None:
-                        for other in pending:
-                            other.cancel()
-                        if isinstance(exc, storage.StorageError):
-                            raise DatasetError(f"{base_uri}: {exc}") from exc
-                        raise exc
+                        failed = failed or exc
+                        continue
                     rel, etag, size = fut.result()
                     with lock:
                         manifest[rel] = etag
                         stats["downloaded"] += 1
                         stats["bytes"] += size
+                if failed is not None:
+                    for other in pending:
+                        other.cancel()
+                    if isinstance(failed, storage.StorageError):
+                        raise DatasetError(f"{base_uri}: {failed}") from failed
+                    raise failed
                 if time.monotonic() - last_flush > 1.0:
                     _write_manifest(manifest_path, manifest)
                     last_flush = time.monotonic()
