@@ -1,0 +1,298 @@
+"""Turning configs and dataset meta-features into the numbers the surrogate sees.
+
+The optimizer must work on any learning-curve table, not only on our own spaces, so the encoding is
+*inferred* (from a ``SearchSpace`` or from a table's ``hp.*`` columns) and stored with the
+meta-trained weights, so that meta-training and search encode identically.
+
+- numeric columns: min-max scaled to [0, 1]; log scale where the positive values span more than
+  ``LOG_RATIO`` (a column that also holds zeros uses ``log(x + c)`` with ``c`` its smallest
+  positive value, so that 0 stays representable: regularizer weights like ``[0, 1e-4 .. 0.1]``).
+  A categorical whose choices are all numbers (the paper's ordinal grids) is a numeric column.
+- string / categorical and bool columns: one-hot; a value never seen -> all zeros.
+- every column that can be inactive gets an indicator (1 = inactive, its other entries 0).
+- the model-choice column is encoded separately (``X_model``) because the surrogate has a separate
+  model encoder; it is never part of ``X_hp`` (no index arithmetic that could split them wrongly).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+LOG_RATIO = 100.0
+
+
+def _is_missing(v: Any) -> bool:
+    if v is None:
+        return True
+    try:
+        return isinstance(v, (float, np.floating)) and math.isnan(v)
+    except TypeError:
+        return False
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _key(v: Any) -> str:
+    """A canonical string for a categorical value (bools, numbers and strings never collide)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, bool):
+        return "b:" + str(v)
+    if isinstance(v, (int, float)):
+        return "n:" + repr(float(v))
+    return "s:" + str(v)
+
+
+@dataclass
+class ColumnSpec:
+    """How one config key is encoded."""
+
+    name: str
+    kind: str  # "numeric" | "categorical"
+    low: float = 0.0
+    high: float = 1.0
+    log: bool = False
+    shift: float = 0.0  # added before the log (columns that hold zeros)
+    choices: list[Any] = field(default_factory=list)
+    can_be_inactive: bool = False
+
+    @property
+    def width(self) -> int:
+        base = 1 if self.kind == "numeric" else len(self.choices)
+        return base + int(self.can_be_inactive)
+
+    @classmethod
+    def numeric_from_values(cls, name: str, values: Sequence[float], can_be_inactive: bool,
+                            log: bool | None = None) -> "ColumnSpec":
+        vals = np.asarray([float(v) for v in values], dtype=np.float64)
+        lo, hi = float(vals.min()), float(vals.max())
+        shift = 0.0
+        if log is None:
+            pos = vals[vals > 0]
+            log = bool(lo >= 0 and pos.size > 0 and pos.max() / pos.min() > LOG_RATIO)
+            if log and lo == 0:
+                shift = float(pos.min())
+        if log and lo <= 0 and shift == 0.0:
+            shift = float(vals[vals > 0].min()) if (vals > 0).any() else 1.0
+        return cls(name=name, kind="numeric", low=lo, high=hi, log=bool(log), shift=shift,
+                   can_be_inactive=can_be_inactive)
+
+    def _transform(self, x: float) -> float:
+        return math.log(x + self.shift) if self.log else x
+
+    def encode_into(self, out: np.ndarray, value: Any) -> None:
+        """Write this column's encoding of ``value`` (``None`` = inactive) into ``out``."""
+        out[:] = 0.0
+        if value is None or _is_missing(value):
+            if self.can_be_inactive:
+                out[-1] = 1.0
+            return
+        if self.kind == "numeric":
+            if isinstance(value, (bool, np.bool_)):
+                value = float(value)
+            if not _is_number(value):
+                return  # a foreign string in a numeric column: nothing known about it
+            lo, hi = self._transform(self.low), self._transform(self.high)
+            x = float(value)
+            if self.log and x + self.shift <= 0:
+                z = -0.5
+            else:
+                z = (self._transform(x) - lo) / (hi - lo) if hi > lo else 0.5
+            out[0] = float(np.clip(z, -0.5, 1.5))
+        else:
+            k = _key(value)
+            for i, c in enumerate(self.choices):
+                if _key(c) == k:
+                    out[i] = 1.0
+                    break
+
+
+@dataclass
+class Schema:
+    """The column specs of the hyperparameters plus the separately encoded model column."""
+
+    columns: list[ColumnSpec]
+    model: ColumnSpec | None = None
+
+    @property
+    def hp_dim(self) -> int:
+        return sum(c.width for c in self.columns)
+
+    @property
+    def model_dim(self) -> int:
+        return self.model.width if self.model is not None else 0
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns] + ([self.model.name] if self.model else [])
+
+    # --- inference ----------------------------------------------------------------------------
+    @classmethod
+    def from_space(cls, space: Any) -> "Schema":
+        """From a ``quicktune.space.SearchSpace``: ranges from the declared bounds/choices."""
+        cols: list[ColumnSpec] = []
+        model = None
+        for p in space.params:
+            conditional = bool(p.only_active_with)
+            if p.name == space.model_param:
+                model = ColumnSpec(p.name, "categorical", choices=[_plain(c) for c in p.choices],
+                                   can_be_inactive=conditional)
+                continue
+            if p.type == "bool":
+                cols.append(ColumnSpec(p.name, "categorical", choices=[False, True], can_be_inactive=conditional))
+            elif p.type == "categorical":
+                if all(_is_number(c) for c in p.choices) and len(p.choices) > 1:
+                    cols.append(ColumnSpec.numeric_from_values(p.name, p.choices, conditional))
+                else:
+                    cols.append(ColumnSpec(p.name, "categorical", choices=[_plain(c) for c in p.choices],
+                                           can_be_inactive=conditional))
+            else:
+                cols.append(ColumnSpec.numeric_from_values(p.name, [p.low, p.high], conditional, log=p.log))
+        return cls(cols, model)
+
+    @classmethod
+    def from_columns(cls, values: Mapping[str, Sequence[Any]], model_column: str | None = "model") -> "Schema":
+        """From raw column values (``None``/NaN = inactive), e.g. a table's ``hp.*`` columns."""
+        cols: list[ColumnSpec] = []
+        model = None
+        for name, raw in values.items():
+            raw = list(raw)
+            present = [v.item() if isinstance(v, np.generic) else v for v in raw if not _is_missing(v)]
+            can_be_inactive = len(present) < len(raw)
+            if not present:
+                continue  # never active: carries no information
+            if name == model_column:
+                choices = sorted({str(v) for v in present})
+                model = ColumnSpec(name, "categorical", choices=choices, can_be_inactive=can_be_inactive)
+            elif all(isinstance(v, bool) for v in present):
+                cols.append(ColumnSpec(name, "categorical", choices=[False, True], can_be_inactive=can_be_inactive))
+            elif all(_is_number(v) for v in present):
+                if len({float(v) for v in present}) == 1:
+                    if not can_be_inactive:
+                        continue  # a constant column carries no information
+                    cols.append(ColumnSpec(name, "numeric", low=float(present[0]), high=float(present[0]),
+                                           can_be_inactive=True))
+                else:
+                    cols.append(ColumnSpec.numeric_from_values(name, present, can_be_inactive))
+            else:
+                choices = sorted({str(v) for v in present})
+                cols.append(ColumnSpec(name, "categorical", choices=choices, can_be_inactive=can_be_inactive))
+        return cls(cols, model)
+
+    @classmethod
+    def infer(cls, df: Any, model_column: str = "model") -> "Schema":
+        """From a learning-curve table's ``hp.<name>`` columns (one row per config is used)."""
+        firsts = df.drop_duplicates(["dataset", "config_id"]) if "config_id" in df.columns else df
+        values = {c[3:]: firsts[c].tolist() for c in df.columns if str(c).startswith("hp.")}
+        return cls.from_columns(values, model_column=model_column)
+
+    @classmethod
+    def from_configs(cls, configs: Iterable[Mapping[str, Any]], model_column: str | None = "model") -> "Schema":
+        """From a list of config dicts (absent key = inactive)."""
+        configs = list(configs)
+        names: list[str] = []
+        for c in configs:
+            for k in c:
+                if k not in names:
+                    names.append(k)
+        return cls.from_columns({n: [c.get(n) for c in configs] for n in names}, model_column=model_column)
+
+    # --- encoding -----------------------------------------------------------------------------
+    def encode(self, configs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """``(X_hp, X_model)`` as float32 arrays. Keys not in the schema are ignored; columns
+        absent from a config are inactive."""
+        n = len(configs)
+        X = np.zeros((n, self.hp_dim), dtype=np.float32)
+        M = np.zeros((n, self.model_dim), dtype=np.float32)
+        buf = np.zeros(max([c.width for c in self.columns] + [self.model_dim, 1]), dtype=np.float64)
+        for i, cfg in enumerate(configs):
+            j = 0
+            for col in self.columns:
+                w = col.width
+                col.encode_into(buf[:w], cfg.get(col.name))
+                X[i, j:j + w] = buf[:w]
+                j += w
+            if self.model is not None:
+                w = self.model.width
+                v = cfg.get(self.model.name)
+                self.model.encode_into(buf[:w], None if v is None else str(v))
+                M[i, :] = buf[:w]
+        return X, M
+
+    # --- persistence --------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"columns": [asdict(c) for c in self.columns],
+                "model": asdict(self.model) if self.model is not None else None}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "Schema":
+        cols = [ColumnSpec(**c) for c in doc["columns"]]
+        model = ColumnSpec(**doc["model"]) if doc.get("model") else None
+        return cls(cols, model)
+
+    def fingerprint(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True, default=str)
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+@dataclass
+class MetaScaler:
+    """Scales dataset meta-features. Fitted once (at meta-training) and stored in the artifact,
+    then applied identically during search: the reference code scaled them differently in the two
+    places, which silently broke transfer.
+
+    Each feature: ``log1p`` when non-negative and wide-ranged, then standardized. Unknown features
+    are ignored; missing ones are set to the training mean (0 after scaling)."""
+
+    names: list[str] = field(default_factory=list)
+    log: list[bool] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def fit(cls, metas: Sequence[Mapping[str, float]]) -> "MetaScaler":
+        names = sorted({k for m in metas for k in m})
+        logs, means, stds = [], [], []
+        for n in names:
+            v = np.array([float(m[n]) for m in metas if n in m and not _is_missing(m[n])], dtype=np.float64)
+            if v.size == 0:
+                v = np.zeros(1)
+            lg = bool(v.min() >= 0 and v.max() > 0 and v.max() / max(v.min(), 1.0) > 10)
+            t = np.log1p(v) if lg else v
+            sd = float(t.std())
+            logs.append(lg)
+            means.append(float(t.mean()))
+            stds.append(sd if sd > 1e-8 else 1.0)
+        return cls(names, logs, means, stds)
+
+    def transform(self, meta: Mapping[str, float] | None) -> np.ndarray:
+        out = np.zeros(self.dim, dtype=np.float32)
+        meta = meta or {}
+        for i, n in enumerate(self.names):
+            v = meta.get(n)
+            if v is None or _is_missing(v):
+                continue
+            x = math.log1p(max(float(v), 0.0)) if self.log[i] else float(v)
+            out[i] = float(np.clip((x - self.mean[i]) / self.std[i], -5, 5))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "MetaScaler":
+        return cls(**{k: list(v) for k, v in doc.items()})

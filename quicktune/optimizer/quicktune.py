@@ -1,0 +1,436 @@
+"""Quick-Tune: a meta-learned, cost-aware, freeze-thaw Bayesian optimizer (and DyHPO as its
+ablation with meta-learning and cost-awareness off).
+
+Each ``ask`` scores every candidate step in one argmax: every paused config at its next epoch and
+every unseen config of the pool at epoch 1, by expected improvement over the best score seen at
+that epoch (divided by the predicted cost of the step when cost-aware). The surrogate is a
+deep-kernel GP (``surrogate.py``) that starts from meta-trained weights when ``meta=True``,
+is refitted briefly (``refit_steps`` Adam steps, warm start) whenever new results arrived, and is
+reset to its starting weights after a long stagnation of the incumbent.
+
+Costs are kept low on purpose (the reference implementation spent seconds per iteration on
+1,000-step refits): refits use at most ``fit_cap`` observations (the latest result of every
+config first, then the most recent others, then a seeded random sample of the rest) and
+predictions condition on at most ``predict_cap`` observations chosen the same way.
+
+Pending steps (asked, not told) are never proposed again; for the other candidates they are
+*fantasized*: added to the GP's conditioning set with their posterior mean as the outcome, which
+shrinks the uncertainty around them so parallel workers spread out.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from quicktune.optimizer.acquisition import acquisition
+from quicktune.optimizer.artifact import MetaArtifact, default_artifact
+from quicktune.optimizer.base import STATUSES, Optimizer, Suggestion
+from quicktune.optimizer.cost import CostPredictor
+from quicktune.optimizer.encoding import Schema
+from quicktune.optimizer.surrogate import Batch, DeepKernelGP, SurrogateConfig, make_batch
+from quicktune.space import SearchSpace, config_id
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+def _tensors_to_b64(state: Mapping[str, torch.Tensor]) -> str:
+    return base64.b64encode(st_save({k: v.detach().contiguous().clone() for k, v in state.items()})).decode()
+
+
+def _tensors_from_b64(blob: str) -> dict[str, torch.Tensor]:
+    return st_load(base64.b64decode(blob))
+
+
+def _clone_state(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+class QuickTune(Optimizer):
+    """Ask/tell Quick-Tune. ``candidates``: a ``SearchSpace`` (a pool of ``n_candidates`` configs
+    is sampled, unseen ones refreshed every ``refresh_every`` asks) or a list of
+    ``(config_id, config)`` pairs (a finite pool, e.g. a table's configs)."""
+
+    name = "quicktune"
+
+    def __init__(self, candidates: SearchSpace | Sequence[tuple[str, Mapping[str, Any]]], max_epochs: int,
+                 seed: int = 0, *, meta: bool = True, cost_aware: bool = True,
+                 meta_features: Mapping[str, float] | None = None, artifact: MetaArtifact | str | Path | None = None,
+                 n_candidates: int = 256, refit_steps: int = 30, first_fit_steps: int = 100,
+                 learning_rate: float | None = None, cost_steps: int = 20, cost_learning_rate: float = 1e-2,
+                 fit_cap: int = 256, predict_cap: int = 512, refresh_every: int = 20, n_init: int = 2,
+                 stagnation_patience: int | None = None, **ignored: Any):
+        if int(max_epochs) < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
+        if ignored:
+            log.debug("QuickTune ignores options %s", sorted(ignored))
+        self.max_epochs = int(max_epochs)
+        self.seed = int(seed)
+        self.cost_aware = bool(cost_aware)
+        self.meta_features = dict(meta_features or {})
+        self.n_candidates = int(n_candidates)
+        self.refit_steps = int(refit_steps)
+        self.first_fit_steps = int(first_fit_steps)
+        self.cost_steps = int(cost_steps)
+        self.cost_lr = float(cost_learning_rate)
+        self.fit_cap = int(fit_cap)
+        self.predict_cap = int(predict_cap)
+        self.refresh_every = int(refresh_every)
+        self.n_init = int(n_init)
+        self.stagnation_patience = int(stagnation_patience or math.ceil(1.2 * self.max_epochs))
+
+        # --- meta-trained starting point (or not)
+        self.artifact: MetaArtifact | None = None
+        if meta:
+            if artifact is None:
+                self.artifact = default_artifact()
+                if self.artifact is None:
+                    log.warning("meta=True but no artifact given and none shipped with the package: "
+                                "searching without meta-learning")
+            elif isinstance(artifact, MetaArtifact):
+                self.artifact = artifact
+            else:
+                self.artifact = MetaArtifact.load(artifact)
+        self.meta = self.artifact is not None
+        self.learning_rate = float(learning_rate if learning_rate is not None else (1e-3 if self.meta else 1e-2))
+
+        # --- candidate pool
+        self.rng = np.random.default_rng(self.seed)
+        self.space: SearchSpace | None = candidates if isinstance(candidates, SearchSpace) else None
+        self.configs: dict[str, dict[str, Any]] = {}
+        if self.space is not None:
+            for c in self.space.sample_many(self.n_candidates, self.rng):
+                self.configs[config_id(c)] = c
+        else:
+            for cid, c in candidates:
+                cid = str(cid)
+                if cid in self.configs:
+                    raise ValueError(f"duplicate config_id {cid!r} in candidates")
+                self.configs[cid] = dict(c)
+            if not self.configs:
+                raise ValueError("no candidates")
+
+        # --- encoding
+        if self.artifact is not None:
+            self.schema = self.artifact.schema
+            self.meta_vec = self.artifact.meta_scaler.transform(self.meta_features)
+            scfg = self.artifact.surrogate_config
+        else:
+            self.schema = (Schema.from_space(self.space) if self.space is not None
+                           else Schema.from_configs(self.configs.values()))
+            self.meta_vec = np.zeros(0, dtype=np.float32)
+            scfg = SurrogateConfig(hp_dim=self.schema.hp_dim, model_dim=self.schema.model_dim, meta_dim=0)
+        self._enc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+        # --- models, deterministically initialized without touching torch's global RNG
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.model = DeepKernelGP(scfg)
+            self.cost_model = CostPredictor(scfg.hp_dim, scfg.model_dim, scfg.meta_dim)
+        if self.artifact is not None:
+            self.model.load_state_dict(self.artifact.surrogate_state)
+            self.cost_model.load_state_dict(self.artifact.cost_state)
+        self._init_model = _clone_state(self.model)
+        self._init_cost = _clone_state(self.cost_model)
+
+        # --- search state
+        self.curves: dict[str, list[float]] = {}
+        self.costs: dict[str, list[float]] = {}
+        self.pending: dict[str, int] = {}
+        self.dead: set[str] = set()
+        self.obs_log: list[tuple[str, int]] = []  # (config_id, epoch) of finite observations, in order
+        self.best = -math.inf
+        self.best_at_epoch: dict[int, float] = {}
+        self.stagnation = 0
+        self.n_asks = 0
+        self.fitted_obs = 0      # len(obs_log) at the last surrogate fit
+        self.fitted_once = False
+        self.cost_fitted = 0     # number of cost observations at the last cost fit
+        self.n_resets = 0
+
+    # ------------------------------------------------------------------------------------------
+    # helpers
+    def _encode(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        missing = [i for i in ids if i not in self._enc]
+        if missing:
+            X, M = self.schema.encode([self.configs[i] for i in missing])
+            for k, i in enumerate(missing):
+                self._enc[i] = (X[k], M[k])
+        X = np.stack([self._enc[i][0] for i in ids]) if ids else np.zeros((0, self.schema.hp_dim), np.float32)
+        M = np.stack([self._enc[i][1] for i in ids]) if ids else np.zeros((0, self.schema.model_dim), np.float32)
+        return X, M
+
+    def _batch(self, ids: Sequence[str], epochs: Sequence[int], curves: Sequence[Sequence[float]] | None = None,
+               zero_curves: bool = False) -> Batch:
+        X, M = self._encode(ids)
+        if zero_curves:
+            curves = [[] for _ in ids]
+        elif curves is None:
+            curves = [self.curves.get(i, [])[: e - 1] for i, e in zip(ids, epochs)]
+        meta = np.tile(self.meta_vec[None, :], (len(ids), 1))
+        return make_batch(X, M, np.asarray(epochs), list(curves), meta, self.max_epochs)
+
+    def _alive(self, cid: str) -> bool:
+        return cid not in self.dead and len(self.curves.get(cid, [])) < self.max_epochs
+
+    def _candidates(self) -> list[tuple[str, int]]:
+        out = []
+        for cid in self.configs:
+            if cid in self.pending or not self._alive(cid):
+                continue
+            out.append((cid, len(self.curves.get(cid, [])) + 1))
+        return out
+
+    def _select(self, n_total: int, cap: int) -> np.ndarray:
+        """Indices into ``obs_log`` to use when there are more than ``cap``: the latest observation
+        of every config, then the most recent others, then a seeded random sample of the rest."""
+        if n_total <= cap:
+            return np.arange(n_total)
+        last: dict[str, int] = {}
+        for k, (cid, _) in enumerate(self.obs_log):
+            last[cid] = k
+        chosen = sorted(last.values(), reverse=True)[:cap]
+        taken = set(chosen)
+        rest = [k for k in range(n_total - 1, -1, -1) if k not in taken]
+        n_recent = max(0, (cap - len(chosen)) // 2)
+        chosen += rest[:n_recent]
+        older = rest[n_recent:]
+        n_rand = cap - len(chosen)
+        if n_rand > 0 and older:
+            chosen += [older[i] for i in self.rng.choice(len(older), size=min(n_rand, len(older)), replace=False)]
+        return np.sort(np.asarray(chosen, dtype=np.int64))
+
+    def _train_data(self, idx: np.ndarray) -> tuple[Batch, torch.Tensor]:
+        obs = [self.obs_log[k] for k in idx]
+        ids = [cid for cid, _ in obs]
+        eps = [e for _, e in obs]
+        y = torch.tensor([self.curves[cid][e - 1] for cid, e in obs], dtype=torch.float32)
+        return self._batch(ids, eps), y
+
+    def _reset_models(self) -> None:
+        self.model.load_state_dict(self._init_model)
+        self.cost_model.load_state_dict(self._init_cost)
+        self.fitted_once = False
+        self.cost_fitted = 0
+        self.n_resets += 1
+
+    def _fit_surrogate(self) -> bool:
+        n = len(self.obs_log)
+        if n == self.fitted_obs and self.fitted_once:
+            return True
+        idx = self._select(n, self.fit_cap)
+        batch, y = self._train_data(idx)
+        steps = self.refit_steps if (self.fitted_once or self.meta) else self.first_fit_steps
+        for attempt in range(2):
+            try:
+                loss = self.model.fit(batch, y, steps=steps, lr=self.learning_rate)
+                if math.isfinite(loss):
+                    self.fitted_once = True
+                    self.fitted_obs = n
+                    return True
+            except Exception as exc:  # numerical trouble (e.g. not positive definite): start over
+                log.debug("surrogate fit failed: %s", exc)
+            self.model.load_state_dict(self._init_model)
+            steps = self.first_fit_steps
+        self.fitted_obs = n
+        return False
+
+    def _cost_obs(self) -> tuple[list[str], list[int], list[float]]:
+        ids, eps, cs = [], [], []
+        for cid, e in self.obs_log:
+            c = self.costs[cid][e - 1]
+            if math.isfinite(c):
+                ids.append(cid)
+                eps.append(e)
+                cs.append(c)
+        return ids, eps, cs
+
+    def _fit_cost(self) -> None:
+        ids, eps, cs = self._cost_obs()
+        if len(cs) == self.cost_fitted or len(cs) < 2:
+            return
+        if len(cs) > self.fit_cap:
+            ids, eps, cs = ids[-self.fit_cap:], eps[-self.fit_cap:], cs[-self.fit_cap:]
+        b = self._batch(ids, eps)
+        if not self.meta and self.cost_fitted == 0:
+            with torch.no_grad():  # start from the observed mean log-cost, not from 0 s
+                self.cost_model.net[-1].bias.fill_(float(np.mean(np.log(np.maximum(cs, 1e-3)))))
+        self.cost_model.fit(b, np.asarray(cs), steps=self.cost_steps, lr=self.cost_lr)
+        self.cost_fitted = len(self._cost_obs()[2])
+
+    def _predicted_cost(self, batch: Batch) -> np.ndarray | None:
+        if not self.cost_aware:
+            return None
+        if not self.meta and self.cost_fitted < 2:
+            return None  # nothing known about costs yet: plain EI
+        return self.cost_model.predict(batch)
+
+    def _refresh_pool(self) -> None:
+        if self.space is None or self.refresh_every <= 0 or self.n_asks == 0 or self.n_asks % self.refresh_every:
+            return
+        keep = {cid: c for cid, c in self.configs.items() if cid in self.curves or cid in self.pending}
+        n_fixed = len(keep)
+        for c in self.space.sample_many(self.n_candidates, self.rng):
+            if len(keep) - n_fixed >= self.n_candidates:
+                break
+            keep.setdefault(config_id(c), c)
+        self.configs = keep
+        self._enc = {k: v for k, v in self._enc.items() if k in keep}
+
+    # ------------------------------------------------------------------------------------------
+    # ask / tell
+    def ask(self) -> Suggestion | None:
+        self._refresh_pool()
+        cands = self._candidates()
+        if not cands:
+            return None
+        self.n_asks += 1
+        choice = self._choose(cands)
+        cid, epoch = cands[choice]
+        self.pending[cid] = epoch
+        return Suggestion(cid, dict(self.configs[cid]), epoch)
+
+    def _choose(self, cands: list[tuple[str, int]]) -> int:
+        if len(self.obs_log) < self.n_init:
+            return self._initial_design(cands)
+        self._fit_cost()
+        if not self._fit_surrogate():
+            return int(self.rng.integers(len(cands)))
+        idx = self._select(len(self.obs_log), self.predict_cap)
+        train, y = self._train_data(idx)
+        ids = [c for c, _ in cands]
+        eps = [e for _, e in cands]
+        test = self._batch(ids, eps)
+        try:
+            if self.pending:
+                p_ids = list(self.pending)
+                p_eps = [self.pending[c] for c in p_ids]
+                pb = self._batch(p_ids, p_eps)
+                p_mean, _ = self.model.predict(train, y, pb)
+                train = Batch.cat([train, pb])
+                y = torch.cat([y, torch.as_tensor(p_mean, dtype=torch.float32)])
+            mean, std = self.model.predict(train, y, test)
+        except Exception as exc:
+            log.debug("prediction failed (%s): resetting the surrogate", exc)
+            self._reset_models()
+            return int(self.rng.integers(len(cands)))
+        best = self.best if math.isfinite(self.best) else float(np.max(mean))
+        acq = acquisition(mean, std, np.asarray(eps), self.best_at_epoch, best, self._predicted_cost(test))
+        if not np.all(np.isfinite(acq)):
+            acq = np.nan_to_num(acq, nan=-1.0)
+        return int(np.argmax(acq))
+
+    def _initial_design(self, cands: list[tuple[str, int]]) -> int:
+        """Before the GP has ``n_init`` observations: the meta-trained prior's best predicted final
+        score among unseen configs (meta), or a random unseen config (no meta)."""
+        unseen = [k for k, (cid, e) in enumerate(cands) if e == 1]
+        pool = unseen or list(range(len(cands)))
+        if not self.meta:
+            return int(pool[int(self.rng.integers(len(pool)))])
+        ids = [cands[k][0] for k in pool]
+        b = self._batch(ids, [self.max_epochs] * len(ids), zero_curves=True)
+        pred = self.model.prior_predict(b)
+        return int(pool[int(np.argmax(pred))])
+
+    def tell(self, config_id: str, epoch: int, score: float, cost: float, status: str = "ok") -> None:
+        cid = str(config_id)
+        if cid not in self.configs:
+            raise ValueError(f"tell: unknown config_id {cid!r}")
+        if status not in STATUSES:
+            raise ValueError(f"tell: status must be one of {STATUSES}, got {status!r}")
+        curve = self.curves.setdefault(cid, [])
+        expected = len(curve) + 1
+        if int(epoch) != expected:
+            raise ValueError(f"tell: config {cid!r} expects epoch {expected}, got {epoch}")
+        if self.pending.get(cid) == int(epoch):
+            del self.pending[cid]
+        score = float(score) if score is not None else float("nan")
+        cost = float(cost) if cost is not None else float("nan")
+        curve.append(score)
+        self.costs.setdefault(cid, []).append(cost)
+        if status != "ok" or not math.isfinite(score):
+            self.dead.add(cid)
+            return
+        self.obs_log.append((cid, int(epoch)))
+        e = int(epoch)
+        if score > self.best_at_epoch.get(e, -math.inf):
+            self.best_at_epoch[e] = score
+        if score > self.best:
+            self.best = score
+            self.stagnation = 0
+        else:
+            self.stagnation += 1
+            if self.stagnation >= self.stagnation_patience:
+                log.info("no improvement for %d observations: resetting the surrogate", self.stagnation)
+                self._reset_models()
+                self.stagnation = 0
+
+    # ------------------------------------------------------------------------------------------
+    # persistence
+    def state_dict(self) -> dict[str, Any]:
+        def _f(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        return {
+            "version": STATE_VERSION,
+            "name": self.name,
+            "rng": self.rng.bit_generator.state,
+            "configs": [[cid, c] for cid, c in self.configs.items()] if self.space is not None else None,
+            "curves": {k: [_f(v) for v in vs] for k, vs in self.curves.items()},
+            "costs": {k: [_f(v) for v in vs] for k, vs in self.costs.items()},
+            "pending": dict(self.pending),
+            "dead": sorted(self.dead),
+            "obs_log": [[c, e] for c, e in self.obs_log],
+            "best": _f(self.best),
+            "best_at_epoch": {str(k): v for k, v in self.best_at_epoch.items()},
+            "stagnation": self.stagnation,
+            "n_asks": self.n_asks,
+            "fitted_obs": self.fitted_obs,
+            "fitted_once": self.fitted_once,
+            "cost_fitted": self.cost_fitted,
+            "n_resets": self.n_resets,
+            "surrogate": _tensors_to_b64(self.model.state_dict()),
+            "cost_model": _tensors_to_b64(self.cost_model.state_dict()),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"optimizer state version {state.get('version')!r}, expected {STATE_VERSION}")
+
+        def _u(x: float | None) -> float:
+            return float("nan") if x is None else float(x)
+
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        self.rng = rng
+        if state.get("configs") is not None:
+            self.configs = {cid: dict(c) for cid, c in state["configs"]}
+            self._enc = {}
+        self.curves = {k: [_u(v) for v in vs] for k, vs in state["curves"].items()}
+        self.costs = {k: [_u(v) for v in vs] for k, vs in state["costs"].items()}
+        unknown = set(self.curves) - set(self.configs)
+        if unknown:
+            raise ValueError(f"optimizer state refers to configs not in the candidates: {sorted(unknown)[:5]}")
+        self.pending = {k: int(v) for k, v in state["pending"].items()}
+        self.dead = set(state["dead"])
+        self.obs_log = [(c, int(e)) for c, e in state["obs_log"]]
+        self.best = -math.inf if state["best"] is None else float(state["best"])
+        self.best_at_epoch = {int(k): float(v) for k, v in state["best_at_epoch"].items()}
+        self.stagnation = int(state["stagnation"])
+        self.n_asks = int(state["n_asks"])
+        self.fitted_obs = int(state["fitted_obs"])
+        self.fitted_once = bool(state["fitted_once"])
+        self.cost_fitted = int(state["cost_fitted"])
+        self.n_resets = int(state.get("n_resets", 0))
+        self.model.load_state_dict(_tensors_from_b64(state["surrogate"]))
+        self.cost_model.load_state_dict(_tensors_from_b64(state["cost_model"]))
