@@ -1,0 +1,9 @@
+"""The MLflow layout of a search (see ``quicktune.tracking.layout``), retries, secret redaction."""
+
+from quicktune.tracking.layout import (ConfigRecord, Observation, SearchRun, SearchTracker, default_tracking_uri,
+                                       flatten)
+from quicktune.tracking.retry import InfrastructureError, RetryPolicy, is_transient
+from quicktune.tracking.secrets import redact, safe_uri, secret_values
+
+__all__ = ["ConfigRecord", "Observation", "SearchRun", "SearchTracker", "default_tracking_uri", "flatten",
+           "InfrastructureError", "RetryPolicy", "is_transient", "redact", "safe_uri", "secret_values"]

@@ -1,0 +1,408 @@
+"""The MLflow layout of a search, written and read back through ``MlflowClient``.
+
+One experiment (default ``quicktune``) holds, per search:
+
+- a **parent run** tagged ``quicktune.search_id`` / ``quicktune.role=search``: the search spec as
+  params and as ``spec.json``; status tags ``quicktune.status`` (running/succeeded/failed) and
+  ``quicktune.message``; metrics ``incumbent``, ``elapsed_seconds`` and ``epochs_done`` with
+  step = number of epochs done; the optimizer's state snapshots (``optimizer/state-{0,1}.json``);
+  at the end ``summary.json``, summary metrics and PNG plots under ``plots/``;
+- one **child run per configuration** (``mlflow.parentRunId``, ``quicktune.config_id``,
+  ``quicktune.role=config``): the config as params (logged once) and as the exact JSON tag
+  ``quicktune.config``; per-epoch metrics ``score, top5, val_loss, train_loss, cost,
+  train_seconds, eval_seconds`` and ``tell_seq`` with step = epoch; tags ``quicktune.status``,
+  ``quicktune.epochs_done``, ``quicktune.pending_epoch`` (a step is in flight) and, for a failed
+  step, ``quicktune.failed_epoch/failed_seq/failed_cost/message`` plus its logs as an artifact.
+
+``tell_seq`` is a search-wide, strictly increasing number given to every result told to the
+optimizer, so the order of observations is exact when a search is resumed. MLflow is the source
+of truth: everything the controller needs to continue is read back from here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from quicktune.tracking.retry import RetryPolicy
+from quicktune.tracking.secrets import redact, safe_uri
+
+log = logging.getLogger(__name__)
+
+TAG_SEARCH_ID = "quicktune.search_id"
+TAG_ROLE = "quicktune.role"
+TAG_STATUS = "quicktune.status"
+TAG_MESSAGE = "quicktune.message"
+TAG_CONFIG_ID = "quicktune.config_id"
+TAG_CONFIG = "quicktune.config"
+TAG_PENDING = "quicktune.pending_epoch"
+TAG_EPOCHS_DONE = "quicktune.epochs_done"
+TAG_CHECKPOINT_DIR = "quicktune.checkpoint_dir"
+TAG_CHECKPOINT_URI = "quicktune.checkpoint_uri"
+EPOCH_METRICS = ("score", "top5", "val_loss", "train_loss", "cost", "train_seconds", "eval_seconds")
+STATE_SLOTS = ("optimizer/state-0.json", "optimizer/state-1.json")
+MAX_TAG = 5000
+MAX_PARAM = 6000
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping -> ``{"a.b": "value"}`` with string values (MLflow params)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, str) else json.dumps(v, default=str)
+    return out
+
+
+@dataclass
+class Observation:
+    """One result told to the optimizer, as recorded in MLflow."""
+
+    seq: int
+    config_id: str
+    epoch: int
+    score: float
+    cost: float
+    status: str = "ok"
+
+
+@dataclass
+class ConfigRecord:
+    """What MLflow knows about one configuration of a search."""
+
+    run_id: str
+    config_id: str
+    config: dict[str, Any]
+    checkpoint_dir: str = ""
+    status: str = "running"
+    pending_epoch: int | None = None
+    epochs: dict[int, dict[str, float]] = field(default_factory=dict)  # epoch -> metrics (incl. tell_seq)
+    failure: Observation | None = None
+    message: str = ""
+
+    @property
+    def last_epoch(self) -> int:
+        return max(self.epochs) if self.epochs else 0
+
+    @property
+    def best_score(self) -> float:
+        scores = [m["score"] for m in self.epochs.values() if "score" in m]
+        return max(scores) if scores else -math.inf
+
+    @property
+    def best_epoch(self) -> int | None:
+        best = self.best_score
+        for e in sorted(self.epochs):
+            if self.epochs[e].get("score") == best:
+                return e
+        return None
+
+    @property
+    def dead(self) -> bool:
+        return self.failure is not None
+
+    def observations(self) -> list[Observation]:
+        out = [Observation(int(m["tell_seq"]), self.config_id, e, m.get("score", math.nan), m.get("cost", math.nan))
+               for e, m in sorted(self.epochs.items()) if "tell_seq" in m]
+        if self.failure is not None:
+            out.append(self.failure)
+        return out
+
+
+@dataclass
+class SearchRun:
+    run_id: str
+    experiment_id: str
+    artifact_uri: str
+    resumed: bool
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    params: dict[str, str]
+
+
+class SearchTracker:
+    """Writes and reads the layout above. Every call goes through ``retry`` so that an MLflow or
+    S3 outage is ridden out with backoff and, if it lasts, reported as ``InfrastructureError``."""
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = "quicktune",
+                 retry: RetryPolicy | None = None, artifact_location: str | None = None) -> None:
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment
+        self.retry = retry or RetryPolicy()
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.artifact_location = artifact_location
+        self._experiment_id: str | None = None
+        self.calls = 0
+        self.seconds = 0.0  # time spent in MLflow calls (for the overhead benchmark)
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def _call(self, what: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return self.retry.call(fn, *args, what=what, service=f"MLflow ({safe_uri(str(self.tracking_uri))})",
+                                   **kwargs)
+        finally:
+            self.calls += 1
+            self.seconds += time.perf_counter() - t0
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self._call("get experiment", self.client.get_experiment_by_name, self.experiment_name)
+            if exp is None:
+                try:
+                    self._experiment_id = self._call("create experiment", self.client.create_experiment,
+                                                     self.experiment_name, artifact_location=self.artifact_location)
+                except Exception:  # created concurrently
+                    exp = self._call("get experiment", self.client.get_experiment_by_name, self.experiment_name)
+                    if exp is None:
+                        raise
+                    self._experiment_id = exp.experiment_id
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def _search(self, filter_string: str) -> list[Any]:
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self._call("search runs", self.client.search_runs, [self.experiment_id], filter_string,
+                              max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    # --- the parent run ------------------------------------------------------------------------
+    def find_search(self, search_id: str) -> Any | None:
+        runs = self._search(f"tags.`{TAG_SEARCH_ID}` = '{search_id}' and tags.`{TAG_ROLE}` = 'search'")
+        if not runs:
+            return None
+        return sorted(runs, key=lambda r: r.info.start_time)[0]
+
+    def open_search(self, search_id: str, spec: Mapping[str, Any]) -> SearchRun:
+        """The parent run of ``search_id``, created (with the spec) if it does not exist yet."""
+        run = self.find_search(search_id)
+        resumed = run is not None
+        if run is None:
+            tags = {TAG_SEARCH_ID: search_id, TAG_ROLE: "search", TAG_STATUS: "running",
+                    TAG_MESSAGE: "", "mlflow.runName": search_id}
+            run = self._call("create search run", self.client.create_run, self.experiment_id, tags=tags)
+            self.log_params(run.info.run_id, flatten(spec))
+            self._call("log spec", self.client.log_text, run.info.run_id,
+                       redact(json.dumps(spec, indent=2, sort_keys=True, default=str)), "spec.json")
+        else:
+            self.set_tags(run.info.run_id, {TAG_STATUS: "running", TAG_MESSAGE: "resumed"})
+            if run.info.status != "RUNNING":
+                self._call("reopen run", self.client.update_run, run.info.run_id, status="RUNNING")
+        return SearchRun(run_id=run.info.run_id, experiment_id=run.info.experiment_id,
+                         artifact_uri=run.info.artifact_uri, resumed=resumed, tags=dict(run.data.tags),
+                         metrics=dict(run.data.metrics), params=dict(run.data.params))
+
+    def read_text(self, run_id: str, path: str) -> str | None:
+        """An artifact's text, or None if it does not exist."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = self._call(f"download {path}", self.client.download_artifacts, run_id, path, tmp)
+            except Exception as exc:  # noqa: BLE001 - a missing artifact is a normal answer
+                from quicktune.tracking.retry import InfrastructureError
+
+                if isinstance(exc, InfrastructureError):
+                    raise
+                return None
+            p = Path(local)
+            return p.read_text() if p.is_file() else None
+
+    def spec(self, run_id: str) -> dict[str, Any] | None:
+        text = self.read_text(run_id, "spec.json")
+        return json.loads(text) if text else None
+
+    # --- generic writes ------------------------------------------------------------------------
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], redact(str(v))[:MAX_PARAM]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self._call("log params", self.client.log_batch, run_id, params=items[i:i + 100])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, redact(str(v))[:MAX_TAG]) for k, v in tags.items()]
+        self._call("set tags", self.client.log_batch, run_id, tags=items)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int, tags: Mapping[str, Any] | None = None,
+                    timestamp_ms: int | None = None) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        ts = timestamp_ms or _now_ms()
+        ms = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if _finite(v) is not None]
+        ts_tags = [RunTag(k, redact(str(v))[:MAX_TAG]) for k, v in (tags or {}).items()]
+        self._call("log metrics", self.client.log_batch, run_id, metrics=ms, tags=ts_tags)
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self._call(f"log {path}", self.client.log_text, run_id, redact(text), path)
+
+    def log_json(self, run_id: str, obj: Any, path: str) -> None:
+        self._call(f"log {path}", self.client.log_text, run_id, redact(json.dumps(obj, indent=1, default=str)), path)
+
+    def log_figure(self, run_id: str, fig: Any, path: str) -> None:
+        self._call(f"log {path}", self.client.log_figure, run_id, fig, path)
+
+    def terminate(self, run_id: str, status: str) -> None:
+        self._call("end run", self.client.set_terminated, run_id, status)
+
+    # --- configurations ------------------------------------------------------------------------
+    def create_config_run(self, parent: SearchRun, search_id: str, config_id: str, config: Mapping[str, Any],
+                          checkpoint_dir: str) -> ConfigRecord:
+        model = str(config.get("model", "config"))
+        tags = {"mlflow.parentRunId": parent.run_id, TAG_SEARCH_ID: search_id, TAG_ROLE: "config",
+                TAG_CONFIG_ID: config_id, TAG_CONFIG: json.dumps(dict(config), sort_keys=True, default=str),
+                TAG_CHECKPOINT_DIR: safe_uri(checkpoint_dir), TAG_STATUS: "running", TAG_EPOCHS_DONE: "0",
+                "mlflow.runName": f"{model}-{config_id[:8]}"}
+        run = self._call("create config run", self.client.create_run, parent.experiment_id,
+                         tags={k: redact(v)[:MAX_TAG] for k, v in tags.items()})
+        self.log_params(run.info.run_id, {k: v for k, v in config.items()})
+        return ConfigRecord(run_id=run.info.run_id, config_id=config_id, config=dict(config),
+                            checkpoint_dir=checkpoint_dir)
+
+    def load_configs(self, parent_run_id: str) -> dict[str, ConfigRecord]:
+        """Every configuration of the search with its recorded epochs and failure (if any)."""
+        runs = self._search(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TAG_ROLE}` = 'config'")
+        records: dict[str, ConfigRecord] = {}
+        for run in sorted(runs, key=lambda r: r.info.start_time):
+            tags = run.data.tags
+            cid = tags.get(TAG_CONFIG_ID)
+            if not cid:
+                continue
+            rec = ConfigRecord(run_id=run.info.run_id, config_id=cid, config=json.loads(tags.get(TAG_CONFIG, "{}")),
+                               checkpoint_dir=tags.get(TAG_CHECKPOINT_DIR, ""), status=tags.get(TAG_STATUS, "running"),
+                               message=tags.get(TAG_MESSAGE, ""))
+            pending = tags.get(TAG_PENDING, "")
+            rec.pending_epoch = int(pending) if pending.strip().isdigit() else None
+            if "tell_seq" in run.data.metrics or "score" in run.data.metrics:
+                for key in (*EPOCH_METRICS, "tell_seq"):
+                    for m in self._call("metric history", self.client.get_metric_history, run.info.run_id, key):
+                        rec.epochs.setdefault(int(m.step), {})[key] = float(m.value)
+            if tags.get("quicktune.failed_epoch", "").isdigit():
+                rec.failure = Observation(seq=int(tags["quicktune.failed_seq"]), config_id=cid,
+                                          epoch=int(tags["quicktune.failed_epoch"]), score=math.nan,
+                                          cost=float(tags.get("quicktune.failed_cost") or "nan"),
+                                          status=tags.get(TAG_STATUS, "failed"))
+            prev = records.get(cid)
+            if prev is None or len(rec.epochs) > len(prev.epochs):  # a duplicate run: keep the fuller one
+                records[cid] = rec
+        return records
+
+    def mark_pending(self, rec: ConfigRecord, epoch: int | None) -> None:
+        rec.pending_epoch = epoch
+        self.set_tags(rec.run_id, {TAG_PENDING: "" if epoch is None else str(epoch)})
+
+    def log_epochs(self, rec: ConfigRecord, epochs: Iterable[Mapping[str, Any]], seqs: Iterable[int]) -> None:
+        """Record finished epochs (with their tell sequence numbers) and clear the pending mark, in
+        one request, so an epoch is either fully recorded or not at all."""
+        from mlflow.entities import Metric, RunTag
+
+        ts = _now_ms()
+        metrics = []
+        for ep, seq in zip(epochs, seqs):
+            e = int(ep["epoch"])
+            values = {k: _finite(ep.get(k)) for k in EPOCH_METRICS}
+            values["tell_seq"] = float(seq)
+            for k, v in values.items():
+                if v is not None:
+                    metrics.append(Metric(k, v, ts, e))
+            rec.epochs[e] = {k: v for k, v in values.items() if v is not None}
+        best = rec.best_epoch
+        if best is not None:
+            metrics.append(Metric("best_score", rec.best_score, ts, best))
+        tags = [RunTag(TAG_EPOCHS_DONE, str(rec.last_epoch)), RunTag(TAG_PENDING, "")]
+        rec.pending_epoch = None
+        self._call("log epochs", self.client.log_batch, rec.run_id, metrics=metrics, tags=tags)
+
+    def log_failure(self, rec: ConfigRecord, epoch: int, seq: int, status: str, message: str, cost: float,
+                    logs: str | None = None) -> None:
+        rec.failure = Observation(seq=seq, config_id=rec.config_id, epoch=epoch, score=math.nan, cost=cost,
+                                  status=status)
+        rec.status, rec.message, rec.pending_epoch = status, message, None
+        if logs:
+            self.log_text(rec.run_id, logs, f"logs/epoch-{epoch}.log")
+        self.set_tags(rec.run_id, {TAG_STATUS: status, TAG_MESSAGE: message[:MAX_TAG] or status,
+                                   "quicktune.failed_epoch": str(epoch), "quicktune.failed_seq": str(seq),
+                                   "quicktune.failed_cost": repr(float(cost)), TAG_PENDING: ""})
+
+    # --- optimizer snapshots -------------------------------------------------------------------
+    def save_optimizer_state(self, run_id: str, generation: int, payload: Mapping[str, Any]) -> None:
+        """Alternate between two slots so a write cut short never destroys the last good snapshot."""
+        body = json.dumps({"generation": generation, **payload}, default=str)
+        self._call("save optimizer state", self.client.log_text, run_id, body, STATE_SLOTS[generation % 2])
+
+    def load_optimizer_state(self, run_id: str) -> dict[str, Any] | None:
+        best = None
+        for slot in STATE_SLOTS:
+            text = self.read_text(run_id, slot)
+            if not text:
+                continue
+            try:
+                doc = json.loads(text)
+            except json.JSONDecodeError:
+                log.warning("optimizer snapshot %s of run %s is corrupt; ignoring it", slot, run_id)
+                continue
+            if best is None or doc.get("generation", -1) > best.get("generation", -1):
+                best = doc
+        return best
+
+    # --- the end -------------------------------------------------------------------------------
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float, int]]:
+        return [(int(m.step), float(m.value), int(m.timestamp))
+                for m in self._call("metric history", self.client.get_metric_history, run_id, key)]
+
+    def finish_search(self, parent: SearchRun, status: str, message: str, summary: Mapping[str, Any] | None,
+                      records: Mapping[str, ConfigRecord]) -> None:
+        """Summary, status tags and run states; ``status`` is succeeded or failed."""
+        if summary is not None:
+            self.log_json(parent.run_id, summary, "summary.json")
+            numeric = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            self.log_metrics(parent.run_id, {f"summary.{k}": v for k, v in numeric.items()},
+                             step=int(summary.get("epochs_done", 0)))
+            tags = {k: summary[k] for k in ("best_config_id", "best_run_id") if summary.get(k)}
+            if tags:
+                self.set_tags(parent.run_id, {f"quicktune.{k}": v for k, v in tags.items()})
+        for rec in records.values():
+            final = "FAILED" if rec.dead else "FINISHED"
+            tags = {TAG_PENDING: ""}
+            if not rec.dead:
+                tags[TAG_STATUS] = "finished"
+            self.set_tags(rec.run_id, tags)
+            self.terminate(rec.run_id, final)
+        self.set_tags(parent.run_id, {TAG_STATUS: status, TAG_MESSAGE: message})
+        self.terminate(parent.run_id, "FINISHED" if status == "succeeded" else "FAILED")
+
+
+def default_tracking_uri(workdir: str | os.PathLike[str] = ".") -> str:
+    """The embedded default: a sqlite store in the working directory (artifacts next to it)."""
+    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"

@@ -1,0 +1,110 @@
+"""Retry transient infrastructure errors (MLflow or S3 unreachable) with exponential backoff.
+
+Why here and not only in the clients: MLflow and boto3 retry single HTTP requests briefly, but a
+search must ride out an outage of tens of seconds (a restarting server, a flapping S3 gateway)
+and, when it cannot, stop with a message that says *which* service failed and for how long,
+instead of a stack trace from deep inside a client.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TRANSIENT_WORDS = ("connection", "connect timeout", "timed out", "timeout", "max retries exceeded",
+                    "temporarily unavailable", "service unavailable", "bad gateway", "gateway timeout",
+                    "internal server error", "too many 500", "too many 502", "too many 503", "too many 504",
+                    "remote end closed", "broken pipe", "reset by peer", "endpointconnectionerror",
+                    "could not connect", "name or service not known", "database is locked",
+                    "slowdown", "503", "502", "504", "500 server error", "status code 500")
+
+
+class InfrastructureError(RuntimeError):
+    """A tracking or storage service stayed unreachable after all retries."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: network failures and 5xx answers, not bad requests."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        import requests
+
+        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from botocore import exceptions as bx
+
+        if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ReadTimeoutError,
+                            bx.ConnectTimeoutError)):
+            return True
+        if isinstance(exc, bx.ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            return status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout")
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from mlflow.exceptions import MlflowException
+
+        if isinstance(exc, MlflowException):
+            code = getattr(exc, "error_code", "")
+            if code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"):
+                return True
+            if code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+                        "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST"):
+                return False
+    except ImportError:  # pragma: no cover
+        pass
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if exc.__cause__ is not None and exc.__cause__ is not exc:
+        text += " " + f"{type(exc.__cause__).__name__}: {exc.__cause__}".lower()
+    return any(w in text for w in _TRANSIENT_WORDS)
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with jitter: ``base``, ``2*base``, ... capped at ``max_delay``, until
+    ``total`` seconds have passed since the first failure."""
+
+    base: float = 0.5
+    max_delay: float = 15.0
+    total: float = 120.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def call(self, fn: Callable[..., T], *args: Any, what: str = "call", service: str = "MLflow",
+             **kwargs: Any) -> T:
+        first_failure: float | None = None
+        attempt = 0
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if not is_transient(exc):
+                    raise
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                waited = now - first_failure
+                if waited >= self.total:
+                    raise InfrastructureError(
+                        f"{service} unreachable: {what} kept failing for {waited:.0f} s "
+                        f"({attempt + 1} attempts); last error: {type(exc).__name__}: {str(exc)[:500]}") from exc
+                delay = min(self.max_delay, self.base * 2 ** attempt) * (0.75 + 0.5 * random.random())
+                delay = min(delay, max(0.0, self.total - waited) + 0.01)
+                log.warning("%s: %s failed (%s: %s); retrying in %.1f s", service, what, type(exc).__name__,
+                            str(exc)[:200], delay)
+                attempt += 1
+                self.sleep(delay)
+                continue
+            if first_failure is not None:
+                log.warning("%s: %s succeeded after %d retries (%.0f s)", service, what, attempt,
+                            time.monotonic() - first_failure)
+            return result
