@@ -195,7 +195,7 @@ class SeaweedS3:
         raise self._process.fail(f"was not ready within {self.start_timeout:.0f} s (last error: {last})")
 
     def stop(self) -> None:
-        self._process.stop()
+        self._process.stop(timeout=8)  # test data: no need to wait for a graceful flush past that
         for sock in set(glob.glob(os.path.join(tempfile.gettempdir(), "seaweedfs-*.sock"))) - self._socks_before:
             try:
                 os.unlink(sock)

@@ -1,0 +1,82 @@
+"""quicktune.testing.servers: real SeaweedFS S3 and MLflow servers.
+
+Cost: ~2 s for S3 (shared session server) + ~20-45 s for the MLflow server start (shared with
+every other test that uses ``mlflow_server``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+
+import pytest
+from botocore.exceptions import ClientError
+
+from quicktune.testing import MlflowServer, SeaweedS3, ServerError
+from quicktune.testing import servers
+
+
+def test_s3_requires_the_configured_credentials(s3_server):
+    s3_server.create_bucket("auth-check")
+    s3_server.create_bucket("auth-check")  # idempotent
+    client = s3_server.client()
+    etag = client.put_object(Bucket="auth-check", Key="a.txt", Body=b"abc")["ETag"]
+    assert etag.strip('"') == "900150983cd24fb0d6963f7d28e17f72"  # MD5 of b"abc"
+    with pytest.raises(ClientError) as err:
+        s3_server.client(secret_key="not-the-secret", max_attempts=1).get_object(Bucket="auth-check", Key="a.txt")
+    assert err.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    with pytest.raises(ClientError) as err:
+        s3_server.client(access_key="unknown-key", max_attempts=1).list_objects_v2(Bucket="auth-check")
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_s3_multipart_upload_roundtrip(s3_server, tmp_path):
+    s3_server.create_bucket("big")
+    data = os.urandom(12 * 1024 * 1024)
+    (tmp_path / "blob").write_bytes(data)
+    client = s3_server.client()
+    from boto3.s3.transfer import TransferConfig
+
+    client.upload_file(str(tmp_path / "blob"), "big", "blob", Config=TransferConfig(multipart_threshold=5 * 1024 * 1024))
+    head = client.head_object(Bucket="big", Key="blob")
+    assert head["ContentLength"] == len(data) and "-" in head["ETag"]  # a multipart ETag
+    assert client.get_object(Bucket="big", Key="blob")["Body"].read() == data
+
+
+def test_a_second_server_starts_and_stops_cleanly(tmp_path):
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "seaweedfs-*.sock")))
+    with SeaweedS3(tmp_path / "s3b", "k2", "secret-two") as s3:
+        s3.create_bucket("xyz")
+        proc = s3._process.proc
+        assert s3.client().list_buckets()["Buckets"][0]["Name"] == "xyz"
+        assert (tmp_path / "s3b" / "seaweedfs.log").exists()
+    assert proc.poll() is not None  # stopped
+    after = set(glob.glob(os.path.join(tempfile.gettempdir(), "seaweedfs-*.sock")))
+    assert after <= before  # its socket files were removed
+
+
+def test_a_server_that_cannot_start_reports_its_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(servers, "_executable", lambda name: "/bin/ls")  # exits at once: "no such option"
+    with pytest.raises(ServerError, match="(?s)seaweedfs did not start \\(exited with code 2\\); log .*seaweedfs.log:\n.*"):
+        SeaweedS3(tmp_path / "bad", "k", "s").start()
+    with pytest.raises(ServerError, match="(?s)mlflow did not start .*mlflow.log"):
+        MlflowServer(tmp_path / "badm").start()
+
+
+def test_mlflow_server_tracks_runs_with_artifacts_in_s3(mlflow_server, s3_server, tmp_path, monkeypatch):
+    import mlflow
+
+    for k, v in mlflow_server.env.items():
+        monkeypatch.setenv(k, v)
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server.tracking_uri)
+    exp = client.create_experiment(f"servers-{os.urandom(3).hex()}")
+    run = client.create_run(exp)
+    client.log_metric(run.info.run_id, "score", 0.5, step=1)
+    (tmp_path / "note.txt").write_text("hello")
+    client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
+    assert client.get_metric_history(run.info.run_id, "score")[0].value == 0.5
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket="mlflow").get("Contents", [])]
+    assert any(k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in keys), keys
+    assert (mlflow_server.workdir / "mlflow.log").exists()
