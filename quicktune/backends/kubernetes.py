@@ -23,13 +23,15 @@ What a step Job looks like (see ``build_job``):
   a ``podFailurePolicy``: a pod with the ``DisruptionTarget`` condition (preempted, evicted,
   drained) is retried without counting against ``backoffLimit``; exit codes in
   ``FAIL_FAST_EXIT_CODES`` fail the Job at once (retrying cannot help); other exits count.
+  The Job is re-tried by Kubernetes; the step resumes from its last checkpoint on S3.
 
 Exit codes of ``quicktune step`` (see docs/architecture.md): 0 whenever a RESULT.json was written
-(the status inside says ok / diverged / oom / invalid / failed); 2 for a command-line usage error
-(argparse), which is a bug in the caller and fails fast; 137 means the container was killed by the
-kernel's OOM killer (without a DisruptionTarget condition), which would recur on retry, so it
-fails fast too and is reported as status ``oom``; anything else (a crash, S3 down) counts against
-``backoffLimit``.
+(the status inside says ok / diverged / oom / invalid / failed: retrying cannot change a reported
+outcome, and the Job simply completes). 137 without a ``DisruptionTarget`` condition means the
+kernel's OOM killer ended the container; the same config would be killed again, so it fails the
+Job at once and is reported as status ``oom``. 2 is *not* fail-fast: the step uses it both for
+command-line usage errors and for "could not write --out" (e.g. S3 briefly unreachable), and the
+latter deserves a retry. Anything else (a crash, S3 down) counts against ``backoffLimit``.
 
 Results: the step writes its RESULT.json to S3 next to the checkpoints
 (``<checkpoint_dir>/results/<step_id>.json``) via ``--out s3://...``, so a result survives the pod
@@ -60,11 +62,11 @@ from quicktune.backends.base import (CANCELLED, FAILED, PENDING, RUNNING, SUCCEE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KubernetesBackend", "build_job", "sanitize_label_value", "FAIL_FAST_EXIT_CODES", "STEP_CONTAINER",
+__all__ = ["KubernetesBackend", "backend_from_env", "ENV_SETTINGS", "build_job", "sanitize_label_value", "FAIL_FAST_EXIT_CODES", "STEP_CONTAINER",
            "looks_secret", "LABEL_SEARCH", "LABEL_CONFIG", "LABEL_EPOCH"]
 
 STEP_CONTAINER = "step"
-FAIL_FAST_EXIT_CODES = (2, 137)
+FAIL_FAST_EXIT_CODES = (137,)
 LABEL_SEARCH = "quicktune.io/search-id"
 LABEL_CONFIG = "quicktune.io/config-id"
 LABEL_EPOCH = "quicktune.io/epoch"
@@ -156,6 +158,7 @@ def build_job(request: StepRequest, *, namespace: str, image: str, gpu: int = 0,
         {"name": "TORCH_HOME", "value": "/tmp/cache/torch"},
         {"name": "HF_HOME", "value": "/tmp/cache/huggingface"},
         {"name": "MPLCONFIGDIR", "value": "/tmp/cache/matplotlib"},
+        {"name": "QUICKTUNE_CACHE", "value": "/tmp/cache/quicktune"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     fixed = {e["name"] for e in env_list}
@@ -354,6 +357,14 @@ class KubernetesBackend(TrialBackend):
         return self.max_concurrent
 
     def start(self, request: StepRequest) -> str:
+        return self._start(request, rerun=False)
+
+    def rerun(self, request: StepRequest) -> str:
+        """Run a finished (or never started) step again: its old Job and RESULT.json are deleted
+        first; a step still pending or running is re-adopted, not duplicated."""
+        return self._start(request, rerun=True)
+
+    def _start(self, request: StepRequest, rerun: bool) -> str:
         self._ensure_watch()
         name = request.id
         uri = _result_uri(request)
@@ -362,6 +373,26 @@ class KubernetesBackend(TrialBackend):
             self._result_uris[name] = uri
             if name in self._queue:
                 return name
+        if rerun:
+            existing = self._get_job_or_none(name)
+            if existing is not None and not existing["metadata"].get("deletionTimestamp") \
+                    and not job_state(existing).done:
+                self._remember(existing)
+                with self._lock:
+                    self._mine.add(name)
+                    self._cancelled.discard(name)
+                return name
+            if existing is not None:
+                from kubernetes import client
+
+                self._call(lambda: self._batch.delete_namespaced_job(
+                    name, self.namespace, body=client.V1DeleteOptions(propagation_policy="Foreground"),
+                    _preload_content=False), f"delete Job {name}", missing_ok=True)
+                self._wait_gone(name)
+            self._safe_delete(uri)
+            with self._lock:
+                self._cancelled.add(name)  # forces the "run again" path below
+        with self._lock:
             known = self._cache.get(name)
             if name not in self._cancelled and (name in self._in_store or (
                     known is not None and not known["metadata"].get("deletionTimestamp"))):
@@ -581,6 +612,14 @@ class KubernetesBackend(TrialBackend):
                 return None
         return ((job.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_RESULT)
 
+    def _safe_delete(self, uri: str) -> None:
+        try:
+            from quicktune.storage import delete
+
+            delete(uri)
+        except Exception as exc:  # noqa: BLE001 - a stale result is overwritten by the new run anyway
+            log.warning("could not delete the old result %s before a re-run: %s", uri, exc)
+
     def _safe_exists(self, uri: str) -> bool:
         try:
             return bool(self._result_exists(uri))
@@ -600,10 +639,18 @@ class KubernetesBackend(TrialBackend):
             if self._cache[name]["metadata"].get("deletionTimestamp"):
                 self._final.setdefault(name, StepStatus(CANCELLED, "the Job was deleted (cancelled)"))
 
-    def _forget(self, name: str) -> None:
-        """A Job disappeared (deleted by a cancel, its TTL, garbage collection or a person)."""
-        job = self._cache.pop(name, None)
-        if job is None or name in self._cancelled:
+    def _forget(self, name: str, deleted: Mapping[str, Any] | None = None) -> None:
+        """A Job disappeared (deleted by a cancel, its TTL, garbage collection or a person).
+
+        ``deleted``: the object from the DELETED event; a late event for an older Job of the
+        same name (before a re-run) must not drop the new one."""
+        job = self._cache.get(name)
+        if job is None:
+            return
+        if deleted is not None and deleted["metadata"].get("uid") != job["metadata"].get("uid"):
+            return
+        self._cache.pop(name, None)
+        if name in self._cancelled:
             return
         if job["metadata"].get("deletionTimestamp"):
             self._final.setdefault(name, StepStatus(CANCELLED, "the Job was deleted (cancelled)"))
@@ -722,7 +769,7 @@ class KubernetesBackend(TrialBackend):
                         self._remember(obj)
                     elif etype == "DELETED":
                         with self._lock:
-                            self._forget(obj["metadata"]["name"])
+                            self._forget(obj["metadata"]["name"], obj)
                     rv = (obj.get("metadata") or {}).get("resourceVersion")
                     if rv:
                         with self._lock:
@@ -811,3 +858,112 @@ def owner_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str] |
 def iter_labels(job: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
     """(key, value) pairs of a Job's labels; handy for tests and the CLI."""
     return ((job.get("metadata") or {}).get("labels") or {}).items()
+
+
+# ----------------------------------------------------------------------------- configuration
+ENV_SETTINGS = {
+    "QUICKTUNE_K8S_NAMESPACE": "namespace of the step Jobs (default: POD_NAMESPACE, then the in-cluster namespace)",
+    "QUICKTUNE_STEP_IMAGE": "container image of the steps (default: the controller pod's own image)",
+    "QUICKTUNE_STEP_GPU": "nvidia.com/gpu per step (default 0)",
+    "QUICKTUNE_STEP_CPU": "CPU request per step (default 1)",
+    "QUICKTUNE_STEP_MEMORY": "memory request and limit per step (default 4Gi)",
+    "QUICKTUNE_STEP_NODE_SELECTOR": 'JSON object, e.g. {"nvidia.com/gpu.present": "true"}',
+    "QUICKTUNE_STEP_TOLERATIONS": "JSON list of tolerations",
+    "QUICKTUNE_STEP_PRIORITY_CLASS": "priorityClassName of the step pods",
+    "QUICKTUNE_KUEUE_QUEUE": "Kueue LocalQueue name (Jobs are created suspended for Kueue to admit)",
+    "QUICKTUNE_STEP_SECRETS": "comma-separated Secret names whose keys become the steps' env (envFrom)",
+    "QUICKTUNE_STEP_SERVICE_ACCOUNT": "service account of the step pods (e.g. for workload identity)",
+    "QUICKTUNE_STEP_ENV": "JSON object of extra non-secret env for the steps (e.g. AWS_ENDPOINT_URL)",
+    "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS": "activeDeadlineSeconds per step Job (default 14400)",
+    "QUICKTUNE_STEP_BACKOFF_LIMIT": "backoffLimit per step Job (default 3)",
+    "QUICKTUNE_STEP_TTL_SECONDS": "ttlSecondsAfterFinished per step Job (default 86400)",
+}
+# Non-secret S3 settings the controller passes on to the steps when QUICKTUNE_STEP_ENV does not.
+_PASS_THROUGH = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                 "AWS_REGION")
+
+
+def _in_cluster_namespace() -> str | None:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def backend_from_env(search_id: str, max_concurrent: int, environ: Mapping[str, str] | None = None,
+                     **overrides: Any) -> KubernetesBackend:
+    """A ``KubernetesBackend`` configured from ``QUICKTUNE_*`` env vars (see ``ENV_SETTINGS``).
+
+    This is how ``quicktune search --backend kubernetes`` gets its settings inside a cluster: the
+    controller pod loads them from the ``quicktune-config`` ConfigMap (k8s/base), and the GPU
+    overlay only changes that ConfigMap. Bad values raise ValueError naming the variable.
+    """
+    env = os.environ if environ is None else environ
+
+    def get_json(name: str, kind: type) -> Any:
+        raw = env.get(name)
+        if not raw:
+            return None
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name}: not valid JSON ({exc})") from None
+        if not isinstance(value, kind):
+            raise ValueError(f"{name}: expected a JSON {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    def get_int(name: str, default: int) -> int:
+        raw = env.get(name)
+        if raw in (None, ""):
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{name}: expected an integer, got {raw!r}") from None
+
+    namespace = env.get("QUICKTUNE_K8S_NAMESPACE") or env.get("POD_NAMESPACE") or _in_cluster_namespace()
+    if not namespace:
+        raise ValueError("no namespace: set QUICKTUNE_K8S_NAMESPACE (or run in a pod with POD_NAMESPACE)")
+    api_client = overrides.pop("api_client", None) or _default_api_client()
+    image = env.get("QUICKTUNE_STEP_IMAGE") or _own_image(api_client, namespace, env.get("POD_NAME"))
+    if not image:
+        raise ValueError("QUICKTUNE_STEP_IMAGE is not set and the controller's own image is unknown "
+                         "(POD_NAME unset): the Kubernetes backend needs the step image")
+    step_env = {k: env[k] for k in _PASS_THROUGH if env.get(k)}
+    step_env.update(get_json("QUICKTUNE_STEP_ENV", dict) or {})
+    kwargs: dict[str, Any] = dict(
+        gpu=get_int("QUICKTUNE_STEP_GPU", 0),
+        cpu=env.get("QUICKTUNE_STEP_CPU") or "1",
+        memory=env.get("QUICKTUNE_STEP_MEMORY") or "4Gi",
+        node_selector=get_json("QUICKTUNE_STEP_NODE_SELECTOR", dict),
+        tolerations=get_json("QUICKTUNE_STEP_TOLERATIONS", list),
+        priority_class=env.get("QUICKTUNE_STEP_PRIORITY_CLASS") or None,
+        kueue_queue=env.get("QUICKTUNE_KUEUE_QUEUE") or None,
+        secret_names=[s.strip() for s in (env.get("QUICKTUNE_STEP_SECRETS") or "").split(",") if s.strip()],
+        service_account=env.get("QUICKTUNE_STEP_SERVICE_ACCOUNT") or None,
+        env=step_env,
+        owner_pod=owner_from_env(env),
+        active_deadline_seconds=get_int("QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS", 4 * 3600),
+        backoff_limit=get_int("QUICKTUNE_STEP_BACKOFF_LIMIT", 3),
+        ttl_seconds_after_finished=get_int("QUICKTUNE_STEP_TTL_SECONDS", 24 * 3600),
+    )
+    kwargs.update(overrides)
+    return KubernetesBackend(namespace, image, search_id, max_concurrent=max_concurrent, api_client=api_client,
+                             **kwargs)
+
+
+def _own_image(api_client: Any, namespace: str, pod_name: str | None) -> str | None:
+    """The image of the controller's own pod, so steps run exactly the controller's image by default."""
+    if not pod_name:
+        return None
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    try:
+        pod = json.loads(client.CoreV1Api(api_client).read_namespaced_pod(pod_name, namespace,
+                                                                          _preload_content=False).data)
+    except (ApiException, OSError, ValueError) as exc:
+        raise BackendError(f"cannot read the controller pod {namespace}/{pod_name} to find its image: {exc}; "
+                           "set QUICKTUNE_STEP_IMAGE") from None
+    return pod["spec"]["containers"][0]["image"]

@@ -165,7 +165,7 @@ class FakeCluster:
         self.create_attempts: list[tuple[str, int]] = []  # (name, HTTP status) of every POST
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self.unsupported_requests: list[tuple[str, str]] = []
-        self.rejected: list[dict[str, Any]] = []  # Status objects of 4xx answers to writes
+        self.rejected: list[dict[str, Any]] = []  # Status objects of 400/422 answers (invalid requests)
         self.validated_objects = 0
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
@@ -994,7 +994,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Reject(404, "NotFound", "the server could not find the requested resource (fake cluster: "
                                            f"{method} {url.path} is not modelled)")
         except _Reject as exc:
-            if method != "GET":
+            if exc.status["code"] in (400, 422):  # invalid input (404 / 409 are ordinary answers)
                 fake.rejected.append(exc.status)
             self._send(exc.status["code"], exc.status)
         except (BrokenPipeError, ConnectionResetError):
