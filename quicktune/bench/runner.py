@@ -117,8 +117,8 @@ def _json_default(o: Any) -> Any:
 
 def _run_dataset(table: pd.DataFrame, dataset: str, optimizers: Sequence[str], seeds: Sequence[int],
                  budget_multiple: float, out_dir: str, meta_train: str, workers: int, overhead_clock: str,
-                 settings: Mapping[str, Any], resume: bool, on_run: Callable[[dict], None] | None = None
-                 ) -> list[dict[str, Any]]:
+                 settings: Mapping[str, Any], resume: bool, meta_train_options: Mapping[str, Any] | None = None,
+                 on_run: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
     """All optimizers x seeds on one dataset (one process), meta-training at most once."""
     _ensure_peers_registered()
     if any(n in TORCH_BASED for n in optimizers):
@@ -149,7 +149,7 @@ def _run_dataset(table: pd.DataFrame, dataset: str, optimizers: Sequence[str], s
                     from quicktune.optimizer.metatrain import meta_train as _meta_train
 
                     t0 = time.perf_counter()
-                    artifact = _meta_train(table, exclude=[dataset])
+                    artifact = _meta_train(table, exclude=[dataset], **dict(meta_train_options or {}))
                     log.info("meta-trained without %s in %.1f s", dataset, time.perf_counter() - t0)
                 art = artifact
             rec = run_one(curves, name, seed, budget, workers=workers, artifact=art, overhead_clock=overhead_clock)
@@ -170,12 +170,14 @@ def run_benchmark(table: pd.DataFrame | str | Path, optimizers: Sequence[str], s
                   budget_multiple: float, out_dir: str | Path, meta_train: str = "loo",
                   datasets: Sequence[str] | None = None, workers: int = 1, jobs: int = 1,
                   overhead_clock: str = "wall", resume: bool = True, title: str = "", plots: bool = True,
+                  meta_train_options: Mapping[str, Any] | None = None,
                   on_run: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Run the benchmark and write ``out_dir/{summary.json, summary_table_clock.json, results.md,
     regret.png, rank.png, runs/*.json}``; returns the summary (overhead-inclusive clock).
 
     ``jobs > 1`` runs datasets in separate processes (each meta-trains its own artifact).
     ``on_run`` is called with each finished run record (in the parent process).
+    ``meta_train_options`` are passed to ``meta_train`` (e.g. ``{"epochs": 5}`` for a quick demo).
     """
     from quicktune.lct import load_lct
 
@@ -198,11 +200,12 @@ def run_benchmark(table: pd.DataFrame | str | Path, optimizers: Sequence[str], s
         raise ValueError("--meta-train loo needs at least two datasets in the table")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     settings = {"budget_multiple": float(budget_multiple), "workers": int(workers), "meta_train": meta_train,
-                "overhead_clock": overhead_clock, "n_rows": int(len(table))}
+                "overhead_clock": overhead_clock, "n_rows": int(len(table)),
+                "meta_train_options": dict(meta_train_options or {})}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     args = (list(optimizers), seed_list, float(budget_multiple), str(out), meta_train, int(workers),
-            overhead_clock, settings, resume)
+            overhead_clock, settings, resume, dict(meta_train_options or {}))
     records: list[dict[str, Any]] = []
     if jobs <= 1 or len(chosen) == 1:
         for ds in chosen:

@@ -44,6 +44,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", help="output folder")
     p.add_argument("--meta-train", choices=["loo", "none"], default="loo",
                    help="meta-train quicktune / quicktune-nocost leaving the evaluated dataset out, or not")
+    p.add_argument("--meta-train-epochs", type=int, default=None,
+                   help="meta-training epochs (default: the meta-trainer's own default)")
     p.add_argument("--datasets", default="", help="comma-separated datasets to evaluate (default: all)")
     p.add_argument("--workers", type=int, default=1, help="parallel simulated workers per run")
     p.add_argument("--jobs", type=int, default=1, help="datasets run in parallel processes")
@@ -109,7 +111,9 @@ def _bench(args: argparse.Namespace) -> int:
         summary = run_benchmark(table, optimizers, args.seeds, args.budget_multiple, args.out,
                                 meta_train=args.meta_train, datasets=datasets, workers=args.workers,
                                 jobs=args.jobs, overhead_clock=args.overhead_clock, resume=not args.no_resume,
-                                title=args.title or str(args.table), on_run=on_run)
+                                title=args.title or str(args.table), on_run=on_run,
+                                meta_train_options=({"epochs": args.meta_train_epochs}
+                                                    if args.meta_train_epochs else None))
     except ValueError as exc:
         bar.close()
         print(f"quicktune bench: {exc}", file=sys.stderr)
