@@ -13,6 +13,7 @@ Cost: ~60-100 s on 2 busy cores (each real step pays ~4-8 s of Python/torch/timm
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import kubernetes_validate
@@ -40,9 +41,17 @@ def s3_digits(s3_server, tiny_image_folder) -> str:
     """The tiny digits folder mirrored to S3 (step pods share no filesystem with the controller)."""
     bucket = "qt-k8s-" + uuid.uuid4().hex[:6]
     s3_server.create_bucket(bucket)
-    client = s3_server.client()
+    client = s3_server.client(max_attempts=8)
     for path in sorted(p for p in tiny_image_folder.rglob("*") if p.is_file()):
-        client.upload_file(str(path), bucket, "digits/" + path.relative_to(tiny_image_folder).as_posix())
+        key = "digits/" + path.relative_to(tiny_image_folder).as_posix()
+        for attempt in range(6):  # a freshly started SeaweedFS on a loaded machine answers 500 while it grows volumes
+            try:
+                client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+                break
+            except Exception:  # noqa: BLE001
+                if attempt == 5:
+                    raise
+                time.sleep(2 * (attempt + 1))
     return f"s3://{bucket}/digits"
 
 

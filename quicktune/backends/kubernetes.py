@@ -352,6 +352,34 @@ class KubernetesBackend(TrialBackend):
         self.relists = 0  # how often the watch (re-)listed: 1 + one per 410 Gone or error
         self.created: list[str] = []  # Jobs this instance created (201), for tests and metrics
 
+    # ------------------------------------------------------------------------------ construction
+    OPTION_ENV = {  # ``--backend-option KEY=VALUE`` -> the env setting it overrides
+        "namespace": "QUICKTUNE_K8S_NAMESPACE", "image": "QUICKTUNE_STEP_IMAGE", "gpu": "QUICKTUNE_STEP_GPU",
+        "cpu": "QUICKTUNE_STEP_CPU", "memory": "QUICKTUNE_STEP_MEMORY",
+        "node_selector": "QUICKTUNE_STEP_NODE_SELECTOR", "tolerations": "QUICKTUNE_STEP_TOLERATIONS",
+        "priority_class": "QUICKTUNE_STEP_PRIORITY_CLASS", "kueue_queue": "QUICKTUNE_KUEUE_QUEUE",
+        "secrets": "QUICKTUNE_STEP_SECRETS", "service_account": "QUICKTUNE_STEP_SERVICE_ACCOUNT",
+        "env": "QUICKTUNE_STEP_ENV", "active_deadline_seconds": "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS",
+        "backoff_limit": "QUICKTUNE_STEP_BACKOFF_LIMIT", "ttl_seconds": "QUICKTUNE_STEP_TTL_SECONDS",
+    }
+
+    @classmethod
+    def from_options(cls, *, workers: int, workdir: str | None = None, search_id: str | None = None,
+                     step_timeout: float | None = None, threads_per_worker: int = 1,
+                     api_client: Any = None, **options: Any) -> "KubernetesBackend":
+        """What ``quicktune search --backend kubernetes [--backend-option KEY=VALUE ...]`` builds:
+        ``QUICKTUNE_*`` env settings (``backend_from_env``), overridden by the options
+        (keys of ``OPTION_ENV``); ``--step-timeout`` becomes the Jobs' activeDeadlineSeconds."""
+        unknown = sorted(set(options) - set(cls.OPTION_ENV))
+        if unknown:
+            raise ValueError(f"unknown Kubernetes backend option(s) {unknown}; known: {sorted(cls.OPTION_ENV)}")
+        environ = dict(os.environ)
+        environ.update({cls.OPTION_ENV[k]: str(v) for k, v in options.items()})
+        if step_timeout:
+            environ["QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS"] = str(int(step_timeout))
+        extra = {"api_client": api_client} if api_client is not None else {}
+        return backend_from_env(search_id or None, workers, environ=environ, **extra)
+
     # ---------------------------------------------------------------------------------------- API
     def capacity(self) -> int:
         return self.max_concurrent
@@ -891,7 +919,7 @@ def _in_cluster_namespace() -> str | None:
         return None
 
 
-def backend_from_env(search_id: str, max_concurrent: int, environ: Mapping[str, str] | None = None,
+def backend_from_env(search_id: str | None, max_concurrent: int, environ: Mapping[str, str] | None = None,
                      **overrides: Any) -> KubernetesBackend:
     """A ``KubernetesBackend`` configured from ``QUICKTUNE_*`` env vars (see ``ENV_SETTINGS``).
 
