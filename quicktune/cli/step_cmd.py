@@ -33,6 +33,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--workers", type=int, default=None, help="data-loader worker processes (default: 0 on CPU)")
     p.add_argument("--cache-dir", default=None, help="dataset cache folder (S3 mirrors)")
+    p.add_argument("--weights-config", default=None,
+                   help="weights-source config (YAML/JSON path; default $QUICKTUNE_WEIGHTS_CONFIG, see quicktune.hub.weights)")
     p.add_argument("--deterministic", action="store_true", help="deterministic cuDNN kernels (slower on GPU)")
     p.add_argument("--evaluate-test", action="store_true",
                    help="do not train: evaluate the best checkpoint on --split and write the metrics to --out")
@@ -45,8 +47,10 @@ def _handle(args: argparse.Namespace) -> int:
 
     try:
         config = json.loads(storage.read_bytes(args.config))
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         return _fail(args, f"cannot read --config {args.config}: {exc}")
+    except ValueError as exc:
+        return _fail(args, f"--config {args.config} is not valid JSON: {exc}", status="invalid")
     if args.evaluate_test:
         return _evaluate(args)
     if args.to_epoch is None:
@@ -59,7 +63,7 @@ def _handle(args: argparse.Namespace) -> int:
         result = run_step(config, args.data, args.to_epoch, args.checkpoint_dir, out=args.out, device=args.device,
                           seed=args.seed, image_size=args.image_size, cache_dir=args.cache_dir, max_epochs=max_epochs,
                           threads=args.threads, split_seed=args.split_seed, num_workers=args.workers,
-                          deterministic=args.deterministic)
+                          deterministic=args.deterministic, weights_config=args.weights_config)
     except Exception as exc:  # noqa: BLE001 - only writing --out can raise here
         print(f"quicktune step: could not write {args.out}: {exc}", file=sys.stderr)
         return 2
@@ -97,14 +101,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fail(args: argparse.Namespace, message: str) -> int:
+def _fail(args: argparse.Namespace, message: str, status: str = "failed") -> int:
     """A bad config *file* still yields a RESULT.json (status failed) when --out is writable."""
     from quicktune.finetune.result import make_result, write_result
 
     try:
-        write_result(args.out, make_result("failed", message))
+        write_result(args.out, make_result(status, message))
     except Exception as exc:  # noqa: BLE001
         print(f"quicktune step: {message}; and could not write {args.out}: {exc}", file=sys.stderr)
         return 2
-    print(f"status=failed message={message}")
+    print(f"status={status} message={message}")
     return 0

@@ -26,47 +26,27 @@ class UnknownModelError(ValueError):
     """The config names a model that neither the hub nor timm knows."""
 
 
-def _hub():
+def model_defaults(name: str, weights_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """mean, std, input size, whether the input size is fixed, whether pretrained weights exist
+    (per the hub's weight source for the model, which a weights config may change)."""
+    from quicktune import hub
+
     try:
-        from quicktune import hub  # noqa: F401
-        from quicktune.hub import create_model, model_info  # noqa: F401
-
-        return hub
-    except ImportError:  # the hub package is still being written; plain timm meanwhile
-        return None
-
-
-def model_defaults(name: str) -> dict[str, Any]:
-    """mean, std, input size, whether the input size is fixed, whether pretrained weights exist."""
-    import timm
-
-    hub = _hub()
-    if hub is not None:
-        try:
-            info = hub.model_info(name)
-        except Exception as exc:  # noqa: BLE001 - the hub raises its own error type for unknown names
-            if not timm.is_model(name):
-                raise UnknownModelError(f"knob 'model': unknown model {name!r} ({exc})") from None
-            info = None
-        if info is not None:
-            cfg = info.pretrained_cfg()
-            return {
-                "mean": tuple(cfg.get("mean") or (0.485, 0.456, 0.406)),
-                "std": tuple(cfg.get("std") or (0.229, 0.224, 0.225)),
-                "input_size": int((cfg.get("input_size") or (3, 224, 224))[-1]),
-                "fixed_input_size": bool(cfg.get("fixed_input_size", False)),
-                "pretrained": bool(info.pretrained),
-            }
-    if not timm.is_model(name):
-        raise UnknownModelError(f"knob 'model': unknown model {name!r} (not a timm model)")
-    cfg = timm.get_pretrained_cfg(name)
-    cfg = cfg.to_dict() if cfg is not None else {}
+        info = hub.model_info(name)
+    except hub.HubError as exc:
+        raise UnknownModelError(f"knob 'model': {exc}") from None
+    cfg = info.pretrained_cfg()
+    try:
+        pretrained = hub.weight_source(name, weights_config).source != "none"
+    except hub.HubError:
+        pretrained = bool(info.pretrained)
     return {
         "mean": tuple(cfg.get("mean") or (0.485, 0.456, 0.406)),
         "std": tuple(cfg.get("std") or (0.229, 0.224, 0.225)),
         "input_size": int((cfg.get("input_size") or (3, 224, 224))[-1]),
         "fixed_input_size": bool(cfg.get("fixed_input_size", False)),
-        "pretrained": False,
+        "pretrained": pretrained,
+        "source_classes": int(cfg.get("num_classes") or 1000),
     }
 
 
@@ -75,34 +55,17 @@ def build_network(name: str, num_classes: int, in_chans: int, image_size: int, d
                   keep_source_head: bool = False) -> tuple[nn.Module, nn.Module | None]:
     """The network with a fresh ``num_classes`` head, and (with ``keep_source_head``) a copy of
     the pretrained classifier head (for co-tuning); the copy is None when there is none."""
-    kwargs: dict[str, Any] = {}
-    if defaults.get("fixed_input_size"):
-        kwargs["img_size"] = int(image_size)
-    hub = _hub()
-    source_head = None
-    build_classes = num_classes
-    if keep_source_head and pretrained:
-        build_classes = None  # keep the pretrained head; replaced below
-    if hub is not None:
-        net = hub.create_model(name, num_classes=build_classes if build_classes is not None else _source_classes(name),
-                               in_chans=in_chans, pretrained=pretrained, drop_rate=drop_rate,
-                               weights_config=weights_config, **kwargs)
-    else:
-        import timm
+    from quicktune import hub
 
-        net = timm.create_model(name, num_classes=build_classes if build_classes is not None else 1000,
-                                in_chans=in_chans, pretrained=False, drop_rate=drop_rate, **kwargs)
-    if build_classes is None:
+    keep = keep_source_head and pretrained
+    net = hub.create_model(name, num_classes=int(defaults.get("source_classes", 1000)) if keep else num_classes,
+                           in_chans=in_chans, pretrained=pretrained, drop_rate=drop_rate,
+                           weights_config=weights_config, image_size=int(image_size))
+    source_head = None
+    if keep:
         source_head = source_head_of(net)
         net.reset_classifier(num_classes)
     return net, source_head
-
-
-def _source_classes(name: str) -> int:
-    import timm
-
-    cfg = timm.get_pretrained_cfg(name)
-    return int(getattr(cfg, "num_classes", 1000) or 1000)
 
 
 def source_head_of(net: nn.Module) -> nn.Module | None:

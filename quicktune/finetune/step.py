@@ -30,6 +30,7 @@ import os
 import random
 import time
 import traceback
+import warnings as warnings_mod
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -72,7 +73,7 @@ def run_step(config: Mapping[str, Any], data_uri: str, to_epoch: int, checkpoint
              device: str = "cpu", seed: int = 0, image_size: int | None = None, cache_dir: str | None = None,
              max_epochs: int | None = None, threads: int | None = 1, split_seed: int = 0,
              num_workers: int | None = None, deterministic: bool = False,
-             weights_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             weights_config: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train ``config`` up to epoch ``to_epoch`` (1-based), resuming from ``checkpoint_dir``.
 
     Returns the RESULT dict and, when ``out`` is given, writes it there atomically (local path or
@@ -165,7 +166,7 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
         torch.backends.cuda.matmul.allow_tf32 = not deterministic
         torch.backends.cudnn.allow_tf32 = not deterministic
         torch.cuda.reset_peak_memory_stats()
-    defaults = model_defaults(cfg["model"])
+    defaults = model_defaults(cfg["model"], weights_config)
 
     # --- the checkpoint decides image size, schedule length and seed of a resumed config
     ckpt, problems = ck.load_newest(checkpoint_dir)
@@ -356,7 +357,11 @@ def build_training(cfg: Mapping[str, Any], defaults: Mapping[str, Any], num_clas
         warmup_lr=float(cfg["warmup_lr"]), min_lr=0.0, decay_rate=float(cfg["decay_rate"]),
         decay_epochs=int(cfg["decay_epochs"]), decay_milestones=[int(cfg["decay_epochs"]), 2 * int(cfg["decay_epochs"])],
         patience_epochs=int(cfg["patience_epochs"]), plateau_mode="max", step_on_epochs=True)
-    scheduler, _ = create_scheduler_v2(optimizer, **sched_kwargs)
+    with warnings_mod.catch_warnings():
+        # timm deprecates PlateauLRScheduler because *its* state_dict drops the patience counters;
+        # this step saves the full ReduceLROnPlateau state itself (see _scheduler_state).
+        warnings_mod.filterwarnings("ignore", message="PlateauLRScheduler is deprecated", category=FutureWarning)
+        scheduler, _ = create_scheduler_v2(optimizer, **sched_kwargs)
 
     mixup = None
     if (cfg["mixup"] > 0 or cfg["cutmix"] > 0) and cfg["mixup_prob"] > 0:

@@ -66,8 +66,30 @@ def build_policy(cfg: Mapping[str, Any], image_size: int, mean: Sequence[float])
         from timm.data.auto_augment import auto_augment_transform
 
         hparams = {"translate_const": int(image_size * 0.45), "img_mean": tuple(round(255 * m) for m in mean[:3])}
-        return auto_augment_transform(str(cfg["auto_augment"]), hparams)
+        return _pillow_safe(auto_augment_transform(str(cfg["auto_augment"]), hparams))
     raise ValueError(f"unknown data_augmentation {kind!r}")
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    # timm's posterize passes bits_to_keep=0 (AutoAugment 'original'/'v0' at high magnitudes), which
+    # Pillow >= 10 rejects; Pillow used to turn it into an all-black image, which we keep.
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size, 0)
+    return ImageOps.posterize(img, int(bits_to_keep))
+
+
+def _pillow_safe(transform: Any) -> Any:
+    from timm.data import auto_augment as aa
+
+    for sub_policy in getattr(transform, "policy", []):
+        for op in sub_policy:
+            if getattr(op, "aug_fn", None) is aa.posterize:
+                op.aug_fn = _posterize
+    return transform
 
 
 class Preprocessing(dict):
