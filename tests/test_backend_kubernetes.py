@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -280,3 +281,104 @@ def test_kueue_jobs_wait_suspended_until_admitted(backend_factory, requests_fact
     assert wait_done(backend, sid).state == SUCCEEDED, backend.logs(sid)[-3000:]
     backend.cancel(sid)
     assert backend.poll(sid).state == CANCELLED
+
+
+# --------------------------------------------------------------------------------------------
+# a whole search through the Kubernetes backend, with a controller restart, a preemption and an OOM
+# --------------------------------------------------------------------------------------------
+def _kubeconfig(path, url: str):
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "users": [{"name": "fake", "user": {}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}]}))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.servers
+def test_full_search_with_controller_restart_preemption_and_oom(fake_cluster, mlflow_server, s3_digits, tmp_path):
+    """``quicktune search --backend kubernetes`` (a real controller process, via a kubeconfig that
+    points at the fake API server) is killed with SIGKILL mid-search and restarted with the same
+    search id; meanwhile one step pod is preempted and another is OOM-killed. The search must
+    finish, every step Job must have been created exactly once (running ones re-adopted), the
+    preempted Job must have succeeded without counting a failure, and the OOM-killed step's logs
+    must be on its configuration's MLflow run."""
+    import collections
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    search_id = f"k8s-{uuid.uuid4().hex[:6]}"
+    experiment = f"k8s-{uuid.uuid4().hex[:6]}"
+    bucket = s3_digits[5:].split("/")[0]
+    env = {**os.environ, **mlflow_server.env, "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", fake_cluster.url)),
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "OMP_NUM_THREADS": "1"}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    step_env = json.dumps({"AWS_ENDPOINT_URL": mlflow_server.s3.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_MAX_ATTEMPTS": "3"})
+    cmd = [sys.executable, "-m", "quicktune.cli", "-v", "search", "--data", s3_digits, "--budget", "10m",
+           "--space", str(Path(__file__).parent / "tiny_space.yaml"), "--workers", "2", "--max-epochs", "2",
+           "--image-size", "16", "--budget-epochs", "6", "--search-id", search_id, "--experiment", experiment,
+           "--tracking-uri", mlflow_server.tracking_uri, "--checkpoint-uri", f"s3://{bucket}/search-ckpt",
+           "--workdir", str(tmp_path / "work"), "--no-progress", "--backend", "kubernetes",
+           "--backend-option", f"namespace={NAMESPACE}", "--backend-option", f"image={IMAGE}",
+           "--backend-option", f"secrets={S3_SECRET}", "--backend-option", f"env={step_env}",
+           "--backend-option", "memory=2Gi", "--backend-option", "backoff_limit=2"]
+
+    def controller(pod: str, log_name: str) -> subprocess.Popen:
+        uid = fake_cluster.add_pod(pod)
+        return subprocess.Popen(cmd, env={**env, "POD_NAME": pod, "POD_UID": uid, "POD_NAMESPACE": NAMESPACE},
+                                stdout=open(tmp_path / log_name, "wb"), stderr=subprocess.STDOUT)
+
+    first = controller("controller-1", "controller-1.log")
+    try:
+        fake_cluster.wait_for(lambda: len(fake_cluster.created_jobs) >= 3 and fake_cluster.running_pods(),
+                              timeout=300, what="3 step Jobs created, one running")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    running_at_kill = set(fake_cluster.running_pods())
+    second = controller("controller-2", "controller-2.log")
+    try:
+        fake_cluster.wait_for(lambda: fake_cluster.running_pods(), timeout=120, what="a running step pod")
+        preempted_pod = fake_cluster.preempt(fake_cluster.running_pods()[0].rsplit("-", 1)[0])
+        preempted_job = preempted_pod.rsplit("-", 1)[0]
+        fake_cluster.wait_for(lambda: [p for p in fake_cluster.running_pods() if not p.startswith(preempted_job)],
+                              timeout=180, what="another running step pod")
+        victim_pod = [p for p in fake_cluster.running_pods() if not p.startswith(preempted_job)][0]
+        oom_job = victim_pod.rsplit("-", 1)[0]
+        fake_cluster.oom_kill(oom_job)
+        assert second.wait(timeout=480) == 0, (tmp_path / "controller-2.log").read_text()[-4000:]
+    finally:
+        if second.poll() is None:
+            second.kill()
+    log2 = (tmp_path / "controller-2.log").read_text()
+
+    # every step Job was created once: the restarted controller re-adopted, never duplicated
+    counts = collections.Counter(fake_cluster.created_jobs)
+    assert counts and max(counts.values()) == 1, counts
+    if running_at_kill:
+        assert "re-adopted" in log2
+    # the preempted step was retried by the Job controller without counting a failure
+    job = fake_cluster.job(preempted_job)
+    if job is not None:  # (it may be gone if the search cancelled it at the very end)
+        assert job["status"].get("failed", 0) == 0
+        assert any(c["type"] == "Complete" for c in job["status"].get("conditions", [])), job["status"]
+    # the OOM-killed step is recorded as oom on its config's run, with the pod logs attached
+    client = MlflowClient(mlflow_server.tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`quicktune.search_id` = '{search_id}'")
+    oom_config = fake_cluster.job(oom_job)["metadata"]["labels"]["quicktune.io/config-id"]
+    child = [r for r in runs if r.data.tags.get("quicktune.config_id") == oom_config]
+    assert child, f"no MLflow run for config {oom_config}"
+    assert child[0].data.tags.get("quicktune.status") == "oom", child[0].data.tags
+    logs = [a.path for a in client.list_artifacts(child[0].info.run_id, "logs")]
+    assert logs, "the failed step's logs must be attached to its run"
+    text = Path(client.download_artifacts(child[0].info.run_id, logs[0], str(tmp_path))).read_text()
+    assert "OOMKilled" in text and "===== pod" in text
+    parents = [r for r in runs if r.data.tags.get("quicktune.role") == "search"]
+    assert len(parents) == 1 and parents[0].data.tags.get("quicktune.status") == "succeeded", parents[0].data.tags

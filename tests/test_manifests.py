@@ -155,3 +155,20 @@ def test_backend_from_env_names_bad_settings():
         backend_from_env("s", 1, environ={**base, "QUICKTUNE_STEP_GPU": "one"}, api_client=client.ApiClient())
     with pytest.raises(ValueError, match="QUICKTUNE_STEP_IMAGE"):
         backend_from_env("s", 1, environ={"POD_NAMESPACE": "q"}, api_client=client.ApiClient())
+
+
+def test_controller_args_parse_with_the_real_cli(base):
+    """The controller Job's args, with $(VAR)s expanded from the ConfigMap, are a valid
+    ``quicktune search`` command line (catches a renamed or removed flag)."""
+    import re
+
+    from quicktune.cli import build_parser
+
+    (job,) = by_kind(base, "Job")
+    (cm,) = by_kind(base, "ConfigMap")
+    values = {**cm["data"], "QUICKTUNE_SEARCH_ID": "quicktune-search"}
+    args = [re.sub(r"\$\(([A-Z_]+)\)", lambda m: values[m.group(1)], a)
+            for a in job["spec"]["template"]["spec"]["containers"][0]["args"]]
+    ns = build_parser().parse_args(args)
+    assert ns.command == "search" and ns.backend == "kubernetes" and ns.search_id == "quicktune-search"
+    assert ns.workdir.startswith("/tmp/"), "the root filesystem is read-only: state must go to the /tmp emptyDir"
