@@ -689,7 +689,7 @@ def _mark_failed(search: _Search, why: str, cancel: bool) -> SearchResult:
             search.stop_inflight()
         summary = search.summary("failed", why)
         assert search.parent is not None
-        search.tracker.retry.total = min(search.tracker.retry.total, 30.0)
+        search.tracker.retry.total = min(search.tracker.retry.total, 10.0)  # it may be what failed
         search.tracker.finish_search(search.parent, "failed", why, summary, search.records)
     except Exception as exc:  # noqa: BLE001 - the tracking server may be what failed
         log.error("could not record the failure of search %s in MLflow: %s", search.spec.search_id, exc)

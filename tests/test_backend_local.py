@@ -18,31 +18,21 @@ from quicktune.backends.local import LocalBackend, process_start_time
 from quicktune.backends.testing import BackendConformance, RealStepRequests, wait_done, wait_state
 
 
-@pytest.fixture(scope="module")
-def digits_folder(tmp_path_factory):
-    """300 real 8x8 digit images (30 per class) as an image folder."""
-    from quicktune.data.packaged import import_dataset
-
-    dest = tmp_path_factory.mktemp("digits") / "digits"
-    import_dataset("digits", str(dest), max_per_class=30)
-    return dest
-
-
 class TestLocalBackendConformance(BackendConformance):
     @pytest.fixture
     def make_backend(self, tmp_path):
         return lambda: LocalBackend(tmp_path / "work", max_workers=2)
 
     @pytest.fixture
-    def make_request(self, digits_folder, tmp_path):
-        return RealStepRequests(data_uri=str(digits_folder), checkpoint_root=str(tmp_path / "ckpt"))
+    def make_request(self, tiny_image_folder, tmp_path):
+        return RealStepRequests(data_uri=str(tiny_image_folder), checkpoint_root=str(tmp_path / "ckpt"))
 
 
-def test_files_state_and_no_secrets_on_disk(tmp_path, digits_folder, monkeypatch):
+def test_files_state_and_no_secrets_on_disk(tmp_path, tiny_image_folder, monkeypatch):
     """The step's state lives in files; env secrets reach the step by inheritance, never on disk."""
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value-123")
     backend = LocalBackend(tmp_path / "work", max_workers=1, threads_per_worker=1)
-    req = RealStepRequests(str(digits_folder), str(tmp_path / "ckpt"))("ok", "files")
+    req = RealStepRequests(str(tiny_image_folder), str(tmp_path / "ckpt"))("ok", "files")
     sid = backend.start(req)
     assert wait_done(backend, sid).state == "succeeded", backend.logs(sid)
     d = backend.step_dir(sid)
@@ -55,11 +45,11 @@ def test_files_state_and_no_secrets_on_disk(tmp_path, digits_folder, monkeypatch
             assert b"very-secret-value-123" not in f.read_bytes(), f
 
 
-def test_dead_runner_without_result_is_lost_and_rerun_on_start(tmp_path, digits_folder):
+def test_dead_runner_without_result_is_lost_and_rerun_on_start(tmp_path, tiny_image_folder):
     """A runner killed from outside (no exit record, no result) polls FAILED as lost; start() runs it
     again, while a step that crashed by itself is re-adopted, not re-run (see the suite)."""
     backend = LocalBackend(tmp_path / "work", max_workers=1)
-    req = RealStepRequests(str(digits_folder), str(tmp_path / "ckpt"))("slow", "lost")
+    req = RealStepRequests(str(tiny_image_folder), str(tmp_path / "ckpt"))("slow", "lost")
     sid = backend.start(req)
     wait_state(backend, sid, (RUNNING,))
     launch = json.loads((backend.step_dir(sid) / "launch.json").read_text())
@@ -72,9 +62,9 @@ def test_dead_runner_without_result_is_lost_and_rerun_on_start(tmp_path, digits_
     backend.cancel(sid)
 
 
-def test_timeout_fails_the_step_with_status_timeout(tmp_path, digits_folder):
+def test_timeout_fails_the_step_with_status_timeout(tmp_path, tiny_image_folder):
     backend = LocalBackend(tmp_path / "work", max_workers=1, step_timeout=2.0)
-    req = RealStepRequests(str(digits_folder), str(tmp_path / "ckpt"))("slow", "timeout")
+    req = RealStepRequests(str(tiny_image_folder), str(tmp_path / "ckpt"))("slow", "timeout")
     sid = backend.start(req)
     status = wait_done(backend, sid, timeout=60)
     assert status.state == FAILED and "timeout" in status.message

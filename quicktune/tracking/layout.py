@@ -383,24 +383,25 @@ class SearchTracker:
 
     def finish_search(self, parent: SearchRun, status: str, message: str, summary: Mapping[str, Any] | None,
                       records: Mapping[str, ConfigRecord]) -> None:
-        """Summary, status tags and run states; ``status`` is succeeded or failed."""
+        """Status tags, run states and the summary; ``status`` is succeeded or failed. The status is
+        recorded before the summary artifact, so an artifact store outage cannot leave it unset."""
         if summary is not None:
-            self.log_json(parent.run_id, summary, "summary.json")
             numeric = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.log_metrics(parent.run_id, {f"summary.{k}": v for k, v in numeric.items()},
-                             step=int(summary.get("epochs_done", 0)))
+                             step=int(summary.get("epochs_done", 0) or 0))
             tags = {k: summary[k] for k in ("best_config_id", "best_run_id") if summary.get(k)}
             if tags:
                 self.set_tags(parent.run_id, {f"quicktune.{k}": v for k, v in tags.items()})
         for rec in records.values():
-            final = "FAILED" if rec.dead else "FINISHED"
             tags = {TAG_PENDING: ""}
             if not rec.dead:
                 tags[TAG_STATUS] = "finished"
             self.set_tags(rec.run_id, tags)
-            self.terminate(rec.run_id, final)
+            self.terminate(rec.run_id, "FAILED" if rec.dead else "FINISHED")
         self.set_tags(parent.run_id, {TAG_STATUS: status, TAG_MESSAGE: message})
         self.terminate(parent.run_id, "FINISHED" if status == "succeeded" else "FAILED")
+        if summary is not None:
+            self.log_json(parent.run_id, summary, "summary.json")
 
 
 def default_tracking_uri(workdir: str | os.PathLike[str] = ".") -> str:
