@@ -337,6 +337,15 @@ def test_storage_s3_roundtrip(s3_env):
         storage.exists("s3://no-such-bucket/x")
 
 
+def test_storage_s3_endpoint_from_mlflow_variable(s3_env, monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_env.endpoint_url)
+    s3_env.create_bucket("scratch")
+    storage.write_bytes("s3://scratch/via-mlflow-var", b"ok")
+    assert storage.read_bytes("s3://scratch/via-mlflow-var") == b"ok"
+
+
 def test_dataset_from_s3_matches_local_and_is_cached_by_etag(s3_digits, tiny_image_folder, tmp_path):
     cache = tmp_path / "cache"
     ds = open_dataset(s3_digits, cache_dir=cache)

@@ -45,16 +45,24 @@ def test_s3_multipart_upload_roundtrip(s3_server, tmp_path):
     assert client.get_object(Bucket="big", Key="blob")["Body"].read() == data
 
 
-def test_a_second_server_starts_and_stops_cleanly(tmp_path):
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "seaweedfs-*.sock")))
+def _socks() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "seaweedfs-*.sock")))
+
+
+def test_a_second_server_stops_cleanly_and_leaves_the_first_alone(s3_server, tmp_path):
+    first = _socks()
     with SeaweedS3(tmp_path / "s3b", "k2", "secret-two") as s3:
         s3.create_bucket("xyz")
         proc = s3._process.proc
         assert s3.client().list_buckets()["Buckets"][0]["Name"] == "xyz"
         assert (tmp_path / "s3b" / "seaweedfs.log").exists()
+        own = {p for p in _socks() - first if any(str(port) in p for port in s3.ports.values())}
+        assert own  # it made socket files named after its ports
     assert proc.poll() is not None  # stopped
-    after = set(glob.glob(os.path.join(tempfile.gettempdir(), "seaweedfs-*.sock")))
-    assert after <= before  # its socket files were removed
+    assert not own & _socks()  # its socket files were removed
+    assert {p for p in first if str(s3_server.ports["master"] + 10000) in p} <= _socks()  # not the session server's
+    s3_server.create_bucket("still-works")
+    s3_server.client().put_object(Bucket="still-works", Key="k", Body=b"v")
 
 
 def test_a_server_that_cannot_start_reports_its_log(tmp_path, monkeypatch):

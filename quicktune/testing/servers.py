@@ -22,6 +22,7 @@ import glob
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -145,7 +146,6 @@ class SeaweedS3:
         self._process = _Process("seaweedfs", self.workdir)
         self.endpoint_url = ""
         self.ports: dict[str, int] = {}
-        self._socks_before: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> "SeaweedS3":
@@ -155,7 +155,18 @@ class SeaweedS3:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Start on fresh free ports; retried when the process dies at once (a port race with
+        another test session picking the same ports)."""
+        for attempt in range(attempts):
+            try:
+                self._start_once()
+                return
+            except ServerError:
+                if self._process.alive() or attempt == attempts - 1:
+                    raise
+
+    def _start_once(self) -> None:
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "s3.json"
@@ -164,7 +175,6 @@ class SeaweedS3:
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
         config.chmod(0o600)
-        self._socks_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "seaweedfs-*.sock")))
         master, volume, filer, s3, admin = free_port_pair(5)
         self.ports = dict(master=master, volume=volume, filer=filer, s3=s3, admin=admin)
         cmd = [_executable("weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -196,11 +206,18 @@ class SeaweedS3:
 
     def stop(self) -> None:
         self._process.stop(timeout=8)  # test data: no need to wait for a graceful flush past that
-        for sock in set(glob.glob(os.path.join(tempfile.gettempdir(), "seaweedfs-*.sock"))) - self._socks_before:
-            try:
-                os.unlink(sock)
-            except OSError:
-                pass
+        if self._process.alive():
+            return
+        # Only this server's sockets (named after its ports): other SeaweedFS servers, e.g. in a
+        # parallel test session, keep theirs.
+        ours = {str(p) for p in self.ports.values()} | {str(p + 10000) for p in self.ports.values()}
+        for sock in glob.glob(os.path.join(tempfile.gettempdir(), "seaweedfs-*.sock")):
+            match = re.fullmatch(r"seaweedfs-[a-z0-9-]+?-(\d+)\.sock", os.path.basename(sock))
+            if match and match.group(1) in ours:
+                try:
+                    os.unlink(sock)
+                except OSError:
+                    pass
 
     # --- clients --------------------------------------------------------------------------------
     @property
@@ -270,7 +287,17 @@ class MlflowServer:
             env.update(self.s3.env)
         return env
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Start on a fresh free port; retried when the process dies at once (port race)."""
+        for attempt in range(attempts):
+            try:
+                self._start_once()
+                return
+            except ServerError:
+                if self._process.alive() or attempt == attempts - 1:
+                    raise
+
+    def _start_once(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.port,) = free_port_pair(1, offset=0)
         env = dict(os.environ)
