@@ -1,0 +1,142 @@
+"""``quicktune metadataset build|harvest|info``: make, harvest and inspect learning-curve tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "metadataset", help="build (campaign), harvest (from MLflow) and inspect meta-dataset tables",
+        description="The meta-dataset Quick-Tune learns from: learning curves of (dataset, config, epoch).")
+    sub = parser.add_subparsers(dest="metadataset_command", metavar="ACTION")
+
+    b = sub.add_parser(
+        "build", help="run a resumable campaign (datasets x configs x epochs) and write an LCT",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Plan and run a campaign through a trial backend; every (dataset, config) is trained to "
+                    "--epochs in one `quicktune step`. Resumable: run the same command again (or just "
+                    "--workdir and --out) and it continues; nothing is trained twice. The table at --out is "
+                    "rewritten as results arrive. Dataset specs: NAME (packaged: digits, mnist5k, fashion-mnist, "
+                    "animal-mnist, emoji, lfw), NAME:classes=0,2,3:max_per_class=60[:name=TASK], or a folder / "
+                    "s3:// URI[:name=TASK].")
+    b.add_argument("--datasets", nargs="+", default=[], metavar="SPEC", help="dataset specs (omit to resume)")
+    b.add_argument("--configs", type=int, default=None, help="configs per dataset (a larger N extends a campaign)")
+    b.add_argument("--epochs", type=int, default=None, help="epochs per config (also the lr schedule length)")
+    b.add_argument("--out", required=True, help="LCT path (.parquet or .csv), rewritten incrementally")
+    b.add_argument("--workdir", default="./metadataset-campaign", help="campaign folder (plan, data, steps, results)")
+    b.add_argument("--backend", default="local", choices=["local", "kubernetes"], help="where steps run")
+    b.add_argument("--workers", type=int, default=1, help="steps at once")
+    b.add_argument("--threads", type=int, default=1, help="CPU threads per step (local backend)")
+    b.add_argument("--space", default=None, help="search space (default builtin:cpu, or the plan's)")
+    b.add_argument("--image-size", type=int, default=None, help="input size in px (default 32, or the plan's)")
+    b.add_argument("--seed", type=int, default=None, help="sampling and training seed (default 0, or the plan's)")
+    b.add_argument("--step-timeout", type=float, default=3600.0, help="seconds before a step is killed (failed)")
+    b.add_argument("--max-results", type=int, default=None, help="stop after this many new results")
+    b.add_argument("--hours", type=float, default=None, help="stop starting new steps after this many hours")
+    b.add_argument("--poll", type=float, default=2.0, help="seconds between backend polls")
+    b.add_argument("--storage", default=None,
+                   help="where data and checkpoints live (default: the workdir; an s3:// prefix for kubernetes)")
+    b.add_argument("--namespace", default=None, help="kubernetes: namespace")
+    b.add_argument("--image", default=None, help="kubernetes: container image with quicktune installed")
+    b.add_argument("--json", action="store_true", help="print the final progress summary as JSON")
+    b.set_defaults(handler=_build)
+
+    h = sub.add_parser("harvest", help="extract an LCT from the searches recorded on an MLflow server",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Every search recorded in MLflow (parent run per search, child run per config, "
+                                   "per-epoch score/cost metrics) becomes LCT rows; the same (dataset fingerprint, "
+                                   "config) seen in several searches keeps its longest curve.")
+    h.add_argument("--tracking-uri", required=True, help="MLflow tracking URI")
+    h.add_argument("--out", required=True, help="LCT path (.parquet or .csv)")
+    h.add_argument("--experiment", action="append", default=None,
+                   help="experiment name (repeatable; default: every experiment)")
+    h.add_argument("--json", action="store_true", help="print a JSON summary")
+    h.set_defaults(handler=_harvest)
+
+    i = sub.add_parser("info", help="datasets, curves, rows and max epoch of a table (the shipped one by default)")
+    i.add_argument("path", nargs="?", default=None, help="LCT path (default: the shipped meta-dataset)")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.set_defaults(handler=_info)
+    parser.set_defaults(handler=lambda args: (parser.print_help(), 2)[1])
+
+
+def _backend(args: argparse.Namespace, workdir: str):
+    if args.backend == "local":
+        from pathlib import Path
+
+        from quicktune.backends.local import LocalBackend
+
+        return LocalBackend(Path(workdir) / "backend", max_workers=args.workers, threads_per_worker=args.threads,
+                            step_timeout=args.step_timeout)
+    from quicktune import storage
+
+    if not args.namespace or not args.image:
+        raise SystemExit("quicktune metadataset build: --backend kubernetes needs --namespace and --image")
+    if not args.storage or not storage.is_s3(args.storage):
+        raise SystemExit("quicktune metadataset build: --backend kubernetes needs --storage s3://bucket/prefix "
+                         "(workers read data and write checkpoints there)")
+    from quicktune.backends.kubernetes import KubernetesBackend
+
+    return KubernetesBackend(namespace=args.namespace, image=args.image, max_concurrent=args.workers)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from quicktune.metadataset.campaign import CampaignError, build
+
+    backend = _backend(args, args.workdir)
+    deadline = time.time() + 3600 * args.hours if args.hours else None
+    try:
+        prog = build(args.workdir, backend, args.out, datasets=args.datasets, configs=args.configs,
+                     epochs=args.epochs, seed=args.seed, space=args.space, image_size=args.image_size,
+                     storage_root=args.storage, max_results=args.max_results, poll_interval=args.poll,
+                     deadline=deadline, log=lambda line: print(line, flush=True))
+    except CampaignError as exc:
+        print(f"quicktune metadataset build: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(prog, indent=1))
+    else:
+        t = prog["total"]
+        print(f"recorded {t['done']}/{t['planned']} (failed {t['failed']}), {t['epochs']} epochs, "
+              f"{t['compute_seconds']:.0f} s compute; table: {args.out}")
+    return 0
+
+
+def _harvest(args: argparse.Namespace) -> int:
+    from quicktune.metadataset.harvest import HarvestError, harvest
+
+    try:
+        summary = harvest(args.tracking_uri, args.out, experiments=args.experiment)
+    except HarvestError as exc:
+        print(f"quicktune metadataset harvest: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"harvested {summary['curves']} curves ({summary['rows']} rows) of {summary['datasets']} datasets "
+              f"from {summary['searches']} searches -> {args.out}")
+        for w in summary.get("warnings", []):
+            print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from quicktune.lct import LCTError
+    from quicktune.metadataset.info import table_info
+
+    try:
+        info = table_info(args.path)
+    except LCTError as exc:
+        print(f"quicktune metadataset info: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"{info['path']}: {info['datasets']} datasets, {info['curves']} curves, {info['rows']} rows, "
+              f"max epoch {info['max_epoch']}")
+    return 0
