@@ -38,7 +38,7 @@ class CostPredictor(nn.Module):
         """A few Adam steps on squared error in log space (warm start)."""
         self.train()
         y = self.target(cost)
-        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        opt = torch.optim.Adam(self.parameters(), lr=lr, foreach=True)
         val = float("nan")
         for _ in range(int(steps)):
             opt.zero_grad(set_to_none=True)

@@ -66,9 +66,9 @@ class QuickTune(Optimizer):
     def __init__(self, candidates: SearchSpace | Sequence[tuple[str, Mapping[str, Any]]], max_epochs: int,
                  seed: int = 0, *, meta: bool = True, cost_aware: bool = True,
                  meta_features: Mapping[str, float] | None = None, artifact: MetaArtifact | str | Path | None = None,
-                 n_candidates: int = 256, refit_steps: int = 30, first_fit_steps: int = 100,
+                 n_candidates: int = 256, refit_steps: int = 20, first_fit_steps: int = 100,
                  learning_rate: float | None = None, cost_steps: int = 20, cost_learning_rate: float = 1e-2,
-                 fit_cap: int = 256, predict_cap: int = 512, refresh_every: int = 20, n_init: int = 2,
+                 fit_cap: int = 128, predict_cap: int = 512, refresh_every: int = 20, n_init: int = 2,
                  stagnation_patience: int | None = None, **ignored: Any):
         if int(max_epochs) < 1:
             raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")

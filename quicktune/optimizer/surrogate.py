@@ -162,7 +162,7 @@ class DeepKernelGP(nn.Module):
         really is the step size. Returns the last loss."""
         if subset is not None:
             batch, y = batch.subset(subset), y[torch.as_tensor(subset, dtype=torch.long)]
-        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        opt = torch.optim.Adam(self.parameters(), lr=lr, foreach=True)
         loss_v = float("nan")
         with gpytorch.settings.cholesky_jitter(1e-4):
             for _ in range(int(steps)):
