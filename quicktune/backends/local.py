@@ -18,8 +18,8 @@ finished ones. A runner that vanished without writing ``exit.json`` (killed from
 restart) leaves a *lost* step: it polls as FAILED, and ``start()`` runs it again -- as it does a
 cancelled step. A step that ran and failed is re-adopted, never re-run.
 
-Steps beyond ``max_workers`` are queued (PENDING) and launched as slots free up, on the next
-``start``/``poll``/``active`` call.
+Steps beyond ``max_workers`` are queued (PENDING; a marker in ``WORKDIR/queue/``) and launched as
+slots free up, on the next ``start``/``poll``/``active`` call.
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ class LocalBackend(TrialBackend):
         self.workdir = Path(workdir).resolve()
         self.steps_dir = self.workdir / "steps"
         self.steps_dir.mkdir(parents=True, exist_ok=True)
+        self.queue_dir = self.workdir / "queue"
+        self.queue_dir.mkdir(parents=True, exist_ok=True)
         self.max_workers = int(max_workers)
         self.threads_per_worker = int(threads_per_worker)
         self.python = python
@@ -136,7 +138,9 @@ class LocalBackend(TrialBackend):
                 self._reset(d)
             d.mkdir(parents=True, exist_ok=True)
             _write_json_atomic(d / "config.json", dict(request.config))
-            _write_json_atomic(d / "request.json", {**request.to_dict(), "queued_at": time.time()})
+            queued_at = time.time()
+            _write_json_atomic(d / "request.json", {**request.to_dict(), "queued_at": queued_at})
+            (self.queue_dir / f"{queued_at:017.6f}_{sid}").touch()
             self._pump_locked()
         return sid
 
@@ -291,16 +295,23 @@ class LocalBackend(TrialBackend):
         return n
 
     def _pump_locked(self) -> None:
-        """Launch queued steps while there are free slots (caller holds the lock)."""
+        """Launch queued steps while there are free slots (caller holds the lock). The queue is a
+        folder of markers, so a poll costs nothing when nothing waits, however many steps exist."""
+        markers = sorted(self.queue_dir.iterdir())
+        if not markers:
+            return
         queued = []
-        for d in self.steps_dir.iterdir():
+        for m in markers:
+            sid = m.name.split("_", 1)[1]
+            d = self._dir(sid)
             if (d / "request.json").exists() and not (d / "launch.json").exists() and not (d / "cancelled").exists():
-                req = _read_json(d / "request.json") or {}
-                queued.append((float(req.get("queued_at", 0.0)), d.name))
+                queued.append(sid)
+            else:
+                m.unlink(missing_ok=True)
         if not queued:
             return
         free = self.max_workers - self._running_count()
-        for _, sid in sorted(queued)[:max(free, 0)]:
+        for sid in queued[:max(free, 0)]:
             self._launch(sid)
 
     def _step_argv(self, d: Path, req: Mapping[str, Any]) -> list[str]:
@@ -335,6 +346,8 @@ class LocalBackend(TrialBackend):
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     cwd=str(d), start_new_session=True)
         self._children[step_id] = proc
+        for marker in self.queue_dir.glob(f"*_{step_id}"):
+            marker.unlink(missing_ok=True)
         start = process_start_time(proc.pid)
         _write_json_atomic(d / "launch.json", {"pid": proc.pid, "proc_start": start, "started_at": time.time(),
                                                "argv": argv, "timeout": self.step_timeout, "attempt": attempt})
