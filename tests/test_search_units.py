@@ -1,0 +1,92 @@
+"""Fast checks of the search's small parts: durations, retries, secret redaction, spec validation,
+the backend factory and the search CLI's errors. Cost: ~5 s (plus one CLI process)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from quicktune.cli.search_cmd import parse_duration
+from quicktune.controller import SearchError, SearchSpec
+from quicktune.tracking import InfrastructureError, RetryPolicy, flatten, is_transient, redact, secret_values
+
+
+@pytest.mark.parametrize("text,seconds", [("90s", 90), ("20m", 1200), ("4h", 14400), ("1h30m", 5400), ("45", 45),
+                                          ("2m30s", 150), ("0.5h", 1800), (" 10 m ", 600)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "10x", "m", "-5s", "0s", "1d"])
+def test_bad_durations_are_refused_with_examples(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="duration|longer than 0"):
+        parse_duration(text)
+
+
+def test_search_cli_bad_budget_is_a_clear_error():
+    out = subprocess.run([sys.executable, "-m", "quicktune.cli", "search", "--data", "x", "--budget", "ten minutes"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "'ten minutes' is not a duration (examples: 90s, 20m, 4h" in out.stderr
+
+
+def test_redaction_masks_secret_env_values_and_uri_passwords(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2-pw")
+    monkeypatch.setenv("HARMLESS", "s3cr3t-value-not-a-secret-name")
+    assert "s3cr3t-value" in secret_values() and "hunter2-pw" in secret_values()
+    text = redact("key=s3cr3t-value pw=hunter2-pw uri=https://bob:pa55@host/x")
+    assert "s3cr3t-value" not in text and "hunter2-pw" not in text and "pa55" not in text
+    assert "https://bob:***@host/x" in text
+
+
+def test_transient_errors_are_told_from_bad_requests():
+    from mlflow.exceptions import MlflowException
+
+    assert is_transient(ConnectionError("refused"))
+    assert is_transient(MlflowException("API request failed: Max retries exceeded with url"))
+    assert not is_transient(MlflowException.invalid_parameter_value("bad"))
+    assert not is_transient(ValueError("a bug"))
+
+
+def test_retry_backs_off_then_succeeds_or_reports():
+    sleeps: list[float] = []
+    policy = RetryPolicy(base=1, max_delay=4, total=1000, sleep=sleeps.append)
+    calls = iter([ConnectionError("a"), ConnectionError("b"), ConnectionError("c"), "ok"])
+
+    def flaky():
+        v = next(calls)
+        if isinstance(v, Exception):
+            raise v
+        return v
+
+    assert policy.call(flaky, what="flaky") == "ok"
+    assert len(sleeps) == 3 and sleeps[0] < sleeps[1] < sleeps[2] <= 4 * 1.25
+    with pytest.raises(ValueError):
+        policy.call(lambda: (_ for _ in ()).throw(ValueError("not transient")))
+    quick = RetryPolicy(base=0.01, max_delay=0.02, total=0.1)
+    with pytest.raises(InfrastructureError, match=r"S3 unreachable: upload kept failing .*ConnectionError: down"):
+        quick.call(lambda: (_ for _ in ()).throw(ConnectionError("down")), what="upload", service="S3")
+
+
+def test_spec_validation_and_flatten():
+    with pytest.raises(SearchError, match="budget_seconds"):
+        SearchSpec(data_uri="x", budget_seconds=0)
+    with pytest.raises(SearchError, match="workers"):
+        SearchSpec(data_uri="x", budget_seconds=1, workers=0)
+    spec = SearchSpec(data_uri="s3://u:pw@b/p", budget_seconds=5)
+    assert spec.search_id and spec.to_dict()["data_uri"] == "s3://u:***@b/p"
+    assert flatten({"a": {"b": 1, "c": "x"}, "d": [1, 2]}) == {"a.b": "1", "a.c": "x", "d": "[1, 2]"}
+
+
+def test_backend_factory(tmp_path):
+    from quicktune.backends.local import LocalBackend
+    from quicktune.backends.registry import available, make_backend
+
+    assert {"local", "kubernetes"} <= set(available())
+    b = make_backend("local", workers=3, workdir=tmp_path, step_timeout=5)
+    assert isinstance(b, LocalBackend) and b.capacity() == 3 and b.step_timeout == 5
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        make_backend("nope")
