@@ -78,6 +78,8 @@ def test_mlflow_server_tracks_runs_with_artifacts_in_s3(mlflow_server, s3_server
 
     for k, v in mlflow_server.env.items():
         monkeypatch.setenv(k, v)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # fail in seconds, not minutes of backoff
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     client = mlflow.MlflowClient(tracking_uri=mlflow_server.tracking_uri)
     exp = client.create_experiment(f"servers-{os.urandom(3).hex()}")
     run = client.create_run(exp)
