@@ -182,3 +182,15 @@ def test_hub_list_cli(capsys):
     assert main(["hub", "list", "--hub", "paper"]) == 0
     out = capsys.readouterr().out
     assert "beit_large_patch16_512" in out and "88.6" in out
+
+
+def test_hf_source_without_network_fails_fast(monkeypatch):
+    from quicktune.testing import free_port_pair
+
+    (port,) = free_port_pair(1, offset=0)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(HubError, match="cannot reach the Hugging Face hub to download timm/mobilevit_xxs.cvnets_in1k"):
+        create_model("mobilevit_xxs", num_classes=3)
+    assert time.monotonic() - t0 < 10
