@@ -112,6 +112,7 @@ def test_random_init_models_and_fixed_size_vit():
 
 def test_hf_source_offline_fails_fast_with_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model_info("dla46x_c").pretrained_cfg()  # import timm before timing
     t0 = time.monotonic()
     with pytest.raises(HubError, match="dla46x_c.*not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
         create_model("dla46x_c", num_classes=5)
@@ -190,6 +191,7 @@ def test_hf_source_without_network_fails_fast(monkeypatch):
     (port,) = free_port_pair(1, offset=0)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")  # nothing listens there
+    model_info("mobilevit_xxs").pretrained_cfg()  # import timm before timing
     t0 = time.monotonic()
     with pytest.raises(HubError, match="cannot reach the Hugging Face hub to download timm/mobilevit_xxs.cvnets_in1k"):
         create_model("mobilevit_xxs", num_classes=3)
