@@ -90,6 +90,23 @@ def format_table(summary: Mapping[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
+def per_dataset_table(runs: Sequence[Mapping[str, Any]], fraction: float = 1.0, clock: str = "time") -> str:
+    """A Markdown table of mean regret (over seeds) per dataset and optimizer at one budget
+    fraction: where a method wins or loses is usually dataset-specific."""
+    if not runs:
+        return ""
+    df = _frame(runs, [fraction], clock)
+    piv = df.groupby(["dataset", "optimizer"])["regret"].mean().unstack("optimizer")
+    order = [n for n in dict.fromkeys(r["optimizer"] for r in runs) if n in piv.columns]
+    piv = piv[order]
+    lines = ["| dataset | " + " | ".join(order) + " |", "|" + "---|" * (len(order) + 1)]
+    for ds, row in piv.iterrows():
+        best = row.min()
+        cells = [(f"**{v:.4f}**" if v == best else f"{v:.4f}") for v in row]
+        lines.append(f"| {ds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _plot_over_time(runs: Sequence[Mapping[str, Any]], path: Path, what: str, clock: str, title: str) -> None:
     import matplotlib
 
@@ -142,7 +159,10 @@ def write_summary(runs: Sequence[Mapping[str, Any]], out_dir: str | Path, title:
     n_ds = len({r["dataset"] for r in runs})
     n_seeds = len({r["seed"] for r in runs})
     md = [format_table(summary, f"{title} — clock with optimizer overhead ({n_ds} datasets x {n_seeds} seeds)"),
-          "", format_table(table_summary, f"{title} — pure table clock"), ""]
+          "", format_table(table_summary, f"{title} — pure table clock"), "",
+          f"**{title} — mean regret per dataset at 100 % of the budget (clock with overhead; best in bold)**",
+          "", per_dataset_table(runs, 1.0), "",
+          f"**{title} — mean regret per dataset at 25 % of the budget**", "", per_dataset_table(runs, 0.25), ""]
     (out / "results.md").write_text("\n".join(md))
     if plots and runs:
         _plot_over_time(runs, out / "regret.png", "regret", "time", f"{title} mean normalized regret".strip())
