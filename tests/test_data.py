@@ -19,7 +19,8 @@ from quicktune.cli import main
 from quicktune.data import DatasetError, open_dataset
 from quicktune.data.packaged import import_dataset, load_packaged
 
-from conftest import TINY_CLASSES, TINY_PER_CLASS, TINY_SIZE
+# what the tiny_image_folder fixture (tests/conftest.py) writes
+TINY_CLASSES, TINY_PER_CLASS, TINY_SIZE = 10, 30, 16
 
 
 @pytest.fixture
