@@ -24,7 +24,7 @@ from typing import Any, Iterator
 __all__ = [
     "StorageError", "NotFoundError", "NoSuchBucketError", "AccessDeniedError", "EndpointError",
     "CredentialsError", "is_s3", "parse_s3_uri", "s3_client", "s3_endpoint_url", "translate_s3_error",
-    "read_bytes", "write_bytes", "list_uris", "exists", "delete", "download_file", "upload_file",
+    "read_bytes", "write_bytes", "list_uris", "exists", "stat", "delete", "download_file", "upload_file",
     "join", "cache_dir", "list_s3_objects",
 ]
 
@@ -309,6 +309,26 @@ def exists(uri: str | os.PathLike[str]) -> bool:
             _bucket_exists_or_raise(uri)
             return False
     return Path(uri).exists()
+
+
+def stat(uri: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"size": bytes, "version": ETag (S3) or mtime in ns (local)}``; raises NotFoundError /
+    NoSuchBucketError when absent."""
+    if is_s3(uri):
+        bucket, key = parse_s3_uri(uri)
+        try:
+            head = _s3_call(uri, s3_client().head_object, Bucket=bucket, Key=key)
+        except NoSuchBucketError:
+            raise
+        except NotFoundError:
+            _bucket_exists_or_raise(uri)
+            raise
+        return {"size": int(head["ContentLength"]), "version": head["ETag"].strip('"')}
+    try:
+        st = Path(uri).stat()
+    except FileNotFoundError:
+        raise NotFoundError(f"{uri}: no such file") from None
+    return {"size": st.st_size, "version": str(st.st_mtime_ns)}
 
 
 def delete(uri: str | os.PathLike[str]) -> None:

@@ -292,6 +292,7 @@ def test_storage_local_roundtrip(tmp_path):
     target = tmp_path / "a" / "b" / "x.bin"
     storage.write_bytes(target, b"hello")
     assert storage.read_bytes(target) == b"hello" and storage.exists(target)
+    assert storage.stat(target)["size"] == 5
     assert [p for p in os.listdir(target.parent)] == ["x.bin"]  # no temp file left
     storage.write_bytes(tmp_path / "a" / "y.bin", b"2")
     assert storage.list_uris(tmp_path / "a") == [str(target), str(tmp_path / "a" / "y.bin")]
@@ -327,6 +328,7 @@ def test_storage_s3_roundtrip(s3_env):
     uri = f"s3://scratch/{os.urandom(3).hex()}/ckpt/model.safetensors"
     storage.write_bytes(uri, b"\x00" * 100)
     assert storage.read_bytes(uri) == b"\x00" * 100 and storage.exists(uri)
+    assert storage.stat(uri) == {"size": 100, "version": "6d0bb00954ceb7fbee436bb55a8397a9"}  # MD5
     assert storage.list_uris(uri.rsplit("/", 1)[0] + "/") == [uri]
     storage.delete(uri)
     assert not storage.exists(uri)
@@ -336,6 +338,8 @@ def test_storage_s3_roundtrip(s3_env):
         storage.read_bytes("s3://no-such-bucket/x")
     with pytest.raises(storage.NoSuchBucketError):
         storage.exists("s3://no-such-bucket/x")
+    with pytest.raises(storage.NoSuchBucketError):
+        storage.stat("s3://no-such-bucket/x")
 
 
 def test_storage_s3_endpoint_from_mlflow_variable(s3_env, monkeypatch):

@@ -220,16 +220,13 @@ def s3_weights_file(uri: str, cache: Path) -> Path:
     """Download ``uri`` once into the cache (keyed by its ETag) and return the local path."""
     bucket, key = storage.parse_s3_uri(uri)
     try:
-        head = storage._s3_call(uri, storage.s3_client().head_object, Bucket=bucket, Key=key)
+        etag = storage.stat(uri)["version"]
+    except storage.NoSuchBucketError as exc:
+        raise HubError(f"weights {uri}: {exc}") from None
     except storage.NotFoundError:
-        try:
-            storage._bucket_exists_or_raise(uri)
-        except storage.StorageError as exc:
-            raise HubError(f"weights {uri}: {exc}") from None
         raise HubError(f"weights {uri}: no such object in the S3 mirror") from None
     except storage.StorageError as exc:
         raise HubError(f"weights {uri}: {exc}") from None
-    etag = head["ETag"].strip('"')
     suffix = Path(key).suffix or ".safetensors"
     dest = cache / "s3" / bucket / f"{hashlib.sha1(key.encode()).hexdigest()[:12]}-{etag}{suffix}"
     if not dest.is_file():
