@@ -1,0 +1,355 @@
+"""Launchers start, follow and stop one search each, named by its search id.
+
+Why the state lives where it does: a restarted watcher must re-attach to the searches it started
+and never start one twice, so every launcher can answer ``state(search_id)`` from durable state
+only -- the local launcher from a JSON file per search under its state folder (pid + process start
+time, so a reused pid is not mistaken for the search), the Kubernetes launcher from the Job named
+after the search id, the KFP launcher from the run id it recorded. The outcome of a finished
+search is read from MLflow by the watcher, not from the launcher: MLflow is the source of truth.
+
+- ``local``: a ``quicktune search ... --search-id ID --model-name NAME`` subprocess in its own
+  session; cancel sends SIGINT (the controller records "interrupted") then cancels its steps.
+- ``kubernetes``: a ``batch/v1`` Job running the controller (``--backend kubernetes``), named after
+  the search id, in the shape of ``k8s/base/controller-job.yaml``; cancel deletes it (its step Jobs
+  are owned by the controller pod and garbage-collected).
+- ``kfp``: a run of the compiled pipeline in ``pipelines/`` through ``kfp.Client``; cancel
+  terminates the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from quicktune.watch.requests import SearchRequest
+
+log = logging.getLogger(__name__)
+
+LAUNCH_RUNNING, LAUNCH_DONE, LAUNCH_UNKNOWN = "running", "done", "unknown"
+
+
+@dataclass
+class LaunchState:
+    state: str  # running | done | unknown (never launched here, or its record is gone)
+    message: str = ""
+    exit_code: int | None = None
+
+
+class Launcher:
+    name = "base"
+
+    def launch(self, request: SearchRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state(self, search_id: str) -> LaunchState:
+        raise NotImplementedError
+
+    def cancel(self, search_id: str, timeout: float = 60.0) -> None:
+        raise NotImplementedError
+
+    def logs(self, search_id: str) -> str:
+        return ""
+
+
+# --- local -------------------------------------------------------------------------------------
+def _proc_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks): with the pid it names a process
+    uniquely, so a pid reused after a reboot or a long time is not taken for our search."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    if fields and fields[0] == "Z":  # a zombie is finished
+        return None
+    return fields[19] if len(fields) > 19 else None
+
+
+class LocalLauncher(Launcher):
+    """Each search is a local ``quicktune search`` process; its record is
+    ``STATE_DIR/searches/ID/launch.json`` and its log ``.../search.log``."""
+
+    name = "local"
+
+    def __init__(self, state_dir: str | os.PathLike[str], tracking_uri: str, python: str = sys.executable,
+                 extra_args: list[str] | None = None, env: Mapping[str, str] | None = None) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.tracking_uri = tracking_uri
+        self.python = python
+        self.extra_args = list(extra_args or [])
+        self.env = dict(env) if env is not None else None
+        self._children: dict[str, subprocess.Popen] = {}
+
+    def folder(self, search_id: str) -> Path:
+        return self.state_dir / "searches" / search_id
+
+    def command(self, request: SearchRequest) -> list[str]:
+        return [self.python, "-m", "quicktune.cli", "search", *request.search_args(self.tracking_uri),
+                "--workdir", str(self.folder(request.search_id) / "work"), *self.extra_args]
+
+    def launch(self, request: SearchRequest) -> dict[str, Any]:
+        d = self.folder(request.search_id)
+        d.mkdir(parents=True, exist_ok=True)
+        current = self.state(request.search_id)
+        if current.state == LAUNCH_RUNNING:  # never two controllers for one search from here
+            return self._record(request.search_id) or {}
+        log_file = open(d / "search.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(self.command(request), stdout=log_file, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, env=self.env)
+        finally:
+            log_file.close()
+        self._children[request.search_id] = proc
+        record = {"launcher": self.name, "search_id": request.search_id, "pid": proc.pid,
+                  "start_time": _proc_start_time(proc.pid), "launched_at": time.time()}
+        tmp = d / "launch.json.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, d / "launch.json")
+        return record
+
+    def _record(self, search_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.folder(search_id) / "launch.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def state(self, search_id: str) -> LaunchState:
+        child = self._children.get(search_id)
+        if child is not None:
+            rc = child.poll()
+            if rc is None:
+                return LaunchState(LAUNCH_RUNNING)
+            return LaunchState(LAUNCH_DONE, f"exited with code {rc}", rc)
+        record = self._record(search_id)
+        if record is None:
+            return LaunchState(LAUNCH_UNKNOWN)
+        pid = int(record["pid"])
+        start = _proc_start_time(pid)
+        if start is not None and start == record.get("start_time"):
+            return LaunchState(LAUNCH_RUNNING)
+        return LaunchState(LAUNCH_DONE, "the search process has ended")
+
+    def cancel(self, search_id: str, timeout: float = 60.0) -> None:
+        """SIGINT to the controller (it records the interruption in MLflow and exits), SIGKILL if
+        it lingers; then cancel its steps, which run in their own sessions."""
+        record = self._record(search_id)
+        if record is not None and self.state(search_id).state == LAUNCH_RUNNING:
+            pid = int(record["pid"])
+            try:
+                os.killpg(pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.state(search_id).state == LAUNCH_RUNNING:
+                time.sleep(0.2)
+            if self.state(search_id).state == LAUNCH_RUNNING:
+                log.warning("search %s did not stop within %.0f s of SIGINT; killing it", search_id, timeout)
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        work = self.folder(search_id) / "work"
+        if (work / "steps").exists():
+            from quicktune.backends.local import LocalBackend
+
+            backend = LocalBackend(work)
+            for step in backend.active():
+                backend.cancel(step)
+
+    def logs(self, search_id: str) -> str:
+        try:
+            data = (self.folder(search_id) / "search.log").read_bytes()
+        except OSError:
+            return ""
+        return data[-4000:].decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        """Forget child handles (the processes keep running; a new watcher re-attaches)."""
+        self._children.clear()
+
+
+# --- kubernetes --------------------------------------------------------------------------------
+def controller_job(request: SearchRequest, *, tracking_uri: str, namespace: str, image: str,
+                   service_account: str = "quicktune-controller", config_map: str = "quicktune-config",
+                   s3_secret: str = "quicktune-s3", mlflow_secret: str = "quicktune-mlflow",
+                   checkpoint_uri: str | None = None, backend_options: Mapping[str, str] | None = None,
+                   labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The controller Job for one search, in the shape of ``k8s/base/controller-job.yaml`` (same
+    security context, secrets, scratch volume) with the request's arguments written out."""
+    args = ["search", "--backend", "kubernetes", *request.search_args(tracking_uri),
+            "--workdir", "/tmp/quicktune"]
+    if checkpoint_uri:
+        args += ["--checkpoint-uri", checkpoint_uri]
+    for k, v in (backend_options or {}).items():
+        args += ["--backend-option", f"{k}={v}"]
+    from quicktune.backends.kubernetes import sanitize_label_value
+
+    lab = {"app.kubernetes.io/name": "quicktune", "app.kubernetes.io/component": "controller",
+           "app.kubernetes.io/managed-by": "quicktune-watch",
+           "quicktune.io/search-id": sanitize_label_value(request.search_id), **dict(labels or {})}
+    field_env = [{"name": n, "valueFrom": {"fieldRef": {"fieldPath": p}}}
+                 for n, p in (("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid"),
+                              ("POD_NAMESPACE", "metadata.namespace"))]
+    plain_env = [{"name": n, "value": v} for n, v in (
+        ("HOME", "/tmp/home"), ("XDG_CACHE_HOME", "/tmp/cache"), ("QUICKTUNE_CACHE", "/tmp/cache/quicktune"),
+        ("MPLCONFIGDIR", "/tmp/cache/matplotlib"), ("PYTHONUNBUFFERED", "1"))]
+    sec = {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
+           "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+           "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": request.search_id, "namespace": namespace, "labels": lab,
+                     "annotations": {"quicktune.io/model-name": request.model_name}},
+        "spec": {
+            "backoffLimit": 4, "ttlSecondsAfterFinished": 604800,
+            "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [
+                {"type": "DisruptionTarget", "status": "True"}]}]},
+            "template": {
+                "metadata": {"labels": lab},
+                "spec": {
+                    "serviceAccountName": service_account, "restartPolicy": "Never",
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
+                                        "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "controller", "image": image, "imagePullPolicy": "IfNotPresent", "args": args,
+                        "envFrom": [{"configMapRef": {"name": config_map}}, {"secretRef": {"name": s3_secret}},
+                                    {"secretRef": {"name": mlflow_secret, "optional": True}}],
+                        "env": field_env + plain_env,
+                        "resources": {"requests": {"cpu": "1", "memory": "3Gi"}, "limits": {"memory": "3Gi"}},
+                        "securityContext": sec,
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}}]}}}}
+
+
+class KubernetesLauncher(Launcher):
+    """A controller Job per search; the Job (named after the search id) is the launcher state."""
+
+    name = "kubernetes"
+
+    def __init__(self, tracking_uri: str, namespace: str, image: str, api_client: Any = None,
+                 **job_options: Any) -> None:
+        self.tracking_uri = tracking_uri
+        self.namespace = namespace
+        self.image = image
+        self.job_options = job_options
+        if api_client is None:
+            from quicktune.backends.kubernetes import _default_api_client
+
+            api_client = _default_api_client()
+        from kubernetes import client
+
+        self.batch = client.BatchV1Api(api_client)
+
+    def launch(self, request: SearchRequest) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        body = controller_job(request, tracking_uri=self.tracking_uri, namespace=self.namespace, image=self.image,
+                              **self.job_options)
+        try:
+            self.batch.create_namespaced_job(self.namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:  # 409: it exists already (a duplicate start): re-attach
+                raise
+        return {"launcher": self.name, "job": request.search_id, "namespace": self.namespace}
+
+    def _job(self, search_id: str) -> Any | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.batch.read_namespaced_job(search_id, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def state(self, search_id: str) -> LaunchState:
+        job = self._job(search_id)
+        if job is None:
+            return LaunchState(LAUNCH_UNKNOWN)
+        for cond in (job.status.conditions or []) if job.status else []:
+            if cond.status == "True" and cond.type in ("Complete", "Failed"):
+                return LaunchState(LAUNCH_DONE, f"Job {cond.type.lower()}: {cond.message or cond.reason or ''}",
+                                   0 if cond.type == "Complete" else 1)
+        return LaunchState(LAUNCH_RUNNING)
+
+    def cancel(self, search_id: str, timeout: float = 60.0) -> None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.batch.delete_namespaced_job(search_id, self.namespace,
+                                             body=client.V1DeleteOptions(propagation_policy="Background"))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+# --- kfp ---------------------------------------------------------------------------------------
+def kfp_arguments(request: SearchRequest, tracking_uri: str, **extra: Any) -> dict[str, Any]:
+    """Parameters of ``pipelines/quicktune_pipeline.yaml`` for a request."""
+    args: dict[str, Any] = {"data_uri": request.data_uri, "tracking_uri": tracking_uri,
+                            "model_name": request.model_name, "budget": f"{request.budget_seconds:g}s",
+                            "space": request.space, "workers": request.workers, "max_epochs": request.max_epochs,
+                            "budget_epochs": request.budget_epochs or 0, "image_size": request.image_size or 0,
+                            "experiment": request.experiment, "search_id": request.search_id}
+    args.update(extra)
+    return args
+
+
+class KfpLauncher(Launcher):
+    """A KFP run of the compiled pipeline per search; the run id is kept in a small JSON file."""
+
+    name = "kfp"
+    _FINAL = {"SUCCEEDED": 0, "FAILED": 1, "SKIPPED": 1, "CANCELED": 1, "CANCELLED": 1}
+
+    def __init__(self, tracking_uri: str, state_dir: str | os.PathLike[str], pipeline_file: str,
+                 host: str | None = None, experiment: str = "quicktune", client: Any = None,
+                 **pipeline_args: Any) -> None:
+        self.tracking_uri = tracking_uri
+        self.state_dir = Path(state_dir).resolve()
+        self.pipeline_file = pipeline_file
+        self.experiment = experiment
+        self.pipeline_args = pipeline_args
+        if client is None:
+            import kfp
+
+            client = kfp.Client(host=host)
+        self.client = client
+
+    def _path(self, search_id: str) -> Path:
+        return self.state_dir / "kfp" / f"{search_id}.json"
+
+    def launch(self, request: SearchRequest) -> dict[str, Any]:
+        path = self._path(request.search_id)
+        if path.exists():
+            return json.loads(path.read_text())
+        run = self.client.create_run_from_pipeline_package(
+            self.pipeline_file, arguments=kfp_arguments(request, self.tracking_uri, **self.pipeline_args),
+            run_name=request.search_id, experiment_name=self.experiment, enable_caching=False)
+        record = {"launcher": self.name, "search_id": request.search_id, "run_id": run.run_id}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+        return record
+
+    def state(self, search_id: str) -> LaunchState:
+        path = self._path(search_id)
+        if not path.exists():
+            return LaunchState(LAUNCH_UNKNOWN)
+        run = self.client.get_run(json.loads(path.read_text())["run_id"])
+        state = str(getattr(run, "state", "") or "").upper()
+        if state in self._FINAL:
+            return LaunchState(LAUNCH_DONE, f"KFP run {state.lower()}", self._FINAL[state])
+        return LaunchState(LAUNCH_RUNNING)
+
+    def cancel(self, search_id: str, timeout: float = 60.0) -> None:
+        path = self._path(search_id)
+        if path.exists():
+            self.client.terminate_run(json.loads(path.read_text())["run_id"])

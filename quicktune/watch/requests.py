@@ -1,0 +1,221 @@
+"""Search requests made in the MLflow UI: tags on a registered model (or an experiment).
+
+A person creates a registered model named after the model they want and sets tags on it::
+
+    quicktune.data     = s3://bucket/prefix        (dataset URI, required)
+    quicktune.budget   = 2h                         (wall-clock budget, required; 90s, 20m, 1h30m)
+    quicktune.space    = builtin:cpu                (optional search space)
+    quicktune.workers  = 2                          (optional, steps at once)
+    quicktune.max_epochs = 10                       (optional, epochs per configuration at most)
+    quicktune.budget_epochs / quicktune.image_size  (optional, mainly for small demos and tests)
+    quicktune.request  = start                      (``cancel`` stops it)
+
+The same tags on an experiment work too: the search's runs then go into that experiment and the
+winner is registered under ``quicktune.model_name`` (default: the experiment's name).
+
+The watcher writes back, on the same object: ``quicktune.status`` (queued / running / succeeded /
+failed / cancelled / ``rejected: <reason>``), ``quicktune.search_id``, ``quicktune.parent_run``
+(a link to the search's parent run), ``quicktune.incumbent`` (best validation score so far),
+``quicktune.champion_version``, ``quicktune.message``, and its bookkeeping ``quicktune.claim`` /
+``quicktune.heartbeat`` / ``quicktune.searches_done``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+TAG_REQUEST = "quicktune.request"
+TAG_DATA = "quicktune.data"
+TAG_BUDGET = "quicktune.budget"
+TAG_SPACE = "quicktune.space"
+TAG_WORKERS = "quicktune.workers"
+TAG_MAX_EPOCHS = "quicktune.max_epochs"
+TAG_BUDGET_EPOCHS = "quicktune.budget_epochs"
+TAG_IMAGE_SIZE = "quicktune.image_size"
+TAG_MODEL_NAME = "quicktune.model_name"
+
+TAG_STATUS = "quicktune.status"
+TAG_MESSAGE = "quicktune.message"
+TAG_SEARCH_ID = "quicktune.search_id"
+TAG_PARENT_RUN = "quicktune.parent_run"
+TAG_INCUMBENT = "quicktune.incumbent"
+TAG_CHAMPION_VERSION = "quicktune.champion_version"
+TAG_CLAIM = "quicktune.claim"
+TAG_HEARTBEAT = "quicktune.heartbeat"
+TAG_SEARCHES_DONE = "quicktune.searches_done"
+TAG_LAUNCHER = "quicktune.launcher"
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+REJECTED = "rejected"
+ACTIVE = (QUEUED, RUNNING)
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+MODEL, EXPERIMENT = "model", "experiment"
+
+
+class RequestError(ValueError):
+    """A request that cannot run; the message is written back as ``rejected: <message>``."""
+
+
+@dataclass
+class Target:
+    """The MLflow object carrying a request: a registered model or an experiment."""
+
+    kind: str  # MODEL | EXPERIMENT
+    key: str  # model name | experiment id
+    name: str  # model name | experiment name
+    created: int  # creation timestamp (ms), part of the request's identity
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name!r}"
+
+    @property
+    def model_name(self) -> str:
+        """Where the winner will be registered."""
+        if self.kind == MODEL:
+            return self.name
+        return self.tags.get(TAG_MODEL_NAME, "").strip() or self.name
+
+    @property
+    def status(self) -> str:
+        return self.tags.get(TAG_STATUS, "").strip()
+
+    @property
+    def status_word(self) -> str:
+        return self.status.split(":", 1)[0].strip()
+
+    @property
+    def request(self) -> str:
+        return self.tags.get(TAG_REQUEST, "").strip().lower()
+
+    @property
+    def generation(self) -> int:
+        try:
+            return int(self.tags.get(TAG_SEARCHES_DONE, "0") or 0)
+        except ValueError:
+            return 0
+
+
+@dataclass
+class SearchRequest:
+    """A validated request: everything the launcher needs to start the search."""
+
+    target: Target
+    search_id: str
+    model_name: str
+    data_uri: str
+    budget_seconds: float
+    space: str = "builtin:cpu"
+    workers: int = 1
+    max_epochs: int = 10
+    budget_epochs: int | None = None
+    image_size: int | None = None
+    experiment: str = "quicktune"
+
+    def search_args(self, tracking_uri: str) -> list[str]:
+        """Arguments of ``quicktune search`` (after the subcommand) for this request."""
+        args = ["--data", self.data_uri, "--budget", f"{self.budget_seconds:g}s", "--space", self.space,
+                "--workers", str(self.workers), "--max-epochs", str(self.max_epochs),
+                "--search-id", self.search_id, "--model-name", self.model_name,
+                "--tracking-uri", tracking_uri, "--experiment", self.experiment, "--no-progress"]
+        if self.budget_epochs:
+            args += ["--budget-epochs", str(self.budget_epochs)]
+        if self.image_size:
+            args += ["--image-size", str(self.image_size)]
+        return args
+
+
+def search_id_for(target: Target) -> str:
+    """A deterministic search id: the same request always maps to the same search, so a duplicate
+    start (two watchers, a restarted watcher) resumes the one search instead of starting another.
+    Identity = (kind, key, creation time, number of searches this object already ran). The id is
+    a valid Kubernetes name (the controller Job is named after it)."""
+    raw = f"{target.kind}|{target.key}|{target.created}|{target.generation}"
+    digest = hashlib.sha1(raw.encode()).hexdigest()[:10]
+    slug = re.sub(r"[^a-z0-9]+", "-", target.model_name.lower()).strip("-")[:30].strip("-") or "model"
+    return f"ui-{slug}-{digest}"
+
+
+def _positive_int(tags: Mapping[str, str], key: str, default: int | None, maximum: int | None = None) -> int | None:
+    text = tags.get(key, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise RequestError(f"{key}={text!r} is not a whole number") from None
+    if value < 1:
+        raise RequestError(f"{key}={text!r} must be >= 1")
+    if maximum is not None and value > maximum:
+        raise RequestError(f"{key}={text!r} is more than this watcher allows ({maximum})")
+    return value
+
+
+def parse_request(target: Target, *, experiment: str = "quicktune", max_workers: int = 16,
+                  check_data: bool = True) -> SearchRequest:
+    """Validate a request's tags; raise :class:`RequestError` with a reason a person can act on.
+    The dataset is opened (as the search would) so an unknown or unreadable one is rejected now,
+    not minutes later inside a search."""
+    from quicktune.cli.search_cmd import parse_duration  # the controller's own duration parser
+
+    tags = target.tags
+    data = tags.get(TAG_DATA, "").strip()
+    if not data:
+        raise RequestError(f"tag {TAG_DATA} (dataset URI) is missing")
+    budget_text = tags.get(TAG_BUDGET, "").strip()
+    if not budget_text:
+        raise RequestError(f"tag {TAG_BUDGET} (e.g. 2h) is missing")
+    try:
+        budget = parse_duration(budget_text)
+    except Exception as exc:  # argparse.ArgumentTypeError
+        raise RequestError(f"{TAG_BUDGET}: {exc}") from None
+    workers = _positive_int(tags, TAG_WORKERS, 1, max_workers)
+    max_epochs = _positive_int(tags, TAG_MAX_EPOCHS, 10, 1000)
+    budget_epochs = _positive_int(tags, TAG_BUDGET_EPOCHS, None)
+    image_size = _positive_int(tags, TAG_IMAGE_SIZE, None, 1024)
+    space = tags.get(TAG_SPACE, "").strip() or "builtin:cpu"
+    try:
+        from quicktune.space import load_space
+
+        load_space(space)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is a bad request
+        raise RequestError(f"{TAG_SPACE}={space!r} cannot be loaded: {exc}") from None
+    if check_data:
+        check_dataset(data)
+    exp = target.name if target.kind == EXPERIMENT else experiment
+    return SearchRequest(target=target, search_id=search_id_for(target), model_name=target.model_name,
+                         data_uri=data, budget_seconds=budget, space=space, workers=int(workers or 1),
+                         max_epochs=int(max_epochs or 10), budget_epochs=budget_epochs, image_size=image_size,
+                         experiment=exp)
+
+
+def check_dataset(uri: str) -> None:
+    """Open the dataset the way a search does; unknown, empty or unreadable (S3 access denied) ->
+    :class:`RequestError` naming the URI (never its credentials)."""
+    from quicktune.data import open_dataset
+    from quicktune.tracking.secrets import redact, safe_uri
+
+    try:
+        ds = open_dataset(uri)
+        if len(ds.classes) < 2:
+            raise RequestError(f"dataset {safe_uri(uri)} has {len(ds.classes)} class(es); need at least 2")
+    except RequestError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - DatasetError, storage errors, OSError
+        text = redact(str(exc))
+        if safe_uri(uri) not in text:
+            text = f"{safe_uri(uri)}: {text}"
+        raise RequestError(f"dataset cannot be read: {text}"[:900]) from None
+
+
+def target_from_model(model: Any) -> Target:
+    return Target(MODEL, model.name, model.name, int(model.creation_timestamp or 0), dict(model.tags or {}))
+
+
+def target_from_experiment(exp: Any) -> Target:
+    return Target(EXPERIMENT, exp.experiment_id, exp.name, int(exp.creation_time or 0), dict(exp.tags or {}))
