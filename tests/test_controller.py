@@ -95,10 +95,10 @@ def server_env(mlflow_server):
 
 @pytest.fixture(scope="module")
 def e2e(server_env, tiny_image_folder, tmp_path_factory):
-    """One small real search: 2 workers, checkpoints on S3, 6 epochs in all."""
+    """One small real search: 2 workers, checkpoints on S3, 4 epochs in all."""
     tmp = tmp_path_factory.mktemp("e2e")
     server_env.s3.create_bucket("qt-ckpt")
-    spec = make_spec(tiny_image_folder, tmp, budget_epochs=6, checkpoint_uri=f"s3://qt-ckpt/{uuid.uuid4().hex[:6]}")
+    spec = make_spec(tiny_image_folder, tmp, budget_epochs=4, checkpoint_uri=f"s3://qt-ckpt/{uuid.uuid4().hex[:6]}")
     tracker = SearchTracker(server_env.tracking_uri, experiment=f"e2e-{uuid.uuid4().hex[:6]}")
     backend = LocalBackend(spec.workdir, max_workers=2)
     t0 = time.monotonic()
@@ -112,7 +112,7 @@ def test_search_end_to_end_layout(e2e):
     res, tracker, spec = e2e["result"], e2e["tracker"], e2e["spec"]
     assert res.status == "succeeded", res.message
     assert "epoch budget" in res.message
-    assert res.epochs_done == 6 and res.best_score is not None and 0 <= res.best_score <= 1
+    assert res.epochs_done == 4 and res.best_score is not None and 0 <= res.best_score <= 1
     client = tracker.client
     parent = client.get_run(res.parent_run_id)
     tags, params = parent.data.tags, parent.data.params
@@ -128,9 +128,9 @@ def test_search_end_to_end_layout(e2e):
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert plots == {"plots/learning_curves.png", "plots/incumbent.png"}
     summary = json.loads(tracker.read_text(parent.info.run_id, "summary.json"))
-    assert summary["best_config_id"] == res.best_config_id and summary["epochs_done"] == 6
+    assert summary["best_config_id"] == res.best_config_id and summary["epochs_done"] == 4
     by_config = assert_exact_epochs(client, res.parent_run_id)
-    assert sum(map(len, by_config.values())) == 6
+    assert sum(map(len, by_config.values())) == 4
     for run in child_runs(client, res.parent_run_id):
         config = json.loads(run.data.tags["quicktune.config"])
         assert run.data.params == {k: str(v) for k, v in config.items()}  # config as params, once
@@ -146,7 +146,7 @@ def test_search_end_to_end_layout(e2e):
     assert storage.list_uris(best_run.data.tags["quicktune.checkpoint_dir"])
     # no epoch was trained twice
     trained = trained_epochs(e2e["workdir"])
-    assert len(trained) == len(set(trained)) == 6
+    assert len(trained) == len(set(trained)) == 4
 
 
 @pytest.mark.servers
@@ -182,7 +182,7 @@ def test_kill_9_mid_search_then_resume_loses_and_repeats_no_epoch(server_env, ti
     workdir = tmp_path / "work"
     cmd = [sys.executable, "-m", "quicktune.cli", "search", "--data", str(tiny_image_folder), "--budget", "10m",
            "--space", TINY_SPACE, "--workers", "2", "--max-epochs", "3", "--image-size", "16",
-           "--budget-epochs", "6", "--search-id", search_id, "--experiment", experiment,
+           "--budget-epochs", "5", "--search-id", search_id, "--experiment", experiment,
            "--tracking-uri", server_env.tracking_uri, "--workdir", str(workdir), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
     tracker = SearchTracker(server_env.tracking_uri, experiment=experiment)
@@ -208,14 +208,14 @@ def test_kill_9_mid_search_then_resume_loses_and_repeats_no_epoch(server_env, ti
 
     # resume in-process with the same definition and search id
     spec = SearchSpec(data_uri=str(tiny_image_folder), budget_seconds=600, space=TINY_SPACE, search_id=search_id,
-                      workers=2, max_epochs=3, image_size=16, workdir=str(workdir.resolve()), budget_epochs=6)
+                      workers=2, max_epochs=3, image_size=16, workdir=str(workdir.resolve()), budget_epochs=5)
     result = run_search(spec, LocalBackend(workdir, max_workers=2), tracker, progress=False)
     assert result.status == "succeeded", result.message
     assert result.resumed
     after = assert_exact_epochs(tracker.client, parent.info.run_id)
     for cid, steps in recorded_before.items():  # nothing recorded before the kill was lost
         assert after[cid][:len(steps)] == steps
-    assert sum(map(len, after.values())) == 6
+    assert sum(map(len, after.values())) == 5
     trained = trained_epochs(workdir)  # and no epoch was trained twice
     assert len(trained) == len(set(trained)), sorted(trained)
     assert sorted(trained) == sorted((c, e) for c, es in after.items() for e in es)
@@ -294,8 +294,8 @@ def test_s3_outage_mid_search_is_ridden_out(own_s3, tiny_image_folder, tmp_path,
     one = tmp_path / "one.yaml"
     one.write_text("name: one\nparams:\n  model: {type: categorical, choices: [test_vit]}\n"
                    "  lr: {type: categorical, choices: [0.001]}\n  batch_size: {type: categorical, choices: [16]}\n")
-    spec = make_spec(tiny_image_folder, tmp_path, workers=1, budget_epochs=3, checkpoint_uri="s3://art/ckpt",
-                     space=str(one), max_epochs=3, step_retry_delay=3.0, step_retries=4)
+    spec = make_spec(tiny_image_folder, tmp_path, workers=1, budget_epochs=2, checkpoint_uri="s3://art/ckpt",
+                     space=str(one), max_epochs=2, step_retry_delay=2.0, step_retries=4)
     tracker = SearchTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="outage",
                             artifact_location="s3://art/mlflow", retry=RetryPolicy(base=0.5, max_delay=4, total=120))
     handler = _Retries()
@@ -322,7 +322,7 @@ def test_s3_outage_mid_search_is_ridden_out(own_s3, tiny_image_folder, tmp_path,
         logging.getLogger("quicktune").removeHandler(handler)
     result = box["r"]
     assert result.status == "succeeded", result.message
-    assert assert_exact_epochs(tracker.client, result.parent_run_id) == {result.best_config_id: [1, 2, 3]}
+    assert assert_exact_epochs(tracker.client, result.parent_run_id) == {result.best_config_id: [1, 2]}
     assert tracker.read_text(result.parent_run_id, "summary.json")
 
 

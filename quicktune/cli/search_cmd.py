@@ -50,11 +50,14 @@ def default_tracking(cwd: str | os.PathLike[str] | None = None) -> tuple[str, st
 
 
 def _tracking(args: argparse.Namespace) -> tuple[str, str | None]:
-    if args.tracking_uri:
-        return args.tracking_uri, None
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"], None
-    return default_tracking()
+    """(tracking URI, artifact location for a new experiment): a sqlite store keeps its artifacts in
+    an ``mlruns`` folder next to the database file; a server decides for itself."""
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return default_tracking()
+    if uri.startswith("sqlite:///"):
+        return uri, str(Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns")
+    return uri, None
 
 
 def _quiet_clients() -> None:
