@@ -663,7 +663,7 @@ def run_search(spec: SearchSpec, backend: TrialBackend, tracker: SearchTracker, 
         why = str(exc)
     except KeyboardInterrupt:
         why = "interrupted; resume with the same --search-id"
-        _mark_failed(search, why, cancel=False)
+        _mark_failed(search, why, cancel=True)  # cancelled steps run again on resume
         raise
     except Exception as exc:  # noqa: BLE001 - record an unexpected crash before re-raising
         _mark_failed(search, f"controller error: {type(exc).__name__}: {exc}", cancel=False)
