@@ -45,9 +45,17 @@ def _space(tmp_path: Path, text: str = TINY_SPACE) -> Path:
     return p
 
 
-def _cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "quicktune.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``quicktune ARGS`` in this process (steps still run as subprocesses); stdout/stderr captured."""
+    import contextlib
+    import io
+
+    from quicktune.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    proc = subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -193,6 +201,13 @@ def test_campaign_killed_and_resumed_trains_nothing_twice(tmp_path, tiny_image_f
             assert (curve[f"meta.{k}"] == float(v)).all()
     assert (df["meta.num_images"] == 300).all() and (df["meta.num_classes"] == 10).all()
 
+    exported = tmp_path / "exported.csv"
+    _cli("metadataset", "export", "--workdir", str(wd), "--out", str(exported))
+    pd.testing.assert_frame_equal(load_lct(exported)[["dataset", "config_id", "epoch", "score", "cost"]],
+                                  df[["dataset", "config_id", "epoch", "score", "cost"]], check_dtype=False)
+    status = _cli("metadataset", "status", "--workdir", str(wd)).stdout
+    assert "tiny" in status and "3/3" in status
+
     info = json.loads(_cli("metadataset", "info", str(out), "--json").stdout)
     assert info == {"datasets": 1, "curves": 3, "rows": 6, "max_epoch": 2, "path": str(out.resolve())}
 
@@ -211,6 +226,16 @@ def test_campaign_materialises_packaged_data_and_records_a_failing_config(tmp_pa
     assert len(list((tmp_path / "wd" / "data" / "lfw").rglob("*.png"))) == 40  # 2 classes x 20, written once
     rec = next((tmp_path / "wd" / "results").rglob("*.json"))
     assert json.loads(rec.read_text())["status"] == "invalid"
+    step_dir = next((tmp_path / "wd" / "backend" / "steps").iterdir())
+    args = ["metadataset", "build", "--workdir", str(tmp_path / "wd"), "--out", str(out), "--poll", "0.2",
+            "--retry-failed"]
+    _cli(*args)  # 'invalid' is a property of the config: not retried
+    assert not (step_dir / ".attempt").exists()
+    doc = json.loads(rec.read_text())
+    rec.write_text(json.dumps({**doc, "status": "failed"}))  # as if a code/infrastructure error had hit it
+    _cli(*args)
+    assert (step_dir / ".attempt").read_text() == "1" and (step_dir / "step.log.0").exists()  # re-ran once
+    assert json.loads(rec.read_text())["status"] == "invalid" and len(load_lct(out)) == 1
 
 
 def test_build_and_info_errors(tmp_path):
@@ -287,7 +312,7 @@ def test_harvest_round_trip(tmp_path, mlflow_server, s3_env, tiny_image_folder):
         assert (df[f"meta.{k}"] == float(v)).all()
     failed = df[df["config_id"] == config_id(bad)]
     assert failed["epoch"].tolist() == [1] and math.isnan(failed["score"].iloc[0]) and failed["cost"].iloc[0] == 0.25
-    assert failed["hp.batch_size"].isna().all() if "hp.batch_size" in failed else True
+    assert failed["hp.batch_size"].isna().all()  # inactive in the bad config
 
     # the CLI prints the same
     res = _cli("metadataset", "harvest", "--tracking-uri", mlflow_server.tracking_uri, "--out",

@@ -43,8 +43,20 @@ def register(subparsers: Any) -> None:
                    help="where data and checkpoints live (default: the workdir; an s3:// prefix for kubernetes)")
     b.add_argument("--namespace", default=None, help="kubernetes: namespace")
     b.add_argument("--image", default=None, help="kubernetes: container image with quicktune installed")
+    b.add_argument("--retry-failed", action="store_true",
+                   help="run again the configs whose step failed (status 'failed'; not diverged/invalid/oom)")
     b.add_argument("--json", action="store_true", help="print the final progress summary as JSON")
     b.set_defaults(handler=_build)
+
+    s = sub.add_parser("status", help="progress of a campaign (per task: configs done, failed, epochs, seconds)")
+    s.add_argument("--workdir", default="./metadataset-campaign", help="campaign folder")
+    s.add_argument("--json", action="store_true", help="print progress.json")
+    s.set_defaults(handler=_status)
+
+    x = sub.add_parser("export", help="rewrite a campaign's table from its recorded results (runs nothing)")
+    x.add_argument("--workdir", default="./metadataset-campaign", help="campaign folder")
+    x.add_argument("--out", required=True, help="LCT path (.parquet or .csv)")
+    x.set_defaults(handler=_export)
 
     h = sub.add_parser("harvest", help="extract an LCT from the searches recorded on an MLflow server",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -94,7 +106,7 @@ def _build(args: argparse.Namespace) -> int:
         prog = build(args.workdir, backend, args.out, datasets=args.datasets, configs=args.configs,
                      epochs=args.epochs, seed=args.seed, space=args.space, image_size=args.image_size,
                      storage_root=args.storage, max_results=args.max_results, poll_interval=args.poll,
-                     deadline=deadline, log=lambda line: print(line, flush=True))
+                     deadline=deadline, retry_failed=args.retry_failed, log=lambda line: print(line, flush=True))
     except CampaignError as exc:
         print(f"quicktune metadataset build: {exc}", file=sys.stderr)
         return 1
@@ -104,6 +116,44 @@ def _build(args: argparse.Namespace) -> int:
         t = prog["total"]
         print(f"recorded {t['done']}/{t['planned']} (failed {t['failed']}), {t['epochs']} epochs, "
               f"{t['compute_seconds']:.0f} s compute; table: {args.out}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    path = Path(args.workdir) / "progress.json"
+    if not path.exists():
+        print(f"quicktune metadataset status: {path}: no progress recorded yet", file=sys.stderr)
+        return 1
+    prog = json.loads(path.read_text())
+    if args.json:
+        print(json.dumps(prog, indent=1))
+        return 0
+    print(f"{'task':28} {'done':>9} {'failed':>6} {'epochs':>7} {'compute s':>10} {'step s':>9} {'cpu s':>9} "
+          f"{'best':>6}")
+    for task, p in prog["tasks"].items():
+        best = f"{p['best_score']:.3f}" if p["best_score"] is not None else "-"
+        print(f"{task:28} {p['done']:>4}/{p['planned']:<4} {p['failed']:>6} {p['epochs']:>7} "
+              f"{p['compute_seconds']:>10.0f} {p['step_seconds']:>9.0f} {p['cpu_seconds']:>9.0f} {best:>6}")
+    t = prog["total"]
+    print(f"{'total':28} {t['done']:>4}/{t['planned']:<4} {t['failed']:>6} {t['epochs']:>7} "
+          f"{t['compute_seconds']:>10.0f} {t['step_seconds']:>9.0f} {t['cpu_seconds']:>9.0f}")
+    print(f"campaign wall time {t['campaign_wall_seconds'] / 3600:.2f} h over {len(prog['sessions'])} session(s), "
+          f"CPU {t['campaign_cpu_seconds'] / 3600:.2f} h (campaign + its steps); updated {prog['updated_at']}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from quicktune.metadataset.campaign import CampaignError, export
+
+    try:
+        prog = export(args.workdir, args.out)
+    except CampaignError as exc:
+        print(f"quicktune metadataset export: {exc}", file=sys.stderr)
+        return 1
+    t = prog["total"]
+    print(f"wrote {args.out}: {t['done']}/{t['planned']} configs recorded ({t['failed']} failed), {t['epochs']} epochs")
     return 0
 
 

@@ -439,11 +439,29 @@ class Campaign:
         self.log(line)
 
     # --- the loop ----------------------------------------------------------------------------
+    def forget_failed(self, statuses: Sequence[str] = ("failed",)) -> list[tuple[str, str]]:
+        """Drop the records of configs whose step ended with one of ``statuses`` (by default only
+        ``failed``: an infrastructure or code error, not a property of the config like ``diverged``,
+        ``invalid`` or ``oom``), so that the next run trains them again (from their checkpoints)."""
+        self.load_records()
+        dropped = []
+        for (t, c), rec in list(self._records.items()):
+            if rec["status"] in statuses:
+                path = self.result_path(t, c)
+                path.rename(path.with_name(f"{c}.json.dropped-{int(time.time())}"))
+                del self._records[(t, c)]
+                dropped.append((t, c))
+        return dropped
+
     def run(self, poll_interval: float = 2.0, max_results: int | None = None,
-            deadline: float | None = None) -> dict[str, Any]:
+            deadline: float | None = None, retry_failed: bool = False) -> dict[str, Any]:
         """Run until every planned (task, config) has a record (or ``max_results`` new records, or
-        the wall-clock ``deadline``). Returns the progress summary."""
+        the wall-clock ``deadline``). With ``retry_failed``, configs whose step failed (status
+        ``failed``) are run again. Returns the progress summary."""
         self.materialise()
+        retry = set(self.forget_failed()) if retry_failed else set()
+        for t, c in sorted(retry):
+            self._log_line(f"retrying failed config ({t}, {c})")
         self.load_records()
         todo = [(t, c) for t, c in self.plan["order"] if (t, c) not in self._records]
         by_sid = {self.request(t, c).id: (t, c) for t, c in todo}
@@ -473,7 +491,8 @@ class Campaign:
                 break
             while todo and len(inflight) < self.backend.capacity():
                 t, c = todo.pop(0)
-                sid = self.backend.start(self.request(t, c))
+                req = self.request(t, c)
+                sid = self.backend.rerun(req) if (t, c) in retry else self.backend.start(req)
                 inflight[sid] = (t, c)
             finished = []
             for sid, (t, c) in list(inflight.items()):
@@ -524,7 +543,7 @@ def build(workdir: str | os.PathLike[str], backend: TrialBackend, out: str | os.
           datasets: Sequence[str] = (), configs: int | None = None, epochs: int | None = None, seed: int | None = None,
           space: str | None = None, image_size: int | None = None, storage_root: str | None = None,
           max_results: int | None = None, poll_interval: float = 2.0, deadline: float | None = None,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          retry_failed: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Plan (or extend) a campaign in ``workdir`` and run it. Omitted arguments come from an
     existing plan, so ``build(workdir, backend, out)`` resumes."""
     wd = Path(workdir).resolve()
@@ -545,4 +564,27 @@ def build(workdir: str | os.PathLike[str], backend: TrialBackend, out: str | os.
     sp = load_space(space_ref)
     make_or_extend_plan(wd, specs, configs_v, epochs_v, seed_v, sp, space_ref, image_v)
     camp = Campaign(wd, backend, out, storage_root=storage_root, log=log)
-    return camp.run(poll_interval=poll_interval, max_results=max_results, deadline=deadline)
+    return camp.run(poll_interval=poll_interval, max_results=max_results, deadline=deadline,
+                    retry_failed=retry_failed)
+
+
+def export(workdir: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Rewrite the table at ``out`` from a campaign's recorded results without running anything
+    (also while the campaign runs: it only reads). Returns the progress summary."""
+
+    class _NoBackend(TrialBackend):  # export never starts a step
+        def start(self, request):  # pragma: no cover - never called
+            raise CampaignError("export does not run steps")
+
+        poll = result = logs = cancel = start  # type: ignore[assignment]
+
+        def active(self):  # pragma: no cover
+            return []
+
+    camp = Campaign(workdir, _NoBackend(), out)
+    camp.load_records()
+    camp.write_table()
+    per = camp.progress()
+    return {"tasks": per, "total": {k: round(sum(p[k] for p in per.values()), 1) for k in
+                                    ("planned", "done", "failed", "epochs", "compute_seconds", "step_seconds",
+                                     "cpu_seconds")}}
