@@ -138,8 +138,12 @@ class SeaweedS3:
     """
 
     def __init__(self, workdir: str | os.PathLike[str], access_key: str = "quicktune",
-                 secret_key: str = "quicktune-secret", start_timeout: float = 90.0) -> None:
+                 secret_key: str = "quicktune-secret", start_timeout: float = 90.0,
+                 extra_identities: list[dict[str, Any]] | None = None) -> None:
         self.workdir = Path(workdir)
+        # more SeaweedFS identities, e.g. a reader limited to one bucket:
+        # {"name": "r", "credentials": [{"accessKey": K, "secretKey": S}], "actions": ["Read:pub", "List:pub"]}
+        self.extra_identities = list(extra_identities or [])
         self.access_key = access_key
         self.secret_key = secret_key
         self.start_timeout = start_timeout
@@ -173,7 +177,7 @@ class SeaweedS3:
         config.write_text(json.dumps({"identities": [{
             "name": "admin",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}, *self.extra_identities]}))
         config.chmod(0o600)
         master, volume, filer, s3, admin = free_port_pair(5)
         self.ports = dict(master=master, volume=volume, filer=filer, s3=s3, admin=admin)
