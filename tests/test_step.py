@@ -245,3 +245,13 @@ def test_checkpoint_dir_on_s3(tiny_image_folder, tmp_path, s3_env):
     keys = storage.list_uris("s3://ckpt/search1/cfgA/")
     assert any(k.endswith("epoch-0002.json") for k in keys) and any(k.endswith("epoch-0002.safetensors") for k in keys)
     assert json.loads(storage.read_bytes("s3://ckpt/search1/cfgA-r1.json"))["status"] == "ok"
+
+
+def test_step_import_path_is_light():
+    # `quicktune step` runs once per epoch-step: it must not pay for MLflow, Kubernetes or KFP.
+    code = ("import sys, quicktune.cli.step_cmd, quicktune.finetune.step, quicktune.finetune.export, "
+            "quicktune.finetune.checkpoint; "
+            "bad = [m for m in ('mlflow', 'kubernetes', 'kfp', 'gpytorch', 'pandas') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr

@@ -166,10 +166,14 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
         torch.backends.cuda.matmul.allow_tf32 = not deterministic
         torch.backends.cudnn.allow_tf32 = not deterministic
         torch.cuda.reset_peak_memory_stats()
-    defaults = model_defaults(cfg["model"], weights_config)
+    phases: dict[str, Any] = report.extra.setdefault("phases", {})
+    mark = _Marks(phases)
+    defaults = model_defaults(cfg["model"], weights_config)  # imports timm (the bulk of start-up)
+    mark("setup")
 
     # --- the checkpoint decides image size, schedule length and seed of a resumed config
     ckpt, problems = ck.load_newest(checkpoint_dir)
+    mark("checkpoint_load")
     for p in problems:
         report.warnings.append(f"skipped a bad checkpoint: {p}")
         log.warning("skipped a bad checkpoint: %s", p)
@@ -197,6 +201,7 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
         report.warnings.append(f"to_epoch {to_epoch} is beyond the schedule length max_epochs={max_epochs}")
 
     ds = open_dataset(data_uri, cache_dir=cache_dir, split_seed=split_seed)
+    mark("data")
     report.meta_features = dict(ds.meta_features())
     classes = [str(c) for c in ds.classes]
     num_classes, in_chans = len(classes), int(ds.num_channels)
@@ -213,6 +218,7 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
 
     # --- model, regularizers, optimizer, schedule (built the same way on every step)
     parts = build_training(cfg, defaults, num_classes, in_chans, image_size, dev, seed, max_epochs, weights_config, report)
+    mark("build")
     net, optimizer, scheduler, scaler, regs = parts["net"], parts["optimizer"], parts["scheduler"], parts["scaler"], parts["regs"]
     report.num_params = int(sum(p.numel() for p in net.parameters()))
     mean, std = defaults["mean"], defaults["std"]
@@ -230,12 +236,14 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
         num_workers = min(4, os.cpu_count() or 1) if (dev.type == "cuda" and policy is not None) else 0
     eval_bs = max(32, min(512, 2 * bs))
 
+    mark("data")
     if ckpt is not None:
         restore_state(ckpt, parts)
     elif regs.cotuning_weight > 0 and regs.source_head is not None:
         regs.relationship = compute_relationship(net, regs.source_head, train_set, num_classes, dev, eval_bs)
     if regs.relationship is not None:
         regs.relationship = regs.relationship.to(dev)
+    mark("checkpoint_load")
 
     # --- epochs
     best_epoch, best_score = _best(report.history)
@@ -249,10 +257,12 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t1 = time.perf_counter()
+        mark("train")
         ev = evaluate(net, eval_batches(val_set, eval_bs), dev, amp=parts["amp"])
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
+        mark("eval")
         scheduler.step(epoch, ev["top1"])
         record = {
             "epoch": epoch, "score": ev["top1"], "top5": ev["top5"], "val_loss": ev["loss"],
@@ -263,17 +273,33 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
         if best_score is None or record["score"] > best_score:
             best_epoch, best_score = epoch, record["score"]
         history = report.history + [record]
+        mark("scheduler")
         meta = checkpoint_meta(config, cfg, parts, ds, classes, in_chans, image_size, max_epochs, seed, split_seed,
                                defaults, history, best_epoch, best_score, data_uri)
         tensors = checkpoint_tensors(parts)
         uri = ck.save_checkpoint(checkpoint_dir, epoch, tensors, meta)
         ck.prune(checkpoint_dir, {epoch, best_epoch})
+        mark("checkpoint_save")
         report.history = history
         report.epochs.append(record)
         report.checkpoint = uri
         report.best_checkpoint = _best_uri(checkpoint_dir, {"best_epoch": best_epoch})
         log.info("epoch %d: val top-1 %.4f, loss %.4f, train loss %.4f, %.1fs", epoch, ev["top1"], ev["loss"],
                  stats["train_loss"], record["cost"])
+
+
+class _Marks:
+    """Accumulates wall time per phase (for RESULT["phases"] and the overhead benchmark)."""
+
+    def __init__(self, phases: dict[str, float]):
+        self.phases, self.t, self.c = phases, time.perf_counter(), time.process_time()
+        self.cpu: dict[str, float] = phases.setdefault("cpu", {})
+
+    def __call__(self, name: str) -> None:
+        now, cpu = time.perf_counter(), time.process_time()
+        self.phases[name] = round(self.phases.get(name, 0.0) + now - self.t, 6)
+        self.cpu[name] = round(self.cpu.get(name, 0.0) + cpu - self.c, 6)
+        self.t, self.c = now, cpu
 
 
 def _best(history: list[dict[str, Any]]) -> tuple[int | None, float | None]:
