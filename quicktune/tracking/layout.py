@@ -305,7 +305,7 @@ class SearchTracker:
             pending = tags.get(TAG_PENDING, "")
             rec.pending_epoch = int(pending) if pending.strip().isdigit() else None
             if "tell_seq" in run.data.metrics or "score" in run.data.metrics:
-                for key in (*EPOCH_METRICS, "tell_seq"):
+                for key in ("score", "cost", "tell_seq"):  # what resuming needs (one request each)
                     for m in self._call("metric history", self.client.get_metric_history, run.info.run_id, key):
                         rec.epochs.setdefault(int(m.step), {})[key] = float(m.value)
             if tags.get("quicktune.failed_epoch", "").isdigit():
