@@ -40,27 +40,30 @@ def bundled_table_path() -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
+    # A real search (issue 4): the packaged digits dataset as an image folder, the offline CPU
+    # space, 2 local workers, MLflow in a sqlite store under --out, the winner registered as
+    # "digits-classifier@champion". Budget: $QUICKTUNE_DEMO_BUDGET (default 3m).
+    import os
+    import time
+    from pathlib import Path
 
-    from quicktune.bench.runner import run_benchmark
-    from quicktune.bench.summary import format_table
+    from quicktune.cli import main as quicktune_main
 
-    torch.set_num_threads(1)
-    optimizers = ["quicktune", "random", "asha"]
-    table = bundled_table_path()
-    print(f"quicktune demo: {', '.join(optimizers)} on dataset {args.dataset} of {table}\n"
-          f"(simulated time; quicktune is first meta-trained on the other datasets, ~1 minute)", flush=True)
-    bar = tqdm(total=len(optimizers) * args.seeds, desc="runs", unit="run", file=sys.stderr)
+    out = Path(args.out).resolve()
+    data = out / "data" / "digits"
+    if not data.exists():
+        from quicktune.data.packaged import import_dataset
 
-    def on_run(rec: dict) -> None:
-        bar.set_postfix_str(f"{rec['optimizer']}/s{rec['seed']} regret={rec['final_regret']:.3f}")
-        bar.update(1)
-
-    summary = run_benchmark(table, optimizers, args.seeds, args.budget_multiple, args.out, meta_train="loo",
-                            datasets=[args.dataset], title="quicktune demo", on_run=on_run,
-                            meta_train_options={"epochs": 6})
-    bar.close()
-    print(format_table(summary, "mean normalized regret / mean rank (lower is better)"))
-    print(f"\nplots and per-run results in {args.out}/ (regret.png, rank.png, runs/)")
-    return 0
+        print(f"quicktune demo: writing the packaged digits dataset to {data}", flush=True)
+        import_dataset("digits", str(data))
+    budget = os.environ.get("QUICKTUNE_DEMO_BUDGET", "3m")
+    tracking = f"sqlite:///{out / 'mlflow.db'}"
+    print(f"quicktune demo: searching the cpu space on {data} for {budget} with 2 workers "
+          f"(MLflow store {tracking})", flush=True)
+    t0 = time.monotonic()
+    code = quicktune_main(["search", "--data", str(data), "--budget", budget, "--space", "builtin:cpu",
+                           "--workers", "2", "--max-epochs", "5", "--image-size", "32",
+                           "--model-name", "digits-classifier", "--tracking-uri", tracking,
+                           "--workdir", str(out / "work")])
+    print(f"quicktune demo: done in {time.monotonic() - t0:.0f} s (exit code {code})", flush=True)
+    return code
