@@ -19,7 +19,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "step", help="finetune one config up to an epoch (resuming from its checkpoint)",
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", required=True, help="CONFIG.json: the config's active knobs (docs/search-space.md)")
+    p.add_argument("--config", help="CONFIG.json: the config's active knobs (docs/search-space.md); "
+                                    "required unless --evaluate-test")
     p.add_argument("--data", required=True, help="dataset URI: a local folder or s3://bucket/prefix")
     p.add_argument("--to-epoch", type=int, help="train up to this epoch (1-based); required unless --evaluate-test")
     p.add_argument("--checkpoint-dir", required=True, help="this config's checkpoint folder (local or s3://)")
@@ -45,17 +46,17 @@ def register(subparsers: Any) -> None:
 def _handle(args: argparse.Namespace) -> int:
     from quicktune import storage
 
+    if args.evaluate_test:
+        return _evaluate(args)
+    if args.config is None or args.to_epoch is None:
+        print("quicktune step: --config and --to-epoch are required (unless --evaluate-test)", file=sys.stderr)
+        return 2
     try:
         config = json.loads(storage.read_bytes(args.config))
     except OSError as exc:
         return _fail(args, f"cannot read --config {args.config}: {exc}")
     except ValueError as exc:
         return _fail(args, f"--config {args.config} is not valid JSON: {exc}", status="invalid")
-    if args.evaluate_test:
-        return _evaluate(args)
-    if args.to_epoch is None:
-        print("quicktune step: --to-epoch is required", file=sys.stderr)
-        return 2
     max_epochs = args.max_epochs or (int(os.environ["QUICKTUNE_MAX_EPOCHS"]) if os.environ.get("QUICKTUNE_MAX_EPOCHS") else None)
     from quicktune.finetune.step import run_step
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from quicktune.finetune.transforms import resize_rgb, to_tensor
+from quicktune.finetune.transforms import normalize, resize_rgb, to_tensor, to_uint8
 
 __all__ = ["epoch_seed", "ImageSet", "train_batches", "eval_batches"]
 
@@ -35,24 +35,33 @@ class ImageSet(torch.utils.data.Dataset):
         self.labels = torch.as_tensor(np.asarray(dataset.labels)[self.indices], dtype=torch.long)
         self.in_chans, self.mean, self.std, self.policy = in_chans, tuple(mean), tuple(std), policy
         self.images = [resize_rgb(dataset.load_image(int(i)), image_size) for i in self.indices]
+        # Without a random policy every epoch sees the same pixels: keep them as one uint8 tensor
+        # (a quarter of float32's memory) and normalize per batch.
         self.tensors: torch.Tensor | None = None
         if policy is None:
-            self.tensors = torch.stack([to_tensor(im, in_chans, self.mean, self.std) for im in self.images]) \
-                if self.images else torch.empty(0, in_chans, image_size, image_size)
+            self.tensors = torch.stack([to_uint8(im, in_chans) for im in self.images]) \
+                if self.images else torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8)
+            self.images = []
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tensors is not None:
-            return self.tensors[k], self.labels[k]
+            return normalize(self.tensors[k], self.mean, self.std), self.labels[k]
         return to_tensor(self.policy(self.images[k]), self.in_chans, self.mean, self.std), self.labels[k]
 
     def batch(self, ks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tensors is not None:
-            return self.tensors[ks], self.labels[ks]
+            return normalize(self.tensors[ks], self.mean, self.std), self.labels[ks]
         xs = [self[int(k)][0] for k in ks]
         return torch.stack(xs), self.labels[ks]
+
+    def plain_batch(self, ks: torch.Tensor) -> torch.Tensor:
+        """Unaugmented, normalized images (for co-tuning's relationship)."""
+        if self.tensors is not None:
+            return normalize(self.tensors[ks], self.mean, self.std)
+        return torch.stack([to_tensor(self.images[int(k)], self.in_chans, self.mean, self.std) for k in ks])
 
 
 def effective_batch_size(n: int, batch_size: int) -> int:

@@ -415,15 +415,13 @@ def epoch_seed_init(seed: int) -> int:
 def compute_relationship(net, source_head, train_set, num_classes: int, dev: torch.device, batch_size: int) -> torch.Tensor:
     """Co-tuning's p(y_source | y_target) from the pretrained model on the (unaugmented) training images."""
     from quicktune.finetune.regularizers import category_relationship
-    from quicktune.finetune.transforms import to_tensor
 
     was_training = net.training
     net.eval()
     source_head.eval()
     probs = []
     for i in range(0, len(train_set), batch_size):
-        ims = train_set.images[i:i + batch_size]
-        x = torch.stack([to_tensor(im, train_set.in_chans, train_set.mean, train_set.std) for im in ims]).to(dev)
+        x = train_set.plain_batch(torch.arange(i, min(len(train_set), i + batch_size))).to(dev)
         feats = net.forward_head(net.forward_features(x), pre_logits=True)
         probs.append(torch.softmax(source_head(feats).float(), dim=1).cpu())
     net.train(was_training)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from PIL import Image
 
-__all__ = ["build_policy", "resize_rgb", "to_tensor", "Preprocessing"]
+__all__ = ["build_policy", "resize_rgb", "to_tensor", "to_uint8", "normalize", "Preprocessing"]
 
 
 def resize_rgb(img: Image.Image, image_size: int) -> Image.Image:
@@ -38,15 +38,25 @@ def resize_rgb(img: Image.Image, image_size: int) -> Image.Image:
     return img
 
 
-def to_tensor(img: Image.Image, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """PIL RGB -> normalized float tensor with ``in_chans`` channels (1 = luminance)."""
+def to_uint8(img: Image.Image, in_chans: int) -> torch.Tensor:
+    """PIL RGB -> uint8 tensor [C, H, W] with ``in_chans`` channels (1 = luminance)."""
     if in_chans == 1:
         img = img.convert("L")
     x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    x = x.view(img.size[1], img.size[0], in_chans).permute(2, 0, 1).float().div_(255.0)
-    m = torch.tensor(mean[:in_chans], dtype=torch.float32).view(-1, 1, 1)
-    s = torch.tensor(std[:in_chans], dtype=torch.float32).view(-1, 1, 1)
-    return (x - m) / s
+    return x.view(img.size[1], img.size[0], in_chans).permute(2, 0, 1).contiguous()
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 [..., C, H, W] -> float, scaled to [0, 1], then standardized with the model's mean/std."""
+    c = x.shape[-3]
+    m = torch.tensor(mean[:c], dtype=torch.float32).view(-1, 1, 1)
+    s = torch.tensor(std[:c], dtype=torch.float32).view(-1, 1, 1)
+    return (x.float().div_(255.0) - m) / s
+
+
+def to_tensor(img: Image.Image, in_chans: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """PIL RGB -> normalized float tensor with ``in_chans`` channels (1 = luminance)."""
+    return normalize(to_uint8(img, in_chans), mean, std)
 
 
 def build_policy(cfg: Mapping[str, Any], image_size: int, mean: Sequence[float]) -> Callable[[Image.Image], Image.Image] | None:
