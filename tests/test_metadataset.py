@@ -319,3 +319,57 @@ def test_harvest_round_trip(tmp_path, mlflow_server, s3_env, tiny_image_folder):
                str(tmp_path / "h2.csv"), "--experiment", exp, "--json")
     assert json.loads(res.stdout)["curves"] == 2
     assert load_lct(tmp_path / "h2.csv")["score"].dropna().tolist() == df["score"].dropna().tolist()
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_harvest_of_a_real_search(tmp_path, mlflow_server, tiny_image_folder, monkeypatch):
+    """A search run by the controller (one config trains, one diverges) -> harvested rows equal the
+    epochs its steps reported in their RESULT.json files, and the failure is a NaN row."""
+    from quicktune.backends.local import LocalBackend
+    from quicktune.controller import SearchSpec, run_search
+    from quicktune.metadataset.harvest import harvest
+    from quicktune.tracking.layout import SearchTracker
+
+    for k, v in mlflow_server.env.items():
+        monkeypatch.setenv(k, v)
+    space = _space(tmp_path, "name: diverge\nmodel_param: model\nparams:\n"
+                             "  model: {type: categorical, choices: [test_vit]}\n"
+                             "  lr: {type: categorical, choices: [0.001, 100000.0]}\n"
+                             "  opt: {type: categorical, choices: [sgd]}\n"
+                             "  batch_size: {type: categorical, choices: [16]}\n")
+    exp = "harvest-real-" + os.urandom(3).hex()
+    spec = SearchSpec(data_uri=str(tiny_image_folder), budget_seconds=300, space=str(space), search_id="hv-real",
+                      workers=1, max_epochs=2, budget_epochs=3, image_size=16, workdir=str(tmp_path / "work"),
+                      optimizer="random")
+    result = run_search(spec, LocalBackend(spec.workdir), SearchTracker(mlflow_server.tracking_uri, experiment=exp),
+                        progress=False)
+    assert result.status == "succeeded", result.message
+
+    reported: dict[str, list[dict]] = {}
+    statuses: dict[str, str] = {}
+    for res in (Path(spec.workdir) / "steps").glob("*/RESULT.json"):
+        req = json.loads((res.parent / "request.json").read_text())
+        doc = json.loads(res.read_text())
+        reported.setdefault(req["config_id"], []).extend(doc["epochs"])
+        statuses[req["config_id"]] = doc["status"] if doc["status"] != "ok" else statuses.get(req["config_id"], "ok")
+    assert sorted(statuses.values()) == ["diverged", "ok"]
+
+    out = tmp_path / "h.parquet"
+    summary = harvest(mlflow_server.tracking_uri, out, experiments=[exp])
+    assert summary["searches"] == 1 and summary["warnings"] == []  # the controller logs meta-features
+    df = load_lct(out)
+    for cid, eps in reported.items():
+        curve = df[df["config_id"] == cid].sort_values("epoch")
+        eps = sorted(eps, key=lambda e: e["epoch"])
+        ok_rows = curve[curve["score"].notna()]
+        assert ok_rows["epoch"].tolist() == [e["epoch"] for e in eps]
+        for col in ("score", "cost", "top5", "val_loss", "train_loss"):
+            assert ok_rows[col].tolist() == [e[col] for e in eps], (cid, col)
+        if statuses[cid] == "diverged":
+            assert curve["score"].isna().tolist() == [False] * len(eps) + [True]
+        else:
+            assert curve["score"].notna().all()
+    meta = json.loads(next((Path(spec.workdir) / "steps").glob("*/RESULT.json")).read_text())["meta_features"]
+    for k, v in meta.items():
+        assert (df[f"meta.{k}"] == float(v)).all(), k

@@ -105,6 +105,18 @@ def _dataset_names(datasets: Mapping[str, _Dataset]) -> dict[str, str]:
     return out
 
 
+def _add_extra_metrics(tracker: Any, rec: Any) -> None:
+    """The per-epoch metrics besides score/cost (``load_configs`` reads only what resuming needs)."""
+    from quicktune.metadataset.table import EXTRA_EPOCH_KEYS
+
+    if not rec.epochs:
+        return
+    for key in EXTRA_EPOCH_KEYS:
+        for step, value, _ in tracker.metric_history(rec.run_id, key):
+            if step in rec.epochs:
+                rec.epochs[step][key] = value
+
+
 def harvest_frame(tracking_uri: str, experiments: Sequence[str] | None = None):
     """The LCT (a DataFrame) of every search on the server, plus a summary dict."""
     from mlflow import MlflowClient
@@ -147,6 +159,7 @@ def harvest_frame(tracking_uri: str, experiments: Sequence[str] | None = None):
             max_epoch = _parse_float(parent.data.params.get("max_epochs"))
             n_searches += 1
             for cid, rec in tracker.load_configs(parent.info.run_id).items():
+                _add_extra_metrics(tracker, rec)
                 eps = [{"epoch": e, **m} for e, m in sorted(rec.epochs.items()) if "score" in m]
                 status = "ok" if rec.failure is None else (rec.failure.status or "failed")
                 c = _Curve(dataset_key=key, config_id=cid, config=rec.config, epochs=eps, status=status,
