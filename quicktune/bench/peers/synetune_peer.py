@@ -12,11 +12,11 @@ points (DEHB: nearest unused point).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +37,83 @@ def peers_python() -> Path:
     return root / ".venv-peers" / "bin" / "python"
 
 
+class _Server:
+    """One server subprocess (importing syne_tune takes seconds, so processes are reused)."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   OPENBLAS_NUM_THREADS="1")
+        self.owner = os.getpid()  # a forked child must not talk to its parent's server
+        self.proc = subprocess.Popen([str(peers_python()), str(SERVER)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+
+    def call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps(msg) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"Syne Tune server exited (code {self.proc.poll()})")
+        return json.loads(line)
+
+    def alive(self) -> bool:
+        return self.owner == os.getpid() and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            try:
+                self.call({"op": "close"})
+                self.proc.wait(timeout=10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+
+
+_IDLE: list[_Server] = []
+
+
+def _acquire() -> _Server:
+    while _IDLE:
+        srv = _IDLE.pop()
+        if srv.alive():
+            return srv
+    return _Server()
+
+
+def _release(srv: _Server) -> None:
+    if srv.alive():
+        _IDLE.append(srv)
+
+
+@atexit.register
+def _stop_idle() -> None:
+    while _IDLE:
+        _IDLE.pop().stop()
+
+
 @functools.lru_cache(maxsize=1)
 def unavailable_reason() -> str | None:
-    """None when Syne Tune 0.13.0 can be run, else why not (and how to fix it)."""
+    """None when Syne Tune 0.13.0 can be run, else why not (and how to fix it). Starts one server
+    (kept for the first peer) to find out."""
     py = peers_python()
     hint = "run `make bench-peers` (creates .venv-peers with syne-tune==0.13.0) or set QUICKTUNE_PEERS_PYTHON"
     if not py.exists():
         return f"no peers interpreter at {py}; {hint}"
     try:
-        r = subprocess.run([str(py), "-c", "import syne_tune, sys; print(syne_tune.__version__)"],
-                           capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot run {py}: {exc}; {hint}"
-    if r.returncode != 0:
-        return f"{py} cannot import syne_tune ({r.stderr.strip().splitlines()[-1:]}); {hint}"
-    if r.stdout.strip().splitlines()[-1:] != ["0.13.0"]:
-        return f"{py} has syne-tune {r.stdout.strip()}, need 0.13.0; {hint}"
+        srv = _Server()
+        reply = srv.call({"op": "version"})
+    except (OSError, RuntimeError, ValueError) as exc:
+        return f"cannot run the Syne Tune server with {py}: {exc}; {hint}"
+    if "error" in reply:
+        srv.stop()
+        return f"{py} cannot import syne_tune ({reply['error']}); {hint}"
+    if reply.get("version") != "0.13.0":
+        srv.stop()
+        return f"{py} has syne-tune {reply.get('version')}, need 0.13.0; {hint}"
+    _release(srv)
     return None
 
 
@@ -71,7 +132,7 @@ class SyneTunePeer(ReplayPeer):
             raise RuntimeError(f"Syne Tune peer unavailable: {why}")
         self.scheduler = scheduler
         self.space = PoolSpace(self.pool)
-        self._proc: subprocess.Popen | None = None
+        self._srv: _Server | None = None
         self._reset()
 
     def _points(self) -> list[list[Any]]:
@@ -90,23 +151,16 @@ class SyneTunePeer(ReplayPeer):
         return out
 
     def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
-        assert self._proc is not None and self._proc.stdin is not None and self._proc.stdout is not None
-        self._proc.stdin.write(json.dumps(msg) + "\n")
-        self._proc.stdin.flush()
-        line = self._proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"Syne Tune server exited (code {self._proc.poll()}); see its stderr above")
-        reply = json.loads(line)
+        if self._srv is None:
+            raise RuntimeError(f"Syne Tune {self.scheduler} peer is closed")
+        reply = self._srv.call(msg)
         if "error" in reply:
             raise RuntimeError(f"Syne Tune {self.scheduler}: {reply['error']}\n{reply.get('traceback', '')}")
         return reply
 
     def _reset(self) -> None:
-        self.close()
-        env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   OPENBLAS_NUM_THREADS="1")
-        self._proc = subprocess.Popen([str(peers_python()), str(SERVER)], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        if self._srv is None:
+            self._srv = _acquire()
         params = {n: {k: (v if k != "choices" else [repr(c) for c in v]) for k, v in p.items()}
                   for n, p in self.space.params.items()}
         self._call({"op": "init", "scheduler": self.scheduler, "space": params, "configs": self._points(),
@@ -124,18 +178,10 @@ class SyneTunePeer(ReplayPeer):
                     "score": score if score == score else None, "status": status})
 
     def close(self) -> None:
-        """Stop the server process (also done on garbage collection)."""
-        proc = getattr(self, "_proc", None)
-        if proc is not None and proc.poll() is None:
-            try:
-                assert proc.stdin is not None
-                proc.stdin.write(json.dumps({"op": "close"}) + "\n")
-                proc.stdin.flush()
-                proc.wait(timeout=10)
-            except Exception:
-                proc.kill()
-                proc.wait()
-        self._proc = None
+        """Hand the server process back for the next run (stopped at interpreter exit)."""
+        srv, self._srv = getattr(self, "_srv", None), None
+        if srv is not None:
+            _release(srv)
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
@@ -143,6 +189,3 @@ class SyneTunePeer(ReplayPeer):
         except Exception:
             pass
 
-
-def _python_ok() -> bool:  # pragma: no cover - used by tests to skip
-    return unavailable_reason() is None and sys.platform != "win32"

@@ -9,7 +9,9 @@ syne_tune. The parent (:mod:`quicktune.bench.peers.synetune_peer`) sends one JSO
   imputes inactive ones), so that they are points of the Syne Tune config space;
 - ``{"op": "ask"}`` -> ``{"config_id": ..., "epoch": ...}`` or ``{"none": true}``;
 - ``{"op": "tell", "config_id": ..., "epoch": ..., "score": ..., "status": ...}`` -> ``{"ok": true}``;
+- ``{"op": "version"}`` -> ``{"version": "0.13.0"}`` (also pays the slow import once);
 - ``{"op": "close"}``.
+One process serves many runs one after another: each ``init`` replaces the previous scheduler.
 Errors are answered as ``{"error": "..."}``.
 
 Trials: every scheduler trial is bound to one table config. Searchers that support it get
@@ -211,7 +213,12 @@ def main():
         try:
             msg = json.loads(line)
             op = msg.get("op")
-            if op == "init":
+            if op == "version":
+                import syne_tune
+                import syne_tune.optimizer.baselines  # noqa: F401  (the slow import, done once per process)
+
+                reply = {"version": syne_tune.__version__}
+            elif op == "init":
                 server = Server(msg)
                 reply = {"ok": True}
             elif op == "ask":
