@@ -242,6 +242,12 @@ def test_build_and_info_errors(tmp_path):
     res = _cli("metadataset", "build", "--workdir", str(tmp_path / "none"), "--out", str(tmp_path / "t.parquet"),
                check=False)
     assert res.returncode == 1 and "give --datasets" in res.stderr
+    with pytest.raises(SystemExit, match="--namespace and --image"):
+        _cli("metadataset", "build", "--backend", "kubernetes", "--workdir", str(tmp_path / "k"), "--out",
+             str(tmp_path / "t.parquet"))
+    res = _cli("metadataset", "build", "--datasets", "nosuchdataset", "--configs", "1", "--epochs", "1",
+               "--workdir", str(tmp_path / "x"), "--out", str(tmp_path / "t.parquet"), check=False)
+    assert res.returncode == 1 and "nosuchdataset" in res.stderr and not (tmp_path / "x" / "plan.json").exists()
     res = _cli("metadataset", "info", str(tmp_path / "missing.parquet"), "--json", check=False)
     assert res.returncode == 1 and "missing.parquet" in res.stderr
 
