@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt requirements-dev.txt requirements-nodeps.txt | sha1sum | cut -c1-12)
 
-.PHONY: venv demo test lint bench bench-peers clean-venv system-data
+.PHONY: venv demo test lint bench bench-peers clean-venv system-data browser-deps
 
 $(STAMP): pyproject.toml constraints.txt requirements-dev.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,20 @@ system-data:
 		  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(APT_DATA) >/dev/null 2>&1; }; } \
 		|| echo "note: optional apt packages (dataset-fashion-mnist fonts-noto-color-emoji unicode-data) not installed"; \
 	else echo "note: skipping optional apt packages (needs apt-get as root)"; fi
+	-@$(MAKE) --no-print-directory browser-deps
+
+## make browser-deps: Chromium, node and playwright-core (tests/browser/package-lock.json) for
+## tests/test_browser_ui.py; never fails (the test skips without chromium or node)
+browser-deps:
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		pkgs="chromium"; command -v node >/dev/null 2>&1 || pkgs="$$pkgs nodejs"; \
+		command -v npm >/dev/null 2>&1 || pkgs="$$pkgs npm"; \
+		{ apt-get install -y -q $$pkgs >/dev/null 2>&1 \
+		  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$pkgs >/dev/null 2>&1; }; } \
+		|| echo "note: $$pkgs not installed: the browser test will skip"; fi
+	@if command -v npm >/dev/null 2>&1; then \
+		(cd tests/browser && npm ci --no-audit --no-fund --silent) || echo "note: npm ci in tests/browser failed"; \
+	else echo "note: no npm: the browser test will skip"; fi
 
 ## make bench-peers: Syne Tune 0.13.0 (needs numpy<2) in its own venv .venv-peers, plus Optuna in .venv
 PEERS_VENV := .venv-peers

