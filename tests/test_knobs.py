@@ -161,15 +161,17 @@ def test_regularizer_penalty_is_positive_after_updates(knob):
     elif knob == "delta_reg":
         from quicktune.finetune.model import forward_with_features
 
-        _, feats = forward_with_features(parts["net"].eval(), x)
-        assert regs.delta is not None and float(regs.delta(feats, x)) > 0
+        with torch.no_grad():
+            _, feats = forward_with_features(parts["net"].eval(), x)
+            assert regs.delta is not None and float(regs.delta(feats, x)) > 0
         # the source model is frozen and stays at the starting weights
         assert all(not p.requires_grad for p in regs.delta.source.parameters())
     else:
         from quicktune.finetune.model import forward_with_features
 
-        _, feats = forward_with_features(parts["net"], x)
-        assert regs.bss is not None and float(regs.bss.penalty(feats)) > 0
+        with torch.no_grad():
+            _, feats = forward_with_features(parts["net"], x)
+            assert regs.bss is not None and float(regs.bss.penalty(feats)) > 0
 
 
 def test_stoch_norm_replaces_batchnorm_and_changes_training(tiny_image_folder, tmp_path_factory):

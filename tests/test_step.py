@@ -255,3 +255,23 @@ def test_step_import_path_is_light():
             "print(bad); sys.exit(1 if bad else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("exc, status", [(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "oom"),
+                                         (MemoryError(), "oom"),
+                                         (KeyError("boom"), "failed")])
+def test_exceptions_map_to_statuses(tiny_image_folder, tmp_path, monkeypatch, exc, status):
+    # OOM cannot be provoked honestly on a shared CPU box: inject it where it would surface.
+    import quicktune.finetune.train as train_mod
+
+    def explode(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", explode)
+    res = _step(BASE, tiny_image_folder, 1, tmp_path / "ck", out=str(tmp_path / "r.json"))
+    assert res["status"] == status
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == status
+    if status == "oom":
+        assert "out of memory" in res["message"]
+    else:
+        assert "KeyError" in res["message"] and "boom" in res["message"]
