@@ -1,0 +1,275 @@
+"""Quick-Tune's optimizer: ask/tell semantics, persistence, meta-training, acquisition, and a
+statistical comparison against random search on a synthetic table.
+
+Cost: ~60-120 s CPU in all on one thread (the statistical test is most of it, marked slow).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from itertools import combinations
+
+import numpy as np
+import pytest
+import torch
+
+from quicktune.bench.synthetic import make_synthetic_table
+from quicktune.lct import table_configs, table_meta_features
+from quicktune.optimizer.acquisition import acquisition, expected_improvement
+from quicktune.optimizer.artifact import MetaArtifact
+from quicktune.optimizer.metatrain import meta_train
+from quicktune.optimizer.quicktune import QuickTune
+from quicktune.optimizer.registry import make_optimizer
+from quicktune.optimizer.surrogate import DeepKernelGP, SurrogateConfig, make_batch
+from quicktune.space import builtin_space
+
+
+@pytest.fixture(scope="module")
+def table():
+    return make_synthetic_table(n_datasets=3, n_configs=40, max_epochs=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def artifact(table):
+    """Meta-trained on every dataset but the first (leave-one-dataset-out)."""
+    first = sorted(table["dataset"].unique())[0]
+    return meta_train(table, exclude=[first], epochs=6, steps_per_epoch=40, seed=0)
+
+
+def _curves(table, ds):
+    sub = table[table["dataset"] == ds]
+    S = {cid: g.sort_values("epoch")["score"].to_numpy() for cid, g in sub.groupby("config_id")}
+    C = {cid: g.sort_values("epoch")["cost"].to_numpy() for cid, g in sub.groupby("config_id")}
+    return S, C
+
+
+def _tell(opt, s, S, C):
+    sc = S[s.config_id][s.epoch - 1]
+    opt.tell(s.config_id, s.epoch, sc, C[s.config_id][s.epoch - 1], "ok" if np.isfinite(sc) else "diverged")
+
+
+# ----------------------------------------------------------------------------------------------
+# ask / tell
+def test_pending_asks_are_never_repeated_and_pool_runs_dry():
+    cands = [(f"c{i}", {"model": "m" + str(i % 2), "lr": 10.0 ** -(i + 1)}) for i in range(3)]
+    opt = make_optimizer("dyhpo", cands, max_epochs=2, seed=0)
+    asked = [opt.ask() for _ in range(3)]
+    assert sorted(s.config_id for s in asked) == ["c0", "c1", "c2"] and all(s.epoch == 1 for s in asked)
+    assert opt.ask() is None  # everything is pending
+    opt.tell(asked[1].config_id, 1, 0.5, 1.0)
+    nxt = opt.ask()
+    assert (nxt.config_id, nxt.epoch) == (asked[1].config_id, 2)  # the only free step
+    opt.tell(asked[0].config_id, 1, float("nan"), 1.0, status="diverged")
+    opt.tell(asked[2].config_id, 1, 0.4, 1.0)
+    s = opt.ask()
+    assert (s.config_id, s.epoch) == (asked[2].config_id, 2)  # c0 is dead, c1 is pending
+    opt.tell(nxt.config_id, 2, 0.6, 1.0)
+    opt.tell(s.config_id, 2, 0.45, 1.0)
+    assert opt.ask() is None  # c0 dead, c1 and c2 finished at max_epochs
+
+
+def test_many_outstanding_asks_are_distinct(table):
+    ds = sorted(table["dataset"].unique())[0]
+    S, C = _curves(table, ds)
+    opt = make_optimizer("quicktune-nometa", table_configs(table, ds), 8, seed=1)
+    for _ in range(6):
+        _tell(opt, opt.ask(), S, C)
+    pending = [opt.ask() for _ in range(5)]
+    keys = {(s.config_id, s.epoch) for s in pending}
+    assert len(keys) == 5 and len({s.config_id for s in pending}) == 5
+    for s in pending:  # every step asked is the config's next epoch
+        assert s.epoch == len(opt.curves.get(s.config_id, [])) + 1
+    for s in reversed(pending):  # results may come back in any order
+        _tell(opt, s, S, C)
+
+
+def test_tell_rejects_bad_reports():
+    opt = QuickTune([("a", {"x": 1.0}), ("b", {"x": 2.0})], 3, seed=0, meta=False, cost_aware=False)
+    s = opt.ask()
+    with pytest.raises(ValueError, match="unknown config_id"):
+        opt.tell("zzz", 1, 0.5, 1.0)
+    with pytest.raises(ValueError, match="expects epoch 1"):
+        opt.tell(s.config_id, 2, 0.5, 1.0)
+    with pytest.raises(ValueError, match="status"):
+        opt.tell(s.config_id, 1, 0.5, 1.0, status="weird")
+    with pytest.raises(ValueError, match="duplicate config_id"):
+        QuickTune([("a", {}), ("a", {})], 3, meta=False, cost_aware=False)
+
+
+def test_search_space_candidates_respect_the_space():
+    space = builtin_space("cpu")
+    opt = make_optimizer("quicktune-nometa", space, 4, seed=0, n_candidates=16, refresh_every=3)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(12):
+        s = opt.ask()
+        space.validate(s.config)
+        seen.add(s.config_id)
+        opt.tell(s.config_id, s.epoch, float(rng.uniform(0.2, 0.8)), float(rng.uniform(1, 5)))
+    unseen = [c for c in opt.configs if c not in opt.curves]
+    assert len(unseen) <= 16 and len(opt.configs) >= len(seen)
+
+
+# ----------------------------------------------------------------------------------------------
+# persistence
+@pytest.mark.parametrize("name", ["dyhpo", "quicktune"])
+def test_state_dict_restores_identical_next_asks(table, artifact, name):
+    ds = sorted(table["dataset"].unique())[0]
+    S, C = _curves(table, ds)
+    kw = dict(meta_features=table_meta_features(table, ds), artifact=artifact)
+    a = make_optimizer(name, table_configs(table, ds), 8, seed=3, **kw)
+    for _ in range(7):
+        _tell(a, a.ask(), S, C)
+    outstanding = a.ask()  # restored with a pending step
+    state = json.loads(json.dumps(a.state_dict(), allow_nan=False))  # strict JSON
+    b = make_optimizer(name, table_configs(table, ds), 8, seed=99, **kw)
+    b.load_state_dict(state)
+    for opt in (a, b):
+        _tell(opt, outstanding, S, C)
+    for _ in range(5):
+        sa, sb = a.ask(), b.ask()
+        assert (sa.config_id, sa.epoch) == (sb.config_id, sb.epoch)
+        _tell(a, sa, S, C)
+        _tell(b, sb, S, C)
+
+
+# ----------------------------------------------------------------------------------------------
+# meta-training and artifacts
+def test_meta_train_save_load_roundtrip(table, artifact, tmp_path):
+    first = sorted(table["dataset"].unique())[0]
+    assert first in artifact.excluded and first not in artifact.datasets
+    assert artifact.metrics["history"] and math.isfinite(artifact.metrics["best_val_nll"])
+    artifact.save(tmp_path / "art")
+    assert {p.name for p in (tmp_path / "art").iterdir()} == {"weights.safetensors", "artifact.json"}
+    back = MetaArtifact.load(tmp_path / "art")
+    assert back.table_hash == artifact.table_hash and back.max_epochs == 8
+    for k, v in artifact.surrogate_state.items():
+        assert torch.equal(v, back.surrogate_state[k]), k
+    S, C = _curves(table, first)
+    kw = dict(meta_features=table_meta_features(table, first))
+    a = make_optimizer("quicktune", table_configs(table, first), 8, seed=0, artifact=artifact, **kw)
+    b = make_optimizer("quicktune", table_configs(table, first), 8, seed=0, artifact=str(tmp_path / "art"), **kw)
+    for _ in range(4):
+        sa, sb = a.ask(), b.ask()
+        assert sa == sb
+        _tell(a, sa, S, C)
+        _tell(b, sb, S, C)
+
+
+def test_meta_artifact_on_a_foreign_space(artifact):
+    """Searching a space whose columns differ from the artifact's schema: encode with the
+    artifact's schema; absent columns are inactive."""
+    opt = make_optimizer("quicktune", builtin_space("paper"), 6, seed=0, artifact=artifact, n_candidates=20,
+                         meta_features={"num_classes": 10})
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        s = opt.ask()
+        builtin_space("paper").validate(s.config)
+        opt.tell(s.config_id, s.epoch, float(rng.uniform(0.1, 0.9)), float(rng.uniform(1, 9)))
+
+
+def test_meta_without_artifact_falls_back_with_a_warning(caplog, monkeypatch):
+    import quicktune.optimizer.quicktune as qt
+
+    monkeypatch.setattr(qt, "default_artifact", lambda: None)
+    with caplog.at_level(logging.WARNING):
+        opt = make_optimizer("quicktune", [("a", {"x": 1.0}), ("b", {"x": 2.0})], 3, seed=0)
+    assert not opt.meta and "without meta-learning" in caplog.text
+
+
+def test_learning_rate_really_reaches_the_refits(table):
+    ds = sorted(table["dataset"].unique())[0]
+    S, C = _curves(table, ds)
+    weights = {}
+    for lr in (0.0, 1e-2):
+        opt = QuickTune(table_configs(table, ds), 8, seed=0, meta=False, cost_aware=False, learning_rate=lr)
+        before = {k: v.clone() for k, v in opt.model.features.state_dict().items()}
+        for _ in range(3):
+            _tell(opt, opt.ask(), S, C)
+        opt.ask()  # refits here
+        weights[lr] = all(torch.equal(before[k], v) for k, v in opt.model.features.state_dict().items())
+    assert weights[0.0] is True and weights[1e-2] is False
+
+
+def test_every_surrogate_layer_is_used():
+    cfg = SurrogateConfig(hp_dim=5, model_dim=3, meta_dim=2)
+    m = DeepKernelGP(cfg)
+    rng = np.random.default_rng(0)
+    b = make_batch(rng.random((16, 5)), rng.random((16, 3)), rng.integers(1, 6, 16),
+                   [rng.random(int(e)).tolist() for e in rng.integers(0, 5, 16)], rng.random(2), 6)
+    y = torch.as_tensor(rng.random(16), dtype=torch.float32)
+    (m.neg_mll(b, y) + m.prior_loss(b, y)).backward()
+    unused = [n for n, p in m.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert unused == []
+
+
+# ----------------------------------------------------------------------------------------------
+# acquisition
+def test_expected_improvement_matches_closed_form():
+    # mean = best: EI = std * phi(0) = std / sqrt(2 pi)
+    assert expected_improvement(np.array([0.5]), np.array([0.2]), np.array([0.5]))[0] == pytest.approx(0.2 / math.sqrt(2 * math.pi))
+    # far below the incumbent with tiny std: ~0
+    assert expected_improvement(np.array([0.1]), np.array([1e-6]), np.array([0.9]))[0] == pytest.approx(0.0, abs=1e-12)
+    # incumbent per epoch: epoch 2 uses the best seen at epoch 2, epoch 5 (nobody there yet) the overall best
+    acq = acquisition(np.array([0.6, 0.6]), np.array([0.1, 0.1]), np.array([2, 5]), {1: 0.5, 2: 0.55}, 0.7)
+    assert acq[0] > acq[1]
+    ei = expected_improvement(np.array([0.6, 0.6]), np.array([0.1, 0.1]), np.array([0.55, 0.55]))
+    # divided by cost when cost-aware
+    assert acquisition(np.array([0.6, 0.6]), np.array([0.1, 0.1]), np.array([2, 2]), {2: 0.55}, 0.7,
+                       cost=np.array([1.0, 4.0])) == pytest.approx(ei / np.array([1.0, 4.0]))
+
+
+# ----------------------------------------------------------------------------------------------
+# does it work? A statistical comparison against random search.
+def _steps_to_best(next_step, S, thr, cap):
+    """Number of epoch steps until a score >= thr is observed (cap if never)."""
+    for k in range(1, cap + 1):
+        s = next_step()
+        if s is None:
+            return cap
+        if np.isfinite(S[s[0]][s[1] - 1]) and S[s[0]][s[1] - 1] >= thr:
+            return k
+    return cap
+
+
+def _wilcoxon_greater_p(d: np.ndarray) -> float:
+    """Exact one-sided Wilcoxon signed-rank p-value for H1: median(d) > 0 (zeros dropped)."""
+    d = d[d != 0]
+    ranks = np.argsort(np.argsort(np.abs(d))) + 1.0
+    w_plus = ranks[d > 0].sum()
+    n = len(d)
+    sums = [sum(c) for r in range(n + 1) for c in combinations(range(1, n + 1), r)]
+    return float(np.mean(np.asarray(sums) >= w_plus))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["quicktune", "dyhpo"])
+def test_reaches_best_config_faster_than_random_search(table, artifact, name):
+    ds = sorted(table["dataset"].unique())[0]
+    S, C = _curves(table, ds)
+    scores = table.loc[table["dataset"] == ds, "score"]
+    best, worst = scores.max(), scores.min()
+    thr = best - 0.01 * (best - worst)
+    E, cap = 8, 320  # cap = the whole table
+    ours, rand = [], []
+    for seed in range(10):
+        opt = make_optimizer(name, table_configs(table, ds), E, seed=seed, artifact=artifact,
+                             meta_features=table_meta_features(table, ds))
+
+        def step():
+            s = opt.ask()
+            if s is None:
+                return None
+            _tell(opt, s, S, C)
+            return s.config_id, s.epoch
+
+        ours.append(_steps_to_best(step, S, thr, cap))
+        order = np.random.default_rng(1000 + seed).permutation(sorted(S))
+        plan = iter([(cid, e) for cid in order for e in range(1, E + 1)])  # random search: each config to max
+        rand.append(_steps_to_best(lambda: next(plan, None), S, thr, cap))
+    ours_a, rand_a = np.array(ours), np.array(rand)
+    p = _wilcoxon_greater_p(rand_a - ours_a)
+    assert p < 0.05, (ours, rand, p)
+    assert np.median(ours_a) < 0.5 * np.median(rand_a), (ours, rand)
