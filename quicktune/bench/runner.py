@@ -118,7 +118,8 @@ def _json_default(o: Any) -> Any:
 def _run_dataset(table: pd.DataFrame, dataset: str, optimizers: Sequence[str], seeds: Sequence[int],
                  budget_multiple: float, out_dir: str, meta_train: str, workers: int, overhead_clock: str,
                  settings: Mapping[str, Any], resume: bool, meta_train_options: Mapping[str, Any] | None = None,
-                 on_run: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
+                 stop_at: float | None = None, on_run: Callable[[dict], None] | None = None
+                 ) -> list[dict[str, Any]]:
     """All optimizers x seeds on one dataset (one process), meta-training at most once."""
     _ensure_peers_registered()
     if any(n in TORCH_BASED for n in optimizers):
@@ -130,8 +131,12 @@ def _run_dataset(table: pd.DataFrame, dataset: str, optimizers: Sequence[str], s
     budget = budget_multiple * curves.median_curve_cost()
     artifact = None
     records = []
-    for name in optimizers:
-        for seed in seeds:
+    # seeds outer: if the benchmark is stopped early, every finished seed has every optimizer
+    for seed in seeds:
+        for name in optimizers:
+            if stop_at is not None and time.time() >= stop_at:
+                log.warning("deadline reached: %s stops before %s seed %d", dataset, name, seed)
+                return records
             path = run_path(out, dataset, name, seed)
             if resume and path.exists():
                 try:
@@ -170,7 +175,7 @@ def run_benchmark(table: pd.DataFrame | str | Path, optimizers: Sequence[str], s
                   budget_multiple: float, out_dir: str | Path, meta_train: str = "loo",
                   datasets: Sequence[str] | None = None, workers: int = 1, jobs: int = 1,
                   overhead_clock: str = "wall", resume: bool = True, title: str = "", plots: bool = True,
-                  meta_train_options: Mapping[str, Any] | None = None,
+                  meta_train_options: Mapping[str, Any] | None = None, stop_at: float | None = None,
                   on_run: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Run the benchmark and write ``out_dir/{summary.json, summary_table_clock.json, results.md,
     regret.png, rank.png, runs/*.json}``; returns the summary (overhead-inclusive clock).
@@ -178,6 +183,8 @@ def run_benchmark(table: pd.DataFrame | str | Path, optimizers: Sequence[str], s
     ``jobs > 1`` runs datasets in separate processes (each meta-trains its own artifact).
     ``on_run`` is called with each finished run record (in the parent process).
     ``meta_train_options`` are passed to ``meta_train`` (e.g. ``{"epochs": 5}`` for a quick demo).
+    ``stop_at`` (a ``time.time()`` deadline): no run starts after it; runs go seed by seed, so the
+    summary then covers the seeds that finished (ranks only use complete (dataset, seed) groups).
     """
     from quicktune.lct import load_lct
 
@@ -205,7 +212,7 @@ def run_benchmark(table: pd.DataFrame | str | Path, optimizers: Sequence[str], s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     args = (list(optimizers), seed_list, float(budget_multiple), str(out), meta_train, int(workers),
-            overhead_clock, settings, resume, dict(meta_train_options or {}))
+            overhead_clock, settings, resume, dict(meta_train_options or {}), stop_at)
     records: list[dict[str, Any]] = []
     if jobs <= 1 or len(chosen) == 1:
         for ds in chosen:

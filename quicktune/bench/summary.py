@@ -8,7 +8,9 @@ A *run record* is the dict the runner writes to ``DIR/runs/*.json``: at least ``
 ``DIR/summary.json`` is exactly ``{"checkpoints": [...], "optimizers": {NAME: {"regret": [...],
 "rank": [...]}}}`` on the overhead-inclusive clock; ``summary_table_clock.json`` has the same
 shape on the pure-table clock. Ranks are computed among the optimizers within each
-(dataset, seed) and then averaged (1 = best; ties share the mean rank).
+(dataset, seed) and then averaged (1 = best; ties share the mean rank). When some runs are
+missing (a benchmark stopped at a deadline), only the (dataset, seed) groups in which every
+optimizer ran are averaged, so all optimizers are compared on the same problems.
 """
 
 from __future__ import annotations
@@ -65,9 +67,14 @@ def summarize(runs: Sequence[Mapping[str, Any]], checkpoints: Sequence[float] = 
     if not runs:
         return out
     df = _with_ranks(_frame(runs, checkpoints, clock))
+    complete = df.dropna(subset=["rank"])
+    if not complete.empty:  # compare on the same (dataset, seed) groups when some runs are missing
+        df = complete
     order = list(dict.fromkeys(r["optimizer"] for r in runs))
     means = df.groupby(["optimizer", "i"])[["regret", "rank"]].mean()
     for name in order:
+        if name not in means.index.get_level_values(0):
+            continue
         m = means.loc[name].reindex(range(len(checkpoints)))
         out["optimizers"][name] = {
             "regret": [float(x) for x in m["regret"]],
