@@ -312,3 +312,32 @@ def test_config_defaults_and_errors():
         rng = np.random.default_rng(0)
         for _ in range(50):
             resolve_config(space.sample(rng) if hasattr(space, "sample") else {p.name: p.sample(rng) for p in space.params})
+
+
+def _cpu_models():
+    from quicktune.space import load_space
+
+    return list(load_space("builtin:cpu")["model"].choices)
+
+
+ALL_ON = {"pct_to_freeze": 0.2, "layer_decay": 0.75, "sp_reg": 0.01, "delta_reg": 0.01, "bss_reg": 0.01,
+          "cotuning_reg": 1.0, "stoch_norm": True, "mixup": 0.4, "cutmix": 0.5, "mixup_prob": 1.0, "smoothing": 0.1,
+          "drop": 0.2, "clip_grad": 1.0, "opt": "adamp", "opt_betas": "0.9 0.99", "weight_decay": 0.01,
+          "sched": "multistep", "decay_epochs": 2, "decay_rate": 0.5, "warmup_epochs": 1, "warmup_lr": 1e-6,
+          "batch_size": 16}
+
+
+@pytest.mark.parametrize("model", _cpu_models())
+def test_every_cpu_hub_model_takes_every_knob(model):
+    # The meta-dataset campaign samples any knob with any model of the CPU hub: each must build and train.
+    cfg, parts = _parts(ALL_ON, model=model, image_size=32)
+    regs = parts["regs"]
+    assert regs.sp is not None and regs.delta is not None and regs.bss is not None
+    if model == "tf_efficientnet_lite0":  # the one model with real pretrained weights offline
+        assert regs.source_head is not None
+    x, y = _batches(1, bs=8)[0]
+    regs.relationship = torch.full((10, 1000), 1e-3) if regs.source_head is not None else None
+    stats = train_one_epoch(parts["net"], [(x, y)], parts["optimizer"], parts["loss_fn"], torch.device("cpu"), regs,
+                            mixup=parts["mixup"], num_classes=10, clip_grad=1.0)
+    assert stats["train_steps"] == 1 and stats["train_loss"] == stats["train_loss"]  # finite
+    parts["scheduler"].step(1, 0.5)
