@@ -109,8 +109,10 @@ def test_start_a_search_from_the_mlflow_ui_and_find_the_champion(browser_tools, 
     final = [e for e in events if e["event"] == "status"][-1]
     assert final["parent_run"].startswith(mlflow_server.tracking_uri.rstrip("/") + "/#/experiments/")
     assert 0.0 <= float(final["incumbent"]) <= 1.0
-    assert any(e["event"] == "champion shown" and "champion" in e["versions"] for e in events)
+    (shown,) = [e for e in events if e["event"] == "champion shown"]
+    assert "champion" in shown["alias"]
     mv = client.get_model_version_by_alias(model, "champion")
+    assert f"Version {mv.version}" in shown["versions"] and mv.tags["quicktune.search_id"] in shown["versions"]
     assert mv.tags["quicktune.search_id"] == client.get_registered_model(model).tags["quicktune.search_id"]
     for shot in ("01-create-model", "02-request-tags", "03-status-succeeded", "04-champion"):
         assert (artifacts / f"{shot}.png").stat().st_size > 10_000, shot

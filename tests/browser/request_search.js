@@ -83,9 +83,11 @@ async function tagValue(page, key) {
       if (status && /^(failed|cancelled|rejected)/.test(status)) throw new Error(`the search ended: ${status}`);
       if (status === 'succeeded') {
         const table = page.getByTestId('model-version-table');
-        await table.getByText(/champion/).first().waitFor({ timeout: 30000 });
+        const alias = table.getByText(/champion/).first();
+        await alias.waitFor({ timeout: 30000 });
         const text = await table.innerText();
-        note({ event: 'champion shown', versions: text.replace(/\s+/g, ' ').slice(0, 300) });
+        note({ event: 'champion shown', alias: (await alias.innerText()).trim(),
+          versions: text.replace(/\s+/g, ' ').slice(0, 2000) });
         await shot(page, '04-champion');
         await browser.close();
         return;
