@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from quicktune.backends.base import CANCELLED, RUNNING, SUCCEEDED, BackendError, StepRequest, TrialBackend, step_id
+from quicktune.backends.base import CANCELLED, RUNNING, BackendError, StepRequest, TrialBackend, step_id
 from quicktune.optimizer.base import STATUSES, Optimizer
 from quicktune.optimizer.registry import make_optimizer
 from quicktune.space import SearchSpace, load_space
@@ -77,6 +77,7 @@ class SearchSpec:
     step_retries: int = 2
     step_retry_delay: float = 5.0
     fail_fast_steps: int = 6  # stop when this many first steps all fail and none succeeded
+    prefetch: int = 1  # steps asked ahead and queued in the backend, so a freed worker starts at once
     poll_interval: float = 0.25
 
     def __post_init__(self) -> None:
@@ -125,6 +126,7 @@ class _InFlight:
     started: float
     attempts: int = 0
     retry_at: float | None = None  # waiting to be started again after a transient failure
+    running_since: float | None = None  # first seen running (a prefetched step waits in a queue first)
 
 
 class _Progress:
@@ -389,16 +391,18 @@ class _Search:
                 if now >= fl.retry_at and self.budget_reason() is None:
                     log.info("step %s: starting it (attempt %d)", fl.request.id, fl.attempts + 1)
                     self.backend.rerun(fl.request)
-                    fl.retry_at, fl.started = None, now
+                    fl.retry_at, fl.started, fl.running_since = None, now, None
                 continue
             status = self.backend.poll(fl.request.id)
             if not status.done:
+                if status.state == RUNNING and fl.running_since is None:
+                    fl.running_since = now
                 continue
             if status.state == CANCELLED:  # cancelled from outside: run it again
                 self.backend.start(fl.request)
                 continue
             result = self.backend.result(fl.request.id)
-            wall = time.monotonic() - fl.started
+            wall = time.monotonic() - (fl.running_since or fl.started)
             if self._should_retry(fl, result):
                 fl.attempts += 1
                 fl.retry_at = now + self.spec.step_retry_delay * 2 ** (fl.attempts - 1)
@@ -466,7 +470,9 @@ class _Search:
     def dispatch(self) -> bool:
         """Fill free workers: ask, create runs, mark pending, snapshot, then start. True if any."""
         assert self.opt is not None and self.parent is not None
-        free = min(self.spec.workers, self.backend.capacity()) - len(self.inflight)
+        # Ask ahead by ``prefetch``: the backend queues the extra step (PENDING) and launches it the
+        # moment a worker frees, so workers never wait for the optimizer or MLflow.
+        free = min(self.spec.workers, self.backend.capacity()) + max(0, self.spec.prefetch) - len(self.inflight)
         new: list[_InFlight] = []
         exhausted = False
         while free > 0 and self.worth_starting():
