@@ -104,6 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="optimizer and training seed")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--budget-epochs", type=_positive_int, default=None, help="also stop after this many epochs")
+    p.add_argument("--budget-step-seconds", type=parse_duration, default=None,
+                   help="also stop when the steps' summed cost reaches this (GPU-seconds on GPUs)")
     p.add_argument("--threads-per-worker", type=_positive_int, default=1, help="CPU threads per local step")
     p.add_argument("--step-timeout", type=parse_duration, default=None, help="kill a step after this long")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
@@ -147,7 +149,7 @@ def _search(args: argparse.Namespace) -> int:
                           search_id=args.search_id or "", workers=args.workers, max_epochs=args.max_epochs,
                           seed=args.seed, optimizer=args.optimizer, image_size=args.image_size, device=args.device,
                           checkpoint_uri=args.checkpoint_uri, workdir=str(Path(args.workdir).resolve()),
-                          budget_epochs=args.budget_epochs)
+                          budget_epochs=args.budget_epochs, budget_gpu_seconds=args.budget_step_seconds)
         backend = make_backend(args.backend, workers=args.workers, workdir=spec.workdir, search_id=spec.search_id,
                                step_timeout=args.step_timeout, threads_per_worker=args.threads_per_worker,
                                **dict(args.backend_option))

@@ -22,7 +22,8 @@ _TRANSIENT_WORDS = ("connection", "connect timeout", "timed out", "timeout", "ma
                     "internal server error", "too many 500", "too many 502", "too many 503", "too many 504",
                     "remote end closed", "broken pipe", "reset by peer", "endpointconnectionerror",
                     "could not connect", "name or service not known", "database is locked",
-                    "slowdown", "503", "502", "504", "500 server error", "status code 500")
+                    "slowdown", "503", "502", "504", "500 server error", "status code 500", "error code 50",
+                    "response code 50", "too many retries")
 
 
 class InfrastructureError(RuntimeError):
