@@ -159,7 +159,7 @@ def evaluate_winner(data_uri: str, checkpoint_dir: str, metrics: Output[Metrics]
             result = json.load(fh)
     if result.get("status") != "ok":
         raise RuntimeError(f"evaluation of {checkpoint_dir} failed: {result.get('message')}")
-    accuracy = float(result.get("accuracy", result.get("score", float("nan"))))
+    accuracy = float(result.get("top1", result.get("accuracy", float("nan"))))  # top-1 accuracy in [0, 1]
     for key, value in sorted(result.items()):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics.log_metric(f"{split}_{key}", float(value))

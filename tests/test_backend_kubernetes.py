@@ -20,7 +20,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from quicktune.backends.base import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, StepRequest
+from quicktune.backends.base import FAILED, PENDING, RUNNING, SUCCEEDED, StepRequest
 from quicktune.backends.kubernetes import (FAIL_FAST_EXIT_CODES, KubernetesBackend, build_job, looks_secret,
                                            sanitize_label_value)
 from quicktune.backends.testing import BackendConformance, RealStepRequests, wait_done, wait_state
@@ -211,7 +211,11 @@ def test_fake_api_server_rejects_invalid_jobs(fake_cluster):
 # --------------------------------------------------------------------------------------------
 # cluster behaviour, with real steps
 # --------------------------------------------------------------------------------------------
-def test_preempted_pod_is_retried_without_counting(backend_factory, requests_factory, fake_cluster):
+def test_preempted_pod_is_retried_without_counting_and_watch_survives_410(backend_factory, requests_factory,
+                                                                          fake_cluster):
+    """A preempted pod is replaced without counting against backoffLimit and the step resumes. Meanwhile
+    every watch expires (410 Gone): the backend re-lists and still sees the step finish through its
+    watch (the Job is cached, so poll() only learns of completion from watch events)."""
     backend = backend_factory("preempt")
     req = requests_factory("ok", "preempt")
     req = StepRequest(**{**req.to_dict(), "to_epoch": 2})
@@ -219,8 +223,12 @@ def test_preempted_pod_is_retried_without_counting(backend_factory, requests_fac
     wait_state(backend, sid, (RUNNING,), timeout=60)
     fake_cluster.wait_for(lambda: fake_cluster.running_pods(), timeout=30, what="a running pod")
     first = fake_cluster.preempt(sid)
+    relists = backend.relists
+    fake_cluster.expire_watches()
     status = wait_done(backend, sid)
     assert status.state == SUCCEEDED, backend.logs(sid)[-3000:]
+    assert backend.relists > relists, "the backend must re-list after 410 Gone"
+    assert any("watch=True" in path and "resourceVersion=" in path for _, path, _ in fake_cluster.requests)
     job = fake_cluster.job(sid)
     assert job["status"].get("failed", 0) == 0, "a disruption must not count against backoffLimit"
     pods = fake_cluster.pods_of(sid)
@@ -244,19 +252,6 @@ def test_oom_killed_pod_fails_fast_as_oom(backend_factory, requests_factory, fak
     assert result["status"] == "oom" and "OOMKilled" in result["message"] and result["epochs"] == []
 
 
-def test_watch_survives_410_gone(backend_factory, requests_factory, fake_cluster):
-    """After every watch expires, the backend re-lists and still sees the step finish through its watch
-    (the Job is cached, so poll() only learns of completion from watch events)."""
-    backend = backend_factory("gone")
-    sid = backend.start(requests_factory("ok", "gone"))
-    wait_state(backend, sid, (RUNNING,), timeout=60)
-    before = backend.relists
-    fake_cluster.expire_watches()
-    assert wait_done(backend, sid).state == SUCCEEDED, backend.logs(sid)[-3000:]
-    assert backend.relists > before
-    assert any("watch=True" in path and "resourceVersion=" in path for _, path, _ in fake_cluster.requests)
-
-
 def test_deleting_the_controller_pod_garbage_collects_its_steps(backend_factory, requests_factory, fake_cluster):
     uid = fake_cluster.add_pod("quicktune-controller-x1")
     backend = backend_factory("gc", owner_pod={"name": "quicktune-controller-x1", "uid": uid})
@@ -270,17 +265,26 @@ def test_deleting_the_controller_pod_garbage_collects_its_steps(backend_factory,
     assert "deleted" in backend.poll(sid).message
 
 
-def test_kueue_jobs_wait_suspended_until_admitted(backend_factory, requests_factory, fake_cluster):
-    backend = backend_factory("kueue", kueue_queue="team-a")
-    sid = backend.start(requests_factory("ok", "kueue"))
+def test_kueue_admission_then_ttl_cleanup_keeps_the_result(backend_factory, requests_factory, fake_cluster):
+    """A Kueue Job waits suspended until admitted; after its TTL deletes it, the step still reads as
+    succeeded, and a restarted controller finds the result in S3 instead of running it again."""
+    backend = backend_factory("kueue", kueue_queue="team-a", ttl_seconds_after_finished=1)
+    req = requests_factory("ok", "kueue")
+    sid = backend.start(req)
     assert wait_state(backend, sid, (PENDING,), timeout=10) == PENDING
     assert "suspended" in backend.poll(sid).message
     assert fake_cluster.pods_of(sid) == []
     assert backend.active() == [sid]
     fake_cluster.admit_suspended = True  # Kueue admits the workload
     assert wait_done(backend, sid).state == SUCCEEDED, backend.logs(sid)[-3000:]
-    backend.cancel(sid)
-    assert backend.poll(sid).state == CANCELLED
+    fake_cluster.wait_for(lambda: fake_cluster.job(sid) is None, timeout=30, what="the TTL to delete the Job")
+    time.sleep(0.5)  # let the DELETED event arrive
+    assert backend.poll(sid).state == SUCCEEDED and backend.result(sid)["status"] == "ok"
+    restarted = backend_factory("kueue", kueue_queue="team-a")
+    assert restarted.start(req) == sid
+    assert restarted.poll(sid).state == SUCCEEDED
+    assert [e["epoch"] for e in restarted.result(sid)["epochs"]] == [1]
+    assert fake_cluster.created_jobs.count(sid) == 1 and fake_cluster.job(sid) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,17 +338,24 @@ def test_full_search_with_controller_restart_preemption_and_oom(fake_cluster, ml
         return subprocess.Popen(cmd, env={**env, "POD_NAME": pod, "POD_UID": uid, "POD_NAMESPACE": NAMESPACE},
                                 stdout=open(tmp_path / log_name, "wb"), stderr=subprocess.STDOUT)
 
+    def alive(proc: subprocess.Popen, log_name: str) -> None:
+        if proc.poll() is not None:
+            pytest.fail(f"the controller exited early ({proc.returncode}):\n"
+                        + (tmp_path / log_name).read_text()[-4000:])
+
     first = controller("controller-1", "controller-1.log")
     try:
-        fake_cluster.wait_for(lambda: len(fake_cluster.created_jobs) >= 3 and fake_cluster.running_pods(),
-                              timeout=300, what="3 step Jobs created, one running")
+        fake_cluster.wait_for(lambda: alive(first, "controller-1.log") or (
+            len(fake_cluster.created_jobs) >= 3 and fake_cluster.running_pods()),
+            timeout=300, what="3 step Jobs created, one running")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(30)
     running_at_kill = set(fake_cluster.running_pods())
     second = controller("controller-2", "controller-2.log")
     try:
-        fake_cluster.wait_for(lambda: fake_cluster.running_pods(), timeout=120, what="a running step pod")
+        fake_cluster.wait_for(lambda: alive(second, "controller-2.log") or fake_cluster.running_pods(), timeout=120,
+                              what="a running step pod")
         preempted_pod = fake_cluster.preempt(fake_cluster.running_pods()[0].rsplit("-", 1)[0])
         preempted_job = preempted_pod.rsplit("-", 1)[0]
         fake_cluster.wait_for(lambda: [p for p in fake_cluster.running_pods() if not p.startswith(preempted_job)],
@@ -382,3 +393,34 @@ def test_full_search_with_controller_restart_preemption_and_oom(fake_cluster, ml
     assert "OOMKilled" in text and "===== pod" in text
     parents = [r for r in runs if r.data.tags.get("quicktune.role") == "search"]
     assert len(parents) == 1 and parents[0].data.tags.get("quicktune.status") == "succeeded", parents[0].data.tags
+
+
+def test_unreadable_result_is_retried_then_reported(fake_cluster):
+    """A RESULT.json that S3 cannot serve for a moment keeps the step running; a missing one fails it."""
+    calls = {"n": 0}
+
+    def flaky_read(uri: str) -> bytes:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ConnectionError("S3 endpoint unreachable")
+        return json.dumps({"status": "ok", "message": "", "epochs": [{"epoch": 3, "score": 0.5, "cost": 1.0}]}).encode()
+
+    backend = KubernetesBackend(NAMESPACE, IMAGE, "s-1", api_client=fake_cluster.api_client(),
+                                read_result=flaky_read, result_exists=lambda uri: True)
+    try:
+        sid = backend.start(_request())  # its result already exists: no Job is created
+        assert fake_cluster.created_jobs == []
+        assert backend.poll(sid).state == RUNNING and "retrying" in backend.poll(sid).message
+        assert backend.poll(sid).state == SUCCEEDED
+        assert backend.result(sid)["epochs"][0]["epoch"] == 3
+    finally:
+        backend.close()
+    missing = KubernetesBackend(NAMESPACE, IMAGE, "s-2", api_client=fake_cluster.api_client(),
+                                read_result=lambda uri: (_ for _ in ()).throw(FileNotFoundError(uri)),
+                                result_exists=lambda uri: True)
+    try:
+        sid = missing.start(_request(search_id="s-2"))
+        status = missing.poll(sid)
+        assert status.state == FAILED and "could not be read" in status.message
+    finally:
+        missing.close()

@@ -7,7 +7,8 @@ for real with kfp.local.
   placement in the GPU variant, components loadable with ``load_component_from_file``. ~2 s.
 * end to end (slow, servers): the compiled pipeline's own Python functions run under
   ``kfp.local``'s SubprocessRunner with the local backend against the real MLflow and SeaweedFS
-  fixtures; a registered model version with the ``champion`` alias must come out and load. ~60-150 s.
+  fixtures; a registered model version with the ``champion`` alias must come out and load.
+  ~300 s on 2 cores shared with other work (mostly Python/torch start-up of each task and step).
 """
 
 from __future__ import annotations
@@ -141,6 +142,6 @@ def test_pipeline_runs_end_to_end_with_kfp_local(qp, mlflow_server, tiny_image_f
     parent = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
                                 filter_string="tags.`quicktune.search_id` LIKE 'kfp-%'")
     assert parent, "the search's parent run must be in MLflow"
-    # the pipeline's KFP outputs landed under the pipeline root (metrics of the test-split evaluation)
-    metrics = [p for p in (tmp_path / "kfp-root").rglob("metrics") if p.is_file()]
-    assert metrics, "evaluate_winner must write its Metrics artifact"
+    # the test-split evaluation reported its metrics to KFP (a Metrics artifact in the executor output)
+    outputs = list((tmp_path / "kfp-root").rglob("evaluate-winner/executor_output.json"))
+    assert outputs and "test_top1" in outputs[-1].read_text(), "evaluate_winner must log its test metrics"

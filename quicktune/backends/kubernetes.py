@@ -345,6 +345,8 @@ class KubernetesBackend(TrialBackend):
         self._results: dict[str, dict[str, Any]] = {}
         self._final: dict[str, StepStatus] = {}  # last terminal state seen, outlives the Job object
         self._vanished: set[str] = set()
+        self._read_errors: dict[str, float] = {}  # step id -> first failed attempt to read its result
+        self.result_read_grace_seconds = 120.0
         self._resource_version: str | None = None
         self._synced = threading.Event()
         self._stop = threading.Event()
@@ -502,7 +504,10 @@ class KubernetesBackend(TrialBackend):
         if pod_info:
             message += (f"; last pod {pod_info.get('pod')}: exit code {pod_info.get('exitCode')}"
                         f" ({pod_info.get('reason') or 'no reason'})")
-        return {"status": outcome, "message": message, "epochs": []}
+        out: dict[str, Any] = {"status": outcome, "message": message, "epochs": []}
+        if status.message.startswith("DeadlineExceeded"):
+            out["timeout"] = True  # activeDeadlineSeconds: re-running would time out again
+        return out
 
     def logs(self, step_id: str) -> str:
         pods = self._pods_of(step_id)
@@ -617,12 +622,19 @@ class KubernetesBackend(TrialBackend):
                     raise ValueError("not a RESULT.json object")
                 res.setdefault("epochs", [])
                 res.setdefault("message", "")
-            except Exception as exc:  # noqa: BLE001 - an unreadable result is a failed step, said clearly
+            except Exception as exc:  # noqa: BLE001 - said clearly, below
+                why = f"{type(exc).__name__}: {exc}"
+                transient = not isinstance(exc, (ValueError, FileNotFoundError))
+                with self._lock:
+                    first = self._read_errors.setdefault(step_id, time.monotonic())
+                if transient and time.monotonic() - first < self.result_read_grace_seconds:
+                    # S3 briefly unreachable: the result is there, keep the step "running" a little
+                    return StepStatus(RUNNING, f"finished; reading its RESULT.json failed ({why}); retrying")
                 res = {"status": "failed", "epochs": [],
-                       "message": f"step {step_id} finished but its RESULT.json at {uri} could not be read: "
-                                  f"{type(exc).__name__}: {exc}"}
+                       "message": f"step {step_id} finished but its RESULT.json at {uri} could not be read: {why}"}
             with self._lock:
                 self._results[step_id] = res
+                self._read_errors.pop(step_id, None)
         status = str(res.get("status", "failed"))
         if status == "ok":
             return self._set_final(step_id, StepStatus(SUCCEEDED, str(res.get("message", ""))))
@@ -680,9 +692,14 @@ class KubernetesBackend(TrialBackend):
         self._cache.pop(name, None)
         if name in self._cancelled:
             return
+        state = job_state(job)
         if job["metadata"].get("deletionTimestamp"):
             self._final.setdefault(name, StepStatus(CANCELLED, "the Job was deleted (cancelled)"))
-        elif not job_state(job).done:
+        elif state.state == SUCCEEDED:
+            self._in_store.add(name)  # deleted after finishing (TTL): its RESULT.json is in S3
+        elif state.done:
+            self._final.setdefault(name, state)
+        else:
             self._vanished.add(name)
 
     def _pods_of(self, step_id: str) -> list[dict[str, Any]]:
