@@ -37,6 +37,11 @@ def gpu() -> list[dict]:
     return kustomize(K8S / "overlays" / "gpu")
 
 
+@pytest.fixture(scope="module")
+def kfp_rbac() -> list[dict]:
+    return kustomize(K8S / "overlays" / "kfp")
+
+
 def by_kind(objs: list[dict], kind: str) -> list[dict]:
     return [o for o in objs if o["kind"] == kind]
 
@@ -51,6 +56,18 @@ def test_every_object_validates_strictly(overlay, base, gpu):
         assert obj["metadata"]["namespace"] == "quicktune"
 
 
+def test_kfp_overlay_binds_the_same_role_to_the_pipeline_service_account(kfp_rbac, base):
+    assert sorted(o["kind"] for o in kfp_rbac) == ["Role", "RoleBinding"]
+    for obj in kfp_rbac:
+        for version in VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+    (role,) = by_kind(kfp_rbac, "Role")
+    assert role["rules"] == by_kind(base, "Role")[0]["rules"]
+    (binding,) = by_kind(kfp_rbac, "RoleBinding")
+    ns = role["metadata"]["namespace"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default-editor", "namespace": ns}]
+
+
 def test_example_secret_is_valid_and_only_placeholders():
     docs = [d for d in yaml.safe_load_all((K8S / "examples" / "secret.example.yaml").read_text()) if d]
     assert {d["metadata"]["name"] for d in docs} == {"quicktune-s3", "quicktune-mlflow"}
@@ -59,7 +76,8 @@ def test_example_secret_is_valid_and_only_placeholders():
             kubernetes_validate.validate(d, version, strict=True)
         assert all(v.startswith("REPLACE-ME") for v in d["stringData"].values())
     # never part of what `kubectl apply -k` installs: it would overwrite the real Secret
-    assert "secret" not in (K8S / "base" / "kustomization.yaml").read_text().split("resources:")[1]
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        assert "secret" not in kustomization.read_text().split("resources:")[1].lower(), kustomization
 
 
 def test_rbac_is_least_privilege(base):
