@@ -113,6 +113,10 @@ def test_start_a_search_from_the_mlflow_ui_and_find_the_champion(browser_tools, 
     assert "champion" in shown["alias"]
     mv = client.get_model_version_by_alias(model, "champion")
     assert f"Version {mv.version}" in shown["versions"] and mv.tags["quicktune.search_id"] in shown["versions"]
+    assert mv.name == model and final["parent_run"].endswith(f"/runs/{mv.tags['quicktune.parent_run_id']}")
+    parent = client.get_run(mv.tags["quicktune.parent_run_id"])
+    assert float(final["incumbent"]) == pytest.approx(parent.data.metrics["incumbent"], abs=1e-4)
+    assert client.get_registered_model(model).tags["quicktune.champion_version"] == str(mv.version)
     assert mv.tags["quicktune.search_id"] == client.get_registered_model(model).tags["quicktune.search_id"]
     for shot in ("01-create-model", "02-request-tags", "03-status-succeeded", "04-champion"):
         assert (artifacts / f"{shot}.png").stat().st_size > 10_000, shot

@@ -262,7 +262,6 @@ def denied_s3(tmp_path_factory, tiny_image_folder):
 @pytest.mark.servers
 def test_bad_requests_end_rejected_and_nothing_else_happens(env, tmp_path, tiny_image_folder, denied_s3, monkeypatch):
     s3, cred = denied_s3
-    client = env.client() if hasattr(env, "client") else None
     from mlflow import MlflowClient
 
     client = MlflowClient(env.tracking_uri)
@@ -270,6 +269,9 @@ def test_bad_requests_end_rejected_and_nothing_else_happens(env, tmp_path, tiny_
     unknown = new_model(client, {**base, TAG_DATA: str(tmp_path / "no-such-dataset")})
     bad_budget = new_model(client, {**base, TAG_DATA: str(tiny_image_folder), TAG_BUDGET: "two hours"})
     denied = new_model(client, {**base, TAG_DATA: "s3://closed/digits"})
+    exp_id = client.create_experiment(f"watch-exp-{uuid.uuid4().hex[:6]}")  # the same request on an experiment
+    for k, v in {**base, TAG_DATA: str(tiny_image_folder), TAG_WORKERS: "0"}.items():
+        client.set_experiment_tag(exp_id, k, v)
     # the watcher's credentials can read s3://open but not s3://closed (a real 403 from SeaweedFS)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", cred["accessKey"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", cred["secretKey"])
@@ -289,6 +291,9 @@ def test_bad_requests_end_rejected_and_nothing_else_happens(env, tmp_path, tiny_
     assert status[denied][TAG_STATUS].startswith("rejected: dataset cannot be read:")
     assert "s3://closed/digits" in status[denied][TAG_STATUS] and "denied" in status[denied][TAG_STATUS].lower()
     assert cred["secretKey"] not in json.dumps(status)
+    exp_tags = client.get_experiment(exp_id).tags
+    assert exp_tags[TAG_STATUS] == "rejected: quicktune.workers='0' must be >= 1" and TAG_CLAIM not in exp_tags
+    assert client.search_runs([exp_id]) == []
     # nothing else happened: no claim, no search id, nothing launched, no runs, no versions
     for tags in status.values():
         assert TAG_CLAIM not in tags and "quicktune.search_id" not in tags
@@ -388,8 +393,15 @@ def test_restarted_watcher_reattaches_then_cancel_stops_the_search(env, tmp_path
     assert third.tick() == 0 and third.launched == []  # a finished request is never started again
 
 
+BROWSER_TEST_RUNS = Path(os.environ.get("QUICKTUNE_CHROMIUM", "/usr/bin/chromium")).exists() and \
+    bool(__import__("shutil").which("node"))
+
+
 @pytest.mark.slow
 @pytest.mark.servers
+@pytest.mark.skipif(BROWSER_TEST_RUNS, reason="the same path (quicktune watch --once, local launcher, a real "
+                                              "search, champion under the requested name) runs in "
+                                              "tests/test_browser_ui.py; one real search is enough per run")
 def test_watch_once_runs_a_real_search_and_registers_the_champion(env, tmp_path, tiny_image_folder):
     from mlflow import MlflowClient
 

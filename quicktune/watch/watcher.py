@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from quicktune.watch.launchers import LAUNCH_DONE, LAUNCH_RUNNING, LAUNCH_UNKNOWN, Launcher
+from quicktune.watch.launchers import LAUNCH_RUNNING, LAUNCH_UNKNOWN, Launcher
 from quicktune.watch.requests import (
     ACTIVE, CANCELLED, EXPERIMENT, FAILED, MODEL, QUEUED, REJECTED, RUNNING, SUCCEEDED, TAG_CHAMPION_VERSION,
     TAG_CLAIM, TAG_HEARTBEAT, TAG_INCUMBENT, TAG_LAUNCHER, TAG_MESSAGE, TAG_PARENT_RUN, TAG_REQUEST,
