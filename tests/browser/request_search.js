@@ -78,6 +78,9 @@ async function tagValue(page, key) {
         last = status;
         note({ event: 'status', status, incumbent: await tagValue(page, 'quicktune.incumbent'),
           parent_run: await tagValue(page, 'quicktune.parent_run') });
+        // the tags table scrolls inside the page: bring the status row into the screenshot
+        await page.getByTestId('tags-section').locator('tr', { hasText: 'quicktune.status' }).first()
+          .scrollIntoViewIfNeeded().catch(() => {});
         await shot(page, `03-status-${(status || 'none').replace(/[^a-z]+/gi, '-').slice(0, 40)}`);
       }
       if (status && /^(failed|cancelled|rejected)/.test(status)) throw new Error(`the search ended: ${status}`);
@@ -88,6 +91,7 @@ async function tagValue(page, key) {
         const text = await table.innerText();
         note({ event: 'champion shown', alias: (await alias.innerText()).trim(),
           versions: text.replace(/\s+/g, ' ').slice(0, 2000) });
+        await alias.scrollIntoViewIfNeeded();
         await shot(page, '04-champion');
         await browser.close();
         return;
