@@ -455,3 +455,18 @@ def test_watcher_deployment_runs_the_real_watch_cli():
     env = {e["name"]: e for e in c["env"]}
     assert env["QUICKTUNE_WATCHER_ID"]["value"] and "POD_NAME" in env and "POD_NAMESPACE" in env
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_watch_cli_names_missing_settings(monkeypatch, tmp_path, capsys):
+    from quicktune.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("QUICKTUNE_WEBHOOK_SECRET", raising=False)
+    assert main(["watch", "--once"]) == 2
+    assert "--tracking-uri" in capsys.readouterr().err
+    assert main(["watch", "--once", "--tracking-uri", "http://127.0.0.1:9", "--state-dir", str(tmp_path),
+                 "--webhook-port", "0"]) == 2
+    assert "QUICKTUNE_WEBHOOK_SECRET" in capsys.readouterr().err
+    assert main(["watch", "--once", "--tracking-uri", "http://127.0.0.1:9", "--launcher", "kfp",
+                 "--pipeline", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml: no such file" in capsys.readouterr().err
