@@ -341,3 +341,15 @@ def test_every_cpu_hub_model_takes_every_knob(model):
                             mixup=parts["mixup"], num_classes=10, clip_grad=1.0)
     assert stats["train_steps"] == 1 and stats["train_loss"] == stats["train_loss"]  # finite
     parts["scheduler"].step(1, 0.5)
+
+
+def test_every_classifier_timm_resets_stays_trainable():
+    # Distilled ViTs (and VOLO's aux_head) have two classifiers; both are new for the target classes.
+    import timm
+
+    from quicktune.finetune.freezing import apply_freezing
+
+    net = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=10, img_size=32)
+    apply_freezing(net, 1.0, linear_probing=True)
+    assert {n for n, p in net.named_parameters() if p.requires_grad} == {
+        "head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}

@@ -24,11 +24,23 @@ __all__ = ["head_parameter_names", "apply_freezing"]
 
 
 def head_parameter_names(model: nn.Module) -> set[str]:
-    """Names (in ``model.named_parameters()``) of the classifier head's parameters."""
+    """Names (in ``model.named_parameters()``) of the classifier head's parameters: the module
+    ``get_classifier()`` returns plus every module timm lists as a classifier in the model's
+    pretrained config (e.g. VOLO's ``aux_head``, distilled models' ``head_dist``), because timm
+    re-initialises all of them for the new classes and none may stay frozen at random init."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, nn.Module):
+    heads = list(head) if isinstance(head, (tuple, list)) else [head]  # distilled ViTs: (head, head_dist)
+    if not heads or not all(isinstance(h, nn.Module) for h in heads):
         raise ValueError(f"{type(model).__name__}: cannot locate the classifier head (no get_classifier())")
-    ids = {id(p) for p in head.parameters()}
+    ids = {id(p) for h in heads for p in h.parameters()}
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") if isinstance(cfg, dict) else getattr(cfg, "classifier", None)
+    for name in ([names] if isinstance(names, str) else list(names or [])):
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        ids.update(id(p) for p in module.parameters())
     return {n for n, p in model.named_parameters() if id(p) in ids}
 
 

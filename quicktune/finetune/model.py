@@ -19,7 +19,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-__all__ = ["UnknownModelError", "model_defaults", "build_network", "source_head_of"]
+__all__ = ["UnknownModelError", "model_defaults", "build_network", "source_head_of", "apply_source_head",
+           "forward_with_features"]
 
 
 class UnknownModelError(ValueError):
@@ -70,9 +71,19 @@ def build_network(name: str, num_classes: int, in_chans: int, image_size: int, d
 
 def source_head_of(net: nn.Module) -> nn.Module | None:
     head = net.get_classifier()
+    if isinstance(head, (tuple, list)):  # distilled ViTs: (head, head_dist); the class token's head
+        head = head[0]
     if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
         return None
     return copy.deepcopy(head)
+
+
+def apply_source_head(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Source-head logits from pre-logit features ([B, C]); a 1x1-conv classifier (DLA) gets them as
+    [B, C, 1, 1] and returns [B, classes]."""
+    if isinstance(head, nn.Conv2d):
+        return head(features[:, :, None, None]).flatten(1)
+    return head(features)
 
 
 def forward_with_features(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

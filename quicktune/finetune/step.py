@@ -414,6 +414,7 @@ def epoch_seed_init(seed: int) -> int:
 @torch.no_grad()
 def compute_relationship(net, source_head, train_set, num_classes: int, dev: torch.device, batch_size: int) -> torch.Tensor:
     """Co-tuning's p(y_source | y_target) from the pretrained model on the (unaugmented) training images."""
+    from quicktune.finetune.model import apply_source_head
     from quicktune.finetune.regularizers import category_relationship
 
     was_training = net.training
@@ -423,7 +424,7 @@ def compute_relationship(net, source_head, train_set, num_classes: int, dev: tor
     for i in range(0, len(train_set), batch_size):
         x = train_set.plain_batch(torch.arange(i, min(len(train_set), i + batch_size))).to(dev)
         feats = net.forward_head(net.forward_features(x), pre_logits=True)
-        probs.append(torch.softmax(source_head(feats).float(), dim=1).cpu())
+        probs.append(torch.softmax(apply_source_head(source_head, feats).float(), dim=1).cpu())
     net.train(was_training)
     return category_relationship(torch.cat(probs), train_set.labels, num_classes)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quicktune.finetune.model import forward_with_features
+from quicktune.finetune.model import apply_source_head, forward_with_features
 
 __all__ = ["DivergedError", "Regularizers", "train_one_epoch", "evaluate"]
 
@@ -80,7 +80,7 @@ def train_one_epoch(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
             if regs.cotuning_active:
                 soft = target if target.dim() == 2 else F.one_hot(target, num_classes).float()
                 source_target = soft.float() @ regs.relationship
-                loss = loss + regs.cotuning_weight * _cotuning(regs.source_head(features), source_target)
+                loss = loss + regs.cotuning_weight * _cotuning(apply_source_head(regs.source_head, features), source_target)
         # One host sync per batch, as in timm's loop: stop at the first non-finite loss.
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
