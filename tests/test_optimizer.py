@@ -28,7 +28,7 @@ from quicktune.space import builtin_space
 
 @pytest.fixture(scope="module")
 def table():
-    return make_synthetic_table(n_datasets=3, n_configs=40, max_epochs=8, seed=0)
+    return make_synthetic_table(n_datasets=3, n_configs=30, max_epochs=6, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_pending_asks_are_never_repeated_and_pool_runs_dry():
 def test_many_outstanding_asks_are_distinct(table):
     ds = sorted(table["dataset"].unique())[0]
     S, C = _curves(table, ds)
-    opt = make_optimizer("quicktune-nometa", table_configs(table, ds), 8, seed=1)
+    opt = make_optimizer("quicktune-nometa", table_configs(table, ds), 6, seed=1)
     for _ in range(6):
         _tell(opt, opt.ask(), S, C)
     pending = [opt.ask() for _ in range(5)]
@@ -119,12 +119,12 @@ def test_state_dict_restores_identical_next_asks(table, artifact, name):
     ds = sorted(table["dataset"].unique())[0]
     S, C = _curves(table, ds)
     kw = dict(meta_features=table_meta_features(table, ds), artifact=artifact)
-    a = make_optimizer(name, table_configs(table, ds), 8, seed=3, **kw)
+    a = make_optimizer(name, table_configs(table, ds), 6, seed=3, **kw)
     for _ in range(7):
         _tell(a, a.ask(), S, C)
     outstanding = a.ask()  # restored with a pending step
     state = json.loads(json.dumps(a.state_dict(), allow_nan=False))  # strict JSON
-    b = make_optimizer(name, table_configs(table, ds), 8, seed=99, **kw)
+    b = make_optimizer(name, table_configs(table, ds), 6, seed=99, **kw)
     b.load_state_dict(state)
     for opt in (a, b):
         _tell(opt, outstanding, S, C)
@@ -144,13 +144,13 @@ def test_meta_train_save_load_roundtrip(table, artifact, tmp_path):
     artifact.save(tmp_path / "art")
     assert {p.name for p in (tmp_path / "art").iterdir()} == {"weights.safetensors", "artifact.json"}
     back = MetaArtifact.load(tmp_path / "art")
-    assert back.table_hash == artifact.table_hash and back.max_epochs == 8
+    assert back.table_hash == artifact.table_hash and back.max_epochs == 6
     for k, v in artifact.surrogate_state.items():
         assert torch.equal(v, back.surrogate_state[k]), k
     S, C = _curves(table, first)
     kw = dict(meta_features=table_meta_features(table, first))
-    a = make_optimizer("quicktune", table_configs(table, first), 8, seed=0, artifact=artifact, **kw)
-    b = make_optimizer("quicktune", table_configs(table, first), 8, seed=0, artifact=str(tmp_path / "art"), **kw)
+    a = make_optimizer("quicktune", table_configs(table, first), 6, seed=0, artifact=artifact, **kw)
+    b = make_optimizer("quicktune", table_configs(table, first), 6, seed=0, artifact=str(tmp_path / "art"), **kw)
     for _ in range(4):
         sa, sb = a.ask(), b.ask()
         assert sa == sb
@@ -184,7 +184,7 @@ def test_learning_rate_really_reaches_the_refits(table):
     S, C = _curves(table, ds)
     weights = {}
     for lr in (0.0, 1e-2):
-        opt = QuickTune(table_configs(table, ds), 8, seed=0, meta=False, cost_aware=False, learning_rate=lr)
+        opt = QuickTune(table_configs(table, ds), 6, seed=0, meta=False, cost_aware=False, learning_rate=lr)
         before = {k: v.clone() for k, v in opt.model.features.state_dict().items()}
         for _ in range(3):
             _tell(opt, opt.ask(), S, C)
@@ -252,7 +252,7 @@ def test_reaches_best_config_faster_than_random_search(table, artifact, name):
     scores = table.loc[table["dataset"] == ds, "score"]
     best, worst = scores.max(), scores.min()
     thr = best - 0.01 * (best - worst)
-    E, cap = 8, 320  # cap = the whole table
+    E, cap = 6, 180  # cap = the whole table
     ours, rand = [], []
     for seed in range(10):
         opt = make_optimizer(name, table_configs(table, ds), E, seed=seed, artifact=artifact,

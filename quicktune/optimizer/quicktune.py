@@ -66,7 +66,7 @@ class QuickTune(Optimizer):
     def __init__(self, candidates: SearchSpace | Sequence[tuple[str, Mapping[str, Any]]], max_epochs: int,
                  seed: int = 0, *, meta: bool = True, cost_aware: bool = True,
                  meta_features: Mapping[str, float] | None = None, artifact: MetaArtifact | str | Path | None = None,
-                 n_candidates: int = 256, refit_steps: int = 20, first_fit_steps: int = 100,
+                 n_candidates: int = 256, refit_steps: int = 20, first_fit_steps: int = 50,
                  learning_rate: float | None = None, cost_steps: int = 20, cost_learning_rate: float = 1e-2,
                  fit_cap: int = 128, predict_cap: int = 512, refresh_every: int = 20, n_init: int = 2,
                  stagnation_patience: int | None = None, **ignored: Any):
@@ -303,7 +303,8 @@ class QuickTune(Optimizer):
     def _choose(self, cands: list[tuple[str, int]]) -> int:
         if len(self.obs_log) < self.n_init:
             return self._initial_design(cands)
-        self._fit_cost()
+        if self.cost_aware:
+            self._fit_cost()
         if not self._fit_surrogate():
             return int(self.rng.integers(len(cands)))
         idx = self._select(len(self.obs_log), self.predict_cap)
