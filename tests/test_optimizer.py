@@ -273,3 +273,25 @@ def test_reaches_best_config_faster_than_random_search(table, artifact, name):
     p = _wilcoxon_greater_p(rand_a - ours_a)
     assert p < 0.05, (ours, rand, p)
     assert np.median(ours_a) < 0.5 * np.median(rand_a), (ours, rand)
+
+
+MEDQT = "/work/shared/tables/medqt_portfolio.parquet"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(MEDQT), reason="shared MedQuickTune table not present")
+def test_runs_on_a_foreign_table_schema():
+    """The real MedQuickTune table: another space (DenseNet/ResNet knobs, bool with missing values,
+    many failed curves). Meta-train briefly on five datasets, search the sixth."""
+    from quicktune.lct import load_lct
+
+    df = load_lct(MEDQT)
+    art = meta_train(df, exclude=["liver"], epochs=1, steps_per_epoch=5, seed=0)
+    assert art.schema.model is not None and art.schema.model.choices == ["densenet", "resnet"]
+    S, C = _curves(df, "liver")
+    for name in ("quicktune", "dyhpo"):
+        opt = make_optimizer(name, table_configs(df, "liver"), 25, seed=0, artifact=art,
+                             meta_features=table_meta_features(df, "liver"))
+        for _ in range(6):
+            s = opt.ask()
+            assert s is not None and s.config_id in S
+            _tell(opt, s, S, C)
