@@ -142,7 +142,7 @@ class Schema:
         for p in space.params:
             conditional = bool(p.only_active_with)
             if p.name == space.model_param:
-                model = ColumnSpec(p.name, "categorical", choices=[_plain(c) for c in p.choices],
+                model = ColumnSpec(p.name, "categorical", choices=[str(_plain(c)) for c in p.choices],
                                    can_be_inactive=conditional)
                 continue
             if p.type == "bool":
