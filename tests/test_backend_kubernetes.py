@@ -9,7 +9,7 @@ through a Secret stored in the fake.
 
 Cost, measured on 2 cores shared with other work (load average ~15, where each real step pays
 ~20-25 s of Python/torch/timm start-up): ~430 s for the whole module, of which ~170 s is the full search
-(marked slow) and ~65 s the S3 + MLflow fixtures; about a quarter of that on an idle machine.
+(marked slow) and ~65 s the S3 + MLflow fixtures (not measured on an idle machine).
 """
 
 from __future__ import annotations
