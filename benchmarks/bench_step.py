@@ -8,7 +8,8 @@ at 32 px), same settings (AdamW, lr 1e-3, batch 32, no augmentation, one CPU thr
 * fixed per-step overhead: wall time of a resumed ``quicktune step --to-epoch 2`` process minus
   its epoch's train + eval seconds, i.e. process start, imports, data loading, model build,
   checkpoint load and save (target < 10% of the epoch). The step's own phase timings
-  (RESULT["phases"]) break it down.
+  (RESULT["phases"]) break it down. The same for the second request of a warm
+  ``quicktune step --worker`` process (no process start or imports; data, build, checkpoints).
 
 Every measurement is a separate process; runs are interleaved (step, plain, step, ...) and the
 median of ``--repeats`` is reported, because the machine is shared. The 1-minute load average
@@ -111,6 +112,31 @@ def run_step(data: str, model: str, image_size: int, batch_size: int, lr: float,
     return res
 
 
+def worker_steps(data: str, model: str, image_size: int, batch_size: int, lr: float, ckdir: str, out_prefix: str,
+                 cache: str) -> tuple[dict, float]:
+    """Two steps (fresh to epoch 1, resume to epoch 2) through one warm ``quicktune step --worker``;
+    returns the second RESULT and the wall seconds from sending its request to reading the answer."""
+    proc = subprocess.Popen([PY, "-m", "quicktune.cli", "step", "--worker", "--image-size", str(image_size),
+                             "--threads", "1", "--cache-dir", cache], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    cfg = {"model": model, "lr": lr, "batch_size": batch_size, "opt": "adamw"}
+    wall = 0.0
+    try:
+        for epoch in (1, 2):
+            req = {"id": str(epoch), "config": cfg, "data": data, "to_epoch": epoch, "checkpoint_dir": ckdir,
+                   "out": f"{out_prefix}-{epoch}.json"}
+            t0 = time.perf_counter()
+            proc.stdin.write(json.dumps(req) + "\n")
+            proc.stdin.flush()
+            answer = json.loads(proc.stdout.readline())
+            wall = time.perf_counter() - t0
+            assert answer.get("status") == "ok", answer
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=120)
+    return json.loads(Path(f"{out_prefix}-2.json").read_text()), wall
+
+
 def _children_cpu() -> float:
     import resource
 
@@ -153,6 +179,13 @@ def main() -> int:
                        check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         plain = json.loads(plain_out.read_text())
         plain["process_wall_seconds"] = time.perf_counter() - t0
+        shutil.rmtree(ck + "w", ignore_errors=True)
+        warm, warm_wall = worker_steps(data, args.model, args.image_size, args.batch_size, args.lr, ck + "w",
+                                       str(work / f"w{r}"), cache)
+        we = warm["epochs"][0]
+        warm_cpu = {k: v for k, v in warm["phases"]["cpu"].items() if k not in ("train", "eval", "scheduler")}
+        warm_overhead_cpu = sum(warm_cpu.values())
+        warm_epoch_cpu = sum(warm["phases"]["cpu"].get(k, 0.0) for k in ("train", "eval", "scheduler"))
         e = resumed["epochs"][0]
         step_ips = e["train_images"] / e["train_seconds"]
         plain_ips = plain["train_images"] / plain["train_seconds"]
@@ -175,12 +208,19 @@ def main() -> int:
             "step_images_per_cpu_s": e["train_images"] / pc["train"],
             "plain_images_per_cpu_s": plain["train_images"] / plain["train_cpu_seconds"],
             "ratio_cpu": (e["train_images"] / pc["train"]) / (plain["train_images"] / plain["train_cpu_seconds"]),
+            "worker_overhead_seconds": warm_wall - we["train_seconds"] - we["eval_seconds"],
+            "worker_overhead_pct_of_epoch": 100 * (warm_wall - we["train_seconds"] - we["eval_seconds"])
+            / (we["train_seconds"] + we["eval_seconds"]),
+            "worker_overhead_cpu_seconds": warm_overhead_cpu,
+            "worker_overhead_cpu_pct_of_epoch": 100 * warm_overhead_cpu / warm_epoch_cpu,
             "phases": {k: v for k, v in resumed.get("phases", {}).items() if k != "cpu"},
             "phases_cpu": resumed.get("phases", {}).get("cpu", {}),
             "plain_setup_seconds": plain["setup_seconds"],
         })
         print(f"repeat {r}: step {step_ips:.1f} img/s, plain {plain_ips:.1f} img/s, ratio {step_ips / plain_ips:.3f}, "
-              f"overhead {overhead:.2f} s = {rows[-1]['overhead_pct_of_epoch']:.1f}% of the epoch (load {load1:.1f})",
+              f"overhead {overhead:.2f} s = {rows[-1]['overhead_pct_of_epoch']:.1f}% of the epoch; warm worker "
+              f"{rows[-1]['worker_overhead_pct_of_epoch']:.1f}% wall, {rows[-1]['worker_overhead_cpu_pct_of_epoch']:.1f}% CPU "
+              f"(load {load1:.1f})",
               flush=True)
 
     def med(k):
@@ -195,6 +235,10 @@ def main() -> int:
         "overhead_pct_of_epoch": med("overhead_pct_of_epoch"), "overhead_target_pct": 10.0,
         "overhead_cpu_seconds": med("overhead_cpu_seconds"), "overhead_cpu_pct_of_epoch": med("overhead_cpu_pct_of_epoch"),
         "epoch_cpu_seconds": med("epoch_cpu_seconds"),
+        "worker_overhead_seconds": med("worker_overhead_seconds"),
+        "worker_overhead_pct_of_epoch": med("worker_overhead_pct_of_epoch"),
+        "worker_overhead_cpu_seconds": med("worker_overhead_cpu_seconds"),
+        "worker_overhead_cpu_pct_of_epoch": med("worker_overhead_cpu_pct_of_epoch"),
         "ratio_cpu": med("ratio_cpu"),
         "phases_median": {k: statistics.median(r["phases"].get(k, 0.0) for r in rows) for k in rows[0]["phases"]},
         "phases_cpu_median": {k: statistics.median(r["phases_cpu"].get(k, 0.0) for r in rows) for k in rows[0]["phases_cpu"]},
@@ -209,6 +253,9 @@ def main() -> int:
           f"{summary['overhead_pct_of_epoch']:.1f} |")
     print(f"CPU-time view (robust to other load): ratio {summary['ratio_cpu']:.3f}, overhead {summary['overhead_cpu_seconds']:.2f} "
           f"CPU s = {summary['overhead_cpu_pct_of_epoch']:.1f}% of the epoch's {summary['epoch_cpu_seconds']:.1f} CPU s")
+    print(f"warm worker (quicktune step --worker, 2nd request): overhead {summary['worker_overhead_seconds']:.2f} s wall = "
+          f"{summary['worker_overhead_pct_of_epoch']:.1f}% of the epoch, {summary['worker_overhead_cpu_seconds']:.2f} CPU s = "
+          f"{summary['worker_overhead_cpu_pct_of_epoch']:.1f}%")
     print("step phases (median wall s):", {k: round(v, 2) for k, v in summary["phases_median"].items()})
     print("step phases (median CPU s):", {k: round(v, 2) for k, v in summary["phases_cpu_median"].items()})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -275,3 +275,26 @@ def test_exceptions_map_to_statuses(tiny_image_folder, tmp_path, monkeypatch, ex
         assert "out of memory" in res["message"]
     else:
         assert "KeyError" in res["message"] and "boom" in res["message"]
+
+
+def test_worker_mode_runs_steps_like_separate_processes(tiny_image_folder, tmp_path, monkeypatch, capsys):
+    import io
+
+    from quicktune.cli import main
+
+    reqs = [{"id": "1", "config": BASE, "data": str(tiny_image_folder), "to_epoch": 1,
+             "checkpoint_dir": str(tmp_path / "w"), "out": str(tmp_path / "w1.json")},
+            "this is not JSON",
+            {"id": "x", "config": BASE, "to_epoch": 1},
+            {"id": "2", "config": BASE, "data": str(tiny_image_folder), "to_epoch": 2,
+             "checkpoint_dir": str(tmp_path / "w"), "out": str(tmp_path / "w2.json")}]
+    lines = "\n".join(r if isinstance(r, str) else json.dumps(r) for r in reqs) + "\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    assert main(["step", "--worker", "--image-size", "32", "--max-epochs", "10", "--cache-dir", str(tmp_path / "c")]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a.get("status") for a in answers] == ["ok", None, None, "ok"]
+    assert "JSONDecodeError" in answers[1]["error"] and "missing keys" in answers[2]["error"]
+    second = json.loads((tmp_path / "w2.json").read_text())
+    straight = _step(BASE, tiny_image_folder, 2, tmp_path / "straight")
+    assert second["epochs"][0]["train_loss"] == straight["epochs"][1]["train_loss"]
+    assert second["epochs"][0]["score"] == straight["epochs"][1]["score"]

@@ -21,10 +21,10 @@ def register(subparsers: Any) -> None:
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", help="CONFIG.json: the config's active knobs (docs/search-space.md); "
                                     "required unless --evaluate-test")
-    p.add_argument("--data", required=True, help="dataset URI: a local folder or s3://bucket/prefix")
+    p.add_argument("--data", help="dataset URI: a local folder or s3://bucket/prefix")
     p.add_argument("--to-epoch", type=int, help="train up to this epoch (1-based); required unless --evaluate-test")
-    p.add_argument("--checkpoint-dir", required=True, help="this config's checkpoint folder (local or s3://)")
-    p.add_argument("--out", required=True, help="where to write RESULT.json (local or s3://)")
+    p.add_argument("--checkpoint-dir", help="this config's checkpoint folder (local or s3://)")
+    p.add_argument("--out", help="where to write RESULT.json (local or s3://)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="training seed (data order, init, augmentation)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the 60/20/20 split when the data has no split files")
@@ -40,12 +40,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--evaluate-test", action="store_true",
                    help="do not train: evaluate the best checkpoint on --split and write the metrics to --out")
     p.add_argument("--split", default="test", help="split for --evaluate-test")
+    p.add_argument("--worker", action="store_true",
+                   help="warm worker: read one JSON step request per stdin line, run it in this process, answer "
+                        "one JSON line per request on stdout (saves the ~5 CPU s of imports per step)")
     p.set_defaults(handler=_handle)
 
 
 def _handle(args: argparse.Namespace) -> int:
     from quicktune import storage
 
+    if args.worker:
+        return _worker(args)
+    missing = [f"--{k.replace('_', '-')}" for k in ("data", "checkpoint_dir", "out") if getattr(args, k) is None]
+    if missing:
+        print(f"quicktune step: {', '.join(missing)} required", file=sys.stderr)
+        return 2
     if args.evaluate_test:
         return _evaluate(args)
     if args.config is None or args.to_epoch is None:
@@ -112,4 +121,45 @@ def _fail(args: argparse.Namespace, message: str, status: str = "failed") -> int
         print(f"quicktune step: {message}; and could not write {args.out}: {exc}", file=sys.stderr)
         return 2
     print(f"status={status} message={message}")
+    return 0
+
+
+_REQUEST_KEYS = {"config", "data", "to_epoch", "checkpoint_dir", "out", "device", "seed", "image_size", "max_epochs",
+                 "split_seed", "weights_config", "cache_dir", "deterministic", "id"}
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """Serve step requests from stdin, one JSON object per line, e.g.
+    ``{"id": "a", "config": {...}, "data": "...", "to_epoch": 2, "checkpoint_dir": "...", "out": "..."}``;
+    answers ``{"id": "a", "status": ..., "message": ..., "out": ...}`` per line (``"error"`` when the
+    request itself is malformed or RESULT could not be written). Each request is an ordinary
+    ``run_step`` (same checkpoints, same RESULT.json, same exact resume: every epoch reseeds from
+    (seed, epoch)); only the interpreter and the torch/timm imports are shared. CLI flags give the
+    defaults for device, threads, seed, image size, schedule length and cache folder."""
+    from quicktune.finetune.step import run_step
+
+    env_max = int(os.environ["QUICKTUNE_MAX_EPOCHS"]) if os.environ.get("QUICKTUNE_MAX_EPOCHS") else None
+    defaults = {"device": args.device, "seed": args.seed, "image_size": args.image_size, "split_seed": args.split_seed,
+                "max_epochs": args.max_epochs or env_max, "weights_config": args.weights_config,
+                "cache_dir": args.cache_dir, "deterministic": args.deterministic}
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        answer: dict[str, Any] = {}
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("a request must be a JSON object")
+            answer["id"] = req.get("id")
+            unknown = sorted(set(req) - _REQUEST_KEYS)
+            missing = [k for k in ("config", "data", "to_epoch", "checkpoint_dir", "out") if k not in req]
+            if unknown or missing:
+                raise ValueError(f"unknown keys {unknown}, missing keys {missing}")
+            kw = {**defaults, **{k: v for k, v in req.items() if k in defaults}}
+            result = run_step(req["config"], req["data"], int(req["to_epoch"]), req["checkpoint_dir"], out=req["out"],
+                              threads=args.threads, num_workers=args.workers, **kw)
+            answer.update(status=result["status"], message=result["message"], out=req["out"])
+        except Exception as exc:  # noqa: BLE001 - a bad request must not stop the worker
+            answer["error"] = f"{type(exc).__name__}: {exc}"
+        print(json.dumps(answer), flush=True)
     return 0
