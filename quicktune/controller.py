@@ -193,6 +193,7 @@ class _Search:
         self.optimizer_name = optimizer_name or spec.optimizer
         spec.optimizer = self.optimizer_name
         self.t0 = time.monotonic()
+        self.cpu0 = time.process_time()  # the controller's own CPU time (children excluded)
         self.sleep_seconds = 0.0
         self.step_seconds = 0.0
         self.step_walls: list[float] = []
@@ -612,7 +613,7 @@ class _Search:
             "step_seconds": self.step_seconds, "steps_finished": self.steps_finished, "resumes": self.resumes,
             "optimizer": self.optimizer_name, "workers": self.spec.workers,
             "tracking_calls": self.tracker.calls, "tracking_seconds": self.tracker.seconds,
-            "optimizer_seconds": self.optimizer_seconds,
+            "optimizer_seconds": self.optimizer_seconds, "controller_cpu_seconds": time.process_time() - self.cpu0,
         }
 
     def plots(self) -> None:
