@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from quicktune.bench.regret import regret_trajectory
+from quicktune.bench.regret import regret_at, regret_trajectory
 from quicktune.bench.simulator import DatasetCurves, make_candidates, simulate
 from quicktune.bench.summary import write_summary
 from quicktune.optimizer import registry
@@ -89,7 +89,10 @@ def run_one(curves: DatasetCurves, optimizer: str, seed: int, budget: float, wor
     t0 = time.perf_counter()
     opt = registry.make_optimizer(optimizer, make_candidates(curves), curves.max_epochs, seed=seed, **opts)
     res = simulate(curves, opt, budget, workers=workers, overhead_clock=overhead_clock)
-    _, reg = regret_trajectory(res.time, res.score, curves.best, curves.worst)
+    at_budget = {}
+    for clock in ("time", "table_time"):
+        t, r = regret_trajectory(getattr(res, clock), res.score, curves.best, curves.worst)
+        at_budget[clock] = float(regret_at(t, r, [budget])[0])
     traj = res.to_dict()
     n = len(res.time)
     close = getattr(opt, "close", None)
@@ -104,7 +107,8 @@ def run_one(curves: DatasetCurves, optimizer: str, seed: int, budget: float, wor
         "overhead_total": res.overhead_total,
         "overhead_median": float(pd.Series(res.overhead).median()) if n else 0.0,
         "n_steps": n, "n_invalid": res.n_invalid, "stop_reason": res.stop_reason,
-        "final_regret": float(reg[-1]) if n else 1.0,
+        "final_regret": at_budget["time"],  # at the budget, clock with overhead
+        "final_regret_table_clock": at_budget["table_time"],
         "wall_seconds": time.perf_counter() - t0,
     }
 
