@@ -314,6 +314,11 @@ class _Search:
                 raise SearchError(f"search {self.spec.search_id!r}: the saved optimizer state does not fit "
                                   f"optimizer {self.optimizer_name!r}: {exc}") from exc
             told_after = [o for o in observations if o.seq > int(snap["seq"])]
+            covered = len(observations) - len(told_after)
+            if "observations" in snap and covered != int(snap["observations"]):
+                raise SearchError(f"search {self.spec.search_id!r}: the optimizer snapshot covers "
+                                  f"{snap['observations']} observations but MLflow records {covered} up to "
+                                  f"tell_seq {snap['seq']}; the record is inconsistent")
             inflight_keys = [(str(c), int(e)) for c, e in snap.get("inflight", [])]
         elif observations:
             log.warning("search %s: no optimizer snapshot; replaying all %d observations", self.spec.search_id,
@@ -511,6 +516,7 @@ class _Search:
         self.generation += 1
         self.tracker.save_optimizer_state(self.parent.run_id, self.generation, {
             "seq": self.next_seq - 1, "optimizer": self.optimizer_name,
+            "observations": sum(len(r.observations()) for r in self.records.values()),
             "inflight": sorted([c, e] for c, e in self.inflight), "state": self.opt.state_dict()})
         self._snapshot_seq = self.next_seq - 1
 

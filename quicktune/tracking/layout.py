@@ -150,6 +150,8 @@ class SearchTracker:
                  retry: RetryPolicy | None = None, artifact_location: str | None = None) -> None:
         from mlflow import MlflowClient
 
+        # reading back a 1 kB spec must not draw a progress bar over the search's own
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment
         self.retry = retry or RetryPolicy()
