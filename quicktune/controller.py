@@ -243,9 +243,22 @@ class _Search:
         return self.elapsed() + 0.8 * typical < self.spec.budget_seconds
 
     # --- setup: new or resumed -----------------------------------------------------------------
+    def _check_checkpoint_location(self) -> None:
+        """Remote workers cannot see this machine's disk: they need S3 checkpoints."""
+        from quicktune.backends.local import LocalBackend
+
+        if isinstance(self.backend, LocalBackend) or (self.spec.checkpoint_uri or "").startswith("s3://"):
+            return
+        exp = self.tracker._call("get experiment", self.tracker.client.get_experiment, self.tracker.experiment_id)
+        if not str(exp.artifact_location).startswith("s3://"):
+            raise SearchError(f"{type(self.backend).__name__} runs steps on other machines: give "
+                              f"--checkpoint-uri s3://BUCKET/PREFIX (the experiment's artifact store "
+                              f"{exp.artifact_location!r} is not S3)")
+
     def open(self) -> None:
         spec = self.spec
         tr = self.tracker
+        self._check_checkpoint_location()
         existing = tr.find_search(spec.search_id)
         if existing is None:
             self.space = load_space(spec.space)

@@ -90,3 +90,18 @@ def test_backend_factory(tmp_path):
     assert isinstance(b, LocalBackend) and b.capacity() == 3 and b.step_timeout == 5
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
         make_backend("nope")
+
+
+def test_remote_backend_needs_s3_checkpoints(tmp_path, tiny_image_folder):
+    """A backend whose workers run elsewhere cannot use this machine's folders for checkpoints."""
+    from quicktune.backends.base import TrialBackend
+    from quicktune.controller import run_search
+    from quicktune.tracking import SearchTracker
+
+    class Remote(TrialBackend):
+        start = poll = result = logs = cancel = active = lambda *a: None
+
+    tracker = SearchTracker(f"sqlite:///{tmp_path / 'm.db'}", experiment="remote", artifact_location=str(tmp_path))
+    with pytest.raises(SearchError, match="Remote runs steps on other machines: give --checkpoint-uri s3://"):
+        run_search(SearchSpec(data_uri=str(tiny_image_folder), budget_seconds=5), Remote(), tracker, progress=False)
+    assert tracker.find_search("x") is None
