@@ -3,7 +3,7 @@ the classic baselines and the peers, on (a) a synthetic table and (b) the out-of
 MedQuickTune table, in simulated time.
 
     nice -n 10 .venv/bin/python benchmarks/bench_regret.py --seeds 10 --jobs 2 \\
-        --medqt /work/shared/tables/medqt_portfolio.parquet
+        --medqt ../shared/tables/medqt_portfolio.parquet
 
 Runs go to ``--out`` (default ``out/bench/<table>/``, one JSON per run, reused when the command is
 repeated, so an interrupted comparison continues). Optimizers run in *groups* (``--groups``): the
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic", default="out/bench/synthetic.parquet",
                     help="synthetic table (generated with the settings below if missing)")
     ap.add_argument("--synthetic-shape", default="6,100,12", help="datasets,configs,epochs of the synthetic table")
-    ap.add_argument("--medqt", default="/work/shared/tables/medqt_portfolio.parquet",
+    ap.add_argument("--medqt", default=str(__import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "tables" / "medqt_portfolio.parquet"),
                     help="the MedQuickTune table (read in place, never copied)")
     ap.add_argument("--out", default="out/bench")
     ap.add_argument("--docs", default="docs/benchmarks.md")

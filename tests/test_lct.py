@@ -137,7 +137,7 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def test_medquicktune_table_validates():
-    path = "/work/shared/tables/medqt_portfolio.parquet"
+    path = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "tables" / "medqt_portfolio.parquet")
     import os
 
     if not os.path.exists(path):

@@ -275,7 +275,7 @@ def test_reaches_best_config_faster_than_random_search(table, artifact, name):
     assert np.median(ours_a) < 0.5 * np.median(rand_a), (ours, rand)
 
 
-MEDQT = "/work/shared/tables/medqt_portfolio.parquet"
+MEDQT = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "tables" / "medqt_portfolio.parquet")
 
 
 @pytest.mark.skipif(not __import__("os").path.exists(MEDQT), reason="shared MedQuickTune table not present")
