@@ -295,3 +295,21 @@ def test_runs_on_a_foreign_table_schema():
             s = opt.ask()
             assert s is not None and s.config_id in S
             _tell(opt, s, S, C)
+
+
+def test_metatrain_cli(tmp_path, table):
+    import subprocess
+    import sys
+
+    path = tmp_path / "t.parquet"
+    table.to_parquet(path)
+    first = sorted(table["dataset"].unique())[0]
+    cmd = [sys.executable, "-m", "quicktune.cli", "metatrain", "--table", str(path), "--out", str(tmp_path / "art"),
+           "--epochs", "1", "--steps-per-epoch", "3"]
+    r = subprocess.run(cmd + ["--exclude", first], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["excluded"] == [first] and first not in out["datasets"]
+    assert MetaArtifact.load(tmp_path / "art").excluded == [first]
+    r = subprocess.run(cmd + ["--exclude", "no-such-dataset"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "no-such-dataset" in r.stderr
