@@ -126,7 +126,8 @@ def _plot_over_time(runs: Sequence[Mapping[str, Any]], path: Path, what: str, cl
         df = _with_ranks(df).dropna(subset=["rank"])
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     order = list(dict.fromkeys(r["optimizer"] for r in runs))
-    for name in order:
+    colors = plt.get_cmap("tab20").colors
+    for k, name in enumerate(order):
         sub = df[df["optimizer"] == name]
         if sub.empty:
             continue
@@ -135,8 +136,10 @@ def _plot_over_time(runs: Sequence[Mapping[str, Any]], path: Path, what: str, cl
         sd = g.std(ddof=1).reindex(range(len(grid))).fillna(0.0).to_numpy()
         n = g.count().reindex(range(len(grid))).to_numpy()
         half = 1.96 * sd / np.sqrt(np.maximum(n, 1))
-        lw = 2.2 if name == "quicktune" else 1.3
-        line, = ax.plot(grid, mean, label=name, lw=lw)
+        lw = 2.4 if name == "quicktune" else 1.3
+        peer = name.startswith(("synetune-", "optuna-"))  # other libraries dashed
+        line, = ax.plot(grid, mean, label=name, lw=lw, color=colors[(2 * k) % 20 + (k // 10) % 2],
+                        ls="--" if peer else "-")
         ax.fill_between(grid, mean - half, mean + half, color=line.get_color(), alpha=0.15, lw=0)
     ax.set_xlabel(f"fraction of budget ({CLOCKS[clock]})")
     if what == "regret":
