@@ -133,7 +133,14 @@ class Server:
             if t["cid"] not in self.pending:
                 return self._step(tid)
         for _ in range(len(self.ids) + 10):
-            sug = self.sched.suggest(trial_id=self.next_id)
+            try:
+                sug = self.sched.suggest(trial_id=self.next_id)
+            except ValueError:
+                # Syne Tune 0.13.0's DyHPO fails in suggest once restrict_configurations is used up
+                # (small tables): nothing new can be proposed, so the run ends as exhausted.
+                if len(self.used) >= len(self.ids):
+                    return {"none": True}
+                raise
             if sug is None:
                 return {"none": True}
             if sug.spawn_new_trial_id:
