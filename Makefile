@@ -22,8 +22,8 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/quicktune demo
 
-## make test: lint contracts, then every test (slow ones included)
-test: venv lint
+## make test: lint contracts, the peers venv (Syne Tune), then every test (slow ones included)
+test: venv lint bench-peers
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1200 tests
 
 lint: venv
