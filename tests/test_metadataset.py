@@ -379,3 +379,17 @@ def test_harvest_of_a_real_search(tmp_path, mlflow_server, tiny_image_folder, mo
     meta = json.loads(next((Path(spec.workdir) / "steps").glob("*/RESULT.json")).read_text())["meta_features"]
     for k, v in meta.items():
         assert (df[f"meta.{k}"] == float(v)).all(), k
+
+
+def test_shipped_artifact_is_meta_trained_on_the_shipped_table():
+    from quicktune.lct import table_hash
+    from quicktune.metadataset import shipped_table_path
+    from quicktune.optimizer.artifact import default_artifact
+
+    art = default_artifact()
+    if art is None or not shipped_table_path().exists():
+        pytest.skip("no shipped artifact/table yet")
+    df = load_lct(shipped_table_path())
+    assert set(art.datasets) <= set(df["dataset"]) and len(art.datasets) >= 8
+    assert not any(d.startswith(("animal-mnist", "emoji")) for d in art.datasets)  # held out
+    assert len(art.table_hash) == len(table_hash(df)) == 16
