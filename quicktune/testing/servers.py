@@ -130,7 +130,27 @@ class _Process:
             self.proc.wait(5)
 
 
-class SeaweedS3:
+class _RetryingServer:
+    """Starts a server process on fresh free ports, retrying when the process dies at once: a port
+    race with another test session that picked the same ports. Subclasses set ``_process`` and
+    implement ``_start_once``."""
+
+    _process: _Process
+
+    def _start_once(self) -> None:
+        raise NotImplementedError
+
+    def start(self, attempts: int = 3) -> None:
+        for attempt in range(attempts):
+            try:
+                self._start_once()
+                return
+            except ServerError:
+                if self._process.alive() or attempt == attempts - 1:
+                    raise
+
+
+class SeaweedS3(_RetryingServer):
     """SeaweedFS ``weed mini`` with S3 authentication on, for tests and demos.
 
     Attributes once started: ``endpoint_url``, ``access_key``, ``secret_key``, ``env``
@@ -158,17 +178,6 @@ class SeaweedS3:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-    def start(self, attempts: int = 3) -> None:
-        """Start on fresh free ports; retried when the process dies at once (a port race with
-        another test session picking the same ports)."""
-        for attempt in range(attempts):
-            try:
-                self._start_once()
-                return
-            except ServerError:
-                if self._process.alive() or attempt == attempts - 1:
-                    raise
 
     def _start_once(self) -> None:
         data = self.workdir / "data"
@@ -262,7 +271,7 @@ class SeaweedS3:
         return f"s3://{name}"
 
 
-class MlflowServer:
+class MlflowServer(_RetryingServer):
     """``mlflow server`` with a sqlite store and (optionally) S3 artifacts on a ``SeaweedS3``."""
 
     def __init__(self, workdir: str | os.PathLike[str], s3: SeaweedS3 | None = None, bucket: str = "mlflow",
@@ -290,16 +299,6 @@ class MlflowServer:
         if self.s3 is not None:
             env.update(self.s3.env)
         return env
-
-    def start(self, attempts: int = 3) -> None:
-        """Start on a fresh free port; retried when the process dies at once (port race)."""
-        for attempt in range(attempts):
-            try:
-                self._start_once()
-                return
-            except ServerError:
-                if self._process.alive() or attempt == attempts - 1:
-                    raise
 
     def _start_once(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
