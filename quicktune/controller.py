@@ -176,10 +176,14 @@ def checkpoint_dir_for(spec: SearchSpec, parent: SearchRun, config_id: str) -> s
     return os.path.join(os.path.abspath(spec.workdir), "checkpoints", spec.search_id, config_id)
 
 
-def dataset_meta_features(data_uri: str) -> dict[str, float]:
+def dataset_identity(data_uri: str) -> tuple[dict[str, float], str]:
+    """``(meta-features, fingerprint)`` of a dataset: the surrogate conditions on the former; the
+    latter (a hash of the file list, labels and split) is tagged on the search so that harvesting
+    recognises the same data under another URI or bucket."""
     from quicktune.data import open_dataset
 
-    return {k: float(v) for k, v in open_dataset(data_uri).meta_features().items()}
+    ds = open_dataset(data_uri)
+    return {k: float(v) for k, v in ds.meta_features().items()}, str(ds.fingerprint)
 
 
 class _Search:
@@ -263,11 +267,12 @@ class _Search:
         if existing is None:
             self.space = load_space(spec.space)
             try:
-                self.meta_features = dataset_meta_features(spec.data_uri)
+                self.meta_features, fingerprint = dataset_identity(spec.data_uri)
             except Exception as exc:  # a bad dataset: say so before anything is created
                 raise SearchError(f"cannot open dataset {safe_uri(spec.data_uri)}: {exc}") from exc
             spec_doc = {**spec.to_dict(), "space_def": self.space.to_dict(), "meta_features": self.meta_features}
             self.parent = tr.open_search(spec.search_id, spec_doc)
+            tr.set_tags(self.parent.run_id, {"quicktune.dataset_fingerprint": fingerprint})
             if spec.checkpoint_uri:
                 tr.set_tags(self.parent.run_id, {"quicktune.checkpoint_uri": safe_uri(spec.checkpoint_uri)})
         else:

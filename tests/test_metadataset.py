@@ -364,6 +364,13 @@ def test_harvest_of_a_real_search(tmp_path, mlflow_server, tiny_image_folder, mo
     out = tmp_path / "h.parquet"
     summary = harvest(mlflow_server.tracking_uri, out, experiments=[exp])
     assert summary["searches"] == 1 and summary["warnings"] == []  # the controller logs meta-features
+    # the search is tagged with the data's fingerprint, and harvest keys the dataset by it (so the
+    # same images under another URI or bucket are one dataset of the table)
+    from quicktune.data import open_dataset
+
+    fp = open_dataset(str(tiny_image_folder)).fingerprint
+    (name, info), = summary["dataset_names"].items()
+    assert info["key"] == f"fp:{fp}" and name == Path(str(tiny_image_folder)).name
     df = load_lct(out)
     for cid, eps in reported.items():
         curve = df[df["config_id"] == cid].sort_values("epoch")
