@@ -158,6 +158,23 @@ def test_meta_train_save_load_roundtrip(table, artifact, tmp_path):
         _tell(b, sb, S, C)
 
 
+def test_meta_initial_design_follows_the_prior_but_differs_by_seed(table, artifact):
+    """The first pick of a meta-trained search is one of the prior's top-k configs, and seeds do not
+    all make the same pick (otherwise seed averages on a finite pool are a single run)."""
+    ds = sorted(table["dataset"].unique())[0]
+    cands = table_configs(table, ds)
+    kw = dict(meta_features=table_meta_features(table, ds), artifact=artifact)
+    probe = make_optimizer("quicktune", cands, 6, seed=0, **kw)
+    ids = [cid for cid, _ in cands]
+    pred = np.asarray(probe.model.prior_predict(probe._batch(ids, [6] * len(ids), zero_curves=True)))
+    top3 = {ids[i] for i in np.argsort(-pred)[:3]}
+    firsts = {make_optimizer("quicktune", cands, 6, seed=seed, **kw).ask().config_id for seed in range(12)}
+    assert firsts <= top3 and len(firsts) >= 2, (firsts, top3)
+    only_best = {make_optimizer("quicktune", cands, 6, seed=seed, init_top_k=1, **kw).ask().config_id
+                 for seed in range(3)}
+    assert only_best == {ids[int(np.argmax(pred))]}
+
+
 def test_meta_artifact_on_a_foreign_space(artifact):
     """Searching a space whose columns differ from the artifact's schema: encode with the
     artifact's schema; absent columns are inactive."""

@@ -69,7 +69,7 @@ class QuickTune(Optimizer):
                  n_candidates: int = 256, refit_steps: int = 20, first_fit_steps: int = 50,
                  learning_rate: float | None = None, cost_steps: int = 20, cost_learning_rate: float = 1e-2,
                  fit_cap: int = 128, predict_cap: int = 512, refresh_every: int = 20, n_init: int = 2,
-                 stagnation_patience: int | None = None, **ignored: Any):
+                 init_top_k: int = 3, stagnation_patience: int | None = None, **ignored: Any):
         if int(max_epochs) < 1:
             raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
         if ignored:
@@ -87,6 +87,7 @@ class QuickTune(Optimizer):
         self.predict_cap = int(predict_cap)
         self.refresh_every = int(refresh_every)
         self.n_init = int(n_init)
+        self.init_top_k = int(init_top_k)
         self.stagnation_patience = int(stagnation_patience or math.ceil(1.2 * self.max_epochs))
 
         # --- meta-trained starting point (or not)
@@ -332,16 +333,20 @@ class QuickTune(Optimizer):
         return int(np.argmax(acq))
 
     def _initial_design(self, cands: list[tuple[str, int]]) -> int:
-        """Before the GP has ``n_init`` observations: the meta-trained prior's best predicted final
-        score among unseen configs (meta), or a random unseen config (no meta)."""
+        """Before the GP has ``n_init`` observations: a seeded pick among the ``init_top_k`` unseen
+        configs with the best meta-trained prior prediction of their final score (meta), or a
+        random unseen config (no meta). Picking among the top few rather than the argmax keeps the
+        prior's judgement but lets different seeds make different searches (with the argmax every
+        seed replays the same search on a finite pool, so seed averages would be one run)."""
         unseen = [k for k, (cid, e) in enumerate(cands) if e == 1]
         pool = unseen or list(range(len(cands)))
         if not self.meta:
             return int(pool[int(self.rng.integers(len(pool)))])
         ids = [cands[k][0] for k in pool]
         b = self._batch(ids, [self.max_epochs] * len(ids), zero_curves=True)
-        pred = self.model.prior_predict(b)
-        return int(pool[int(np.argmax(pred))])
+        pred = np.asarray(self.model.prior_predict(b), dtype=np.float64)
+        top = np.argsort(-pred, kind="stable")[: max(1, min(self.init_top_k, len(pool)))]
+        return int(pool[int(top[int(self.rng.integers(len(top)))])])
 
     def tell(self, config_id: str, epoch: int, score: float, cost: float, status: str = "ok") -> None:
         cid = str(config_id)
