@@ -19,13 +19,62 @@ from quicktune.backends.testing import BackendConformance, RealStepRequests, wai
 
 
 class TestLocalBackendConformance(BackendConformance):
+    """The default: steps forked from the warm fork server."""
+
     @pytest.fixture
     def make_backend(self, tmp_path):
-        return lambda: LocalBackend(tmp_path / "work", max_workers=2)
+        backends = []
+
+        def make():
+            backends.append(LocalBackend(tmp_path / "work", max_workers=2))
+            return backends[-1]
+
+        yield make
+        for b in backends:
+            b.close()
 
     @pytest.fixture
     def make_request(self, tiny_image_folder, tmp_path):
         return RealStepRequests(data_uri=str(tiny_image_folder), checkpoint_root=str(tmp_path / "ckpt"))
+
+
+class TestLocalBackendSpawnConformance(TestLocalBackendConformance):
+    """Fresh processes per step (QUICKTUNE_FORK_SERVER=0, or a custom step command)."""
+
+    @pytest.fixture
+    def make_backend(self, tmp_path):
+        return lambda: LocalBackend(tmp_path / "work", max_workers=2, fork_server=False)
+
+
+def test_steps_are_forked_from_one_warm_server(tmp_path, tiny_image_folder):
+    """Two steps go through the same fork server (torch imported once); each is still its own
+    process group with its own exit record."""
+    backend = LocalBackend(tmp_path / "work", max_workers=1)
+    try:
+        reqs = RealStepRequests(str(tiny_image_folder), str(tmp_path / "ckpt"))
+        pids = []
+        for name in ("fork-a", "fork-b"):
+            sid = backend.start(reqs("ok", name))
+            assert wait_done(backend, sid).state == "succeeded", backend.logs(sid)
+            launch = json.loads((backend.step_dir(sid) / "launch.json").read_text())
+            assert launch["via"] == "fork-server"
+            assert json.loads((backend.step_dir(sid) / "exit.json").read_text())["returncode"] == 0
+            pids.append(launch["pid"])
+        assert pids[0] != pids[1]
+        server = backend._fork._proc
+        assert server is not None and server.poll() is None
+    finally:
+        backend.close()
+    assert server.poll() is not None  # close() stops the server
+
+
+def test_fork_server_failure_falls_back_to_spawning(tmp_path, tiny_image_folder):
+    backend = LocalBackend(tmp_path / "work", max_workers=1)
+    backend._fork.python = "/nonexistent/python"  # the server cannot start; the fallback spawn works
+    sid = backend.start(RealStepRequests(str(tiny_image_folder), str(tmp_path / "ckpt"))("ok", "fallback"))
+    assert wait_done(backend, sid).state == "succeeded", backend.logs(sid)
+    assert json.loads((backend.step_dir(sid) / "launch.json").read_text())["via"] == "spawn"
+    assert backend._fork is None
 
 
 def test_files_state_and_no_secrets_on_disk(tmp_path, tiny_image_folder, monkeypatch):

@@ -42,8 +42,9 @@ class RealStepRequests:
     - ``ok``: test_vit for one epoch at 16 px: a few seconds, mostly process start;
     - ``slow``: the same model for many epochs: runs long enough to be observed and cancelled;
     - ``invalid``: a model name timm does not know: the step reports status ``invalid``;
-    - ``crash``: the worker's Python cannot even start (a malformed PYTHONHASHSEED): non-zero exit,
-      no RESULT.json, an explanation in the logs.
+    - ``crash``: the step process dies before it can report (a fresh Python cannot start with a
+      malformed PYTHONHASHSEED; a forked one fails on a malformed QUICKTUNE_MAX_EPOCHS): non-zero
+      exit, no RESULT.json, an explanation in the logs.
     """
 
     data_uri: str
@@ -61,7 +62,9 @@ class RealStepRequests:
         elif kind == "invalid":
             config = {**config, "model": "no_such_model_xyz"}
         elif kind == "crash":
-            extra_env = {"PYTHONHASHSEED": "not-a-number"}
+            # dies before any result: a fresh interpreter refuses the hash seed, a forked one (the
+            # local backend's fork server) fails parsing the schedule length
+            extra_env = {"PYTHONHASHSEED": "not-a-number", "QUICKTUNE_MAX_EPOCHS": "not-a-number"}
         from quicktune.space import config_id
 
         cid = config_id(config)
@@ -203,7 +206,8 @@ class BackendConformance:
         assert status.message
         result = backend.result(sid)
         assert result["status"] == "failed" and result["epochs"] == [] and result["message"]
-        assert "PYTHONHASHSEED" in backend.logs(sid)
+        logs = backend.logs(sid)
+        assert "PYTHONHASHSEED" in logs or "QUICKTUNE_MAX_EPOCHS" in logs or "not-a-number" in logs, logs
         # a crash is a finished step: starting it again re-adopts it, it does not run again
         assert backend.start(req) == sid
         assert backend.poll(sid).state == FAILED

@@ -1,0 +1,291 @@
+"""A fork server for local steps: torch, torchvision and timm are imported once, every step is a
+fork of that warm process.
+
+Why: a fresh ``quicktune step`` process spends ~6 CPU-seconds importing torch/timm before it
+trains anything, 40-50 % of a small epoch on a CPU (``benchmarks/bench_step.py``). Forking a process
+that already has them imported costs milliseconds, and each step still is its own process, so
+everything the local backend relies on is unchanged:
+
+- the server forks a *runner* R for each request; R calls ``setsid()`` (its own process group, so
+  cancel/timeout kill R and the step together), redirects stdout/stderr to the step's log and
+  forks the *step* S, which runs ``quicktune step ARGS`` in-process and exits with its code;
+- R waits for S and writes ``exit.json`` (return code, or the timeout) exactly as the subprocess
+  runner of :mod:`quicktune.backends.local` does; the server answers with R's pid, which the
+  backend records in ``launch.json`` for re-adoption (pid + kernel start time);
+- S gets the caller's *current* environment (sent over the socket, never written to disk: it may
+  hold credentials) plus the backend's overrides, and chdirs to the step folder.
+
+The server never runs a torch operation (no thread pools exist at fork time) and never touches
+CUDA (forking after CUDA initialisation is unsupported), so it is safe to fork. It listens on a
+Unix socket in a private (0700) temporary folder, accepts only connections from its own user
+(``SO_PEERCRED``), serves one backend, and exits when that backend closes it, when its parent
+process is gone, or after ``idle_seconds`` without a request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = ["ForkServer", "ForkServerError"]
+
+_PRELOAD = ("torch", "torchvision", "timm", "PIL.Image", "numpy", "safetensors.torch",
+            "quicktune.finetune.step", "quicktune.cli.step_cmd")
+
+
+class ForkServerError(RuntimeError):
+    """The fork server could not be started or did not answer; the caller falls back to spawning."""
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _recv_line(conn: socket.socket, limit: int = 16 << 20) -> bytes:
+    buf = bytearray()
+    while not buf.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > limit:
+            raise ValueError("request too large")
+    return bytes(buf)
+
+
+class ForkServer:
+    """Client side: starts the server lazily and asks it to launch steps."""
+
+    def __init__(self, python: str = sys.executable, threads: int = 1, start_timeout: float = 120.0,
+                 idle_seconds: float = 900.0) -> None:
+        self.python = python
+        self.threads = int(threads)
+        self.start_timeout = float(start_timeout)
+        self.idle_seconds = float(idle_seconds)
+        self._dir: str | None = None
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def socket_path(self) -> str | None:
+        return None if self._dir is None else os.path.join(self._dir, "s")
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        if self.alive():
+            return
+        self.close()
+        self._dir = tempfile.mkdtemp(prefix="qt-fork-")  # 0700, short path (AF_UNIX allows ~107 bytes)
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+               "OPENBLAS_NUM_THREADS": str(self.threads)}
+        log = open(os.path.join(self._dir, "server.log"), "ab")
+        try:
+            self._proc = subprocess.Popen(
+                [self.python, "-m", "quicktune.backends.forkserver", self.socket_path, str(os.getpid()),
+                 str(self.idle_seconds)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True)
+        except OSError as exc:
+            self.close()
+            raise ForkServerError(f"cannot start the fork server: {exc}") from exc
+        finally:
+            log.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ForkServerError(f"the fork server exited with code {self._proc.returncode}: {self._log_tail()}")
+            if os.path.exists(os.path.join(self._dir, "ready")):
+                return
+            time.sleep(0.05)
+        self.close()
+        raise ForkServerError(f"the fork server did not get ready in {self.start_timeout:g} s")
+
+    def _log_tail(self) -> str:
+        try:
+            return Path(self._dir or "", "server.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    def launch(self, step_args: Sequence[str], step_dir: str | os.PathLike[str], env_overrides: Mapping[str, str],
+               timeout: float | None) -> int:
+        """Fork a runner for one step; returns the runner's pid (its process group id)."""
+        self.start()
+        d = str(Path(step_dir).resolve())
+        req = {"args": list(step_args), "dir": d, "env": {**os.environ, **dict(env_overrides)},
+               "timeout": timeout}
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(30.0)
+                s.connect(self.socket_path)
+                s.sendall(json.dumps(req).encode() + b"\n")
+                answer = json.loads(_recv_line(s) or b"{}")
+        except (OSError, ValueError) as exc:
+            raise ForkServerError(f"the fork server did not answer: {exc}") from exc
+        if "pid" not in answer:
+            raise ForkServerError(f"the fork server refused the step: {answer.get('error', answer)}")
+        return int(answer["pid"])
+
+    def close(self) -> None:
+        """Stop the server (running steps are in their own sessions and keep running)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=5)
+        self._proc = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+# --- server side ---------------------------------------------------------------------------------
+def _peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _run_step_in_child(req: Mapping[str, Any], ready_fd: int) -> None:
+    """The runner R (already forked): new session, log redirection, fork the step, record its exit.
+    ``ready_fd`` is closed once R leads its own process group, so the pid the server hands out can
+    be signalled as a group at once."""
+    os.setsid()
+    os.close(ready_fd)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    d = Path(req["dir"])
+    os.chdir(d)
+    fd = os.open(d / "step.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in req["env"].items()})
+    pid = os.fork()
+    if pid == 0:  # the step S
+        rc = 1
+        try:
+            sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+            sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+            sys.argv = ["quicktune", "step", *req["args"]]
+            from quicktune.cli import main
+
+            rc = int(main(["step", *req["args"]]) or 0)
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exc()
+            rc = 1
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(rc)
+    timeout = req.get("timeout")
+    deadline = time.monotonic() + float(timeout) if timeout else None
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            rc = os.waitstatus_to_exitcode(status)
+            _write_json_atomic(d / "exit.json", {"returncode": rc, "timed_out": False, "finished_at": time.time()})
+            os._exit(0)
+        if deadline is not None and time.monotonic() > deadline:
+            _write_json_atomic(d / "exit.json", {"returncode": None, "timed_out": True, "finished_at": time.time(),
+                                                 "by": "runner"})
+            print(f"[quicktune local backend] step exceeded its timeout of {float(timeout):g} s: killed", flush=True)
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+        time.sleep(0.1)
+
+
+def serve(path: str, parent_pid: int, idle_seconds: float) -> int:
+    import importlib
+
+    for name in _PRELOAD:
+        importlib.import_module(name)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners are reaped by the kernel
+    uid = os.getuid()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    os.chmod(path, 0o600)
+    srv.listen(16)
+    srv.settimeout(1.0)
+    Path(path).with_name("ready").touch()
+    last = time.monotonic()
+    while True:
+        if os.getppid() != parent_pid and not _pid_alive(parent_pid):
+            return 0
+        if time.monotonic() - last > idle_seconds:
+            return 0
+        try:
+            conn, _ = srv.accept()
+        except socket.timeout:
+            continue
+        last = time.monotonic()
+        with conn:
+            try:
+                conn.settimeout(30.0)
+                if _peer_uid(conn) != uid:
+                    conn.sendall(b'{"error": "wrong user"}\n')
+                    continue
+                req = json.loads(_recv_line(conn))
+                if not isinstance(req, dict) or not isinstance(req.get("args"), list) or "dir" not in req:
+                    raise ValueError("a request needs 'args' (list) and 'dir'")
+            except (OSError, ValueError) as exc:
+                try:
+                    conn.sendall(json.dumps({"error": str(exc)}).encode() + b"\n")
+                except OSError:
+                    pass
+                continue
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                srv.close()
+                conn.close()
+                os.close(r)
+                try:
+                    _run_step_in_child(req, w)
+                finally:
+                    os._exit(70)
+            os.close(w)
+            os.read(r, 1)  # EOF once the runner has called setsid()
+            os.close(r)
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+if __name__ == "__main__":  # pragma: no cover - started by ForkServer
+    sys.exit(serve(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
