@@ -9,7 +9,9 @@ at 32 px), same settings (AdamW, lr 1e-3, batch 32, no augmentation, one CPU thr
   its epoch's train + eval seconds, i.e. process start, imports, data loading, model build,
   checkpoint load and save (target < 10% of the epoch). The step's own phase timings
   (RESULT["phases"]) break it down. The same for the second request of a warm
-  ``quicktune step --worker`` process (no process start or imports; data, build, checkpoints).
+  ``quicktune step --worker`` process (no process start or imports; data, build, checkpoints),
+  and for the local backend's default path: a resumed step forked from its warm fork server
+  (``quicktune.backends.forkserver``), timed from ``start()`` to the step's exit record.
 
 Every measurement is a separate process; runs are interleaved (step, plain, step, ...) and the
 median of ``--repeats`` is reported, because the machine is shared. The 1-minute load average
@@ -137,6 +139,33 @@ def worker_steps(data: str, model: str, image_size: int, batch_size: int, lr: fl
     return json.loads(Path(f"{out_prefix}-2.json").read_text()), wall
 
 
+def forked_steps(data: str, model: str, image_size: int, batch_size: int, lr: float, ckdir: str, workdir: str,
+                 cache: str) -> tuple[dict, float]:
+    """Two steps (fresh to epoch 1, resume to epoch 2) through ``LocalBackend`` with its fork server;
+    returns the second RESULT and the wall seconds from ``start()`` to its exit record."""
+    from quicktune.backends.base import StepRequest
+    from quicktune.backends.local import LocalBackend
+
+    backend = LocalBackend(workdir, max_workers=1, threads_per_worker=1)
+    cfg = {"model": model, "lr": lr, "batch_size": batch_size, "opt": "adamw"}
+    wall = 0.0
+    try:
+        for epoch in (1, 2):
+            req = StepRequest(search_id="bench", config_id="c", config=cfg, data_uri=data, to_epoch=epoch,
+                              checkpoint_dir=ckdir, seed=0, device="cpu", image_size=image_size,
+                              )
+            t0 = time.perf_counter()
+            sid = backend.start(req)
+            while not (backend.step_dir(sid) / "exit.json").exists():
+                time.sleep(0.01)
+            wall = time.perf_counter() - t0
+            assert backend.poll(sid).state == "succeeded", backend.logs(sid)
+            assert json.loads((backend.step_dir(sid) / "launch.json").read_text())["via"] == "fork-server"
+        return backend.result(sid), wall
+    finally:
+        backend.close()
+
+
 def _children_cpu() -> float:
     import resource
 
@@ -183,6 +212,11 @@ def main() -> int:
         warm, warm_wall = worker_steps(data, args.model, args.image_size, args.batch_size, args.lr, ck + "w",
                                        str(work / f"w{r}"), cache)
         we = warm["epochs"][0]
+        shutil.rmtree(ck + "f", ignore_errors=True)
+        forked, forked_wall = forked_steps(data, args.model, args.image_size, args.batch_size, args.lr, ck + "f",
+                                           str(work / f"fork{r}"), cache)
+        fe = forked["epochs"][0]
+        fork_epoch = fe["train_seconds"] + fe["eval_seconds"]
         warm_cpu = {k: v for k, v in warm["phases"]["cpu"].items() if k not in ("train", "eval", "scheduler")}
         warm_overhead_cpu = sum(warm_cpu.values())
         warm_epoch_cpu = sum(warm["phases"]["cpu"].get(k, 0.0) for k in ("train", "eval", "scheduler"))
@@ -213,14 +247,16 @@ def main() -> int:
             / (we["train_seconds"] + we["eval_seconds"]),
             "worker_overhead_cpu_seconds": warm_overhead_cpu,
             "worker_overhead_cpu_pct_of_epoch": 100 * warm_overhead_cpu / warm_epoch_cpu,
+            "forked_overhead_seconds": forked_wall - fork_epoch,
+            "forked_overhead_pct_of_epoch": 100 * (forked_wall - fork_epoch) / fork_epoch,
             "phases": {k: v for k, v in resumed.get("phases", {}).items() if k != "cpu"},
             "phases_cpu": resumed.get("phases", {}).get("cpu", {}),
             "plain_setup_seconds": plain["setup_seconds"],
         })
         print(f"repeat {r}: step {step_ips:.1f} img/s, plain {plain_ips:.1f} img/s, ratio {step_ips / plain_ips:.3f}, "
               f"overhead {overhead:.2f} s = {rows[-1]['overhead_pct_of_epoch']:.1f}% of the epoch; warm worker "
-              f"{rows[-1]['worker_overhead_pct_of_epoch']:.1f}% wall, {rows[-1]['worker_overhead_cpu_pct_of_epoch']:.1f}% CPU "
-              f"(load {load1:.1f})",
+              f"{rows[-1]['worker_overhead_pct_of_epoch']:.1f}% wall, {rows[-1]['worker_overhead_cpu_pct_of_epoch']:.1f}% CPU; "
+              f"forked (local backend) {rows[-1]['forked_overhead_pct_of_epoch']:.1f}% wall (load {load1:.1f})",
               flush=True)
 
     def med(k):
@@ -240,6 +276,8 @@ def main() -> int:
         "worker_overhead_cpu_seconds": med("worker_overhead_cpu_seconds"),
         "worker_overhead_cpu_pct_of_epoch": med("worker_overhead_cpu_pct_of_epoch"),
         "ratio_cpu": med("ratio_cpu"),
+        "forked_overhead_seconds": med("forked_overhead_seconds"),
+        "forked_overhead_pct_of_epoch": med("forked_overhead_pct_of_epoch"),
         "phases_median": {k: statistics.median(r["phases"].get(k, 0.0) for r in rows) for k in rows[0]["phases"]},
         "phases_cpu_median": {k: statistics.median(r["phases_cpu"].get(k, 0.0) for r in rows) for k in rows[0]["phases_cpu"]},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
@@ -256,6 +294,8 @@ def main() -> int:
     print(f"warm worker (quicktune step --worker, 2nd request): overhead {summary['worker_overhead_seconds']:.2f} s wall = "
           f"{summary['worker_overhead_pct_of_epoch']:.1f}% of the epoch, {summary['worker_overhead_cpu_seconds']:.2f} CPU s = "
           f"{summary['worker_overhead_cpu_pct_of_epoch']:.1f}%")
+    print(f"local backend, step forked from the fork server (2nd step): overhead {summary['forked_overhead_seconds']:.2f} s "
+          f"wall = {summary['forked_overhead_pct_of_epoch']:.1f}% of the epoch")
     print("step phases (median wall s):", {k: round(v, 2) for k, v in summary["phases_median"].items()})
     print("step phases (median CPU s):", {k: round(v, 2) for k, v in summary["phases_cpu_median"].items()})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
