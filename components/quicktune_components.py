@@ -72,7 +72,7 @@ def search(data_uri: str, budget: str, tracking_uri: str, search_id: str = "", r
            backend_options: dict = {}, max_epochs: int = 10, budget_epochs: int = 0,  # noqa: B006 - KFP default
            checkpoint_uri: str = "", experiment: str = "quicktune", model_name: str = "", alias: str = "champion",
            optimizer: str = "quicktune", device: str = "cpu", image_size: int = 0, seed: int = 0,
-           s3_endpoint_url: str = "", workdir: str = "/tmp/quicktune") -> NamedTuple(
+           s3_endpoint_url: str = "", workdir: str = "/tmp/quicktune", meta_artifact: str = "") -> NamedTuple(
         "Outputs", [("search_id", str), ("parent_run_id", str), ("best_config", str), ("best_score", float),
                     ("best_checkpoint_dir", str), ("model_uri", str), ("registered_version", str)]):
     """Run (or, on a retry, resume) a search; ``search_id`` defaults to one derived from the KFP run
@@ -92,7 +92,8 @@ def search(data_uri: str, budget: str, tracking_uri: str, search_id: str = "", r
            "--tracking-uri", tracking_uri, "--space", space, "--workers", str(workers), "--backend", backend,
            "--max-epochs", str(max_epochs), "--experiment", experiment, "--optimizer", optimizer,
            "--device", device, "--seed", str(seed), "--workdir", workdir, "--no-progress", "--json"]
-    for flag, value in (("--search-id", sid), ("--checkpoint-uri", checkpoint_uri), ("--model-name", model_name)):
+    for flag, value in (("--search-id", sid), ("--checkpoint-uri", checkpoint_uri), ("--model-name", model_name),
+                        ("--meta-artifact", meta_artifact)):
         if value:
             cmd += [flag, value]
     if model_name:

@@ -67,14 +67,16 @@ def build_pipeline(gpu: bool = False):
                            budget_epochs: int = 0, checkpoint_uri: str = "", experiment: str = "quicktune",
                            alias: str = "champion", min_test_accuracy: float = 0.0,
                            device: str = "cuda" if gpu else "cpu", step_device: str = "cpu",
-                           image_size: int = 0, seed: int = 0, s3_endpoint_url: str = "", search_id: str = ""):
+                           image_size: int = 0, seed: int = 0, s3_endpoint_url: str = "", search_id: str = "",
+                           meta_artifact: str = ""):
         validate = qc.validate_dataset(data_uri=data_uri, s3_endpoint_url=s3_endpoint_url)
         validate.set_display_name("validate dataset")
         search = qc.search(data_uri=data_uri, budget=budget, tracking_uri=tracking_uri, search_id=search_id,
                            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, space=space, workers=workers, backend=backend,
                            backend_options=backend_options, max_epochs=max_epochs, budget_epochs=budget_epochs,
                            checkpoint_uri=checkpoint_uri, experiment=experiment, device=step_device,
-                           image_size=image_size, seed=seed, s3_endpoint_url=s3_endpoint_url).after(validate)
+                           image_size=image_size, seed=seed, s3_endpoint_url=s3_endpoint_url,
+                           meta_artifact=meta_artifact).after(validate)
         search.set_display_name("search").set_caching_options(False)
         search.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
         search.set_cpu_request("1").set_memory_request("3G").set_memory_limit("3G")

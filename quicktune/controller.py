@@ -33,11 +33,12 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from quicktune.backends.base import CANCELLED, RUNNING, BackendError, StepRequest, TrialBackend, step_id
 from quicktune.optimizer.base import STATUSES, Optimizer
-from quicktune.optimizer.registry import make_optimizer
+from quicktune.optimizer.registry import make_optimizer, uses_meta_artifact
 from quicktune.space import SearchSpace, load_space
 from quicktune.tracking.layout import ConfigRecord, SearchRun, SearchTracker
 from quicktune.tracking.retry import InfrastructureError
@@ -46,7 +47,8 @@ from quicktune.tracking.secrets import safe_uri
 log = logging.getLogger(__name__)
 
 # Spec fields that define *what* is searched: a resumed search must keep them.
-IDENTITY_FIELDS = ("data_uri", "space", "max_epochs", "seed", "optimizer", "image_size", "device", "checkpoint_uri")
+IDENTITY_FIELDS = ("data_uri", "space", "max_epochs", "seed", "optimizer", "image_size", "device", "checkpoint_uri",
+                   "meta_artifact")
 
 
 class SearchError(RuntimeError):
@@ -68,6 +70,7 @@ class SearchSpec:
     seed: int = 0
     optimizer: str = "quicktune"
     optimizer_options: dict[str, Any] = field(default_factory=dict)
+    meta_artifact: str | None = None  # folder or s3:// prefix of a `quicktune metatrain` artifact; None: shipped
     image_size: int | None = None
     device: str = "cpu"
     checkpoint_uri: str | None = None
@@ -93,6 +96,8 @@ class SearchSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["data_uri"] = safe_uri(d["data_uri"])
+        if d.get("meta_artifact"):
+            d["meta_artifact"] = safe_uri(d["meta_artifact"])
         return d
 
 
@@ -174,6 +179,33 @@ def checkpoint_dir_for(spec: SearchSpec, parent: SearchRun, config_id: str) -> s
     if parent.artifact_uri.startswith("s3://"):
         return f"{parent.artifact_uri.rstrip('/')}/checkpoints/{config_id}"
     return os.path.join(os.path.abspath(spec.workdir), "checkpoints", spec.search_id, config_id)
+
+
+def fetch_meta_artifact(uri: str, workdir: str) -> str:
+    """A meta-artifact as a local folder: a folder is used in place; an ``s3://`` (or other storage)
+    prefix holding ``artifact.json`` + ``weights.safetensors`` is downloaded to
+    ``WORKDIR/meta-artifacts/<hash of the URI>/``. It is loaded once here so that a wrong path or a
+    broken artifact is reported before the search creates anything."""
+    import hashlib
+
+    from quicktune import storage
+    from quicktune.optimizer.artifact import MANIFEST, WEIGHTS, MetaArtifact
+
+    if storage.is_s3(uri):
+        local = Path(workdir) / "meta-artifacts" / hashlib.sha1(uri.encode()).hexdigest()[:16]
+        for name in (MANIFEST, WEIGHTS):
+            try:
+                storage.download_file(storage.join(uri, name), local / name)
+            except storage.StorageError as exc:
+                raise SearchError(f"cannot fetch the meta-artifact {safe_uri(uri)}: {exc}") from exc
+        path = str(local)
+    else:
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+    try:
+        MetaArtifact.load(path)
+    except (ValueError, OSError) as exc:
+        raise SearchError(f"--meta-artifact {safe_uri(uri)}: {exc}") from exc
+    return path
 
 
 def dataset_identity(data_uri: str) -> tuple[dict[str, float], str]:
@@ -263,6 +295,12 @@ class _Search:
         spec = self.spec
         tr = self.tracker
         self._check_checkpoint_location()
+        options = dict(spec.optimizer_options)  # checked before anything is created
+        if spec.meta_artifact:
+            if not uses_meta_artifact(self.optimizer_name):
+                raise SearchError(f"--meta-artifact is for the meta-learned optimizers (quicktune, "
+                                  f"quicktune-nocost); {self.optimizer_name!r} does not use one")
+            options["artifact"] = fetch_meta_artifact(spec.meta_artifact, spec.workdir)
         existing = tr.find_search(spec.search_id)
         if existing is None:
             self.space = load_space(spec.space)
@@ -288,7 +326,12 @@ class _Search:
             self.resumes = int(float(self.parent.tags.get("quicktune.resumes", "0") or 0)) + 1
             tr.set_tags(self.parent.run_id, {"quicktune.resumes": str(self.resumes)})
         self.opt = make_optimizer(self.optimizer_name, self.space, spec.max_epochs, seed=spec.seed,
-                                  meta_features=self.meta_features, **spec.optimizer_options)
+                                  meta_features=self.meta_features, **options)
+        art = getattr(self.opt, "artifact", None)
+        if existing is None and art is not None:  # which meta-data informed this search
+            tr.set_tags(self.parent.run_id, {
+                "quicktune.meta_artifact": safe_uri(spec.meta_artifact) if spec.meta_artifact else "shipped",
+                "quicktune.meta_artifact_table_hash": str(art.table_hash)})
         if existing is not None:
             self._rebuild()
 

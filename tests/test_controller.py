@@ -361,3 +361,43 @@ def test_tracking_store_down_is_reported_clearly(tmp_path, tiny_image_folder, mo
     with pytest.raises(InfrastructureError, match=r"unreachable: log spec kept failing .*127\.0\.0\.1"):
         run_search(spec, LocalBackend(spec.workdir), tracker, progress=False)
     assert time.monotonic() - t0 < 60
+
+
+# --- meta-artifact by URI -------------------------------------------------------------------------
+@pytest.mark.servers
+def test_meta_artifact_from_s3_is_used_and_recorded(server_env, tiny_image_folder, tmp_path):
+    """``meta_artifact=s3://...`` (``quicktune search --meta-artifact``): the artifact is fetched,
+    the optimizer starts from it, and the search records which one (URI + training-table hash);
+    a missing one or a non-meta optimizer is refused before anything is created."""
+    from quicktune import storage
+    from quicktune.bench.synthetic import make_synthetic_table
+    from quicktune.optimizer.metatrain import meta_train
+
+    art = meta_train(make_synthetic_table(n_datasets=2, n_configs=12, max_epochs=3, seed=0), epochs=1,
+                     steps_per_epoch=3, seed=0)
+    art.save(tmp_path / "art")
+    server_env.s3.create_bucket("qt-arts")
+    uri = f"s3://qt-arts/{uuid.uuid4().hex[:6]}/art"
+    for f in (tmp_path / "art").iterdir():
+        storage.upload_file(f, f"{uri}/{f.name}")
+    tracker = SearchTracker(server_env.tracking_uri, experiment=f"meta-art-{uuid.uuid4().hex[:6]}")
+
+    for bad, match in (({"meta_artifact": uri + "-missing"}, "cannot fetch the meta-artifact"),
+                       ({"meta_artifact": uri, "optimizer": "random"}, "meta-learned optimizers")):
+        spec = make_spec(tiny_image_folder, tmp_path, workers=1, budget_epochs=1, **bad)
+        with pytest.raises(SearchError, match=match):
+            run_search(spec, LocalBackend(spec.workdir), tracker, progress=False)
+        assert tracker.find_search(spec.search_id) is None
+
+    spec = make_spec(tiny_image_folder, tmp_path, workers=1, budget_epochs=2, meta_artifact=uri)
+    backend = LocalBackend(spec.workdir)
+    try:
+        result = run_search(spec, backend, tracker, progress=False)
+    finally:
+        backend.close()
+    assert result.status == "succeeded", result.message
+    tags = tracker.client.get_run(result.parent_run_id).data.tags
+    assert tags["quicktune.meta_artifact"] == uri
+    assert tags["quicktune.meta_artifact_table_hash"] == art.table_hash
+    fetched = list((Path(spec.workdir) / "meta-artifacts").glob("*/artifact.json"))
+    assert len(fetched) == 1 and json.loads(fetched[0].read_text())["table_hash"] == art.table_hash

@@ -92,6 +92,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alias", default="champion", help="alias given to the registered version")
     p.add_argument("--search-id", default=None, help="resume this search, or name a new one")
     p.add_argument("--optimizer", default="quicktune", help="quicktune, random, asha, hyperband, dyhpo, ...")
+    p.add_argument("--meta-artifact", default=None, metavar="DIR_OR_URI",
+                   help="meta-trained surrogate to start from: a folder written by `quicktune metatrain` or an "
+                        "s3://bucket/prefix holding its artifact.json + weights.safetensors (default: the one "
+                        "shipped in the package, meta-trained on quicktune's own meta-dataset)")
     p.add_argument("--max-epochs", type=_positive_int, default=10, help="epochs per configuration at most")
     p.add_argument("--image-size", type=_positive_int, default=None, help="input size in px (default: the step's)")
     p.add_argument("--checkpoint-uri", default=None,
@@ -147,7 +151,8 @@ def _search(args: argparse.Namespace) -> int:
     try:
         spec = SearchSpec(data_uri=args.data, budget_seconds=args.budget, space=args.space,
                           search_id=args.search_id or "", workers=args.workers, max_epochs=args.max_epochs,
-                          seed=args.seed, optimizer=args.optimizer, image_size=args.image_size, device=args.device,
+                          seed=args.seed, optimizer=args.optimizer, meta_artifact=args.meta_artifact,
+                          image_size=args.image_size, device=args.device,
                           checkpoint_uri=args.checkpoint_uri, workdir=str(Path(args.workdir).resolve()),
                           budget_epochs=args.budget_epochs, budget_gpu_seconds=args.budget_step_seconds)
         backend = make_backend(args.backend, workers=args.workers, workdir=spec.workdir, search_id=spec.search_id,

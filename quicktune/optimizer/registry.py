@@ -32,6 +32,11 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def uses_meta_artifact(name: str) -> bool:
+    """Whether the optimizer starts from a meta-trained artifact (the ``meta=True`` variants)."""
+    return bool(_REGISTRY.get(name, ("", {}))[1].get("meta"))
+
+
 def register(name: str, target: str, **fixed: Any) -> None:
     """Add an optimizer: ``target`` is ``"module:Class"``; the class takes
     ``(candidates, max_epochs, seed=..., **options)``."""
