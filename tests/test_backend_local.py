@@ -137,3 +137,49 @@ def test_bad_arguments_are_refused(tmp_path):
         LocalBackend(tmp_path, max_workers=0)
     with pytest.raises(KeyError):
         LocalBackend(tmp_path).logs("../etc")
+
+
+@pytest.mark.parametrize("fork_server", [True, False])
+def test_backend_killed_mid_launch_never_launches_twice(tmp_path, tiny_image_folder, fork_server):
+    """The launching backend dies after the fork but before recording the pid (only the provisional
+    launch record exists): a new backend adopts the runner from its own runner.json instead of
+    launching the step again; a provisional record with no runner at all becomes lost after the
+    grace period, and start() runs it again."""
+    backend = LocalBackend(tmp_path / "work", max_workers=1, fork_server=fork_server)
+    reqs = RealStepRequests(str(tiny_image_folder), str(tmp_path / "ckpt"))
+    sid = backend.start(reqs("slow", "midlaunch"))
+    try:
+        wait_state(backend, sid, (RUNNING,))
+        d = backend.step_dir(sid)
+        launch = json.loads((d / "launch.json").read_text())
+        deadline = time.monotonic() + 30  # a spawned runner writes it once its interpreter is up
+        while not (d / "runner.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert json.loads((d / "runner.json").read_text())["pid"] == launch["pid"]
+        (d / "launch.json").write_text(json.dumps({**launch, "pid": None, "proc_start": None}))
+        again = LocalBackend(tmp_path / "work", max_workers=1, fork_server=fork_server)
+        assert again.poll(sid).state == RUNNING
+        assert again.start(reqs("slow", "midlaunch")) == sid
+        assert (d / "step.log").read_text().count("[quicktune local backend]") == 1
+        again.cancel(sid)
+        assert wait_done(again, sid, timeout=60).state == "cancelled"
+        assert process_start_time(launch["pid"]) is None  # cancel found the runner through runner.json
+    finally:
+        backend.close()
+
+    sid2 = backend.start(reqs("ok", "never-forked"))
+    assert wait_done(backend, sid2).state == "succeeded"
+    d2 = backend.step_dir(sid2)
+    (d2 / "exit.json").unlink()
+    (d2 / "RESULT.json").unlink()
+    (d2 / "runner.json").unlink()
+    stale = json.loads((d2 / "launch.json").read_text())
+    (d2 / "launch.json").write_text(json.dumps({**stale, "pid": None, "proc_start": None,
+                                                 "started_at": time.time() - 3600}))
+    fresh = LocalBackend(tmp_path / "work", max_workers=1, fork_server=fork_server)
+    try:
+        assert fresh.poll(sid2).message.startswith("lost")
+        fresh.start(reqs("ok", "never-forked"))
+        assert wait_done(fresh, sid2).state == "succeeded"
+    finally:
+        fresh.close()

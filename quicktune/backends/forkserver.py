@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 __all__ = ["ForkServer", "ForkServerError"]
 
 _PRELOAD = ("torch", "torchvision", "timm", "PIL.Image", "numpy", "safetensors.torch",
-            "quicktune.finetune.step", "quicktune.cli.step_cmd")
+            "quicktune.finetune.step", "quicktune.cli.step_cmd", "quicktune.backends.local")
 
 
 class ForkServerError(RuntimeError):
@@ -169,10 +169,13 @@ def _run_step_in_child(req: Mapping[str, Any], ready_fd: int) -> None:
     ``ready_fd`` is closed once R leads its own process group, so the pid the server hands out can
     be signalled as a group at once."""
     os.setsid()
+    d = Path(req["dir"])
+    from quicktune.backends.local import record_runner
+
+    record_runner(d)
     os.close(ready_fd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    d = Path(req["dir"])
     os.chdir(d)
     fd = os.open(d / "step.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     null = os.open(os.devnull, os.O_RDONLY)

@@ -48,6 +48,7 @@ from quicktune.backends.forkserver import ForkServer, ForkServerError
 log_ = logging.getLogger(__name__)
 LOG_TAIL_BYTES = 256 * 1024
 _KILL_GRACE_SECONDS = 3.0
+_LAUNCH_GRACE_SECONDS = 30.0
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -213,7 +214,7 @@ class LocalBackend(TrialBackend):
             if state.state in (SUCCEEDED, FAILED) or (d / "cancelled").exists():
                 return
             (d / "cancelled").write_text(str(time.time()))
-            launch = _read_json(d / "launch.json")
+            launch = self._read_launch(d)
             if launch:
                 self._kill_group(step_id, launch)
             self._pump_locked()
@@ -235,6 +236,17 @@ class LocalBackend(TrialBackend):
             self._fork.close()
 
     # --- state -----------------------------------------------------------------------------------
+    @staticmethod
+    def _read_launch(d: Path) -> dict[str, Any] | None:
+        """``launch.json``, completed from the runner's own ``runner.json`` when the backend that
+        launched it died between writing the provisional record (before the fork) and the pid."""
+        launch = _read_json(d / "launch.json")
+        if launch is not None and not launch.get("pid"):
+            runner = _read_json(d / "runner.json")
+            if runner:
+                launch = {**launch, **runner}
+        return launch
+
     def _alive(self, step_id: str, launch: Mapping[str, Any]) -> bool:
         child = self._children.get(step_id)
         if child is not None and child.pid == launch.get("pid"):
@@ -250,13 +262,18 @@ class LocalBackend(TrialBackend):
         d = self._dir(step_id)
         if not (d / "request.json").exists():
             raise KeyError(step_id)
-        launch = _read_json(d / "launch.json")
+        launch = self._read_launch(d)
         if (d / "cancelled").exists():
             if launch and self._alive(step_id, launch):
                 return StepStatus(RUNNING, "cancelling")
             return StepStatus(CANCELLED, "cancelled")
         if launch is None:
             return StepStatus(PENDING, "queued: waiting for a free worker")
+        if not launch.get("pid") and _read_json(d / "exit.json") is None:
+            # launched by a backend that died before recording the runner's pid, and the runner has
+            # not (yet) recorded itself: give it a moment, then call it lost (start() runs it again)
+            if time.time() - float(launch.get("started_at", 0.0)) < _LAUNCH_GRACE_SECONDS:
+                return StepStatus(RUNNING, "launching")
         alive = self._alive(step_id, launch)
         exit_info = _read_json(d / "exit.json")
         if alive and exit_info is None:
@@ -299,7 +316,7 @@ class LocalBackend(TrialBackend):
         log = d / "step.log"
         if log.exists():
             log.rename(d / f"step.log.{attempt}")
-        for name in ("launch.json", "exit.json", "RESULT.json", "cancelled", "request.json"):
+        for name in ("launch.json", "runner.json", "exit.json", "RESULT.json", "cancelled", "request.json"):
             (d / name).unlink(missing_ok=True)
         (d / ".attempt").write_text(str(attempt + 1))
 
@@ -307,7 +324,7 @@ class LocalBackend(TrialBackend):
     def _running_count(self) -> int:
         n = 0
         for d in self.steps_dir.iterdir():
-            launch = _read_json(d / "launch.json")
+            launch = self._read_launch(d)
             if launch and _read_json(d / "exit.json") is None and self._alive(d.name, launch):
                 n += 1
         return n
@@ -360,6 +377,12 @@ class LocalBackend(TrialBackend):
         with open(d / "step.log", "ab") as log:
             log.write(f"[quicktune local backend] {' '.join(argv)}\n".encode())
             log.flush()
+        # Provisional record first: if this process dies between the fork and the final record, a
+        # later backend must not launch the step a second time (the runner records its own pid in
+        # runner.json, see _read_launch).
+        record = {"pid": None, "proc_start": None, "started_at": time.time(), "argv": argv,
+                  "timeout": self.step_timeout, "attempt": attempt}
+        _write_json_atomic(d / "launch.json", record)
         pid, via = None, "spawn"
         if self._fork is not None:
             try:
@@ -378,9 +401,7 @@ class LocalBackend(TrialBackend):
             pid = proc.pid
         for marker in self.queue_dir.glob(f"*_{step_id}"):
             marker.unlink(missing_ok=True)
-        start = process_start_time(pid)
-        _write_json_atomic(d / "launch.json", {"pid": pid, "proc_start": start, "started_at": time.time(),
-                                               "argv": argv, "timeout": self.step_timeout, "attempt": attempt,
+        _write_json_atomic(d / "launch.json", {**record, "pid": pid, "proc_start": process_start_time(pid),
                                                "via": via})
 
     def _kill_group(self, step_id: str, launch: Mapping[str, Any]) -> None:
@@ -406,9 +427,17 @@ class LocalBackend(TrialBackend):
 
 
 # --- the runner: parent of one step process ----------------------------------------------------
+def record_runner(d: Path) -> None:
+    """The runner's own pid record (``runner.json``), written first thing, so that a step whose
+    launching backend died before recording the pid is still re-adopted, not launched twice."""
+    pid = os.getpid()
+    _write_json_atomic(d / "runner.json", {"pid": pid, "proc_start": process_start_time(pid)})
+
+
 def _run(step_dir: str) -> int:
     """Run the step described in ``step_dir/.runner.json``; record how it ended in exit.json."""
     d = Path(step_dir)
+    record_runner(d)
     spec = json.loads((d / ".runner.json").read_text())
     timeout = spec.get("timeout")
     env = {**os.environ, **spec.get("env_overrides", {})}
