@@ -4,7 +4,9 @@ Every step lives in ``WORKDIR/steps/<step id>/``:
 
 - ``request.json``  the :class:`StepRequest` (no secrets: the environment is inherited, not stored);
 - ``config.json``   the config handed to ``quicktune step --config``;
-- ``launch.json``   pid and kernel start time of the step's *runner* process, argv, wall start time;
+- ``launch.json``   pid and kernel start time of the step's *runner* process, argv, wall start time
+                    (written provisionally, without the pid, before the fork);
+- ``runner.json``   the runner's own pid record, so a step whose backend died mid-launch is adopted;
 - ``step.log``      combined stdout/stderr;
 - ``RESULT.json``   written by the step itself;
 - ``exit.json``     written by the runner when the step process ends (return code, timeout flag);
