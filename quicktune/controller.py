@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from quicktune.backends.base import CANCELLED, RUNNING, BackendError, StepRequest, TrialBackend, step_id
+from quicktune.optimizer.artifact import MetaArtifact
 from quicktune.optimizer.base import STATUSES, Optimizer
 from quicktune.optimizer.registry import make_optimizer, uses_meta_artifact
 from quicktune.space import SearchSpace, load_space
@@ -181,15 +182,15 @@ def checkpoint_dir_for(spec: SearchSpec, parent: SearchRun, config_id: str) -> s
     return os.path.join(os.path.abspath(spec.workdir), "checkpoints", spec.search_id, config_id)
 
 
-def fetch_meta_artifact(uri: str, workdir: str) -> str:
-    """A meta-artifact as a local folder: a folder is used in place; an ``s3://`` (or other storage)
-    prefix holding ``artifact.json`` + ``weights.safetensors`` is downloaded to
-    ``WORKDIR/meta-artifacts/<hash of the URI>/``. It is loaded once here so that a wrong path or a
-    broken artifact is reported before the search creates anything."""
+def fetch_meta_artifact(uri: str, workdir: str) -> MetaArtifact:
+    """Load a meta-artifact: a folder is read in place; an ``s3://`` prefix holding
+    ``artifact.json`` + ``weights.safetensors`` is first downloaded to
+    ``WORKDIR/meta-artifacts/<hash of the URI>/``. Loaded here, before the search creates anything,
+    so that a wrong path or a broken artifact is reported first (and the optimizer gets the object)."""
     import hashlib
 
     from quicktune import storage
-    from quicktune.optimizer.artifact import MANIFEST, WEIGHTS, MetaArtifact
+    from quicktune.optimizer.artifact import MANIFEST, WEIGHTS
 
     if storage.is_s3(uri):
         local = Path(workdir) / "meta-artifacts" / hashlib.sha1(uri.encode()).hexdigest()[:16]
@@ -202,10 +203,9 @@ def fetch_meta_artifact(uri: str, workdir: str) -> str:
     else:
         path = uri[len("file://"):] if uri.startswith("file://") else uri
     try:
-        MetaArtifact.load(path)
+        return MetaArtifact.load(path)
     except (ValueError, OSError) as exc:
         raise SearchError(f"--meta-artifact {safe_uri(uri)}: {exc}") from exc
-    return path
 
 
 def dataset_identity(data_uri: str) -> tuple[dict[str, float], str]:

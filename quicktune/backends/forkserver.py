@@ -47,12 +47,6 @@ class ForkServerError(RuntimeError):
     """The fork server could not be started or did not answer; the caller falls back to spawning."""
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 def _recv_line(conn: socket.socket, limit: int = 16 << 20) -> bytes:
     buf = bytearray()
     while not buf.endswith(b"\n"):
@@ -170,7 +164,7 @@ def _run_step_in_child(req: Mapping[str, Any], ready_fd: int) -> None:
     be signalled as a group at once."""
     os.setsid()
     d = Path(req["dir"])
-    from quicktune.backends.local import record_runner
+    from quicktune.backends.local import _write_json_atomic, record_runner
 
     record_runner(d)
     os.close(ready_fd)
