@@ -235,6 +235,8 @@ def serve(path: str, parent_pid: int, idle_seconds: float) -> int:
     last = time.monotonic()
     while True:
         if os.getppid() != parent_pid and not _pid_alive(parent_pid):
+            # the backend died without close() (kill -9): its private socket folder is ours to remove
+            shutil.rmtree(Path(path).parent, ignore_errors=True)
             return 0
         if time.monotonic() - last > idle_seconds:
             return 0
