@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from quicktune.backends.base import FAILED, RUNNING
+from quicktune.backends.base import FAILED, PENDING, RUNNING
 from quicktune.backends.local import LocalBackend, process_start_time
 from quicktune.backends.testing import BackendConformance, RealStepRequests, wait_done, wait_state
 
@@ -143,8 +143,8 @@ def test_bad_arguments_are_refused(tmp_path):
 def test_backend_killed_mid_launch_never_launches_twice(tmp_path, tiny_image_folder, fork_server):
     """The launching backend dies after the fork but before recording the pid (only the provisional
     launch record exists): a new backend adopts the runner from its own runner.json instead of
-    launching the step again; a provisional record with no runner at all becomes lost after the
-    grace period, and start() runs it again."""
+    launching the step again; a provisional record with no runner at all is a launch that never got
+    a process: after the grace period the next poll queues it again and it runs (not a failure)."""
     backend = LocalBackend(tmp_path / "work", max_workers=1, fork_server=fork_server)
     reqs = RealStepRequests(str(tiny_image_folder), str(tmp_path / "ckpt"))
     sid = backend.start(reqs("slow", "midlaunch"))
@@ -176,10 +176,14 @@ def test_backend_killed_mid_launch_never_launches_twice(tmp_path, tiny_image_fol
     stale = json.loads((d2 / "launch.json").read_text())
     (d2 / "launch.json").write_text(json.dumps({**stale, "pid": None, "proc_start": None,
                                                  "started_at": time.time() - 3600}))
+    (d2 / "step.log").write_text("[quicktune local backend] the launch line, and nothing else\n")
     fresh = LocalBackend(tmp_path / "work", max_workers=1, fork_server=fork_server)
     try:
-        assert fresh.poll(sid2).message.startswith("lost")
-        fresh.start(reqs("ok", "never-forked"))
+        assert fresh.poll(sid2).state in (PENDING, RUNNING)  # queued again and launched, not "lost"
         assert wait_done(fresh, sid2).state == "succeeded"
+        assert json.loads((d2 / "launch.json").read_text())["attempt"] == 1
+        assert (d2 / "step.log.0").read_text().startswith("[quicktune local backend] the launch line")
+        assert fresh.start(reqs("ok", "never-forked")) == sid2  # finished now: re-adopted, not run again
+        assert not (d2 / "step.log.1").exists()
     finally:
         fresh.close()

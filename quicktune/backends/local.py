@@ -18,7 +18,9 @@ is decided from files alone: a new :class:`LocalBackend` on the same workdir re-
 steps (pid alive *and* same start time, so a recycled pid is not mistaken for ours) and sees
 finished ones. A runner that vanished without writing ``exit.json`` (killed from outside, machine
 restart) leaves a *lost* step: it polls as FAILED, and ``start()`` runs it again -- as it does a
-cancelled step. A step that ran and failed is re-adopted, never re-run.
+cancelled step. A step that ran and failed is re-adopted, never re-run. A launch cut short before
+any process of it existed (the launching backend killed between the provisional ``launch.json``
+and the fork) is queued again by the next ``poll()``: it never ran, so it is not a failure.
 
 By default the runner and its step are not fresh interpreters but forks of a warm *fork server*
 that has torch/timm imported (``forkserver.py``: ~6 CPU-seconds saved per step); the files, the
@@ -171,8 +173,10 @@ class LocalBackend(TrialBackend):
         return self.start(request)
 
     def poll(self, step_id: str) -> StepStatus:
-        self.step_dir(step_id)
+        d = self.step_dir(step_id)
         with self._lock():
+            if self._launch_cut_short(d):
+                self._requeue_locked(d)
             self._pump_locked()
         return self._state(step_id)
 
@@ -223,6 +227,9 @@ class LocalBackend(TrialBackend):
 
     def active(self) -> list[str]:
         with self._lock():
+            for d in self.steps_dir.iterdir():
+                if self._launch_cut_short(d):
+                    self._requeue_locked(d)
             self._pump_locked()
         out = []
         for d in sorted(self.steps_dir.iterdir()):
@@ -306,6 +313,27 @@ class LocalBackend(TrialBackend):
                                   "(killed from outside?); start() runs it again")
 
     @staticmethod
+    def _launch_cut_short(d: Path) -> bool:
+        """A launch whose backend died between the provisional record and the fork: no pid, no
+        runner of its own, no exit, no result, and past the grace period in which a runner that was
+        forked at the last moment records itself. No process of it ever ran, so nothing of it can
+        have trained: it is put back in the queue (the caller holds the lock, and a live launcher
+        holds that lock for the whole launch, so a record seen like this has no launcher left)."""
+        launch = _read_json(d / "launch.json")
+        if launch is None or launch.get("pid") or (d / "cancelled").exists():
+            return False
+        if any((d / name).exists() for name in ("runner.json", "exit.json", "RESULT.json")):
+            return False
+        return time.time() - float(launch.get("started_at", 0.0)) >= _LAUNCH_GRACE_SECONDS
+
+    def _requeue_locked(self, d: Path) -> None:
+        req = _read_json(d / "request.json") or {}
+        self._reset(d, keep_request=True)
+        log_.warning("step %s: its launch was cut short (the launching process died before the fork); "
+                     "queued again", d.name)
+        (self.queue_dir / f"{float(req.get('queued_at', time.time())):017.6f}_{d.name}").touch()
+
+    @staticmethod
     def _rerunnable(d: Path, state: StepStatus) -> bool:
         """Cancelled and lost steps run again on start(); everything else is re-adopted."""
         if state.state == CANCELLED:
@@ -313,12 +341,13 @@ class LocalBackend(TrialBackend):
         return (state.state == FAILED and not (d / "exit.json").exists()
                 and not (d / "RESULT.json").exists())
 
-    def _reset(self, d: Path) -> None:
+    def _reset(self, d: Path, keep_request: bool = False) -> None:
         attempt = (_read_json(d / "launch.json") or {}).get("attempt", 0)
         log = d / "step.log"
         if log.exists():
             log.rename(d / f"step.log.{attempt}")
-        for name in ("launch.json", "runner.json", "exit.json", "RESULT.json", "cancelled", "request.json"):
+        names = ["launch.json", "runner.json", "exit.json", "RESULT.json", "cancelled"]
+        for name in names if keep_request else [*names, "request.json"]:
             (d / name).unlink(missing_ok=True)
         (d / ".attempt").write_text(str(attempt + 1))
 
