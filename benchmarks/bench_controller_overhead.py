@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = SearchSpec(data_uri=data, budget_seconds=args.budget, space=args.space, workers=args.workers,
                       max_epochs=args.max_epochs, image_size=args.image_size, optimizer=args.optimizer,
                       search_id=f"bench-{uuid.uuid4().hex[:6]}", workdir=str(tmp / "work"))
-    tracker = SearchTracker(tracking, experiment="bench-controller", artifact_location=str(tmp / "artifacts"))
     backend = LocalBackend(tmp / "work", max_workers=args.workers)
+    backend.warm_up()  # as `quicktune search` does: the fork server starts while MLflow connects
+    tracker = SearchTracker(tracking, experiment="bench-controller", artifact_location=str(tmp / "artifacts"))
     load_before = os.getloadavg()[0]
     t0 = time.monotonic()
     result = run_search(spec, backend, tracker, progress=False)

@@ -295,6 +295,7 @@ class _Search:
         spec = self.spec
         tr = self.tracker
         self._check_checkpoint_location()
+        self.backend.warm_up()  # e.g. the local fork server's imports, while MLflow and the dataset are read
         options = dict(spec.optimizer_options)  # checked before anything is created
         if spec.meta_artifact:
             if not uses_meta_artifact(self.optimizer_name):

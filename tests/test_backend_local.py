@@ -51,6 +51,9 @@ def test_steps_are_forked_from_one_warm_server(tmp_path, tiny_image_folder):
     process group with its own exit record."""
     backend = LocalBackend(tmp_path / "work", max_workers=1)
     try:
+        backend.warm_up()  # returns at once; the server imports torch while the caller goes on
+        warmed = backend._fork._proc
+        assert warmed is not None and warmed.poll() is None and not backend._fork._ready
         reqs = RealStepRequests(str(tiny_image_folder), str(tmp_path / "ckpt"))
         pids = []
         for name in ("fork-a", "fork-b"):
@@ -62,15 +65,18 @@ def test_steps_are_forked_from_one_warm_server(tmp_path, tiny_image_folder):
             pids.append(launch["pid"])
         assert pids[0] != pids[1]
         server = backend._fork._proc
-        assert server is not None and server.poll() is None
+        assert server is warmed and server.poll() is None  # the warmed-up server, not a second one
     finally:
         backend.close()
     assert server.poll() is not None  # close() stops the server
 
 
-def test_fork_server_failure_falls_back_to_spawning(tmp_path, tiny_image_folder):
+@pytest.mark.parametrize("warm_up", [False, True])
+def test_fork_server_failure_falls_back_to_spawning(tmp_path, tiny_image_folder, warm_up):
     backend = LocalBackend(tmp_path / "work", max_workers=1)
     backend._fork.python = "/nonexistent/python"  # the server cannot start; the fallback spawn works
+    if warm_up:
+        backend.warm_up()  # does not raise
     sid = backend.start(RealStepRequests(str(tiny_image_folder), str(tmp_path / "ckpt"))("ok", "fallback"))
     assert wait_done(backend, sid).state == "succeeded", backend.logs(sid)
     assert json.loads((backend.step_dir(sid) / "launch.json").read_text())["via"] == "spawn"

@@ -109,5 +109,10 @@ class TrialBackend(ABC):
         """How many steps may run at once."""
         return 1
 
+    def warm_up(self) -> None:
+        """Begin, without waiting, whatever the first step will need (a warm process, a client),
+        so that it overlaps the caller's own start-up. Optional; a failure here must not raise
+        (the first ``start`` then does the work, or reports the error)."""
+
     def close(self) -> None:
         """Release resources; running steps keep running where the backend allows."""

@@ -70,6 +70,8 @@ class ForkServer:
         self.idle_seconds = float(idle_seconds)
         self._dir: str | None = None
         self._proc: subprocess.Popen | None = None
+        self._ready = False
+        self._spawned_at = 0.0
 
     @property
     def socket_path(self) -> str | None:
@@ -78,7 +80,9 @@ class ForkServer:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self) -> None:
+    def spawn(self) -> None:
+        """Start the server process without waiting for it (it imports torch/timm: seconds); the
+        first :meth:`launch` waits for the rest."""
         if self.alive():
             return
         self.close()
@@ -96,11 +100,21 @@ class ForkServer:
             raise ForkServerError(f"cannot start the fork server: {exc}") from exc
         finally:
             log.close()
-        deadline = time.monotonic() + self.start_timeout
+        self._spawned_at = time.monotonic()
+
+    def start(self) -> None:
+        """Start the server if needed and wait until it accepts requests."""
+        if self._proc is None or self._proc.poll() is not None:
+            self.spawn()
+        if self._ready:
+            return
+        assert self._proc is not None and self._dir is not None
+        deadline = self._spawned_at + self.start_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise ForkServerError(f"the fork server exited with code {self._proc.returncode}: {self._log_tail()}")
             if os.path.exists(os.path.join(self._dir, "ready")):
+                self._ready = True
                 return
             time.sleep(0.05)
         self.close()
@@ -141,6 +155,7 @@ class ForkServer:
                 self._proc.kill()
                 self._proc.wait(timeout=5)
         self._proc = None
+        self._ready = False
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

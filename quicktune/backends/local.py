@@ -237,6 +237,17 @@ class LocalBackend(TrialBackend):
                 out.append(d.name)
         return out
 
+    def warm_up(self) -> None:
+        """Start the fork server's interpreter (torch/timm imports: seconds of CPU) now, so that it
+        overlaps the controller's own start-up instead of delaying the first step."""
+        if self._fork is None:
+            return
+        try:
+            self._fork.spawn()
+        except ForkServerError as exc:
+            log_.warning("fork server unavailable (%s): spawning a fresh process per step", exc)
+            self._fork = None
+
     def close(self) -> None:
         """Steps keep running (they are session leaders); a later backend re-adopts them. The fork
         server, if any, stops."""

@@ -158,6 +158,7 @@ def _search(args: argparse.Namespace) -> int:
         backend = make_backend(args.backend, workers=args.workers, workdir=spec.workdir, search_id=spec.search_id,
                                step_timeout=args.step_timeout, threads_per_worker=args.threads_per_worker,
                                **dict(args.backend_option))
+        backend.warm_up()  # overlaps connecting to MLflow (run_search asks again: a no-op by then)
         tracker = SearchTracker(tracking_uri, experiment=args.experiment, artifact_location=artifact_location)
         result = run_search(spec, backend, tracker, progress=not args.no_progress)
     except (SearchError, InfrastructureError, ValueError) as exc:
