@@ -45,6 +45,18 @@ def test_s3_multipart_upload_roundtrip(s3_server, tmp_path):
     assert client.get_object(Bucket="big", Key="blob")["Body"].read() == data
 
 
+def test_s3_capacity_does_not_depend_on_free_disk(s3_server):
+    """Every bucket is a SeaweedFS collection that grows its own volumes on the first write; with
+    the volume count derived from free disk (the default) a CI run on a machine with ~12 GiB free
+    got "No writable volumes" (HTTP 500) on its third bucket. The test server sets the capacity."""
+    client = s3_server.client(max_attempts=1)
+    for i in range(16):  # more collections than a 12 GiB disk's auto-configured 12 volume slots
+        bucket = f"cap-{i}"
+        s3_server.create_bucket(bucket)
+        client.put_object(Bucket=bucket, Key="k", Body=b"x" * 1000)
+        assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x" * 1000
+
+
 def _socks() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "seaweedfs-*.sock")))
 

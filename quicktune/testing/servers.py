@@ -192,7 +192,12 @@ class SeaweedS3(_RetryingServer):
         self.ports = dict(master=master, volume=volume, filer=filer, s3=s3, admin=admin)
         cmd = [_executable("weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-s3.config={config}", "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
-               "-s3.port.iceberg=0", "-s3.port.lance=0"]
+               "-s3.port.iceberg=0", "-s3.port.lance=0",
+               # Capacity must not depend on the machine's free disk: by default the volume count
+               # is free space / volume size, and each bucket (a collection) grows several volumes
+               # on its first write, so on a machine with ~12 GiB free the third bucket got "No
+               # writable volumes" (HTTP 500). Volumes are sparse files; test data is small.
+               "-volume.max=256", "-master.volumeSizeLimitMB=64"]
         for name, port in self.ports.items():
             cmd += [f"-{name}.port={port}", f"-{name}.port.grpc={port + 10000}"]
         self.endpoint_url = f"http://127.0.0.1:{s3}"
