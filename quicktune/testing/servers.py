@@ -195,7 +195,7 @@ class SeaweedS3(_RetryingServer):
                "-s3.port.iceberg=0", "-s3.port.lance=0",
                # Capacity must not depend on the machine's free disk: by default the volume count
                # is free space / volume size, and each bucket (a collection) grows several volumes
-               # on its first write, so on a machine with ~12 GiB free the third bucket got "No
+               # on its first write, so on a machine with ~12 GiB free a later bucket got "No
                # writable volumes" (HTTP 500). Volumes are sparse files; test data is small.
                "-volume.max=256", "-master.volumeSizeLimitMB=64"]
         for name, port in self.ports.items():
