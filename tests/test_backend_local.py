@@ -15,7 +15,8 @@ import pytest
 
 from quicktune.backends.base import FAILED, PENDING, RUNNING
 from quicktune.backends.local import LocalBackend, process_start_time
-from quicktune.backends.testing import BackendConformance, RealStepRequests, wait_done, wait_state
+from quicktune.backends.testing import (BackendConformance, RealStepRequests, local_attempts_started_and_rerun,
+                                       wait_done, wait_state)
 
 
 class TestLocalBackendConformance(BackendConformance):
@@ -189,6 +190,10 @@ def test_backend_killed_mid_launch_never_launches_twice(tmp_path, tiny_image_fol
         assert wait_done(fresh, sid2).state == "succeeded"
         assert json.loads((d2 / "launch.json").read_text())["attempt"] == 1
         assert (d2 / "step.log.0").read_text().startswith("[quicktune local backend] the launch line")
+        assert local_attempts_started_and_rerun([d2]) == []  # the re-run attempt never had a process
+        (d2 / "step.log.7").write_text("[quicktune local backend] launch\nepoch 1: loss 0.3\n")
+        assert local_attempts_started_and_rerun([d2]) == [d2 / "step.log.7"]  # one that had is reported
+        (d2 / "step.log.7").unlink()
         assert fresh.start(reqs("ok", "never-forked")) == sid2  # finished now: re-adopted, not run again
         assert not (d2 / "step.log.1").exists()
     finally:

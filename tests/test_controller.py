@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from quicktune.backends.local import LocalBackend
+from quicktune.backends.testing import local_attempts_started_and_rerun
 from quicktune.controller import SearchError, SearchSpec, run_search
 from quicktune.tracking import InfrastructureError, RetryPolicy, SearchTracker
 
@@ -178,22 +179,12 @@ def test_resume_of_a_finished_search_refuses_another_definition(e2e, tiny_image_
 def _running_steps(workdir: Path) -> list[Path]:
     """Steps whose runner has started (the backend recorded its pid, or the runner recorded itself)
     and not yet ended. A launch record with neither is a launch the killed controller never finished:
-    no process exists, and the next backend runs it again (see ``_earlier_attempts_never_started``)."""
+    no process exists, and the next backend runs it again."""
     def started(d: Path) -> bool:
         launch = json.loads((d / "launch.json").read_text()) if (d / "launch.json").exists() else {}
         return bool(launch.get("pid")) or (d / "runner.json").exists()
 
     return [d for d in (workdir / "steps").glob("*") if started(d) and not (d / "exit.json").exists()]
-
-
-def _earlier_attempts_never_started(workdir: Path) -> None:
-    """A step is run a second time only when its first launch never got a process (the controller
-    was killed between the launch record and the fork): that attempt's log holds the backend's own
-    launch line and nothing the step printed."""
-    for log in workdir.glob("steps/*/step.log.*"):
-        lines = log.read_text().splitlines()
-        assert lines and all(ln.startswith("[quicktune local backend]") for ln in lines), \
-            f"{log}: an attempt that started was run again:\n{log.read_text()[-2000:]}"
 
 
 @pytest.mark.servers
@@ -256,7 +247,7 @@ def test_kill_9_mid_search_then_resume_loses_and_repeats_no_epoch(server_env, ti
     trained = trained_epochs(workdir)  # no epoch was trained twice
     assert len(trained) == len(set(trained)), sorted(trained)
     assert sorted(trained) == sorted((c, e) for c, es in after.items() for e in es)
-    _earlier_attempts_never_started(workdir)  # and no step that started was run twice
+    assert not local_attempts_started_and_rerun(workdir.glob("steps/*"))  # no step that started ran twice
     assert tracker.client.get_run(parent.info.run_id).data.tags["quicktune.resumes"] == "2"
 
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable
 
 import pytest
 
@@ -98,6 +99,20 @@ def wait_state(backend: TrialBackend, step_id: str, states: tuple[str, ...], tim
         if time.monotonic() > deadline:
             raise AssertionError(f"step {step_id} never reached {states} (now {state})")
         time.sleep(0.1)
+
+
+def local_attempts_started_and_rerun(step_dirs: Iterable[Path]) -> list[Path]:
+    """For :class:`~quicktune.backends.local.LocalBackend` step folders: the logs of earlier
+    attempts (``step.log.N``) that hold more than the backend's own ``[quicktune local backend]``
+    lines, i.e. attempts that got a process and were run again anyway. The contract is an empty
+    list: only a launch cut short before any process existed may run a second time."""
+    bad = []
+    for d in step_dirs:
+        for log in sorted(Path(d).glob("step.log.*")):
+            lines = log.read_text(errors="replace").splitlines()
+            if not lines or not all(ln.startswith("[quicktune local backend]") for ln in lines):
+                bad.append(log)
+    return bad
 
 
 def _sid(prefix: str) -> str:
