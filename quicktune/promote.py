@@ -181,7 +181,7 @@ def promote(search_id: str, tracking_uri: str | None = None, model_name: str | N
     finally:
         mlflow.set_tracking_uri(previous_uri)
     version = str(info.registered_model_version)
-    tracker._call("set alias", client.set_registered_model_alias, model_name, alias, version)
+    tracker._upsert("set alias", client.set_registered_model_alias, model_name, alias, version)
     tags = {"quicktune.search_id": search_id, "quicktune.parent_run_id": parent.info.run_id,
             "quicktune.config_id": best.config_id, "quicktune.config_run_id": best.run_id,
             "quicktune.test_accuracy": f"{test['top1']:.6f}", "quicktune.val_score": f"{best.best_score:.6f}",

@@ -11,7 +11,8 @@ import pytest
 
 from quicktune.cli.search_cmd import parse_duration
 from quicktune.controller import SearchError, SearchSpec
-from quicktune.tracking import InfrastructureError, RetryPolicy, flatten, is_transient, redact, secret_values
+from quicktune.tracking import (InfrastructureError, RetryPolicy, flatten, is_tag_write_race, is_transient, redact,
+                                secret_values)
 
 
 @pytest.mark.parametrize("text,seconds", [("90s", 90), ("20m", 1200), ("4h", 14400), ("1h30m", 5400), ("45", 45),
@@ -49,6 +50,43 @@ def test_transient_errors_are_told_from_bad_requests():
     assert is_transient(MlflowException("API request failed: Max retries exceeded with url"))
     assert not is_transient(MlflowException.invalid_parameter_value("bad"))
     assert not is_transient(ValueError("a bug"))
+
+
+def test_tag_write_races_are_told_from_other_bad_requests():
+    from mlflow.exceptions import RestException
+
+    def rest(message: str) -> RestException:
+        return RestException({"error_code": "BAD_REQUEST", "message": message})
+
+    # the text the MLflow server (sqlite store) answered in a CI run where two watchers raced
+    assert is_tag_write_race(rest("(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_tags"
+                                  ".workspace, registered_model_tags.key, registered_model_tags.name"))
+    assert is_tag_write_race(rest("(pymysql.err.IntegrityError) (1062, \"Duplicate entry 'x' for key 'PRIMARY'\")"))
+    assert not is_tag_write_race(rest("Registered Model with name=x not found"))
+    assert not is_tag_write_race(ConnectionError("refused"))
+
+
+def test_promotions_alias_write_is_repeated_after_a_lost_first_write_race():
+    from mlflow.exceptions import RestException
+
+    from quicktune.tracking import SearchTracker
+
+    race = RestException({"error_code": "BAD_REQUEST", "message": "(sqlite3.IntegrityError) UNIQUE constraint "
+                                                                  "failed: registered_model_aliases.alias"})
+    tracker = SearchTracker("http://127.0.0.1:9", retry=RetryPolicy(total=0.1))  # never contacted
+    answers: list[object] = [race, race, "set"]
+
+    def set_alias(name, alias, version):
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return (name, alias, version, a)
+
+    assert tracker._upsert("set alias", set_alias, "m", "champion", "3") == ("m", "champion", "3", "set")
+    assert answers == [] and tracker.calls == 3
+    with pytest.raises(RestException, match="not found"):
+        tracker._upsert("set alias", lambda *a: (_ for _ in ()).throw(
+            RestException({"error_code": "BAD_REQUEST", "message": "Model version 3 not found"})), "m", "c", "3")
 
 
 def test_retry_backs_off_then_succeeds_or_reports():

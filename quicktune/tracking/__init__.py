@@ -2,8 +2,8 @@
 
 from quicktune.tracking.layout import (ConfigRecord, Observation, SearchRun, SearchTracker, default_tracking_uri,
                                        flatten)
-from quicktune.tracking.retry import InfrastructureError, RetryPolicy, is_transient
+from quicktune.tracking.retry import InfrastructureError, RetryPolicy, is_tag_write_race, is_transient
 from quicktune.tracking.secrets import redact, safe_uri, secret_values
 
 __all__ = ["ConfigRecord", "Observation", "SearchRun", "SearchTracker", "default_tracking_uri", "flatten",
-           "InfrastructureError", "RetryPolicy", "is_transient", "redact", "safe_uri", "secret_values"]
+           "InfrastructureError", "RetryPolicy", "is_tag_write_race", "is_transient", "redact", "safe_uri", "secret_values"]

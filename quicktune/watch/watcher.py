@@ -8,7 +8,9 @@ restarted watcher continues where the last one stopped.
 Claiming (why it is safe enough, and where it is not): MLflow has no compare-and-set, so a watcher
 writes ``quicktune.claim=<watcher-id>:<nonce>``, waits ``claim_delay`` seconds, reads it back and
 proceeds only if the claim is still its own (last writer wins, and every watcher reads the same
-winner). Two watchers can still both proceed if one reads back before the other's write lands,
+winner). A tag write that loses MLflow's own first-write race (its SQL stores insert a new tag
+non-atomically; racing writers of one new key get "UNIQUE constraint failed") is written again,
+so a watcher never drops out of a claim halfway (once, both racing watchers did). Two watchers can still both proceed if one reads back before the other's write lands,
 i.e. if a write takes longer than ``claim_delay``; even then both derive the *same* search id
 from the request (:func:`~quicktune.watch.requests.search_id_for`), the local/Kubernetes
 launchers refuse to start a search id that is already running (Kubernetes: the Job name is the
@@ -28,6 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from quicktune.tracking.retry import is_tag_write_race
 from quicktune.watch.launchers import LAUNCH_RUNNING, LAUNCH_UNKNOWN, Launcher
 from quicktune.watch.requests import (
     ACTIVE, CANCELLED, EXPERIMENT, FAILED, MODEL, QUEUED, REJECTED, RUNNING, SUCCEEDED, TAG_CHAMPION_VERSION,
@@ -101,11 +104,26 @@ class Watcher:
             v = str(v)[:4900]
             if t.tags.get(k) == v:
                 continue
-            if t.kind == MODEL:
-                self.client.set_registered_model_tag(t.key, k, v)
-            else:
-                self.client.set_experiment_tag(t.key, k, v)
+            self._set_tag(t, k, v)
             t.tags[k] = v
+
+    def _set_tag(self, t: Target, key: str, value: str, attempts: int = 5) -> None:
+        """One tag write, repeated when it lost MLflow's first-write race (see
+        :func:`~quicktune.tracking.retry.is_tag_write_race`): watchers racing for one request write
+        the same new keys (claim, heartbeat) at the same moment, and a watcher whose write failed
+        must not drop out of the claim it may have already won."""
+        for attempt in range(attempts):
+            try:
+                if t.kind == MODEL:
+                    self.client.set_registered_model_tag(t.key, key, value)
+                else:
+                    self.client.set_experiment_tag(t.key, key, value)
+                return
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if attempt == attempts - 1 or not is_tag_write_race(exc):
+                    raise
+                log.info("%s: tag %s lost a concurrent first write; writing it again", t.label, key)
+                time.sleep(0.05 * (attempt + 1))
 
     # --- one round ----------------------------------------------------------------------------
     def tick(self) -> int:
