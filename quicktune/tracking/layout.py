@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from quicktune.tracking.retry import RetryPolicy, is_tag_write_race
+from quicktune.tracking.retry import RetryPolicy, repeat_if_write_race
 from quicktune.tracking.secrets import redact, safe_uri
 
 log = logging.getLogger(__name__)
@@ -171,17 +171,10 @@ class SearchTracker:
             self.calls += 1
             self.seconds += time.perf_counter() - t0
 
-    def _upsert(self, what: str, fn, *args, attempts: int = 5):
-        """A tag/alias write that another client may be making at the same moment: repeated when
-        it lost the store's first-write race (:func:`~quicktune.tracking.retry.is_tag_write_race`)."""
-        for attempt in range(attempts):
-            try:
-                return self._call(what, fn, *args)
-            except Exception as exc:  # noqa: BLE001 - classified below
-                if attempt == attempts - 1 or not is_tag_write_race(exc):
-                    raise
-                log.info("MLflow: %s lost a concurrent first write; writing it again", what)
-                time.sleep(0.05 * (attempt + 1))
+    def _upsert(self, what: str, fn, *args):
+        """A tag/alias write that another client may be making at the same moment (see
+        :func:`~quicktune.tracking.retry.repeat_if_write_race`)."""
+        return repeat_if_write_race(lambda: self._call(what, fn, *args), what=what)
 
     @property
     def experiment_id(self) -> str:

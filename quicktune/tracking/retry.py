@@ -90,6 +90,21 @@ def is_tag_write_race(exc: BaseException) -> bool:
     return any(w in text for w in _WRITE_RACE_WORDS)
 
 
+def repeat_if_write_race(fn: Callable[[], T], what: str = "tag write", attempts: int = 5,
+                         sleep: Callable[[float], None] = time.sleep) -> T:
+    """Call ``fn`` (an idempotent tag/alias write) again while it loses the store's first-write race
+    (:func:`is_tag_write_race`); any other error, or a race lost ``attempts`` times, is raised."""
+    for attempt in range(attempts - 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not is_tag_write_race(exc):
+                raise
+            log.info("MLflow: %s lost a concurrent first write; writing it again", what)
+            sleep(0.05 * (attempt + 1))
+    return fn()
+
+
 @dataclass
 class RetryPolicy:
     """Exponential backoff with jitter: ``base``, ``2*base``, ... capped at ``max_delay``, until

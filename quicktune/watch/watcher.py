@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from quicktune.tracking.retry import is_tag_write_race
+from quicktune.tracking.retry import repeat_if_write_race
 from quicktune.watch.launchers import LAUNCH_RUNNING, LAUNCH_UNKNOWN, Launcher
 from quicktune.watch.requests import (
     ACTIVE, CANCELLED, EXPERIMENT, FAILED, MODEL, QUEUED, REJECTED, RUNNING, SUCCEEDED, TAG_CHAMPION_VERSION,
@@ -107,23 +107,12 @@ class Watcher:
             self._set_tag(t, k, v)
             t.tags[k] = v
 
-    def _set_tag(self, t: Target, key: str, value: str, attempts: int = 5) -> None:
-        """One tag write, repeated when it lost MLflow's first-write race (see
-        :func:`~quicktune.tracking.retry.is_tag_write_race`): watchers racing for one request write
-        the same new keys (claim, heartbeat) at the same moment, and a watcher whose write failed
-        must not drop out of the claim it may have already won."""
-        for attempt in range(attempts):
-            try:
-                if t.kind == MODEL:
-                    self.client.set_registered_model_tag(t.key, key, value)
-                else:
-                    self.client.set_experiment_tag(t.key, key, value)
-                return
-            except Exception as exc:  # noqa: BLE001 - classified below
-                if attempt == attempts - 1 or not is_tag_write_race(exc):
-                    raise
-                log.info("%s: tag %s lost a concurrent first write; writing it again", t.label, key)
-                time.sleep(0.05 * (attempt + 1))
+    def _set_tag(self, t: Target, key: str, value: str) -> None:
+        """One tag write, repeated when it lost MLflow's first-write race: watchers racing for one
+        request write the same new keys (claim, heartbeat) at the same moment, and a watcher whose
+        write failed must not drop out of the claim it may have already won."""
+        write = self.client.set_registered_model_tag if t.kind == MODEL else self.client.set_experiment_tag
+        repeat_if_write_race(lambda: write(t.key, key, value), what=f"{t.label}: tag {key}")
 
     # --- one round ----------------------------------------------------------------------------
     def tick(self) -> int:
