@@ -6,4 +6,5 @@ from quicktune.tracking.retry import InfrastructureError, RetryPolicy, is_tag_wr
 from quicktune.tracking.secrets import redact, safe_uri, secret_values
 
 __all__ = ["ConfigRecord", "Observation", "SearchRun", "SearchTracker", "default_tracking_uri", "flatten",
-           "InfrastructureError", "RetryPolicy", "is_tag_write_race", "is_transient", "redact", "safe_uri", "secret_values"]
+           "InfrastructureError", "RetryPolicy", "is_tag_write_race", "is_transient", "redact", "safe_uri",
+           "secret_values"]

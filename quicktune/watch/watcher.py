@@ -10,8 +10,9 @@ writes ``quicktune.claim=<watcher-id>:<nonce>``, waits ``claim_delay`` seconds, 
 proceeds only if the claim is still its own (last writer wins, and every watcher reads the same
 winner). A tag write that loses MLflow's own first-write race (its SQL stores insert a new tag
 non-atomically; racing writers of one new key get "UNIQUE constraint failed") is written again,
-so a watcher never drops out of a claim halfway (once, both racing watchers did). Two watchers can still both proceed if one reads back before the other's write lands,
-i.e. if a write takes longer than ``claim_delay``; even then both derive the *same* search id
+so a watcher never drops out of a claim halfway (once, both racing watchers did). Two watchers
+can still both proceed if one reads back before the other's write lands, i.e. if a write takes
+longer than ``claim_delay``; even then both derive the *same* search id
 from the request (:func:`~quicktune.watch.requests.search_id_for`), the local/Kubernetes
 launchers refuse to start a search id that is already running (Kubernetes: the Job name is the
 search id, so the second create gets 409), and the controller resumes by search id instead of
