@@ -309,7 +309,7 @@ def own_s3(tmp_path, monkeypatch):
 def _restart_on_same_ports(s3, monkeypatch) -> None:
     import quicktune.testing.servers as servers
 
-    ports = [s3.ports[k] for k in ("master", "volume", "filer", "s3", "admin")]
+    ports = list(s3.ports.values())  # in the order free_port_pair handed them out
     with monkeypatch.context() as m:
         m.setattr(servers, "free_port_pair", lambda *a, **k: ports)
         s3.start()

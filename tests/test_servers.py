@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -55,6 +56,34 @@ def test_s3_capacity_does_not_depend_on_free_disk(s3_server):
         s3_server.create_bucket(bucket)
         client.put_object(Bucket=bucket, Key="k", Body=b"x" * 1000)
         assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x" * 1000
+
+
+def test_a_server_whose_volumes_are_read_only_fails_to_start_and_says_why(tmp_path, monkeypatch):
+    """Below ``min_free_space`` of free disk SeaweedFS turns every volume read-only: it still answers
+    ``ListBuckets`` but fails each write with HTTP 500 (a CI run on a nearly full disk failed every
+    later S3 test that way, under ``weed mini``'s fixed 1 %). Asking for 99 % free, more than this
+    disk has, recreates that state: the start must fail at once (no retries on other ports) with
+    the disk named, instead of handing out a server that cannot store anything."""
+    usage = shutil.disk_usage(tmp_path)
+    if usage.free / usage.total >= 0.99:
+        pytest.skip("this disk is over 99 % free: it cannot be made too full for SeaweedFS this way")
+    attempts = []
+    start_once = SeaweedS3._start_once
+    monkeypatch.setattr(SeaweedS3, "_start_once", lambda self: (attempts.append(1), start_once(self)))
+    server = SeaweedS3(tmp_path / "ro", "k", "s", start_timeout=15, min_free_space="99")
+    with pytest.raises(ServerError, match=r"(?s)answered but could not store an object.*GiB free on the disk of "
+                                          r".*min_free_space=99\)") as err:
+        server.start()
+    assert not err.value.exited_at_once and len(attempts) == 1  # other ports would not help
+    assert not server._process.alive()
+
+
+def test_the_default_minimum_free_space_is_what_the_server_is_started_with(s3_server):
+    """The session server writes (every S3 test shows it); this pins the flag that makes it so on a
+    disk with under 1 % free, which no test here can fill."""
+    assert s3_server.min_free_space == "64MiB"
+    cmdline = open(f"/proc/{s3_server._process.proc.pid}/cmdline", "rb").read().split(b"\0")
+    assert b"-volume.minFreeSpace=64MiB" in cmdline and b"server" in cmdline
 
 
 def _socks() -> set[str]:

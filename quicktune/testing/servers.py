@@ -9,8 +9,8 @@ and are shared per test session (see ``tests/conftest.py``).
         with MlflowServer(tmp_path / "mlflow", s3) as mlf:
             mlflow.set_tracking_uri(mlf.tracking_uri)
 
-``SeaweedS3`` runs ``weed mini`` (master, volume, filer and S3 gateway in one process) with an
-identity file, so requests must be signed with the given key and secret. ``MlflowServer`` runs
+``SeaweedS3`` runs ``weed server -s3`` (master, volume, filer and S3 gateway in one process) with
+an identity file, so requests must be signed with the given key and secret. ``MlflowServer`` runs
 ``mlflow server`` with a sqlite backend and proxies artifacts to ``s3://BUCKET/artifacts``.
 Logs stay in the work folder; if a server does not come up, ``ServerError`` carries the tail of
 its log.
@@ -39,7 +39,12 @@ __all__ = ["SeaweedS3", "MlflowServer", "ServerError", "free_port_pair"]
 
 
 class ServerError(RuntimeError):
-    """A test server failed to start (the message includes its log tail)."""
+    """A test server failed to start (the message includes its log tail). ``exited_at_once``: the
+    process died while starting, the sign of a port race worth a retry on other ports."""
+
+    def __init__(self, message: str, exited_at_once: bool = False) -> None:
+        super().__init__(message)
+        self.exited_at_once = exited_at_once
 
 
 def _port_free(port: int) -> bool:
@@ -108,10 +113,11 @@ class _Process:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def fail(self, why: str) -> ServerError:
+    def fail(self, why: str, exited_at_once: bool = False) -> ServerError:
         code = None if self.proc is None else self.proc.poll()
         state = "still running" if code is None else f"exited with code {code}"
-        return ServerError(f"{self.name} {why} ({state}); log {self.log_path}:\n{_tail(self.log_path)}")
+        return ServerError(f"{self.name} {why} ({state}); log {self.log_path}:\n{_tail(self.log_path)}",
+                           exited_at_once=exited_at_once)
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -145,13 +151,19 @@ class _RetryingServer:
             try:
                 self._start_once()
                 return
-            except ServerError:
-                if self._process.alive() or attempt == attempts - 1:
+            except ServerError as exc:
+                # A server that came up but never got ready, or cannot store data, would fail
+                # the same way on other ports.
+                if not exc.exited_at_once or attempt == attempts - 1:
                     raise
 
 
 class SeaweedS3(_RetryingServer):
-    """SeaweedFS ``weed mini`` with S3 authentication on, for tests and demos.
+    """SeaweedFS (``weed server -s3``) with S3 authentication on, for tests and demos.
+
+    ``min_free_space`` is SeaweedFS's ``-volume.minFreeSpace``: below that much free disk every
+    volume turns read-only and writes fail (a number <= 100 is a percentage, else a size such as
+    ``"64MiB"``). The default is small so that a nearly full disk still serves test-sized data.
 
     Attributes once started: ``endpoint_url``, ``access_key``, ``secret_key``, ``env``
     (the AWS_* / MLFLOW_S3_ENDPOINT_URL variables a client process needs).
@@ -159,8 +171,10 @@ class SeaweedS3(_RetryingServer):
 
     def __init__(self, workdir: str | os.PathLike[str], access_key: str = "quicktune",
                  secret_key: str = "quicktune-secret", start_timeout: float = 90.0,
-                 extra_identities: list[dict[str, Any]] | None = None) -> None:
+                 extra_identities: list[dict[str, Any]] | None = None,
+                 min_free_space: str = "64MiB") -> None:
         self.workdir = Path(workdir)
+        self.min_free_space = min_free_space
         # more SeaweedFS identities, e.g. a reader limited to one bucket:
         # {"name": "r", "credentials": [{"accessKey": K, "secretKey": S}], "actions": ["Read:pub", "List:pub"]}
         self.extra_identities = list(extra_identities or [])
@@ -188,16 +202,22 @@ class SeaweedS3(_RetryingServer):
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"]}, *self.extra_identities]}))
         config.chmod(0o600)
-        master, volume, filer, s3, admin = free_port_pair(5)
-        self.ports = dict(master=master, volume=volume, filer=filer, s3=s3, admin=admin)
-        cmd = [_executable("weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               f"-s3.config={config}", "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
-               "-s3.port.iceberg=0", "-s3.port.lance=0",
+        master, volume, filer, s3 = free_port_pair(4)
+        self.ports = dict(master=master, volume=volume, filer=filer, s3=s3)
+        # -logtostderr: glog's files would otherwise pile up in the system temp folder.
+        cmd = [_executable("weed"), "-logtostderr", "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               "-filer", "-s3", "-iam=false", f"-s3.config={config}", "-master.telemetry=false",
+               "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.preStopSeconds=1",
                # Capacity must not depend on the machine's free disk: by default the volume count
                # is free space / volume size, and each bucket (a collection) grows several volumes
                # on its first write, so on a machine with ~12 GiB free a later bucket got "No
                # writable volumes" (HTTP 500). Volumes are sparse files; test data is small.
-               "-volume.max=256", "-master.volumeSizeLimitMB=64"]
+               "-volume.max=256", "-master.volumeSizeLimitMB=64",
+               # Nor on the disk's size: by default a volume server turns read-only below 1 % free
+               # (2.5 GiB of a 252 GiB disk), and every write fails with HTTP 500 InternalError
+               # (a CI run that started with 2.8 GiB free saw "volume is read only" five minutes in,
+               # and every later S3 test failed). ``weed mini`` has no flag for it: ``weed server``.
+               f"-volume.minFreeSpace={self.min_free_space}"]
         for name, port in self.ports.items():
             cmd += [f"-{name}.port={port}", f"-{name}.port.grpc={port + 10000}"]
         self.endpoint_url = f"http://127.0.0.1:{s3}"
@@ -205,25 +225,54 @@ class SeaweedS3(_RetryingServer):
         self._wait_ready()
 
     def _wait_ready(self) -> None:
+        """Ready means a write goes through, not only that the gateway answers: a volume server
+        that registered no writable capacity (read-only for lack of disk, or not yet joined) lets
+        ``ListBuckets`` succeed and fails every ``PutObject`` with HTTP 500."""
         from botocore import exceptions as bx
 
         deadline = time.monotonic() + self.start_timeout
-        client = self.client(max_attempts=1)
+        # A server with no writable volume holds a write past a 30 s client timeout (seen here).
+        client = self.client(max_attempts=1, read_timeout=5)
         last: Exception | None = None
+        answered = False
         while time.monotonic() < deadline:
             if not self._process.alive():
-                raise self._process.fail("did not start")
+                raise self._process.fail("did not start", exited_at_once=True)
             try:
                 client.list_buckets()
+                answered = True
+                self._write_probe(client)
                 return
             except (bx.BotoCoreError, bx.ClientError) as exc:
                 last = exc
                 time.sleep(0.3)
         self.stop()
+        if answered:
+            free = shutil.disk_usage(self.workdir).free / 2**30
+            raise self._process.fail(
+                f"answered but could not store an object within {self.start_timeout:.0f} s (last error: {last}); "
+                f"{free:.2f} GiB free on the disk of {self.workdir} (volumes turn read-only below "
+                f"min_free_space={self.min_free_space})")
         raise self._process.fail(f"was not ready within {self.start_timeout:.0f} s (last error: {last})")
 
+    @staticmethod
+    def _write_probe(client: Any) -> None:
+        from botocore import exceptions as bx
+
+        bucket = "quicktune-ready-probe"
+        try:
+            client.create_bucket(Bucket=bucket)
+        except bx.ClientError as exc:  # left by an earlier probe whose write failed
+            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+        client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
+        client.delete_object(Bucket=bucket, Key="probe")
+        client.delete_bucket(Bucket=bucket)
+
     def stop(self) -> None:
-        self._process.stop(timeout=8)  # test data: no need to wait for a graceful flush past that
+        # The volume server has flushed and stopped ~1 s after SIGTERM; the filer then waits ~15 s
+        # on its open connections before exiting. Test data: no need to wait for that.
+        self._process.stop(timeout=4)
         if self._process.alive():
             return
         # Only this server's sockets (named after its ports): other SeaweedFS servers, e.g. in a
@@ -250,7 +299,8 @@ class SeaweedS3(_RetryingServer):
             "MLFLOW_S3_ENDPOINT_URL": self.endpoint_url,
         }
 
-    def client(self, access_key: str | None = None, secret_key: str | None = None, max_attempts: int = 3) -> Any:
+    def client(self, access_key: str | None = None, secret_key: str | None = None, max_attempts: int = 3,
+               read_timeout: float = 30.0) -> Any:
         """A boto3 S3 client for this server (path-style, SigV4)."""
         import boto3
         from botocore.config import Config
@@ -261,7 +311,7 @@ class SeaweedS3(_RetryingServer):
             aws_secret_access_key=secret_key or self.secret_key,
             config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
                           retries={"max_attempts": max_attempts, "mode": "standard"},
-                          connect_timeout=3, read_timeout=30))
+                          connect_timeout=3, read_timeout=read_timeout))
 
     def create_bucket(self, name: str) -> str:
         """Create ``name`` if it does not exist yet; returns ``s3://name``."""
@@ -327,7 +377,7 @@ class MlflowServer(_RetryingServer):
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if not self._process.alive():
-                raise self._process.fail("did not start")
+                raise self._process.fail("did not start", exited_at_once=True)
             try:
                 with urllib.request.urlopen(f"{self.tracking_uri}/health", timeout=2) as resp:
                     if resp.status == 200:
