@@ -52,6 +52,42 @@ def test_transient_errors_are_told_from_bad_requests():
     assert not is_transient(ValueError("a bug"))
 
 
+def _upload_failing_with(tmp_path, code: str, status: int) -> BaseException:
+    """What boto3's ``upload_file`` (MLflow's S3 artifact store) raises when S3 answers ``code``."""
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.session.Session().client("s3", region_name="us-east-1", aws_access_key_id="k",
+                                            aws_secret_access_key="s")
+    (tmp_path / "f.json").write_text("{}")
+    with Stubber(client) as stub:
+        stub.add_client_error("put_object", service_error_code=code, http_status_code=status)
+        with pytest.raises(Exception) as err:
+            client.upload_file(str(tmp_path / "f.json"), "bkt", "f.json")
+    return err.value
+
+
+def test_an_s3_upload_answered_with_500_is_transient_even_wrapped(tmp_path):
+    """An S3 gateway whose backend is going down answers PutObject with 500 InternalError (seen with
+    SeaweedFS while it stops: filer gone, gateway still up). boto3 reports that as
+    ``S3UploadFailedError`` raised while handling the ``ClientError``; a search once died on it
+    instead of retrying. The error's own status decides, wherever it sits in the chain."""
+    from boto3.exceptions import S3UploadFailedError
+
+    internal = _upload_failing_with(tmp_path, "InternalError", 500)
+    assert isinstance(internal, S3UploadFailedError) and internal.__cause__ is None  # only in __context__
+    assert is_transient(internal)
+    assert not is_transient(_upload_failing_with(tmp_path, "AccessDenied", 403))
+    assert not is_transient(_upload_failing_with(tmp_path, "NoSuchBucket", 404))
+    try:  # an error of our own raised while handling a network error is not a network error
+        try:
+            raise ConnectionError("refused")
+        except ConnectionError:
+            raise ValueError("the answer made no sense")
+    except ValueError as exc:
+        assert not is_transient(exc)
+
+
 def test_tag_write_races_are_told_from_other_bad_requests():
     from mlflow.exceptions import RestException
 

@@ -30,8 +30,36 @@ class InfrastructureError(RuntimeError):
     """A tracking or storage service stayed unreachable after all retries."""
 
 
+_CLIENT_WRAPPERS = ("boto3", "s3transfer", "botocore", "mlflow")
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: network failures and 5xx answers, not bad requests."""
+    """Errors worth retrying: network failures and 5xx answers, not bad requests.
+
+    The chain of causes is read too: boto3's upload helpers (what MLflow's S3 artifact store calls)
+    raise ``S3UploadFailedError`` while handling the ``ClientError`` that carries the HTTP status,
+    so an S3 gateway answering 500 ``InternalError`` (its backend restarting) only shows as such in
+    ``__context__``. The first exception in the chain whose kind tells its answer decides. An
+    implicit ``__context__`` is followed only out of the client libraries' own wrappers: elsewhere
+    an error raised while handling a network error (a ``ValueError`` for a bad answer, say) is an
+    error of its own, not a retryable one.
+    """
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and len(chain) < 6 and all(link is not seen for seen in chain):
+        chain.append(link)
+        wrapper = type(link).__module__.split(".")[0] in _CLIENT_WRAPPERS
+        link = link.__cause__ or (link.__context__ if wrapper and not link.__suppress_context__ else None)
+    for link in chain:
+        verdict = _transient_by_kind(link)
+        if verdict is not None:
+            return verdict
+    text = " ".join(f"{type(link).__name__}: {link}".lower() for link in chain)
+    return any(w in text for w in _TRANSIENT_WORDS)
+
+
+def _transient_by_kind(exc: BaseException) -> bool | None:
+    """True/False where the exception's type and codes decide; None where only its text can tell."""
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     try:
@@ -65,10 +93,7 @@ def is_transient(exc: BaseException) -> bool:
                 return False
     except ImportError:  # pragma: no cover
         pass
-    text = f"{type(exc).__name__}: {exc}".lower()
-    if exc.__cause__ is not None and exc.__cause__ is not exc:
-        text += " " + f"{type(exc.__cause__).__name__}: {exc.__cause__}".lower()
-    return any(w in text for w in _TRANSIENT_WORDS)
+    return None
 
 
 _WRITE_RACE_WORDS = ("unique constraint failed", "integrityerror", "duplicate entry", "duplicate key value")
