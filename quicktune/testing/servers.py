@@ -255,16 +255,9 @@ class SeaweedS3(_RetryingServer):
                 f"min_free_space={self.min_free_space})")
         raise self._process.fail(f"was not ready within {self.start_timeout:.0f} s (last error: {last})")
 
-    @staticmethod
-    def _write_probe(client: Any) -> None:
-        from botocore import exceptions as bx
-
+    def _write_probe(self, client: Any) -> None:
         bucket = "quicktune-ready-probe"
-        try:
-            client.create_bucket(Bucket=bucket)
-        except bx.ClientError as exc:  # left by an earlier probe whose write failed
-            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise
+        self.create_bucket(bucket, client)  # may be left by an earlier probe whose write failed
         client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
         client.delete_object(Bucket=bucket, Key="probe")
         client.delete_bucket(Bucket=bucket)
@@ -313,11 +306,11 @@ class SeaweedS3(_RetryingServer):
                           retries={"max_attempts": max_attempts, "mode": "standard"},
                           connect_timeout=3, read_timeout=read_timeout))
 
-    def create_bucket(self, name: str) -> str:
+    def create_bucket(self, name: str, client: Any = None) -> str:
         """Create ``name`` if it does not exist yet; returns ``s3://name``."""
         from botocore import exceptions as bx
 
-        client = self.client()
+        client = client or self.client()
         try:
             client.create_bucket(Bucket=name)
         except bx.ClientError as exc:
