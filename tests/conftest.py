@@ -10,8 +10,6 @@ Data:
                      10 classes x 30 images, 16x16 grayscale PNG (session-scoped, read-only by convention)
 
 Always on:
-  * the report header (without -q) states the free disk space (a CI run on a nearly full disk failed every
-    S3 test; the header makes that visible at once);
   * torch uses one thread (the CI machine has 2 cores shared by parallel work);
   * HF_HUB_OFFLINE=1: nothing may download weights during tests.
 """
@@ -20,8 +18,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,15 +30,6 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # no 1 s IMDS probes
 # --------------------------------------------------------------------------------------------
 # always on
 # --------------------------------------------------------------------------------------------
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    """Free disk for the temp folder (servers' data, checkpoints) and the checkout (the venv)."""
-    lines = []
-    for what, path in (("temp", tempfile.gettempdir()), ("checkout", str(config.rootpath))):
-        usage = shutil.disk_usage(path)
-        lines.append(f"disk ({what}, {path}): {usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.0f} GiB")
-    return lines
-
-
 @pytest.fixture(autouse=True)
 def _torch_single_thread():
     """One intra-op thread per test process (oversubscribing 2 cores slows training 10-30x)."""

@@ -78,14 +78,6 @@ def test_a_server_whose_volumes_are_read_only_fails_to_start_and_says_why(tmp_pa
     assert not server._process.alive()
 
 
-def test_the_default_minimum_free_space_is_what_the_server_is_started_with(s3_server):
-    """The session server writes (every S3 test shows it); this pins the flag that makes it so on a
-    disk with under 1 % free, which no test here can fill."""
-    assert s3_server.min_free_space == "64MiB"
-    cmdline = open(f"/proc/{s3_server._process.proc.pid}/cmdline", "rb").read().split(b"\0")
-    assert b"-volume.minFreeSpace=64MiB" in cmdline and b"server" in cmdline
-
-
 def _socks() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "seaweedfs-*.sock")))
 
