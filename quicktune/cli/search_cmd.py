@@ -6,24 +6,22 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*$", re.I)
+from quicktune.durations import DurationError
+from quicktune.durations import parse_duration as _parse_duration
+
 
 
 def parse_duration(text: str) -> float:
-    """``90s``, ``20m``, ``4h``, ``1h30m``, ``45`` (seconds) -> seconds; anything else is an error."""
-    m = _DURATION.match(str(text))
-    if not text or not str(text).strip() or m is None or not any(m.groups()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (examples: 90s, 20m, 4h, 1h30m)")
-    h, mnt, s = (float(g) if g else 0.0 for g in m.groups())
-    seconds = h * 3600 + mnt * 60 + s
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be longer than 0 s")
-    return seconds
+    """argparse type for durations: the grammar of :mod:`quicktune.durations` (``90s``, ``20m``,
+    ``1h30m``, a number of seconds)."""
+    try:
+        return _parse_duration(text)
+    except DurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:

@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from quicktune.durations import DurationError, format_duration, parse_duration
+
 TAG_REQUEST = "quicktune.request"
 TAG_DATA = "quicktune.data"
 TAG_BUDGET = "quicktune.budget"
@@ -119,7 +121,7 @@ class SearchRequest:
 
     def search_args(self, tracking_uri: str) -> list[str]:
         """Arguments of ``quicktune search`` (after the subcommand) for this request."""
-        args = ["--data", self.data_uri, "--budget", f"{self.budget_seconds:g}s", "--space", self.space,
+        args = ["--data", self.data_uri, "--budget", format_duration(self.budget_seconds), "--space", self.space,
                 "--workers", str(self.workers), "--max-epochs", str(self.max_epochs),
                 "--search-id", self.search_id, "--model-name", self.model_name,
                 "--tracking-uri", tracking_uri, "--experiment", self.experiment, "--no-progress"]
@@ -161,8 +163,6 @@ def parse_request(target: Target, *, experiment: str = "quicktune", max_workers:
     """Validate a request's tags; raise :class:`RequestError` with a reason a person can act on.
     The dataset is opened (as the search would) so an unknown or unreadable one is rejected now,
     not minutes later inside a search."""
-    from quicktune.cli.search_cmd import parse_duration  # the controller's own duration parser
-
     tags = target.tags
     data = tags.get(TAG_DATA, "").strip()
     if not data:
@@ -172,7 +172,7 @@ def parse_request(target: Target, *, experiment: str = "quicktune", max_workers:
         raise RequestError(f"tag {TAG_BUDGET} (e.g. 2h) is missing")
     try:
         budget = parse_duration(budget_text)
-    except Exception as exc:  # argparse.ArgumentTypeError
+    except DurationError as exc:
         raise RequestError(f"{TAG_BUDGET}: {exc}") from None
     workers = _positive_int(tags, TAG_WORKERS, 1, max_workers)
     max_epochs = _positive_int(tags, TAG_MAX_EPOCHS, 10, 1000)
