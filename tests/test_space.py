@@ -65,9 +65,29 @@ def test_config_id_is_stable_and_order_independent():
     ({"params": {"a": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}}, "low > 0"),
     ({"params": {"a": {"type": "categorical", "choices": []}}}, "non-empty list"),
     ({"params": {"a": {"type": "categorical", "choices": ["x", "x"]}}}, "duplicate"),
-    ({"params": {"a": {"type": "int", "low": 1, "high": 3, "only_active_with": {"b": [1]}}}}, "not defined before"),
+    ({"params": {"a": {"type": "int", "low": 1, "high": 3, "only_active_with": {"b": [1]}}}}, "not defined"),
     ({"params": {"a": {"choices": [1, 2], "colour": "red"}}}, "unknown keys"),
     ({"model_param": "m", "params": {"a": {"choices": [1, 2]}}}, "model_param"),
+    # conditions resolved by dependency: a cycle (or a self-condition) can never be sampled
+    ({"params": {"a": {"choices": [1, 2], "only_active_with": {"b": [1]}},
+                 "b": {"choices": [1, 2], "only_active_with": {"a": [1]}}}}, "cycle"),
+    ({"params": {"a": {"choices": [1, 2], "only_active_with": {"a": [1]}}}}, "itself"),
+    ({"params": {"a": {"choices": [1, 2]}, "b": {"type": "bool", "only_active_with": {"a": [3]}}}},
+     "not one of its values"),
+    ({"params": {"a": {"choices": [1, 2]}, "b": {"type": "bool", "only_active_with": {"a": []}}}}, "no values"),
+    ({"params": {"a": {"choices": [[1, 2], 3]}}}, "strings, numbers or booleans"),
+    ({"params": {"a": {"choices": [None, 3]}}}, "strings, numbers or booleans"),
+    ({"params": {"a": {"choices": [float("nan")]}}}, "finite"),
+    ({"params": {"a": {"type": "float", "low": 0.0, "high": float("inf")}}}, "finite"),
+    ({"params": {"a": {"type": "float", "low": 0.1, "high": 1.0, "log": "false"}}}, "'log'"),
+    ({"params": {1: {"choices": [1, 2]}}}, "non-empty strings"),
+    # an explicit order must be a permutation that keeps every parent before its children
+    ({"param_order": ["a"], "params": {"a": {"choices": [1]}, "b": {"choices": [1]}}}, "misses ['b']"),
+    ({"param_order": ["a", "b", "c"], "params": {"a": {"choices": [1]}, "b": {"choices": [1]}}}, "unknown"),
+    ({"param_order": ["a", "a"], "params": {"a": {"choices": [1]}}}, "twice"),
+    ({"param_order": "ab", "params": {"a": {"choices": [1]}}}, "list of parameter names"),
+    ({"param_order": ["b", "a"], "params": {"a": {"choices": [1]}, "b": {"choices": [1], "only_active_with": {"a": [1]}}}},
+     "puts 'b' before 'a'"),
 ])
 def test_space_validation_errors(doc, fragment):
     with pytest.raises(SpaceError) as ei:
@@ -96,10 +116,17 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_validate_and_sample(tmp_path):
     good = tmp_path / "good.yaml"
-    good.write_text("params:\n  model: {choices: [a, b]}\n  lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}\n"
-                    "  mom: {type: float, low: 0.0, high: 0.9, only_active_with: {model: [a]}}\n")
+    good.write_text("params:\n  model: {choices: [test_vit, resnet10t]}\n"
+                    "  lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}\n"
+                    "  momentum: {type: float, low: 0.0, high: 0.9, only_active_with: {model: [resnet10t]}}\n")
     r = _cli("space", "validate", str(good))
     assert r.returncode == 0 and "ok" in r.stdout and "1 conditional" in r.stdout
+    generic = tmp_path / "generic.yaml"  # well formed, but not knobs of the finetuning step
+    generic.write_text("params:\n  model: {choices: [a, b]}\n  mom: {type: float, low: 0.0, high: 0.9}\n")
+    r = _cli("space", "validate", str(generic))
+    assert r.returncode == 1 and "'mom'" in r.stderr and "unknown model 'a'" in r.stderr
+    r = _cli("space", "validate", "--syntax-only", str(generic))
+    assert r.returncode == 0, r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("params:\n  lr: {type: float, low: 1.0, high: 0.1}\n")
     r = _cli("space", "validate", str(bad))
@@ -112,3 +139,86 @@ def test_cli_validate_and_sample(tmp_path):
     for row in lines:
         space.validate(row["config"])
         assert row["config_id"] == config_id(row["config"])
+
+
+# --- defect 1 of issue 12: the space round trip through spec.json ---------------------------------
+@pytest.mark.parametrize("name", ["cpu", "paper"])
+def test_builtin_space_survives_spec_json(name):
+    """spec.json is written with sort_keys=True; sorted, 'auto_augment' came before its parent
+    'data_augmentation' and every resume of a search on a built-in space failed."""
+    space = load_space(f"builtin:{name}")
+    again = SearchSpace.from_dict(json.loads(json.dumps(space.to_dict(), sort_keys=True)))
+    assert again == space and again.names == space.names  # same order, hence the same sampling stream
+    assert again.sample_many(50, np.random.default_rng(7)) == space.sample_many(50, np.random.default_rng(7))
+
+
+def test_spec_json_of_the_old_format_still_loads():
+    """A spec.json written before 'param_order' existed (sorted keys): the conditions are resolved
+    by dependency, so the search can be resumed (with another parameter order)."""
+    space = load_space("builtin:cpu")
+    doc = space.to_dict()
+    del doc["param_order"]
+    old = SearchSpace.from_dict(json.loads(json.dumps(doc, sort_keys=True)))
+    assert set(old.names) == set(space.names) and old.names != space.names
+    for p in old.params:  # every parent before its children
+        assert all(old.names.index(parent) < old.names.index(p.name) for parent in p.only_active_with)
+    for c in old.sample_many(100, np.random.default_rng(0)):
+        space.validate(c)
+
+
+def test_dependency_order_keeps_declared_order_where_valid():
+    doc = {"params": {"x": {"choices": [1]}, "child": {"choices": [1], "only_active_with": {"parent": ["on"]}},
+                      "y": {"choices": [1]}, "parent": {"choices": ["on", "off"]}, "z": {"choices": [1]},
+                      "grandchild": {"type": "bool", "only_active_with": {"child": [1]}}}}
+    assert SearchSpace.from_dict(doc).names == ["x", "y", "parent", "child", "z", "grandchild"]
+
+
+def test_to_dict_is_plain_json():
+    """numpy scalars and tuples in a space become JSON types (spec.json is dumped with default=str,
+    which would have turned an np.int64 choice into the string '3')."""
+    space = SearchSpace.from_dict({"params": {
+        "a": {"choices": (np.int64(3), np.float64(0.5), np.str_("s"), np.bool_(True))},
+        "b": {"type": "float", "low": np.float64(0.1), "high": np.float64(1.0),
+              "only_active_with": {"a": (np.int64(3),)}}}})
+    doc = space.to_dict()
+    assert doc == json.loads(json.dumps(doc))
+    assert doc["params"]["a"]["choices"] == [3, 0.5, "s", True]
+    assert type(doc["params"]["a"]["choices"][0]) is int
+    assert SearchSpace.from_dict(json.loads(json.dumps(doc, sort_keys=True))) == space
+
+
+def test_config_ids_of_grid_values_are_unchanged():
+    """config_id now rounds floats to 9 significant digits (was 10): ids of every config of the
+    built-in grids (values of at most 8 digits) are what they were, so stored ids stay valid."""
+    import hashlib
+
+    def old_id(config):
+        canon = {k: (float(f"{v:.10g}") if isinstance(v, float) else v) for k, v in sorted(config.items())}
+        return hashlib.sha1(json.dumps(canon, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:12]
+
+    for name in ("cpu", "paper"):
+        for c in builtin_space(name).sample_many(200, np.random.default_rng(3)):
+            assert config_id(c) == old_id(c)
+    assert config_id({"lr": 9.0}) == config_id({"lr": 9.0 * (1 + 9e-11)})  # was different
+    assert config_id({"lr": 0.0}) == config_id({"lr": -0.0})
+
+
+def test_space_file_errors_never_echo_contents(tmp_path):
+    """A space reference may point at any readable file (a credentials file, say): say where the
+    problem is, never what the file holds."""
+    creds = tmp_path / "credentials"
+    creds.write_text("[default]\nkey = S3CR3T\n  nested: [unclosed\n")
+    with pytest.raises(SpaceError) as ei:
+        SearchSpace.from_yaml(creds)
+    assert "S3CR3T" not in str(ei.value) and "line 2" in str(ei.value)
+    binary = tmp_path / "blob.yaml"
+    binary.write_bytes(b"\xff\xfe\x00SECRETVALUE123")
+    with pytest.raises(SpaceError, match="UTF-8") as ei:
+        SearchSpace.from_yaml(binary)
+    assert "SECRETVALUE123" not in str(ei.value)
+    with pytest.raises(SpaceError, match="folder"):
+        SearchSpace.from_yaml(tmp_path)
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(SpaceError, match="larger than"):
+        SearchSpace.from_yaml(big)

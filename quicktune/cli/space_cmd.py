@@ -3,8 +3,12 @@
   quicktune space validate my_space.yaml
   quicktune space sample builtin:cpu -n 5 --seed 0
 
-``validate`` exits 0 and prints a one-line summary when the file is valid, 1 with the error
-(naming the file and parameter) when it is not. ``sample`` prints one JSON object per line:
+``validate`` exits 0 and prints a one-line summary when the file is valid, 1 with the errors
+(naming the file and parameter) when it is not. Valid means well formed *and* trainable: every
+parameter is a knob of the finetuning step (docs/search-space.md), every value is one the step
+accepts (e.g. ``lr > 0``, ``batch_size >= 1``, fractions in [0, 1], known optimizers and
+schedules), and every model is known to the model hub / timm (no download). ``--syntax-only``
+checks the format alone (for spaces used with learning-curve tables, not with the step). ``sample`` prints one JSON object per line:
 ``{"config_id": ..., "config": {...}}`` with only the active parameters (conditions respected).
 """
 
@@ -22,6 +26,8 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="space_command", metavar="ACTION")
     v = sub.add_parser("validate", help="check a space file; exit 1 with the error if it is invalid")
     v.add_argument("file", metavar="FILE", help="space YAML file (or builtin:NAME)")
+    v.add_argument("--syntax-only", action="store_true",
+                   help="check the format only, not that the finetuning step accepts every knob, value and model")
     v.set_defaults(handler=_validate)
     s = sub.add_parser("sample", help="print N distinct configs sampled from a space, one JSON per line",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -43,6 +49,10 @@ def _validate(args: argparse.Namespace) -> int:
 
     try:
         space = _load(args.file)
+        if not args.syntax_only:
+            from quicktune.finetune.space_check import check_space_for_step
+
+            check_space_for_step(space, source=args.file)
     except SpaceError as exc:
         print(f"invalid: {exc}", file=sys.stderr)
         return 1
