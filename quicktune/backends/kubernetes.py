@@ -17,6 +17,12 @@ What a step Job looks like (see ``build_job``):
   (the Job is then created suspended and Kueue admits it);
 * credentials only from Secrets (``envFrom.secretRef`` / ``secretKeyRef``); inline env values
   that look like credentials are refused;
+* every ``command``/``args`` string and every ``env[].value`` is passed through
+  ``escape_kubelet_refs`` (``$`` -> ``$$``): the kubelet expands ``$(VAR)`` in those fields from the
+  container's env -- which holds the Secrets -- so a dataset URI or a config value containing
+  ``$(AWS_SECRET_ACCESS_KEY)`` would otherwise be replaced by the key itself. Escaped, the container
+  receives exactly the original string. No generated field references an env var on purpose (the
+  step script reads its env with the shell, ``"$VAR"``, after the kubelet);
 * a non-root, read-only-root-filesystem pod with ``emptyDir`` volumes for ``/tmp`` (config,
   caches) and ``/dev/shm`` (DataLoader workers);
 * ``activeDeadlineSeconds``, ``backoffLimit``, ``ttlSecondsAfterFinished``, restartPolicy Never and
@@ -63,7 +69,8 @@ from quicktune.backends.base import (CANCELLED, FAILED, PENDING, RUNNING, SUCCEE
 log = logging.getLogger(__name__)
 
 __all__ = ["KubernetesBackend", "backend_from_env", "ENV_SETTINGS", "build_job", "sanitize_label_value", "FAIL_FAST_EXIT_CODES", "STEP_CONTAINER",
-           "looks_secret", "LABEL_SEARCH", "LABEL_CONFIG", "LABEL_EPOCH"]
+           "looks_secret", "LABEL_SEARCH", "LABEL_CONFIG", "LABEL_EPOCH", "escape_kubelet_refs", "kubelet_literal",
+           "RESTRICTED_CONTAINER_SECURITY", "RESTRICTED_POD_SECURITY"]
 
 STEP_CONTAINER = "step"
 FAIL_FAST_EXIT_CODES = (137,)
@@ -84,6 +91,46 @@ STEP_SCRIPT = ('set -eu; mkdir -p "$QUICKTUNE_WORKDIR"; '
 
 _SECRET_NAME_RE = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_KEY|CREDENTIAL|PRIVATE|API_KEY", re.I)
 _LABEL_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+# The Pod Security Standards' "restricted" profile, in the form every generated pod uses (step Jobs
+# here, controller Jobs in quicktune.watch.launchers): non-root uid 1000, no privilege escalation, no
+# capabilities, the runtime's default seccomp profile, and a read-only root filesystem (not required
+# by the profile; /tmp is an emptyDir).
+RESTRICTED_POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def escape_kubelet_refs(value: str) -> str:
+    """``value`` with every ``$`` doubled, so the kubelet delivers it unchanged.
+
+    Why: the kubelet expands ``$(NAME)`` in a container's ``command``, ``args`` and ``env[].value``
+    from the container's environment, Secrets included (``$$`` is its escape for a literal ``$``).
+    Any string that did not come from the manifest's author -- a dataset URI, a model or experiment
+    name typed in the MLflow UI, a search-space value -- must go through here, or a name like
+    ``clf-$(AWS_SECRET_ACCESS_KEY)`` is delivered as the secret itself. After escaping, every ``$`` is
+    followed by another one, so no reference survives and the expansion yields ``value`` exactly.
+    """
+    return str(value).replace("$", "$$")
+
+
+def kubelet_literal(container: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a container spec whose ``command``, ``args`` and ``env[].value`` strings are all
+    escaped with :func:`escape_kubelet_refs` (``valueFrom`` entries are never expanded by the
+    kubelet and stay as they are). The one place every generated pod spec goes through."""
+    out = copy.deepcopy(dict(container))
+    for key in ("command", "args"):
+        if key in out:
+            out[key] = [escape_kubelet_refs(a) for a in out[key]]
+    if "env" in out:
+        out["env"] = [{**e, "value": escape_kubelet_refs(e["value"])} if "value" in e else e for e in out["env"]]
+    return out
 
 
 def looks_secret(env_name: str) -> bool:
@@ -145,8 +192,9 @@ def build_job(request: StepRequest, *, namespace: str, image: str, gpu: int = 0,
     if kueue_queue:
         job_labels[KUEUE_QUEUE_LABEL] = sanitize_label_value(kueue_queue)
     device = "cuda" if gpu > 0 else request.device
-    args = ["--data", request.data_uri, "--to-epoch", str(int(request.to_epoch)),
-            "--checkpoint-dir", request.checkpoint_dir, "--out", _result_uri(request),
+    # free-form values as --flag=value: a value starting with "-" is never parsed as an option
+    args = [f"--data={request.data_uri}", "--to-epoch", str(int(request.to_epoch)),
+            f"--checkpoint-dir={request.checkpoint_dir}", f"--out={_result_uri(request)}",
             "--device", device, "--seed", str(int(request.seed))]
     if request.image_size:
         args += ["--image-size", str(int(request.image_size))]
@@ -182,15 +230,7 @@ def build_job(request: StepRequest, *, namespace: str, image: str, gpu: int = 0,
         "args": args,
         "env": env_list,
         "resources": resources,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(RESTRICTED_CONTAINER_SECURITY),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -198,15 +238,9 @@ def build_job(request: StepRequest, *, namespace: str, image: str, gpu: int = 0,
         container["envFrom"] = [{"secretRef": {"name": s}} for s in secret_names]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
+        "automountServiceAccountToken": False,  # a step never calls the API server
+        "securityContext": copy.deepcopy(RESTRICTED_POD_SECURITY),
+        "containers": [kubelet_literal(container)],
         "volumes": [
             {"name": "tmp", "emptyDir": {}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},

@@ -19,11 +19,21 @@ with ``DisruptionTarget`` -> Ignore and exit-code rules, ``activeDeadlineSeconds
 ``ttlSecondsAfterFinished``, ``suspend``, owner garbage collection) and the **kubelet**: a pod's
 container ``command``/``args`` run as a local subprocess with the pod's env, where ``envFrom`` and
 ``secretKeyRef`` resolve against Secrets stored in the fake (a missing Secret leaves the pod in
-``CreateContainerConfigError``, as on a real node). The image's entrypoint maps to the local
+``CreateContainerConfigError``, as on a real node). ``$(VAR)`` references in ``env[].value``,
+``command`` and ``args`` are expanded exactly as the kubelet does (``expand``: the env the pod
+declares, Secrets from ``envFrom`` included, defined-before order for env entries, ``$$`` -> ``$``),
+so a generated pod spec that forgets to escape a user-supplied string leaks the Secret in a test as
+it would on a cluster (``container_argv`` shows what the process got). The image's entrypoint maps to the local
 venv's ``quicktune`` command. ``emptyDir`` volumes become a private folder per pod; as there
 is no mount namespace, values of the container's ``env`` that start with a mount path are
 rewritten to that folder (args are not). ``preempt()`` kills a pod the way the
 scheduler's preemption does (``DisruptionTarget`` condition, then SIGTERM/SIGKILL).
+
+**Pod Security Admission**: a namespace labelled with ``add_namespace(ns, {"pod-security.kubernetes.io/
+enforce": "restricted"})`` gets the Pod Security Standards' checks (``pod_security_violations``) on
+every pod the Job controller creates (a violating pod is refused and recorded in
+``admission_denials``; the Job stays without pods) and, with ``.../warn``, a ``Warning`` header on
+Job creations whose template would violate.
 
 Limits (by design): one namespace-agnostic node, no RBAC, no admission webhooks, no real
 resource isolation (a "GPU" is only a counter), second-precision timestamps. Tests using it are
@@ -49,7 +59,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import parse_qs, urlparse
 
-__all__ = ["FakeCluster", "FakeClusterError"]
+__all__ = ["FakeCluster", "FakeClusterError", "expand", "pod_security_violations"]
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -114,6 +124,8 @@ class _PodRuntime:
         self.proc: subprocess.Popen[bytes] | None = None
         self.kill_reason: str | None = None  # "preempted" | "deadline" | "deleted" | "oom"
         self.killed_at: float | None = None
+        self.argv: list[str] | None = None  # the container's argv after the kubelet's $(VAR) expansion
+        self.declared_env: dict[str, str] = {}  # the env the pod spec declares, as the kubelet resolved it
 
 
 class FakeCluster:
@@ -156,6 +168,9 @@ class FakeCluster:
         self._watch_generation = 0
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.namespace_labels: dict[str, dict[str, str]] = {}
+        self.admission_denials: list[tuple[str, str]] = []  # (namespace/job, message): pods PSA refused
+        self.warnings: list[str] = []  # PodSecurity warnings sent with Job creations (warn label)
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}
         self.configmaps: dict[tuple[str, str], dict[str, str]] = {}
         self._job_events: list[tuple[int, str, dict[str, Any]]] = []
@@ -223,6 +238,19 @@ class FakeCluster:
         return client.ApiClient(cfg)
 
     # ---------------------------------------------------------------------- test-facing controls
+    def add_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> None:
+        """Label a namespace, e.g. with ``pod-security.kubernetes.io/enforce: restricted``: Pod
+        Security Admission then checks every pod the Job controller creates there (a violating pod
+        is refused, the Job stays without pods, as on a real cluster) and ``warn`` answers Job
+        creations with a ``Warning`` header for a violating pod template."""
+        self.namespace_labels[name] = dict(labels or {})
+
+    def container_argv(self, pod_name: str, namespace: str = "default") -> list[str] | None:
+        """The argv a pod's container was started with, after the kubelet's ``$(VAR)`` expansion."""
+        with self._lock:
+            rt = self._runtime.get((namespace, pod_name))
+            return None if rt is None or rt.argv is None else list(rt.argv)
+
     def add_secret(self, name: str, data: Mapping[str, str], namespace: str = "default") -> None:
         self.secrets[(namespace, name)] = {k: str(v) for k, v in data.items()}
 
@@ -349,6 +377,17 @@ class FakeCluster:
         self.validated_objects += 1
         _semantic_checks(obj)
 
+    def _pod_security(self, namespace: str, mode: str, pod: Mapping[str, Any]) -> str:
+        """Pod Security Admission for ``mode`` (enforce | warn) in a labelled namespace: the
+        violations of the level the namespace sets (as one message), or "" if none or unlabelled."""
+        level = self.namespace_labels.get(namespace, {}).get(f"pod-security.kubernetes.io/{mode}", "privileged")
+        if level == "privileged":
+            return ""
+        problems = pod_security_violations(pod.get("spec") or {}, level, pod.get("metadata"))
+        if not problems:
+            return ""
+        return f'violates PodSecurity "{level}:latest": ' + "; ".join(problems)
+
     # ------------------------------------------------------------------------------ API logic
     def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         if body.get("apiVersion") != "batch/v1" or body.get("kind") != "Job":
@@ -358,6 +397,9 @@ class FakeCluster:
             raise _Reject(400, "BadRequest", "the namespace of the object does not match the namespace of the URL")
         self.validate(body)
         name = meta["name"]
+        warnings = self._pod_security(namespace, "warn", (body.get("spec") or {}).get("template") or {})
+        if warnings:
+            self.warnings.append(f"Job {namespace}/{name}: {warnings}")
         with self._lock:
             if (namespace, name) in self.jobs:
                 raise _Reject(409, "AlreadyExists", f'jobs.batch "{name}" already exists',
@@ -508,7 +550,8 @@ class FakeCluster:
         active = [p for p in pods if p["status"].get("phase") in ("Pending", "Running")]
         if not active and time.monotonic() >= internal["next_pod_at"]:
             self._create_pod(key, job)
-            active = [1]
+            active = [p for p in (self.pods[k] for k in self._pod_keys(key))
+                      if p["status"].get("phase") in ("Pending", "Running")]
         status["active"] = len(active)
         status["ready"] = sum(1 for p in pods if p["status"].get("phase") == "Running")
         if not status["active"]:
@@ -552,6 +595,11 @@ class FakeCluster:
                "spec": tmpl["spec"], "status": {"phase": "Pending", "conditions": []}}
         self.validate({k: v for k, v in pod.items() if k != "status"} | {"metadata": {
             k: v for k, v in pod["metadata"].items() if k not in ("uid", "creationTimestamp")}})
+        denied = self._pod_security(ns, "enforce", pod)
+        if denied:  # the Job controller's create is refused (event FailedCreate); it retries later
+            self.admission_denials.append((f"{ns}/{jname}", denied))
+            self._job_internal[job_key]["next_pod_at"] = time.monotonic() + max(self.retry_delay, 1.0)
+            return
         self._bump(pod)
         self.pods[(ns, pname)] = pod
         folder = self.workdir / "pods" / pname
@@ -666,9 +714,12 @@ class FakeCluster:
                     return host + value[len(path):]
             return value
 
-        env: dict[str, str] = {"PATH": self.path,
-                               "LANG": "C.UTF-8", "HOSTNAME": pod["metadata"]["name"]}
-        env.update(self.node_env)
+        # What the kubelet does (pkg/kubelet makeEnvironmentVariables): envFrom first, unexpanded; then
+        # each env entry in order, a plain value expanded against what is defined so far (envFrom and
+        # earlier entries), valueFrom values taken as they are; command and args are then expanded
+        # against the container's whole env. The image's own env (here PATH, LANG, HOSTNAME and
+        # node_env) is not known to the kubelet and takes no part in expansion.
+        declared: dict[str, str] = {}
         for src in c.get("envFrom") or []:
             prefix = src.get("prefix", "")
             if "secretRef" in src:
@@ -677,10 +728,10 @@ class FakeCluster:
             else:
                 data = self._lookup(self.configmaps, ns, src["configMapRef"]["name"], "configmap",
                                     src["configMapRef"].get("optional", False))
-            env.update({prefix + k: v for k, v in data.items()})
+            declared.update({prefix + k: v for k, v in data.items()})
         for e in c.get("env") or []:
-            if "value" in e:
-                env[e["name"]] = rewrite(e["value"])
+            if e.get("value"):
+                declared[e["name"]] = expand(e["value"], declared)
             elif "valueFrom" in e:
                 vf = e["valueFrom"]
                 if "secretKeyRef" in vf or "configMapKeyRef" in vf:
@@ -692,21 +743,28 @@ class FakeCluster:
                             continue
                         raise _Reject(422, "Invalid", f"couldn't find key {ref['key']} in {kind.capitalize()} "
                                                       f"{ns}/{ref['name']}")
-                    env[e["name"]] = data[ref["key"]]
+                    declared[e["name"]] = data[ref["key"]]
                 elif "fieldRef" in vf:
                     field = vf["fieldRef"]["fieldPath"]
-                    env[e["name"]] = {"metadata.name": pod["metadata"]["name"], "metadata.namespace": ns,
-                                      "metadata.uid": pod["metadata"]["uid"]}.get(field, "")
+                    labels = pod["metadata"].get("labels") or {}
+                    label = re.fullmatch(r"metadata\.labels\['([^']+)'\]", field)
+                    declared[e["name"]] = (labels.get(label.group(1), "") if label else
+                                           {"metadata.name": pod["metadata"]["name"], "metadata.namespace": ns,
+                                            "metadata.uid": pod["metadata"]["uid"]}.get(field, ""))
             else:
-                env[e["name"]] = ""
-        args = [_expand(a, env) for a in c.get("args") or []]
+                declared[e["name"]] = ""
+        args = [expand(a, declared) for a in c.get("args") or []]
         if c.get("command"):
-            command = [_expand(a, env) for a in c["command"]]
+            command = [expand(a, declared) for a in c["command"]]
             if command[0] == "quicktune":
                 command = self.quicktune_cmd + command[1:]
             argv = command + args
         else:
             argv = list(self.entrypoints.get(c["image"], self.quicktune_cmd)) + args
+        env: dict[str, str] = {"PATH": self.path, "LANG": "C.UTF-8", "HOSTNAME": pod["metadata"]["name"]}
+        env.update(self.node_env)
+        env.update({k: rewrite(v) for k, v in declared.items()})
+        rt.argv, rt.declared_env = list(argv), dict(declared)
         return argv, env, str(rt.folder)
 
     def _lookup(self, store: Mapping[tuple[str, str], dict[str, str]], ns: str, name: str, kind: str,
@@ -781,9 +839,43 @@ def _flag(query: Mapping[str, list[str]], name: str) -> bool:
     return (query.get(name) or ["false"])[0].lower() in ("true", "1", "t")
 
 
-def _expand(value: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion in command and args."""
-    return re.sub(r"\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
+def expand(value: str, env: Mapping[str, str]) -> str:
+    """The kubelet's ``$(VAR)`` expansion (k8s.io/kubernetes ``third_party/forked/golang/expansion``
+    ``Expand`` with ``MappingFuncFor(env)``), character for character.
+
+    ``$(NAME)`` becomes ``env[NAME]`` when NAME is defined (whatever NAME contains, up to the first
+    ``)``; the value is not expanded again) and stays ``$(NAME)`` when it is not; ``$$`` becomes
+    ``$`` (so ``$$(NAME)`` is the literal ``$(NAME)``); a ``$`` followed by anything else, an
+    unterminated ``$(`` and a ``$`` at the very end are kept as they are.
+    """
+    out: list[str] = []
+    checkpoint = 0
+    cursor = 0
+    n = len(value)
+    while cursor < n:
+        if value[cursor] == "$" and cursor + 1 < n:
+            out.append(value[checkpoint:cursor])
+            nxt = value[cursor + 1]
+            if nxt == "$":  # escaped operator
+                out.append("$")
+                advance = 1
+            elif nxt == "(":
+                close = value.find(")", cursor + 2)
+                if close < 0:  # incomplete reference: keep "$(" and go on after it
+                    out.append("$(")
+                    advance = 1
+                else:
+                    name = value[cursor + 2:close]
+                    out.append(env[name] if name in env else f"$({name})")
+                    advance = close - cursor
+            else:  # not an expression: the operator and the next character
+                out.append("$" + nxt)
+                advance = 1
+            cursor += advance
+            checkpoint = cursor + 1
+        cursor += 1
+    return "".join(out) + value[checkpoint:]
+
 
 
 def _tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
@@ -834,6 +926,114 @@ def _pod_failure_action(policy: Mapping[str, Any] | None, pod: Mapping[str, Any]
             if (req["operator"] == "In" and inside) or (req["operator"] == "NotIn" and not inside and code != 0):
                 return rule["action"], i
     return "Count", -1
+
+
+# Pod Security Standards (https://kubernetes.io/docs/concepts/security/pod-security-standards/), the
+# checks of k8s.io/pod-security-admission for the levels "baseline" and "restricted" (latest).
+_BASELINE_CAPS = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
+                  "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+_SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+                 "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                 "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+                 "net.ipv4.tcp_keepalive_probes"}
+_SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+_RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                       "projected", "secret"}
+
+
+def pod_security_violations(spec: Mapping[str, Any], level: str = "restricted",
+                            metadata: Mapping[str, Any] | None = None) -> list[str]:
+    """The ways a pod spec breaks the Pod Security Standard ``level`` ("baseline" or "restricted";
+    "privileged" allows everything), one readable line each; empty when the pod is admitted.
+
+    Used by the fake API server (namespaces labelled ``pod-security.kubernetes.io/enforce``) and by
+    tests that check every pod template quicktune generates or ships."""
+    if level not in ("privileged", "baseline", "restricted"):
+        raise ValueError(f"unknown Pod Security level {level!r}")
+    if level == "privileged":
+        return []
+    out: list[str] = []
+    containers = [(kind, c) for kind in ("initContainers", "containers", "ephemeralContainers")
+                  for c in spec.get(kind) or []]
+    psc = spec.get("securityContext") or {}
+    # --- baseline
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            out.append(f"host namespaces ({key}=true)")
+    if (psc.get("windowsOptions") or {}).get("hostProcess"):
+        out.append("hostProcess (pod windowsOptions.hostProcess=true)")
+    for v in spec.get("volumes") or []:
+        if "hostPath" in v:
+            out.append(f"hostPath volumes (volume {v.get('name')!r})")
+    for sysctl in psc.get("sysctls") or []:
+        if sysctl.get("name") not in _SAFE_SYSCTLS:
+            out.append(f"forbidden sysctls ({sysctl.get('name')})")
+    annotations = (metadata or {}).get("annotations") or {}
+    for key, value in annotations.items():
+        if key.startswith("container.apparmor.security.beta.kubernetes.io/") and value != "runtime/default" \
+                and not str(value).startswith("localhost/"):
+            out.append(f"forbidden AppArmor profile ({key}={value})")
+
+    def selinux(where: str, opts: Mapping[str, Any] | None) -> None:
+        if opts and (opts.get("type", "") not in _SELINUX_TYPES or opts.get("user") or opts.get("role")):
+            out.append(f"seLinuxOptions ({where})")
+
+    def apparmor(where: str, sc: Mapping[str, Any]) -> None:
+        if (sc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+            out.append(f"forbidden AppArmor profile ({where}: Unconfined)")
+
+    selinux("pod", psc.get("seLinuxOptions"))
+    apparmor("pod", psc)
+    pod_seccomp = (psc.get("seccompProfile") or {}).get("type")
+    if pod_seccomp == "Unconfined":
+        out.append("seccompProfile (pod: Unconfined)")
+    for kind, c in containers:
+        name, sc = c.get("name"), c.get("securityContext") or {}
+        where = f"{kind[:-1]} {name!r}"
+        if sc.get("privileged"):
+            out.append(f"privileged ({where})")
+        added = set((sc.get("capabilities") or {}).get("add") or [])
+        if added - _BASELINE_CAPS:
+            out.append(f"non-default capabilities ({where}: {sorted(added - _BASELINE_CAPS)})")
+        for port in c.get("ports") or []:
+            if port.get("hostPort"):
+                out.append(f"hostPort ({where}: {port['hostPort']})")
+        selinux(where, sc.get("seLinuxOptions"))
+        apparmor(where, sc)
+        if sc.get("procMount", "Default") != "Default":
+            out.append(f"procMount ({where}: {sc['procMount']})")
+        if (sc.get("seccompProfile") or {}).get("type") == "Unconfined":
+            out.append(f"seccompProfile ({where}: Unconfined)")
+        if (sc.get("windowsOptions") or {}).get("hostProcess"):
+            out.append(f"hostProcess ({where})")
+    if level == "baseline":
+        return out
+    # --- restricted
+    for v in spec.get("volumes") or []:
+        kinds = set(v) - {"name"}
+        if kinds - _RESTRICTED_VOLUMES:
+            out.append(f"restricted volume types (volume {v.get('name')!r}: {sorted(kinds - _RESTRICTED_VOLUMES)})")
+    if psc.get("runAsUser") == 0:
+        out.append("runAsUser=0 (pod)")
+    for kind, c in containers:
+        name, sc = c.get("name"), c.get("securityContext") or {}
+        where = f"{kind[:-1]} {name!r}"
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"allowPrivilegeEscalation != false ({where})")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            out.append(f"unrestricted capabilities ({where} must drop ALL)")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            out.append(f"unrestricted capabilities ({where} may add only NET_BIND_SERVICE)")
+        non_root = sc.get("runAsNonRoot", psc.get("runAsNonRoot"))
+        if non_root is not True:
+            out.append(f"runAsNonRoot != true ({where})")
+        if sc.get("runAsUser") == 0:
+            out.append(f"runAsUser=0 ({where})")
+        seccomp = (sc.get("seccompProfile") or {}).get("type") or pod_seccomp
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"seccompProfile ({where} must set RuntimeDefault or Localhost, or the pod must)")
+    return out
 
 
 def _semantic_checks(obj: Mapping[str, Any]) -> None:
@@ -955,7 +1155,9 @@ class _Handler(BaseHTTPRequestHandler):
                         fake.create_attempts.append((name, exc.status["code"]))
                         raise
                     fake.create_attempts.append((name, 201))
-                    return self._send(201, created)
+                    warning = fake._pod_security(ns, "warn", (body.get("spec") or {}).get("template") or {})
+                    headers = {"Warning": '299 - "' + warning.replace('"', "'") + '"'} if warning else {}
+                    return self._send(201, created, headers)
                 if len(parts) == 7 and method == "GET":
                     job = fake.job(parts[6], ns)
                     if job is None:
@@ -1001,12 +1203,14 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     # responses -----------------------------------------------------------------------------
-    def _send(self, code: int, obj: Mapping[str, Any]) -> None:
-        self._send_raw(code, json.dumps(obj).encode(), "application/json")
+    def _send(self, code: int, obj: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
+        self._send_raw(code, json.dumps(obj).encode(), "application/json", headers)
 
-    def _send_raw(self, code: int, data: bytes, ctype: str) -> None:
+    def _send_raw(self, code: int, data: bytes, ctype: str, headers: Mapping[str, str] | None = None) -> None:
         self.fake.requests.append((self.command, self.path, code))
         self.send_response(code)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

@@ -14,6 +14,15 @@ search is read from MLflow by the watcher, not from the launcher: MLflow is the 
   are owned by the controller pod and garbage-collected).
 - ``kfp``: a run of the compiled pipeline in ``pipelines/`` through ``kfp.Client``; cancel
   terminates the run.
+
+Every launcher checks a request with ``check_launchable`` before anything starts, whatever the
+request parser already did (defence in depth: names come from MLflow users): model and experiment
+names within MLflow's limits, no control characters, and no value that the launched ``quicktune
+search`` could take for an option (a leading ``-``). The Kubernetes launcher also escapes every
+string of the controller's container (``escape_kubelet_refs``: the kubelet would expand
+``$(AWS_SECRET_ACCESS_KEY)`` in a name from the pod's Secrets); the KFP launcher refuses ``$`` in
+the values it passes, since KFP hands run arguments through the kubelet's expansion on the way
+to the component (possibly more than once), where no single escaping is right.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from quicktune.watch.requests import SearchRequest
+from quicktune.watch.requests import RequestError, SearchRequest
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,43 @@ class Launcher:
 
     def logs(self, search_id: str) -> str:
         return ""
+
+
+# --- checks every launcher makes ---------------------------------------------------------------
+# MLflow's limits: registered_models.name is VARCHAR(256) in its SQL store;
+# mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH is 500.
+MAX_MODEL_NAME_LENGTH = 256
+MAX_EXPERIMENT_NAME_LENGTH = 500
+MAX_VALUE_LENGTH = 4096  # dataset URI, space reference, search id: generous, but bounded
+_BAD_CATEGORIES = {"Cc": "a control character", "Cf": "an invisible format character",
+                   "Zl": "a line separator", "Zp": "a paragraph separator", "Cs": "a lone surrogate"}
+
+
+def _check_value(what: str, value: str, limit: int) -> None:
+    """Refuse a value the launched search must not get; the message never repeats the value
+    (it may be long, multi-line or crafted), only what is wrong and where."""
+    import unicodedata
+
+    if not isinstance(value, str) or not value.strip():
+        raise RequestError(f"{what} is empty")
+    if len(value) > limit:
+        raise RequestError(f"{what} is {len(value)} characters long; at most {limit} are allowed")
+    for i, ch in enumerate(value):
+        kind = _BAD_CATEGORIES.get(unicodedata.category(ch))
+        if kind:
+            raise RequestError(f"{what} contains {kind} (U+{ord(ch):04X}) at position {i}")
+    if value.startswith("-"):
+        raise RequestError(f"{what} starts with '-', which the search command would take for an option")
+
+
+def check_launchable(request: SearchRequest) -> None:
+    """Raise :class:`RequestError` unless every free-form value of ``request`` is safe to launch:
+    names MLflow accepts (length), no control or invisible characters, no leading ``-``."""
+    _check_value("the model name", request.model_name, MAX_MODEL_NAME_LENGTH)
+    _check_value("the experiment name", request.experiment, MAX_EXPERIMENT_NAME_LENGTH)
+    _check_value("the dataset URI", request.data_uri, MAX_VALUE_LENGTH)
+    _check_value("the search space", request.space, MAX_VALUE_LENGTH)
+    _check_value("the search id", request.search_id, MAX_VALUE_LENGTH)
 
 
 # --- local -------------------------------------------------------------------------------------
@@ -96,6 +142,7 @@ class LocalLauncher(Launcher):
                 "--workdir", str(self.folder(request.search_id) / "work"), *self.extra_args]
 
     def launch(self, request: SearchRequest) -> dict[str, Any]:
+        check_launchable(request)
         d = self.folder(request.search_id)
         d.mkdir(parents=True, exist_ok=True)
         current = self.state(request.search_id)
@@ -183,14 +230,23 @@ def controller_job(request: SearchRequest, *, tracking_uri: str, namespace: str,
                    checkpoint_uri: str | None = None, backend_options: Mapping[str, str] | None = None,
                    labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The controller Job for one search, in the shape of ``k8s/base/controller-job.yaml`` (same
-    security context, secrets, scratch volume) with the request's arguments written out."""
+    security context, secrets, scratch volume) with the request's arguments written out.
+
+    Unlike the static manifest, which references its ConfigMap on purpose (``$(QUICKTUNE_DATA)``),
+    nothing here is meant as a reference: every arg and env value is escaped (``kubelet_literal``),
+    because the arguments carry names MLflow users chose and the container's env holds the S3 and
+    MLflow Secrets. The pod runs under the "restricted" Pod Security Standard and keeps its service
+    account token: the controller creates and watches the step Jobs."""
+    from quicktune.backends.kubernetes import (RESTRICTED_CONTAINER_SECURITY, RESTRICTED_POD_SECURITY,
+                                               kubelet_literal, sanitize_label_value)
+
+    check_launchable(request)
     args = ["search", "--backend", "kubernetes", *request.search_args(tracking_uri),
             "--workdir", "/tmp/quicktune"]
     if checkpoint_uri:
-        args += ["--checkpoint-uri", checkpoint_uri]
+        args.append(f"--checkpoint-uri={checkpoint_uri}")
     for k, v in (backend_options or {}).items():
-        args += ["--backend-option", f"{k}={v}"]
-    from quicktune.backends.kubernetes import sanitize_label_value
+        args.append(f"--backend-option={k}={v}")
 
     lab = {"app.kubernetes.io/name": "quicktune", "app.kubernetes.io/component": "controller",
            "app.kubernetes.io/managed-by": "quicktune-watch",
@@ -201,9 +257,14 @@ def controller_job(request: SearchRequest, *, tracking_uri: str, namespace: str,
     plain_env = [{"name": n, "value": v} for n, v in (
         ("HOME", "/tmp/home"), ("XDG_CACHE_HOME", "/tmp/cache"), ("QUICKTUNE_CACHE", "/tmp/cache/quicktune"),
         ("MPLCONFIGDIR", "/tmp/cache/matplotlib"), ("PYTHONUNBUFFERED", "1"))]
-    sec = {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
-           "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
-           "seccompProfile": {"type": "RuntimeDefault"}}
+    container = kubelet_literal({
+        "name": "controller", "image": image, "imagePullPolicy": "IfNotPresent", "args": args,
+        "envFrom": [{"configMapRef": {"name": config_map}}, {"secretRef": {"name": s3_secret}},
+                    {"secretRef": {"name": mlflow_secret, "optional": True}}],
+        "env": field_env + plain_env,
+        "resources": {"requests": {"cpu": "1", "memory": "3Gi"}, "limits": {"memory": "3Gi"}},
+        "securityContext": dict(RESTRICTED_CONTAINER_SECURITY),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]})
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": request.search_id, "namespace": namespace, "labels": lab,
@@ -216,16 +277,9 @@ def controller_job(request: SearchRequest, *, tracking_uri: str, namespace: str,
                 "metadata": {"labels": lab},
                 "spec": {
                     "serviceAccountName": service_account, "restartPolicy": "Never",
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
-                                        "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "controller", "image": image, "imagePullPolicy": "IfNotPresent", "args": args,
-                        "envFrom": [{"configMapRef": {"name": config_map}}, {"secretRef": {"name": s3_secret}},
-                                    {"secretRef": {"name": mlflow_secret, "optional": True}}],
-                        "env": field_env + plain_env,
-                        "resources": {"requests": {"cpu": "1", "memory": "3Gi"}, "limits": {"memory": "3Gi"}},
-                        "securityContext": sec,
-                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}],
+                    "automountServiceAccountToken": True,  # the controller creates and watches step Jobs
+                    "securityContext": dict(RESTRICTED_POD_SECURITY),
+                    "containers": [container],
                     "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}}]}}}}
 
 
@@ -251,6 +305,7 @@ class KubernetesLauncher(Launcher):
     def launch(self, request: SearchRequest) -> dict[str, Any]:
         from kubernetes.client.exceptions import ApiException
 
+        check_launchable(request)
         body = controller_job(request, tracking_uri=self.tracking_uri, namespace=self.namespace, image=self.image,
                               **self.job_options)
         try:
@@ -328,6 +383,12 @@ class KfpLauncher(Launcher):
         return self.state_dir / "kfp" / f"{search_id}.json"
 
     def launch(self, request: SearchRequest) -> dict[str, Any]:
+        check_launchable(request)
+        for what, value in (("model name", request.model_name), ("experiment name", request.experiment),
+                            ("dataset URI", request.data_uri), ("search space", request.space)):
+            if "$" in value:
+                raise RequestError(f"the {what} contains '$', which the KFP launcher does not pass on: Kubeflow "
+                                   "hands run arguments through the kubelet's $(VAR) expansion")
         path = self._path(request.search_id)
         if path.exists():
             return json.loads(path.read_text())
