@@ -17,6 +17,7 @@ from PIL import Image
 from quicktune import storage
 from quicktune.cli import main
 from quicktune.data import DatasetError, open_dataset
+from quicktune.data.errors import BadImageError, InvalidDatasetError
 from quicktune.data.packaged import import_dataset, load_packaged
 
 # what the tiny_image_folder fixture (tests/conftest.py) writes
@@ -197,7 +198,7 @@ def test_empty_dataset(tmp_path):
     with pytest.raises(DatasetError, match="empty/?: dataset is empty: no images found"):
         open_dataset(tmp_path / "empty")
     _png(tmp_path / "empty" / "dog" / "0.png")
-    with pytest.raises(DatasetError, match="class folder\\(s\\) without images: \\['cat'\\]"):
+    with pytest.raises(InvalidDatasetError, match="class folder 'cat' has no images"):
         open_dataset(tmp_path / "empty")
     (tmp_path / "none").mkdir()
     _png(tmp_path / "none" / "loose.png")
@@ -229,10 +230,11 @@ def test_truncated_image_is_named_when_loaded(digits_copy, tmp_path):
     good.write_bytes(data[: len(data) // 2])  # header intact, pixels cut off
     ds = open_dataset(digits_copy)
     ds.meta_features()  # the header scan cannot see it ...
-    with pytest.raises(DatasetError, match=f"cannot read image 2/{good.name}"):
+    with pytest.raises(BadImageError, match=f"image 2/{good.name} is truncated"):
         ds.load_image(ds.paths.index(f"2/{good.name}"))  # ... the full decode names it
-    with pytest.raises(DatasetError, match=f"(?s)1 unreadable image.*2/{good.name}"):
+    with pytest.raises(BadImageError, match=f"(?s)1 unreadable image.*2/{good.name}") as err:
         ds.verify()
+    assert err.value.files == [f"2/{good.name}"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.add_argument("uri", help="dataset folder or s3://bucket/prefix")
     info.add_argument("--cache-dir", help="cache for S3 mirrors (default $QUICKTUNE_CACHE/datasets)")
     info.add_argument("--split-seed", type=int, default=0, help="seed of the stratified split")
-    info.add_argument("--verify", action="store_true", help="decode every image (slow on big datasets)")
+    info.add_argument("--verify", action="store_true",
+                      help="decode every image completely, as training does (truncated or corrupt files fail; "
+                           "slow on big datasets); exit 1 naming the bad files")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_info)
     parser.set_defaults(handler=lambda args: (parser.print_help(), 2)[1])
@@ -72,14 +74,17 @@ def _import(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from quicktune.data import DatasetError, open_dataset
 
+    verified = None
     try:
         ds = open_dataset(args.uri, cache_dir=args.cache_dir, split_seed=args.split_seed)
         if args.verify:
-            ds.verify()
+            verified = ds.verify(force=True)
         desc = ds.describe()
     except DatasetError as exc:
         print(f"quicktune data info: {exc}", file=sys.stderr)
         return 1
+    if verified is not None:
+        desc["verified"] = verified
     if args.json:
         print(json.dumps(desc, indent=1))
         return 0
@@ -94,6 +99,9 @@ def _info(args: argparse.Namespace) -> int:
     print("meta-features")
     for k, v in desc["meta_features"].items():
         print(f"  {k}: {v:g}")
+    if verified is not None:
+        modes = ", ".join(f"{m} {n}" for m, n in verified["modes"].items())
+        print(f"verified   {verified['images']} images fully decoded (PIL modes: {modes})")
     if desc.get("sync"):
         s = desc["sync"]
         print(f"s3 sync    listed {s['listed']}, downloaded {s['downloaded']}, reused {s['reused']}, "

@@ -8,7 +8,13 @@ Two layouts are understood (see ``docs/data.md``):
   images in ``root/images/``; class names are the CATEGORY values, sorted.
 
 Paths are kept relative to the root with ``/`` separators and sorted, so indices, splits and the
-fingerprint do not depend on the file system's listing order or on where the data was cached.
+fingerprint do not depend on the file system's listing order, on where the data was cached or on
+how the folder was named (relative or absolute path, trailing slash, a symlink to it).
+
+Names that come from inside the data (``labels.csv`` entries) are confined to the dataset root
+(``quicktune.data.paths``). Error messages name the dataset and at most the offending file relative
+to its root: they may be shown to other users (the watcher), so they never list a folder and never
+echo file contents. Deterministic problems raise ``InvalidDatasetError`` subclasses.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from quicktune.data.errors import DatasetError
+from quicktune.data import images
+from quicktune.data.errors import BadImageError, DatasetError, InvalidDatasetError, UnsafePathError
+from quicktune.data.paths import path_problem, safe_form, shown
 from quicktune.data.splits import SPLIT_NAMES, read_split_files, stratified_split
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm"})
 META_FILE = ".quicktune-meta.json"
-META_VERSION = 1
-_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+META_VERSION = 2  # 2: bad files reported without Pillow's text; full-decode verification recorded
+_GRAY_MODES = images.GRAY_MODES
+MAX_LISTED = 10  # offending files named in one message, at most
 
 
 def is_image_file(name: str) -> bool:
@@ -62,10 +71,13 @@ def _discover_image_folder(root: Path, where: str) -> tuple[str, list[str], list
         loose = [p.name for p in root.iterdir() if p.is_file() and is_image_file(p.name)]
         hint = (f" ({len(loose)} images lie directly in the folder; put them in one sub-folder per class)"
                 if loose else "")
-        raise DatasetError(f"{where}: dataset is empty: no images found (expected one sub-folder per "
-                           f"class with images, or labels.csv + images/){hint}")
+        raise InvalidDatasetError(f"{where}: dataset is empty: no images found (expected one sub-folder "
+                                  f"per class with images, or labels.csv + images/){hint}")
     if empty:
-        raise DatasetError(f"{where}: class folder(s) without images: {empty[:10]}")
+        # Name one offending folder, never the list: the message may reach other users.
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise InvalidDatasetError(f"{where}: class folder {safe_form(empty[0])} has no images{more}; "
+                                  f"every class folder needs at least one image")
     entries.sort()
     classes = sorted({c for _, c in entries})
     index = {c: i for i, c in enumerate(classes)}
@@ -79,23 +91,34 @@ def _discover_meta_album(root: Path, where: str) -> tuple[str, list[str], list[s
     csv = root / "labels.csv"
     try:
         table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises many types for a malformed CSV
-        raise DatasetError(f"{where}: cannot read labels.csv: {exc}") from None
+    except Exception as exc:  # pandas raises many types for a malformed CSV; its text may quote the file
+        raise InvalidDatasetError(f"{where}: cannot read labels.csv: not a comma-separated table with a "
+                                  f"header row ({type(exc).__name__})") from None
     missing_cols = {"FILE_NAME", "CATEGORY"} - set(table.columns)
     if missing_cols:
-        raise DatasetError(f"{where}: labels.csv lacks column(s) {sorted(missing_cols)} "
-                           f"(has {list(table.columns)[:10]})")
+        raise InvalidDatasetError(f"{where}: labels.csv lacks column(s) {sorted(missing_cols)} "
+                                  f"(needs FILE_NAME and CATEGORY)")
     if len(table) == 0:
-        raise DatasetError(f"{where}: dataset is empty: labels.csv has no rows")
-    rels = ["images/" + str(f).replace("\\", "/") for f in table["FILE_NAME"]]
+        raise InvalidDatasetError(f"{where}: dataset is empty: labels.csv has no rows")
+    rels: list[str] = []
+    for row, name in enumerate(table["FILE_NAME"], start=2):  # row 1 is the header
+        name = str(name).replace("\\", "/")  # written on Windows
+        why = path_problem(name)
+        if why is not None:
+            # Refused, not repaired: '../x' or '/etc/x' would read outside the dataset root.
+            raise UnsafePathError(f"{where}: labels.csv row {row}: FILE_NAME {why}; it must name a "
+                                  f"file inside images/ by a clean relative path")
+        rels.append("images/" + name)
     cats = [str(c) for c in table["CATEGORY"]]
-    absent = [r for r in rels if not (root / r).is_file()]
+    absent = [(row, r) for row, r in enumerate(rels, start=2) if not (root / r).is_file()]
     if absent:
-        raise DatasetError(f"{where}: labels.csv names {len(absent)} image(s) missing from images/, "
-                           f"e.g. {absent[:5]}")
+        row, first = absent[0]
+        more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+        raise InvalidDatasetError(f"{where}: labels.csv names image(s) missing from images/: "
+                                  f"{safe_form(first)} (row {row}){more}")
     dup = len(rels) - len(set(rels))
     if dup:
-        raise DatasetError(f"{where}: labels.csv lists {dup} file name(s) more than once")
+        raise InvalidDatasetError(f"{where}: labels.csv lists {dup} file name(s) more than once")
     order = np.argsort(np.array(rels, dtype=object), kind="stable")
     rels = [rels[i] for i in order]
     cats = [cats[i] for i in order]
@@ -119,6 +142,11 @@ def _extra_files(root: Path) -> list[str]:
     return extra
 
 
+def _bad_files_message(where: str, bad: list[str], reasons: list[str]) -> str:
+    more = f" (the first {MAX_LISTED} below)" if len(bad) > MAX_LISTED else ""
+    return (f"{where}: {len(bad)} unreadable image(s){more}:\n" + "\n".join(reasons[:MAX_LISTED]))
+
+
 class ImageDataset:
     """A labelled image dataset on local disk (an S3 dataset is read from its local cache).
 
@@ -136,11 +164,13 @@ class ImageDataset:
         self._meta_cache_dir = meta_cache_dir
         self.layout, self.classes, self.paths, self.labels = discover(self.root, uri)
         if len(self.classes) < 2:
-            raise DatasetError(f"{uri}: dataset has a single class {self.classes[0]!r} "
-                               f"({len(self.paths)} images); classification needs at least 2 classes")
+            raise InvalidDatasetError(f"{uri}: dataset has a single class {safe_form(self.classes[0])} "
+                                      f"({len(self.paths)} images); classification needs at least 2 classes")
         tracked = self.paths + _extra_files(self.root)
         if versions is None:
             versions = _local_versions(self.root, tracked)
+        # Only paths relative to the root and their versions: the same folder reached by another
+        # name (relative/absolute, trailing slash, symlink) has the same fingerprint.
         h = hashlib.sha256()
         for rel in sorted(tracked):
             h.update(f"{rel}\0{versions.get(rel, '')}\n".encode())
@@ -189,36 +219,67 @@ class ImageDataset:
         return "L" if self.num_channels == 1 else "RGB"
 
     def load_image(self, i: int):
-        """Image ``i`` as a PIL image in ``self.mode``; transparency is composited on white."""
-        from PIL import Image
+        """Image ``i`` as an 8-bit PIL image in ``self.mode``, fully decoded.
 
-        mode = self.mode
-        path = self.local_path(i)
+        Transparency is composited on white; 16-bit and other high-bit-depth images are scaled by
+        their real range, never clipped (``quicktune.data.images``). A file that is not a fully
+        decodable image raises :class:`BadImageError` naming it relative to the root.
+        """
+        im = images.open_full(self.local_path(i), self.paths[i], self.uri)
         try:
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (im.mode == "P" and "transparency" in im.info):
-                    rgba = im.convert("RGBA")
-                    bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                    im2 = Image.alpha_composite(bg, rgba)
-                    return im2.convert(mode)
-                return im.convert(mode)
-        except FileNotFoundError:
-            raise DatasetError(f"{self.uri}: image {self.paths[i]} is missing ({path})") from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise DatasetError(f"{self.uri}: cannot read image {self.paths[i]} ({path}): {exc}") from None
+            return images.to_model_mode(im, self.mode)
+        except images.DECODE_ERRORS as exc:
+            raise BadImageError(f"{self.uri}: image {shown(self.paths[i])} has an unsupported mode {im.mode!r} "
+                                f"({type(exc).__name__})", [self.paths[i]]) from None
+        finally:
+            im.close()
 
-    def verify(self, indices: np.ndarray | None = None) -> None:
-        """Fully decode the images (all by default); raise DatasetError naming every bad file."""
+    def load_array(self, i: int) -> np.ndarray:
+        """Image ``i`` as float32 ``[H, W, num_channels]`` in [0, 1], without 8-bit quantisation
+        (16-bit data keep their precision); same conversion rules as :meth:`load_image`."""
+        im = images.open_full(self.local_path(i), self.paths[i], self.uri)
+        try:
+            return images.to_float(im, self.num_channels)
+        except images.DECODE_ERRORS as exc:
+            raise BadImageError(f"{self.uri}: image {shown(self.paths[i])} has an unsupported mode {im.mode!r} "
+                                f"({type(exc).__name__})", [self.paths[i]]) from None
+        finally:
+            im.close()
+
+    def verify(self, indices: np.ndarray | None = None, force: bool = False) -> dict[str, Any]:
+        """Fully decode the images (all by default) the way training does, after Pillow's
+        structural check (PNG CRCs, ...); truncated or corrupt files fail.
+
+        Raises :class:`BadImageError` with the count and the first offending files (relative
+        paths; ``exc.files`` has them all). Returns ``{"images": n, "modes": {mode: count}}``.
+        A successful check of the whole dataset is recorded with the meta-features (per
+        fingerprint), so calling it again on unchanged data is free unless ``force``.
+        """
+        whole = indices is None
+        if whole and not force:
+            done = self._meta_record().get("verified")
+            if isinstance(done, dict):
+                return dict(done)
         bad: list[str] = []
+        reasons: list[str] = []
+        modes: dict[str, int] = {}
         for i in range(len(self)) if indices is None else indices:
+            rel = self.paths[int(i)]
             try:
-                self.load_image(int(i))
-            except DatasetError as exc:
-                bad.append(str(exc))
+                mode = images.check_image(self.root / rel, rel, self.uri)
+            except BadImageError as exc:
+                bad.append(rel)
+                reasons.append(str(exc).removeprefix(f"{self.uri}: "))
+                continue
+            modes[mode] = modes.get(mode, 0) + 1
         if bad:
-            more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
-            raise DatasetError(f"{self.uri}: {len(bad)} unreadable image(s){more}:\n" + "\n".join(bad[:10]))
+            raise BadImageError(_bad_files_message(self.uri, bad, reasons), bad)
+        summary = {"images": int(sum(modes.values())), "modes": dict(sorted(modes.items()))}
+        if whole:
+            rec = self._meta_record()
+            rec["verified"] = summary
+            self._save_meta(rec)
+        return summary
 
     # --- meta-features --------------------------------------------------------------------------
     def meta_features(self) -> dict[str, float]:
@@ -256,6 +317,10 @@ class ImageDataset:
         rec = {"version": META_VERSION, "fingerprint": self.fingerprint, "uri": self.uri,
                "features": self._compute_features()}
         self._meta = rec
+        self._save_meta(rec)
+        return rec
+
+    def _save_meta(self, rec: dict[str, Any]) -> None:
         from quicktune.storage import StorageError, write_bytes
 
         blob = json.dumps(rec, indent=1, sort_keys=True).encode()
@@ -265,7 +330,6 @@ class ImageDataset:
                 break
             except StorageError:
                 continue
-        return rec
 
     def _compute_features(self) -> dict[str, float]:
         from PIL import Image
@@ -274,15 +338,26 @@ class ImageDataset:
         widths = np.zeros(len(self), dtype=np.int64)
         gray = True
         bad: list[str] = []
+        reasons: list[str] = []
+        images.no_truncated_loads()
         for i, rel in enumerate(self.paths):
+            path = self.root / rel
             try:
-                with Image.open(self.root / rel) as im:
+                if path.stat().st_size == 0:
+                    raise BadImageError(f"image {shown(rel)} is an empty file (0 bytes)", [rel])
+                with Image.open(path) as im:  # header only: cheap; verify() decodes fully
                     widths[i], heights[i] = im.size
                     gray = gray and im.mode in _GRAY_MODES
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                bad.append(f"{rel}: {exc}")
+            except BadImageError as exc:
+                bad.append(rel)
+                reasons.append(str(exc))
+            except FileNotFoundError:
+                raise DatasetError(f"{self.uri}: image {shown(rel)} is missing (the dataset changed while in use?)") from None
+            except (*images.DECODE_ERRORS, Image.DecompressionBombError) as exc:
+                bad.append(rel)
+                reasons.append(f"image {shown(rel)} is {images.describe_error(exc)}")
         if bad:
-            raise DatasetError(f"{self.uri}: {len(bad)} unreadable image(s): " + "; ".join(bad[:5]))
+            raise BadImageError(_bad_files_message(self.uri, bad, reasons), bad)
         counts = np.bincount(self.labels, minlength=len(self.classes)).astype(float)
         p = counts / counts.sum()
         entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum() / math.log(len(self.classes)))

@@ -9,6 +9,13 @@ Layout: ``<cache>/s3/<endpoint-id>/<bucket>/<prefix>/...`` plus ``.quicktune-eta
 into place when complete, the ETag manifest is flushed about every second, and a file lock
 serialises processes syncing the same prefix: an interrupted sync resumes where it stopped and
 files already present with the right ETag are never fetched again.
+
+Keys are names chosen by whoever can write the bucket, so they are confined
+(``quicktune.data.paths``): AWS S3 keeps ``//``, ``..`` and backslashes in keys, and
+``prefix//abs/x.png`` would otherwise become ``/abs/x.png`` - a write, and later a delete, outside
+the cache. A key that would be mirrored but is not a clean relative path under the prefix is
+refused with ``UnsafePathError`` naming the key in escaped form; nothing is written or deleted
+outside the mirror folder, not even for a tampered ETag manifest or a symlink planted in the cache.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from typing import Any
 
 from quicktune import storage
 from quicktune.data.dataset import is_image_file
-from quicktune.data.errors import DatasetError
+from quicktune.data.errors import DatasetError, UnsafePathError
+from quicktune.data.paths import confined, path_problem, safe_form
 
 MANIFEST = ".quicktune-etags.json"
 LOCK = ".quicktune-sync.lock"
@@ -40,13 +48,67 @@ def _wanted(rel: str) -> bool:
                                                           and rel.count("/") == 1)
 
 
+def _looks_wanted(rel: str) -> bool:
+    """Whether the key's last segment names something the mirror would fetch (before the key
+    itself is checked): an image, ``labels.csv`` or a ``.txt`` split file."""
+    parts = rel.split("/")
+    name = parts[-1]
+    return bool(name) and (is_image_file(name) or name == "labels.csv"
+                           or (name.endswith(".txt") and len(parts) > 1 and parts[-2] == "splits"))
+
+
+def remote_files(objects: list[dict[str, Any]], prefix: str, base_uri: str) -> dict[str, str]:
+    """``{relative path: ETag}`` of the listed objects the mirror keeps.
+
+    Skipped: folder markers, hidden files (a segment starting with ``.``), anything that is not an
+    image, ``labels.csv`` or ``splits/*.txt``. Refused (``UnsafePathError``): a key that would be
+    kept but is not a clean relative path below ``prefix`` (leading ``/``, ``//``, ``.``/``..``
+    segments, backslash, control characters), and a key that is both a file and a folder.
+    """
+    out: dict[str, str] = {}
+    for obj in objects:
+        key = str(obj["Key"])
+        if not key.startswith(prefix):
+            continue
+        rel = key[len(prefix):]
+        if not rel or rel.endswith("/"):
+            continue  # the prefix itself, or a folder marker
+        why = path_problem(rel)
+        if why is None:
+            if _wanted(rel):
+                out[rel] = str(obj["ETag"]).strip('"')
+            continue
+        if _looks_wanted(rel) and not any(p.startswith(".") and p not in (".", "..") for p in rel.split("/")):
+            raise UnsafePathError(
+                f"{base_uri}: object key {safe_form(key)} cannot be mirrored: below the prefix it {why}; "
+                f"rename the object (keys map one-to-one to files of the local mirror, which must stay "
+                f"inside its cache folder)")
+    folders = {rel.rsplit("/", 1)[0] for rel in out if "/" in rel}
+    folders |= {f.rsplit("/", i)[0] for f in list(folders) for i in range(1, f.count("/") + 1)}
+    clash = sorted(folders & set(out))
+    if clash:
+        raise UnsafePathError(f"{base_uri}: object key {safe_form(prefix + clash[0])} is also a folder of other "
+                              f"keys; a local mirror cannot hold both")
+    return out
+
+
 def mirror_dir(uri: str, cache_root: Path) -> Path:
-    """The local folder that mirrors ``uri`` (endpoint-specific, so two servers never mix)."""
+    """The local folder that mirrors ``uri`` (endpoint-specific, so two servers never mix).
+
+    The bucket and prefix must be clean path segments (no ``.``/``..``, ``//``, backslash):
+    two spellings of one prefix would otherwise share - and prune - one mirror.
+    """
     bucket, prefix = storage.parse_s3_uri(uri)
     endpoint = storage.s3_endpoint_url() or "aws"
     eid = hashlib.sha1(endpoint.encode()).hexdigest()[:10]
-    parts = [p for p in prefix.split("/") if p not in ("", ".", "..")]
-    return Path(cache_root, "s3", eid, bucket, *parts)
+    prefix = prefix[:-1] if prefix.endswith("/") else prefix
+    for what, value in (("bucket name", bucket), ("prefix", prefix)):
+        if value or what == "bucket name":
+            why = path_problem(value)
+            if why is not None:
+                raise UnsafePathError(f"{safe_form(uri)}: the {what} {why}; use a clean s3://bucket/prefix")
+    base = Path(cache_root, "s3", eid)
+    return confined(base, f"{bucket}/{prefix}" if prefix else bucket, what="S3 location")
 
 
 def _write_manifest(path: Path, manifest: dict[str, str]) -> None:
@@ -64,15 +126,15 @@ def sync_prefix(uri: str, cache_root: Path, workers: int | None = None) -> tuple
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     base_uri = f"s3://{bucket}/{prefix}"
+    root = mirror_dir(uri, cache_root)  # refuses an unclean bucket/prefix before any request
     try:
         objects = storage.list_s3_objects(base_uri)
     except storage.StorageError as exc:
         raise DatasetError(f"{uri}: {exc}") from exc
-    remote = {o["Key"][len(prefix):]: o["ETag"].strip('"') for o in objects if _wanted(o["Key"][len(prefix):])}
+    remote = remote_files(objects, prefix, base_uri)
     if not remote:
         raise DatasetError(f"{uri}: dataset is empty: no images under {base_uri} "
                            f"({len(objects)} object(s) listed, none an image, labels.csv or split file)")
-    root = mirror_dir(uri, cache_root)
     root.mkdir(parents=True, exist_ok=True)
     workers = workers or int(os.environ.get("QUICKTUNE_S3_WORKERS", "16"))
     with open(root / LOCK, "a+") as lock:
@@ -92,19 +154,26 @@ def _sync_locked(base_uri: str, bucket: str, prefix: str, root: Path, remote: di
         manifest: dict[str, str] = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
         manifest = {}
-    for part in root.rglob("*.part-*"):  # leftovers of an interrupted sync
+    if not isinstance(manifest, dict):
+        manifest = {}
+    for part in root.rglob("*.part-*"):  # leftovers of an interrupted sync (rglob stays off symlinks)
         part.unlink(missing_ok=True)
     removed = 0
-    for rel in sorted(set(manifest) - set(remote)):
-        (root / rel).unlink(missing_ok=True)
+    pruned = set(manifest) - set(remote)
+    for rel in sorted(pruned):
         manifest.pop(rel)
+        try:  # a manifest written by an older version (or tampered with) may name any path
+            stale = confined(root, rel, resolve=True)
+        except UnsafePathError:
+            continue
+        stale.unlink(missing_ok=True)
         removed += 1
     todo = [rel for rel, etag in sorted(remote.items())
-            if manifest.get(rel) != etag or not (root / rel).is_file()]
+            if manifest.get(rel) != etag or not confined(root, rel, resolve=True).is_file()]
     stats: dict[str, Any] = {"listed": len(remote), "downloaded": 0, "reused": len(remote) - len(todo),
                              "removed": removed, "bytes": 0}
     if not todo:
-        if removed:
+        if pruned:
             _write_manifest(manifest_path, manifest)
         return stats
     client = storage.s3_client()
@@ -120,7 +189,7 @@ def _sync_locked(base_uri: str, bucket: str, prefix: str, root: Path, remote: di
             data = resp["Body"].read()
         except (bx.BotoCoreError, bx.ClientError) as exc:
             raise storage.translate_s3_error(exc, obj_uri) from exc
-        dest = root / rel
+        dest = confined(root, rel, resolve=True, what="object key")  # remote_files checked it; links too
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f"{dest.name}.part-{uuid.uuid4().hex[:8]}")
         tmp.write_bytes(data)

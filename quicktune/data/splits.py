@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from quicktune.data.errors import DatasetError
+from quicktune.data.errors import InvalidDatasetError
 
 SPLIT_NAMES = ("train", "val", "test")
 FRACTIONS = (0.6, 0.2, 0.2)
@@ -44,6 +44,17 @@ def stratified_split(labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]
             for name, p in parts.items()}
 
 
+def _shown(entry: str) -> str:
+    """A split-file entry as it may appear in a message: quoted when it looks like an image path
+    (the offending file), else only as "an entry" - the line could be anything (file contents)."""
+    from quicktune.data.dataset import is_image_file
+    from quicktune.data.paths import path_problem, safe_form
+
+    if len(entry) <= 200 and path_problem(entry) is None and is_image_file(entry.rsplit("/", 1)[-1]):
+        return safe_form(entry, limit=220)
+    return "an entry that is not an image path"
+
+
 def read_split_files(root: Path, paths: Sequence[str], where: str) -> dict[str, np.ndarray] | None:
     """Splits from ``root/splits/*.txt``, or None when the folder has no split files."""
     folder = root / "splits"
@@ -58,8 +69,8 @@ def read_split_files(root: Path, paths: Sequence[str], where: str) -> dict[str, 
             if name == "test":
                 out[name] = np.zeros(0, np.int64)
                 continue
-            raise DatasetError(f"{where}: split file splits/{name}.txt is missing "
-                               f"(splits/ has {sorted(p.name for p in folder.glob('*.txt'))})")
+            raise InvalidDatasetError(f"{where}: split file splits/{name}.txt is missing (splits/ needs "
+                                      f"train.txt and val.txt, optionally test.txt)")
         chosen: list[int] = []
         for lineno, line in enumerate(f.read_text().splitlines(), 1):
             rel = line.strip()
@@ -70,15 +81,15 @@ def read_split_files(root: Path, paths: Sequence[str], where: str) -> dict[str, 
                 rel = rel[2:]
             i = index.get(rel)
             if i is None:
-                raise DatasetError(f"{where}: splits/{name}.txt line {lineno} names {rel!r}, "
-                                   f"which is not an image of the dataset")
+                raise InvalidDatasetError(f"{where}: splits/{name}.txt line {lineno} names {_shown(rel)}, "
+                                          f"which is not an image of the dataset")
             if i in owner:
-                raise DatasetError(f"{where}: {rel!r} is listed in both splits/{owner[i]}.txt and "
-                                   f"splits/{name}.txt")
+                raise InvalidDatasetError(f"{where}: {_shown(rel)} is listed in both splits/{owner[i]}.txt "
+                                          f"and splits/{name}.txt")
             owner[i] = name
             chosen.append(i)
         out[name] = np.array(sorted(chosen), dtype=np.int64)
     for name in ("train", "val"):
         if len(out[name]) == 0:
-            raise DatasetError(f"{where}: splits/{name}.txt lists no images")
+            raise InvalidDatasetError(f"{where}: splits/{name}.txt lists no images")
     return out
