@@ -72,7 +72,17 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def join(base: str, *parts: str) -> str:
-    """Join path parts onto a local path or an s3:// URI (always with ``/`` for S3)."""
+    """Join path parts onto a local path or an s3:// URI (always with ``/`` for S3).
+
+    The result stays below ``base``: a part that is absolute (locally ``Path(base, "/x")`` is
+    ``/x``) or holds a ``..`` segment (some S3 gateways normalise it away) raises StorageError, as
+    does a NUL. Parts may name several levels (``"results/x.json"``).
+    """
+    for p in parts:
+        segs = str(p).replace("\\", "/").split("/")
+        if "\0" in str(p) or ".." in segs or (not is_s3(base) and str(p).startswith(("/", "\\"))):
+            raise StorageError(f"{ascii(str(p))[:120]}: a path part must stay below {base!r} "
+                               f"(no absolute path, no '..')")
     if is_s3(base):
         out = base.rstrip("/")
         for p in parts:

@@ -298,3 +298,19 @@ def test_fingerprint_same_folder_by_any_name(tmp_path, monkeypatch):
     # ... and it does depend on the contents: a class replaced by another
     (root / "b" / "0.png").rename(root / "a" / "9.png")
     assert open_dataset("link").fingerprint != prints["link"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.one_of(st.text(max_size=20), st.sampled_from(["..", "/etc", "a/../..", "\\..", "x.json",
+                                                                      "results/x.json"])), min_size=1, max_size=4))
+@example(parts=["/etc/passwd"])
+@example(parts=["results", "../../x.json"])
+def test_storage_join_stays_below_its_base(parts):
+    base = "/work/ckpt"
+    try:
+        local = storage.join(base, *parts)
+    except storage.StorageError:
+        return
+    assert os.path.normpath(local) == base or os.path.normpath(local).startswith(base + "/")
+    remote = storage.join("s3://bucket/ckpt", *parts)
+    assert remote.startswith("s3://bucket/ckpt") and "/../" not in remote + "/"
