@@ -9,7 +9,9 @@ through a Secret stored in the fake.
 
 Cost, measured on 2 cores shared with other work (load average ~15, where each real step pays
 ~20-25 s of Python/torch/timm start-up): ~430 s for the whole module, of which ~170 s is the full search
-(marked slow) and ~65 s the S3 + MLflow fixtures (not measured on an idle machine).
+(marked slow) and ~65 s the S3 + MLflow fixtures (not measured on an idle machine); the search on the
+shipped defaults (builtin:cpu, shipped surrogate) with a controller kill adds ~2-3 min (slow).
+The namespace is labelled Pod Security "restricted", so the fake API server checks every step pod.
 """
 
 from __future__ import annotations
@@ -64,9 +66,13 @@ def fake_cluster(tmp_path, s3_server):
     with FakeCluster(tmp_path / "cluster", versions=SCHEMAS,
                      node_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                                "AWS_EC2_METADATA_DISABLED": "true"}) as fake:
+        # as k8s/base/namespace.yaml: Pod Security Admission "restricted" checks every step pod
+        fake.add_namespace(NAMESPACE, {"pod-security.kubernetes.io/enforce": "restricted",
+                                       "pod-security.kubernetes.io/warn": "restricted"})
         fake.add_secret(S3_SECRET, {"AWS_ACCESS_KEY_ID": s3_server.access_key,
                                     "AWS_SECRET_ACCESS_KEY": s3_server.secret_key})
         yield fake
+    assert fake.admission_denials == [] and fake.warnings == [], (fake.admission_denials, fake.warnings)
     assert fake.rejected == [], f"the fake API server rejected objects: {fake.rejected}"
     assert fake.unsupported_requests == [], f"the backend used endpoints the fake does not model: " \
                                             f"{fake.unsupported_requests}"
@@ -208,6 +214,35 @@ def test_fake_api_server_rejects_invalid_jobs(fake_cluster):
     assert err.value.status == 422
     assert fake_cluster.created_jobs == []
     fake_cluster.rejected.clear()  # expected here; the fixture asserts none elsewhere
+
+
+@pytest.mark.parametrize("mutation", ["privileged", "no seccomp profile", "hostPath"])
+def test_pod_security_admission_refuses_a_non_restricted_pod(fake_cluster, mutation):
+    """In a namespace labelled restricted the Job is created (with a PodSecurity warning), but the
+    Job controller's pod is refused, as on a real cluster: the Job stays without pods."""
+    from kubernetes import client
+
+    job = build_job(_request(), namespace=NAMESPACE, image=IMAGE)
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    if mutation == "privileged":
+        c["securityContext"]["privileged"] = True
+        c["securityContext"]["allowPrivilegeEscalation"] = True
+    elif mutation == "no seccomp profile":
+        del c["securityContext"]["seccompProfile"], pod["securityContext"]["seccompProfile"]
+    else:
+        pod["volumes"].append({"name": "host", "hostPath": {"path": "/var/run"}})
+    client.BatchV1Api(fake_cluster.api_client()).create_namespaced_job(NAMESPACE, job)
+    name = job["metadata"]["name"]
+    fake_cluster.wait_for(lambda: fake_cluster.admission_denials, timeout=10, what="a pod refused by PodSecurity")
+    time.sleep(0.3)
+    assert fake_cluster.created_jobs == [name] and fake_cluster.pods_of(name) == []
+    ((where, message),) = set(fake_cluster.admission_denials)
+    assert where == f"{NAMESPACE}/{name}" and 'violates PodSecurity "restricted:latest"' in message
+    assert fake_cluster.warnings and name in fake_cluster.warnings[0]
+    assert (fake_cluster.job(name)["status"].get("active") or 0) == 0
+    fake_cluster.admission_denials.clear()  # expected here; the fixture asserts none elsewhere
+    fake_cluster.warnings.clear()
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,6 +430,90 @@ def test_full_search_with_controller_restart_preemption_and_oom(fake_cluster, ml
     assert "OOMKilled" in text and "===== pod" in text
     parents = [r for r in runs if r.data.tags.get("quicktune.role") == "search"]
     assert len(parents) == 1 and parents[0].data.tags.get("quicktune.status") == "succeeded", parents[0].data.tags
+
+
+@pytest.mark.slow
+@pytest.mark.servers
+def test_default_space_search_survives_a_controller_kill(fake_cluster, mlflow_server, s3_digits, tmp_path):
+    """The configuration users run: ``quicktune search --backend kubernetes`` with the shipped
+    defaults -- no ``--space`` (``builtin:cpu``, which has conditional knobs) and no
+    ``--meta-artifact`` (the shipped surrogate) -- small images and budget. The controller process
+    is SIGKILLed once an epoch is recorded and a step pod runs, then started again with the same
+    search id: the search finishes, every step Job was created once, no (config, epoch) is logged
+    twice (``tell_seq`` unique), and no run is left RUNNING."""
+    import collections
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    search_id = f"k8s-cpu-{uuid.uuid4().hex[:6]}"
+    experiment = f"k8s-cpu-{uuid.uuid4().hex[:6]}"
+    bucket = s3_digits[5:].split("/")[0]
+    env = {**os.environ, **mlflow_server.env, "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", fake_cluster.url)),
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "OMP_NUM_THREADS": "1"}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    step_env = json.dumps({"AWS_ENDPOINT_URL": mlflow_server.s3.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_MAX_ATTEMPTS": "3"})
+    cmd = [sys.executable, "-m", "quicktune.cli", "search", "--data", s3_digits, "--budget", "10m",
+           "--workers", "2", "--max-epochs", "2", "--image-size", "32", "--budget-epochs", "4",
+           "--search-id", search_id, "--experiment", experiment, "--tracking-uri", mlflow_server.tracking_uri,
+           "--checkpoint-uri", f"s3://{bucket}/cpu-ckpt", "--workdir", str(tmp_path / "work"), "--no-progress",
+           "--backend", "kubernetes", "--backend-option", f"namespace={NAMESPACE}",
+           "--backend-option", f"image={IMAGE}", "--backend-option", f"secrets={S3_SECRET}",
+           "--backend-option", f"env={step_env}", "--backend-option", "memory=2Gi"]
+    client = MlflowClient(mlflow_server.tracking_uri)
+
+    def runs():
+        exp = client.get_experiment_by_name(experiment)
+        return [] if exp is None else client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`quicktune.search_id` = '{search_id}'")
+
+    def epochs_recorded() -> int:
+        return sum(len(client.get_metric_history(r.info.run_id, "score")) for r in runs()
+                   if r.data.tags.get("quicktune.role") == "config")
+
+    def controller(pod: str, log_name: str) -> subprocess.Popen:
+        uid = fake_cluster.add_pod(pod)
+        return subprocess.Popen(cmd, env={**env, "POD_NAME": pod, "POD_UID": uid, "POD_NAMESPACE": NAMESPACE},
+                                stdout=open(tmp_path / log_name, "wb"), stderr=subprocess.STDOUT)
+
+    first = controller("controller-1", "controller-1.log")
+    try:
+        def ready() -> bool:
+            if first.poll() is not None:
+                pytest.fail(f"the controller exited early ({first.returncode}):\n"
+                            + (tmp_path / "controller-1.log").read_text()[-4000:])
+            return bool(fake_cluster.running_pods()) and epochs_recorded() >= 1
+
+        fake_cluster.wait_for(ready, timeout=300, what="an epoch recorded and a step pod running")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    second = controller("controller-2", "controller-2.log")
+    try:
+        rc = second.wait(timeout=480)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    log2 = (tmp_path / "controller-2.log").read_text()
+    assert rc == 0, log2[-4000:]
+
+    counts = collections.Counter(fake_cluster.created_jobs)
+    assert counts and max(counts.values()) == 1, counts
+    all_runs = runs()
+    assert [r.info.run_name for r in all_runs if r.info.status == "RUNNING"] == []
+    (parent,) = [r for r in all_runs if r.data.tags.get("quicktune.role") == "search"]
+    assert parent.data.tags.get("quicktune.status") == "succeeded", parent.data.tags
+    assert parent.data.tags.get("quicktune.resumes") == "1"
+    seqs = []
+    for run in (r for r in all_runs if r.data.tags.get("quicktune.role") == "config"):
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "score"))
+        assert steps == list(range(1, len(steps) + 1)), (run.data.tags.get("quicktune.config_id"), steps)
+        seqs += [int(m.value) for m in client.get_metric_history(run.info.run_id, "tell_seq")]
+    assert len(seqs) == len(set(seqs)) == 4, sorted(seqs)
 
 
 def test_unreadable_result_is_retried_then_reported(fake_cluster):
