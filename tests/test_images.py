@@ -313,3 +313,19 @@ def test_a_file_name_cannot_forge_message_lines(tmp_path):
     with pytest.raises(BadImageError) as err:
         ds.meta_features()
     assert "\nquicktune: all good" not in str(err.value) and "x\\nquicktune: all good.png" in str(err.value)
+
+
+def test_16bit_classes_are_learnable_by_a_real_step(tmp_path):
+    """End to end through the finetuning step: on the old code both classes were white images and the
+    validation score stayed at chance (0.5); scaled correctly they are trivially separable."""
+    from quicktune.finetune.step import run_step
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ds"
+    for cls, lo, hi in (("dark", 1_000, 21_000), ("bright", 40_000, 60_000)):
+        for i in range(20):
+            _save16(root / cls / f"{i}.png", rng.integers(lo, hi, (16, 16)))
+    r = run_step({"model": "test_vit", "lr": 0.001, "batch_size": 8, "opt": "adamw"}, str(root), 3,
+                 str(tmp_path / "ck"), image_size=16, max_epochs=3)
+    assert r["status"] == "ok", r["message"]
+    assert r["epochs"][-1]["score"] > 0.75, r["epochs"]
