@@ -19,9 +19,13 @@ fields, so each must arrive literally. Here:
   Job whose dataset URI and config carry a reference: its real shell wrapper writes the literal
   config and passes the literal URI;
 * the launcher's name checks: control characters, over-long names and a leading ``-`` are refused
-  before anything is launched.
+  before anything is launched;
+* the whole way (slow, servers): the watcher's launcher -> a real controller pod in the fake cluster
+  -> step Jobs -> MLflow, which then holds the experiment and the registered model under their
+  literal ``$(AWS_SECRET_ACCESS_KEY)`` names.
 
-Cost: ~5 s (the fake-cluster tests start tiny Python processes, no servers).
+Cost: ~15 s without the slow test (the fake-cluster tests start tiny Python processes, no servers);
+the slow one ~4-5 min on 2 busy cores (MLflow + SeaweedFS, a controller and two step processes).
 """
 
 from __future__ import annotations
@@ -382,3 +386,88 @@ def test_step_job_on_fake_cluster_runs_its_shell_wrapper_with_literal_values(tmp
         assert seen["argv"][0] == "step" and f"--data=s3://data/{LEAKY}/digits" in seen["argv"]
         assert json.loads(seen["config"])["model"] == f"m-{LEAKY}"
         assert fake.admission_denials == [] and fake.rejected == []
+
+
+# --------------------------------------------------------------------------------------------
+# the whole way: watcher launcher -> controller pod -> step pods -> MLflow
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.servers
+@pytest.mark.fake_cluster
+def test_names_with_a_secret_reference_reach_mlflow_literally(mlflow_server, tiny_image_folder, tmp_path,
+                                                             monkeypatch):
+    """The watcher's Kubernetes launcher starts a controller Job for a model named
+    ``clf-$(AWS_SECRET_ACCESS_KEY)-…`` in an experiment named likewise; the fake cluster runs the
+    controller pod (a real ``quicktune search``, S3 Secret and ConfigMap in its ``envFrom``, the
+    kubelet's expansion on), which runs its step Jobs there and registers the winner. MLflow then
+    holds the experiment and the registered model under their literal names, and no experiment or
+    model name anywhere contains the secret."""
+    import uuid
+
+    from mlflow import MlflowClient
+
+    s3 = mlflow_server.s3
+    bucket = "qt-esc-" + uuid.uuid4().hex[:6]
+    s3.create_bucket(bucket)
+    client_s3 = s3.client(max_attempts=8)
+    for path in sorted(p for p in tiny_image_folder.rglob("*") if p.is_file()):
+        client_s3.put_object(Bucket=bucket, Key="digits/" + path.relative_to(tiny_image_folder).as_posix(),
+                             Body=path.read_bytes())
+    tag = uuid.uuid4().hex[:6]
+    name = f"{LEAKY}-{tag}"
+    target = Target(MODEL, name, name, 1_700_000_000_000, {TAG_DATA: f"s3://{bucket}/digits", TAG_BUDGET: "10m"})
+    req = SearchRequest(target=target, search_id=search_id_for(target), model_name=name,
+                        data_uri=f"s3://{bucket}/digits", budget_seconds=600.0,
+                        space=str(Path(__file__).parent / "tiny_space.yaml"), workers=2, max_epochs=1,
+                        budget_epochs=2, image_size=16, experiment=f"exp-$(AWS_SECRET_ACCESS_KEY)-{tag}")
+    workdir = tmp_path / "controller-work"
+    make_job = L.controller_job
+
+    def controller_job(*a, **kw):  # the fake has no mount namespace: the workdir arg goes to tmp_path
+        job = make_job(*a, **kw)
+        c = job["spec"]["template"]["spec"]["containers"][0]
+        c["args"] = [str(workdir) if x == "/tmp/quicktune" else x for x in c["args"]]
+        return job
+
+    monkeypatch.setattr(L, "controller_job", controller_job)
+    ns = "quicktune"
+    with FakeCluster(tmp_path / "cluster", versions=("1.30",),
+                     node_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "AWS_EC2_METADATA_DISABLED": "true",
+                               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}) as fake:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}], "users": [{"name": "fake", "user": {}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": ns}}]}))
+        fake.node_env["KUBECONFIG"] = str(kubeconfig)  # the pod's "in-cluster" configuration
+        fake.add_namespace(ns, {"pod-security.kubernetes.io/enforce": "restricted",
+                                "pod-security.kubernetes.io/warn": "restricted"})
+        fake.add_secret("quicktune-s3", {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key},
+                        namespace=ns)
+        fake.add_configmap("quicktune-config", {
+            "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url, "AWS_ENDPOINT_URL": s3.endpoint_url,
+            "AWS_DEFAULT_REGION": "us-east-1", "QUICKTUNE_STEP_SECRETS": "quicktune-s3",
+            "QUICKTUNE_STEP_MEMORY": "2Gi", "QUICKTUNE_STEP_BACKOFF_LIMIT": "1"}, namespace=ns)
+        launcher = L.KubernetesLauncher(mlflow_server.tracking_uri, ns, IMAGE, api_client=fake.api_client(),
+                                        checkpoint_uri=f"s3://{bucket}/ckpt")
+        launcher.launch(req)
+        fake.wait_for(lambda: launcher.state(req.search_id).state == L.LAUNCH_DONE, timeout=600,
+                      what="the controller Job to finish")
+        (pod,) = fake.pods_of(req.search_id, ns)
+        log = (fake.workdir / "pods" / pod["metadata"]["name"] / "container.log").read_text()
+        assert pod["status"]["phase"] == "Succeeded", log[-4000:]
+        argv = fake.container_argv(pod["metadata"]["name"], ns)
+        assert name in argv and req.experiment in argv
+        assert len(fake.created_jobs) >= 2, "the controller ran its steps as Jobs in the fake cluster"
+        assert fake.admission_denials == [] and fake.rejected == []
+
+    client = MlflowClient(mlflow_server.tracking_uri)
+    exp = client.get_experiment_by_name(req.experiment)
+    assert exp is not None and exp.name == f"exp-$(AWS_SECRET_ACCESS_KEY)-{tag}"
+    model = client.get_registered_model(name)
+    assert model.name == f"clf-$(AWS_SECRET_ACCESS_KEY)-{tag}"
+    assert client.get_model_version_by_alias(name, "champion").name == name
+    secret = s3.secret_key
+    assert not [e.name for e in client.search_experiments() if secret in e.name]
+    assert not [m.name for m in client.search_registered_models() if secret in m.name]
+    assert secret not in log
