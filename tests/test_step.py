@@ -124,9 +124,51 @@ def test_invalid_configs(tiny_image_folder, tmp_path, cfg, needle):
     assert not (tmp_path / "ck").exists() or not list((tmp_path / "ck").iterdir())
 
 
-def test_bad_data_is_failed_with_message(tmp_path):
+def test_bad_data_is_invalid_with_message(tmp_path):
+    """A dataset that cannot be used is deterministic: ``invalid`` (kind data), never retried."""
     res = _step(BASE, tmp_path / "nope", 1, tmp_path / "ck")
-    assert res["status"] == "failed" and "nope" in res["message"]
+    assert res["status"] == "invalid" and "nope" in res["message"] and res["invalid_kind"] == "data"
+    validate_result(res)
+
+
+def test_truncated_image_is_invalid_not_failed(tiny_image_folder, tmp_path):
+    """One truncated image: the step says ``invalid`` (data), so the search does not retry it (it
+    was ``failed`` and retried: 18 attempts in one search)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_image_folder, data)
+    victim = sorted(data.glob("*/*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:40])
+    res = _step(BASE, data, 1, tmp_path / "ck", out=str(tmp_path / "r.json"))
+    assert res["status"] == "invalid" and res["invalid_kind"] == "data", res["message"]
+    assert victim.name in res["message"]
+    assert json.loads((tmp_path / "r.json").read_text())["invalid_kind"] == "data"
+
+
+def test_an_image_size_the_model_cannot_take_is_invalid(tiny_image_folder, tmp_path):
+    """convnext_atto's stem and downsampling need >= 32 px: at 16 px the step is ``invalid``
+    (image_size) at once, before any epoch, and writes no checkpoint."""
+    cfg = {"model": "convnext_atto", "lr": 0.001, "batch_size": 32, "opt": "adamw"}
+    res = _step(cfg, tiny_image_folder, 1, tmp_path / "ck", image_size=16,
+                weights_config={"models": {"convnext_atto": {"source": "none"}}})
+    assert res["status"] == "invalid" and res["invalid_kind"] == "image_size", res["message"]
+    assert "convnext_atto" in res["message"] and "16 px" in res["message"] and res["epochs"] == []
+    assert not (tmp_path / "ck").exists() or not list((tmp_path / "ck").iterdir())
+    res = _step(BASE, tiny_image_folder, 1, tmp_path / "ck2", image_size=4)
+    assert res["status"] == "invalid" and res["invalid_kind"] == "image_size"
+
+
+def test_a_data_error_caused_by_an_s3_outage_is_failed_and_retryable(tiny_image_folder, tmp_path, monkeypatch):
+    from quicktune import storage
+    from quicktune.data import DatasetError
+
+    import quicktune.data as data_mod
+
+    def unreachable(*a, **k):
+        raise DatasetError("s3://b/p: S3 endpoint unreachable") from storage.EndpointError("http://s3: refused")
+
+    monkeypatch.setattr(data_mod, "open_dataset", unreachable)
+    res = _step(BASE, tiny_image_folder, 1, tmp_path / "ck")
+    assert res["status"] == "failed" and "invalid_kind" not in res
 
 
 def _corrupt(path: Path) -> None:
@@ -259,7 +301,9 @@ def test_step_import_path_is_light():
 
 @pytest.mark.parametrize("exc, status", [(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "oom"),
                                          (MemoryError(), "oom"),
-                                         (KeyError("boom"), "failed")])
+                                         (KeyError("boom"), "failed"),
+                                         (__import__("quicktune.data").data.DatasetError("boom: bad image"),
+                                          "invalid")])
 def test_exceptions_map_to_statuses(tiny_image_folder, tmp_path, monkeypatch, exc, status):
     # OOM cannot be provoked honestly on a shared CPU box: inject it where it would surface.
     import quicktune.finetune.train as train_mod
@@ -273,6 +317,8 @@ def test_exceptions_map_to_statuses(tiny_image_folder, tmp_path, monkeypatch, ex
     assert json.loads((tmp_path / "r.json").read_text())["status"] == status
     if status == "oom":
         assert "out of memory" in res["message"]
+    elif status == "invalid":
+        assert res["invalid_kind"] == "data" and "boom" in res["message"]
     else:
         assert "KeyError" in res["message"] and "boom" in res["message"]
 

@@ -112,11 +112,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _fail(args: argparse.Namespace, message: str, status: str = "failed") -> int:
-    """A bad config *file* still yields a RESULT.json (status failed) when --out is writable."""
+    """A bad config *file* still yields a RESULT.json when --out is writable: ``failed`` when it
+    cannot be read (maybe transient), ``invalid`` (kind ``config``, not retried) when it is not JSON."""
     from quicktune.finetune.result import make_result, write_result
 
+    extra = {"invalid_kind": "config"} if status == "invalid" else {}
     try:
-        write_result(args.out, make_result(status, message))
+        write_result(args.out, make_result(status, message, **extra))
     except Exception as exc:  # noqa: BLE001
         print(f"quicktune step: {message}; and could not write {args.out}: {exc}", file=sys.stderr)
         return 2

@@ -16,7 +16,12 @@ Schema (docs/architecture.md)::
      "best_checkpoint": str | null,         # URI of the best epoch's manifest
      "history": [...],                      # every epoch recorded for this config so far
      "step_seconds": float,                 # wall time of the whole step (includes overhead)
-     "warnings": [str]}
+     "warnings": [str],
+     "invalid_kind": "config|image_size|data"}  # only with status invalid: what was invalid
+
+``invalid`` means deterministic: the same step would fail the same way again, so the search
+records it without retrying (``failed`` may be transient and is retried); ``invalid_kind`` =
+``data`` says the dataset itself is unusable, for every config.
 
 Consumers must ignore unknown keys; the first four keys are the stable contract.
 """
@@ -28,9 +33,10 @@ import math
 from typing import Any, Mapping
 
 STATUSES = ("ok", "diverged", "oom", "invalid", "failed")
+INVALID_KINDS = ("config", "image_size", "data")
 EPOCH_KEYS = ("epoch", "score", "top5", "val_loss", "train_loss", "train_seconds", "eval_seconds", "cost")
 
-__all__ = ["STATUSES", "EPOCH_KEYS", "make_result", "validate_result", "write_result", "read_result"]
+__all__ = ["STATUSES", "INVALID_KINDS", "EPOCH_KEYS", "make_result", "validate_result", "write_result", "read_result"]
 
 
 def make_result(status: str, message: str = "", epochs: list[Mapping[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
@@ -65,6 +71,9 @@ def validate_result(result: Mapping[str, Any]) -> None:
             raise ValueError(f"RESULT: epoch {e['epoch']} score {e['score']} outside [0, 1]")
         if not math.isclose(float(e["cost"]), float(e["train_seconds"]) + float(e["eval_seconds"]), rel_tol=1e-6, abs_tol=1e-6):
             raise ValueError(f"RESULT: epoch {e['epoch']} cost != train_seconds + eval_seconds")
+    kind = result.get("invalid_kind")
+    if kind is not None and (result.get("status") != "invalid" or kind not in INVALID_KINDS):
+        raise ValueError(f"RESULT: invalid_kind {kind!r} needs status invalid and one of {INVALID_KINDS}")
     nums = [int(e["epoch"]) for e in epochs]
     if nums != sorted(set(nums)):
         raise ValueError(f"RESULT: epochs {nums} are not strictly increasing")

@@ -5,7 +5,11 @@ stopped, train epoch by epoch, evaluate on the validation split after each epoch
 and report. Every outcome ends in a RESULT dict (``quicktune.finetune.result``) with a status:
 
 - ``ok``: trained (or already trained) to ``to_epoch``;
-- ``invalid``: the config cannot be trained (unknown knob or model, bad value);
+- ``invalid``: a deterministic error that would happen again on every attempt, so the search
+  must not retry it: the config cannot be trained (unknown knob or model, bad value), the model
+  cannot take the image size, or the data cannot be used (``DatasetError``: a corrupt image, a
+  single class, a bad split file; not an S3 outage). RESULT's ``invalid_kind`` says which
+  (``config``, ``image_size`` or ``data``): a ``data`` error fails every config alike;
 - ``diverged``: the training loss became NaN/inf (the last good checkpoint stays);
 - ``oom``: out of memory (CUDA or host);
 - ``failed``: anything else (bad data, corrupt checkpoints, storage errors, bugs); the message
@@ -45,11 +49,41 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_EPOCHS = 50
 CPU_IMAGE_SIZE = 32
 
-__all__ = ["run_step", "DEFAULT_MAX_EPOCHS", "CPU_IMAGE_SIZE", "StepError"]
+__all__ = ["run_step", "DEFAULT_MAX_EPOCHS", "CPU_IMAGE_SIZE", "StepError", "ImageSizeError"]
 
 
 class StepError(RuntimeError):
     """The step cannot run as asked (bad arguments, checkpoint of another config, ...)."""
+
+
+class ImageSizeError(StepError):
+    """The model cannot take images of the requested size (e.g. convnext_atto at 16 px, a ViT
+    whose patch size does not divide it): deterministic, reported as ``invalid``."""
+
+
+def _invalid_kind(exc: BaseException) -> str | None:
+    """``config``/``image_size``/``data`` when ``exc`` is deterministic (retrying cannot help),
+    else None. A ``DatasetError`` caused by an unreachable S3 endpoint, a timeout or a generic
+    storage failure (e.g. a 5xx answer) may be transient: not invalid."""
+    from quicktune import storage
+    from quicktune.data import DatasetError, errors
+
+    if isinstance(exc, (InvalidConfigError, UnknownModelError)):
+        return "config"
+    if isinstance(exc, ImageSizeError):
+        return "image_size"
+    if isinstance(exc, getattr(errors, "InvalidDatasetError", ())):  # the data themselves are wrong
+        return "data"
+    if isinstance(exc, DatasetError):
+        link: BaseException | None = exc.__cause__
+        for _ in range(8):
+            if link is None:
+                break
+            if isinstance(link, (ConnectionError, TimeoutError)) or type(link) is storage.StorageError:
+                return None
+            link = link.__cause__
+        return "data"
+    return None
 
 
 @dataclass
@@ -90,16 +124,10 @@ def run_step(config: Mapping[str, Any], data_uri: str, to_epoch: int, checkpoint
         _run(report, config, data_uri, int(to_epoch), checkpoint_dir, device, int(seed), image_size, cache_dir,
              max_epochs, threads, int(split_seed), num_workers, deterministic, weights_config)
         message = report.message
-    except (InvalidConfigError, UnknownModelError) as exc:
-        status, message = "invalid", str(exc)
-    except _diverged_type() as exc:
-        status, message = "diverged", f"{exc}; kept the last good checkpoint"
-    except (torch.OutOfMemoryError, MemoryError) as exc:
-        status, message = "oom", f"out of memory on {device}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    except Exception as exc:  # noqa: BLE001 - the step reports every failure as a status
-        status, message = "failed", f"{type(exc).__name__}: {exc}"
-        log.error("finetuning step failed:\n%s", traceback.format_exc())
+    except Exception as exc:  # noqa: BLE001 - classified below; the step reports every failure as a status
+        status, message = _classify(exc, device, report)
     if status in ("oom",) and torch.cuda.is_available():
+
         torch.cuda.empty_cache()
     result = make_result(
         status, message, report.epochs,
@@ -117,6 +145,21 @@ def run_step(config: Mapping[str, Any], data_uri: str, to_epoch: int, checkpoint
     if out is not None:
         write_result(out, result)
     return result
+
+
+def _classify(exc: Exception, device: str, report: _Report) -> tuple[str, str]:
+    """(status, message) of a step that raised ``exc`` (see the module docstring)."""
+    kind = _invalid_kind(exc)
+    if kind is not None:
+        report.extra["invalid_kind"] = kind
+        log.error("finetuning step is invalid (%s): %s", kind, exc)
+        return "invalid", str(exc)
+    if isinstance(exc, _diverged_type()):
+        return "diverged", f"{exc}; kept the last good checkpoint"
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return "oom", f"out of memory on {device}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    log.error("finetuning step failed:\n%s", traceback.format_exc())
+    return "failed", f"{type(exc).__name__}: {exc}"
 
 
 def _diverged_type():
@@ -196,7 +239,7 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
         image_size = int(image_size) if image_size else (CPU_IMAGE_SIZE if dev.type == "cpu" else defaults["input_size"])
         max_epochs = int(max_epochs) if max_epochs else DEFAULT_MAX_EPOCHS
     if image_size < 8:
-        raise StepError(f"image size {image_size} px is too small (>= 8)")
+        raise ImageSizeError(f"image size {image_size} px is too small (>= 8)")
     if to_epoch > max_epochs:
         report.warnings.append(f"to_epoch {to_epoch} is beyond the schedule length max_epochs={max_epochs}")
 
@@ -221,6 +264,8 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
     mark("build")
     net, optimizer, scheduler, scaler, regs = parts["net"], parts["optimizer"], parts["scheduler"], parts["scaler"], parts["regs"]
     report.num_params = int(sum(p.numel() for p in net.parameters()))
+    if ckpt is None:  # a config's first step: can the model take this size at all?
+        _check_input_size(net, cfg["model"], in_chans, image_size, dev)
     mean, std = defaults["mean"], defaults["std"]
     bs = int(cfg["batch_size"])
 
@@ -286,6 +331,25 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
         report.best_checkpoint = _best_uri(checkpoint_dir, {"best_epoch": best_epoch})
         log.info("epoch %d: val top-1 %.4f, loss %.4f, train loss %.4f, %.1fs", epoch, ev["top1"], ev["loss"],
                  stats["train_loss"], record["cost"])
+
+
+@torch.no_grad()
+def _check_input_size(net: torch.nn.Module, model: str, in_chans: int, image_size: int, dev: torch.device) -> None:
+    """One forward pass of two blank images in eval mode (no RNG drawn, no statistic updated), so
+    that a size the architecture cannot take is an ``invalid`` step at once (ImageSizeError)
+    instead of a crash inside the first epoch that the search would retry as transient."""
+    was_training = net.training
+    net.eval()
+    try:
+        net(torch.zeros(2, in_chans, image_size, image_size, device=dev))
+    except (torch.OutOfMemoryError, MemoryError):
+        raise
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise ImageSizeError(f"model {model} cannot take {image_size} px images ({reason}); "
+                             f"use a larger --image-size or leave this model out of the space") from None
+    finally:
+        net.train(was_training)
 
 
 class _Marks:
