@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from quicktune.tracking.retry import RetryPolicy, repeat_if_write_race
+from quicktune.tracking.names import check_search_id, filter_string, tag
+from quicktune.tracking.retry import InfrastructureError, RetryPolicy, check_reachable, repeat_if_write_race
 from quicktune.tracking.secrets import redact, safe_uri
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,13 @@ class SearchTracker:
         :func:`~quicktune.tracking.retry.repeat_if_write_race`)."""
         return repeat_if_write_race(lambda: self._call(what, fn, *args), what=what)
 
+    def check_reachable(self, window: float = 10.0) -> None:
+        """Fail fast (:class:`InfrastructureError`) when the tracking server does not answer at all,
+        instead of retrying for minutes; see :func:`quicktune.tracking.retry.check_reachable`."""
+        from mlflow import get_tracking_uri
+
+        check_reachable(str(self.tracking_uri or get_tracking_uri()), window=window)
+
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
@@ -206,7 +214,7 @@ class SearchTracker:
 
     # --- the parent run ------------------------------------------------------------------------
     def find_search(self, search_id: str) -> Any | None:
-        runs = self._search(f"tags.`{TAG_SEARCH_ID}` = '{search_id}' and tags.`{TAG_ROLE}` = 'search'")
+        runs = self._search(filter_string({tag(TAG_SEARCH_ID): check_search_id(search_id), tag(TAG_ROLE): "search"}))
         if not runs:
             return None
         return sorted(runs, key=lambda r: r.info.start_time)[0]
@@ -220,8 +228,9 @@ class SearchTracker:
                     TAG_MESSAGE: "", "mlflow.runName": search_id}
             run = self._call("create search run", self.client.create_run, self.experiment_id, tags=tags)
             self.log_params(run.info.run_id, flatten(spec))
+            # in the order given (no sort_keys): the space definition inside reads as written
             self._call("log spec", self.client.log_text, run.info.run_id,
-                       redact(json.dumps(spec, indent=2, sort_keys=True, default=str)), "spec.json")
+                       redact(json.dumps(spec, indent=2, default=str)), "spec.json")
         else:
             self.set_tags(run.info.run_id, {TAG_STATUS: "running", TAG_MESSAGE: "resumed"})
             if run.info.status != "RUNNING":
@@ -236,8 +245,6 @@ class SearchTracker:
             try:
                 local = self._call(f"download {path}", self.client.download_artifacts, run_id, path, tmp)
             except Exception as exc:  # noqa: BLE001 - a missing artifact is a normal answer
-                from quicktune.tracking.retry import InfrastructureError
-
                 if isinstance(exc, InfrastructureError):
                     raise
                 return None
@@ -299,7 +306,7 @@ class SearchTracker:
 
     def load_configs(self, parent_run_id: str) -> dict[str, ConfigRecord]:
         """Every configuration of the search with its recorded epochs and failure (if any)."""
-        runs = self._search(f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TAG_ROLE}` = 'config'")
+        runs = self._search(filter_string({tag("mlflow.parentRunId"): parent_run_id, tag(TAG_ROLE): "config"}))
         records: dict[str, ConfigRecord] = {}
         for run in sorted(runs, key=lambda r: r.info.start_time):
             tags = run.data.tags
@@ -324,6 +331,21 @@ class SearchTracker:
             if prev is None or len(rec.epochs) > len(prev.epochs):  # a duplicate run: keep the fuller one
                 records[cid] = rec
         return records
+
+    def delete_untrained(self, records: Mapping[str, ConfigRecord], keep: Iterable[str] = ()) -> list[str]:
+        """Delete (MLflow's soft delete: restorable until ``mlflow gc``) the runs of configurations
+        that never recorded an epoch nor a failure -- steps asked ahead (prefetch) that the budget
+        cut before they trained -- except the config ids in ``keep``. Removes them from ``records``
+        (when it is a dict) and returns their config ids. Why delete rather than tag: such a run holds
+        nothing but a config that was never tried, yet showed in the UI as a FINISHED run with 0
+        epochs; a resumed search that still wants it recreates it (see the controller)."""
+        keep = set(keep)
+        gone = [cid for cid, rec in records.items() if not rec.epochs and rec.failure is None and cid not in keep]
+        for cid in gone:
+            self._call("delete untrained config run", self.client.delete_run, records[cid].run_id)
+            if isinstance(records, dict):
+                del records[cid]
+        return gone
 
     def mark_pending(self, rec: ConfigRecord, epoch: int | None) -> None:
         rec.pending_epoch = epoch
