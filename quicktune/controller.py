@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -42,14 +43,19 @@ from quicktune.optimizer.base import STATUSES, Optimizer
 from quicktune.optimizer.registry import make_optimizer, uses_meta_artifact
 from quicktune.space import SearchSpace, load_space
 from quicktune.tracking.layout import ConfigRecord, SearchRun, SearchTracker
+from quicktune.tracking.names import InvalidNameError, check_search_id
 from quicktune.tracking.retry import InfrastructureError
 from quicktune.tracking.secrets import safe_uri
 
 log = logging.getLogger(__name__)
 
-# Spec fields that define *what* is searched: a resumed search must keep them.
+# Spec fields that define *what* is searched: a resumed search must keep them. The data is
+# compared by its fingerprint (the same folder by another path is the same data; another dataset
+# under the same path is not), see _Search.open; data_uri is compared here only for searches
+# that recorded no fingerprint.
 IDENTITY_FIELDS = ("data_uri", "space", "max_epochs", "seed", "optimizer", "image_size", "device", "checkpoint_uri",
                    "meta_artifact")
+TAG_FINGERPRINT = "quicktune.dataset_fingerprint"
 
 
 class SearchError(RuntimeError):
@@ -87,6 +93,10 @@ class SearchSpec:
     def __post_init__(self) -> None:
         if not self.search_id:
             self.search_id = time.strftime("s%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+        try:  # it names folders, Jobs and MLflow filter values: never a path or a quote
+            check_search_id(self.search_id)
+        except InvalidNameError as exc:
+            raise SearchError(str(exc)) from None
         if not (self.budget_seconds and self.budget_seconds > 0):
             raise SearchError(f"budget_seconds must be > 0, got {self.budget_seconds!r}")
         if self.workers < 1:
@@ -208,6 +218,34 @@ def fetch_meta_artifact(uri: str, workdir: str) -> MetaArtifact:
         raise SearchError(f"--meta-artifact {safe_uri(uri)}: {exc}") from exc
 
 
+def check_space(space: SearchSpace) -> None:
+    """The strict check of a new search's space (:func:`quicktune.finetune.space_check.check_space_for_step`):
+    unknown knobs or models, values the step refuses. Found here, every config would otherwise
+    come back ``invalid`` one step at a time. Not repeated on resume: a recorded space is kept."""
+    from quicktune.finetune.space_check import check_space_for_step
+    from quicktune.space import SpaceError
+
+    try:
+        check_space_for_step(space)
+    except SpaceError as exc:
+        raise SearchError(str(exc)) from exc
+
+
+def same_location(a: str | None, b: str | None) -> bool:
+    """Do two data URIs name the same place? Local paths are compared resolved (relative vs
+    absolute, trailing slash, symlinks, ``file://``); S3 prefixes without a trailing slash."""
+    if a is None or b is None:
+        return a == b
+
+    def norm(uri: str) -> str:
+        if "://" in uri and not uri.startswith("file://"):
+            return uri.rstrip("/")
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        return os.path.realpath(os.path.expanduser(path))
+
+    return norm(str(a)) == norm(str(b))
+
+
 def dataset_identity(data_uri: str) -> tuple[dict[str, float], str]:
     """``(meta-features, fingerprint)`` of a dataset: the surrogate conditions on the former; the
     latter (a hash of the file list, labels and split) is tagged on the search so that harvesting
@@ -250,6 +288,7 @@ class _Search:
         self.resumes = 0
         self.last_incumbent: float | None = None
         self.optimizer_seconds = 0.0
+        self._fresh_meta: dict[str, float] = {}
 
     # --- time and budget -------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -294,6 +333,7 @@ class _Search:
     def open(self) -> None:
         spec = self.spec
         tr = self.tracker
+        tr.check_reachable()  # a server that is not there: seconds, not the 2 min of retries
         self._check_checkpoint_location()
         self.backend.warm_up()  # e.g. the local fork server's imports, while MLflow and the dataset are read
         options = dict(spec.optimizer_options)  # checked before anything is created
@@ -305,13 +345,12 @@ class _Search:
         existing = tr.find_search(spec.search_id)
         if existing is None:
             self.space = load_space(spec.space)
-            try:
-                self.meta_features, fingerprint = dataset_identity(spec.data_uri)
-            except Exception as exc:  # a bad dataset: say so before anything is created
-                raise SearchError(f"cannot open dataset {safe_uri(spec.data_uri)}: {exc}") from exc
+            check_space(self.space)
+            meta, fingerprint = self._open_data()
+            self.meta_features = meta
             spec_doc = {**spec.to_dict(), "space_def": self.space.to_dict(), "meta_features": self.meta_features}
             self.parent = tr.open_search(spec.search_id, spec_doc)
-            tr.set_tags(self.parent.run_id, {"quicktune.dataset_fingerprint": fingerprint})
+            tr.set_tags(self.parent.run_id, {TAG_FINGERPRINT: fingerprint})
             if spec.checkpoint_uri:
                 tr.set_tags(self.parent.run_id, {"quicktune.checkpoint_uri": safe_uri(spec.checkpoint_uri)})
         else:
@@ -319,7 +358,11 @@ class _Search:
             if stored is None:
                 raise SearchError(f"search {spec.search_id!r} exists (run {existing.info.run_id}) but has no "
                                   f"spec.json artifact; cannot resume it")
-            self._check_identity(stored)
+            recorded = existing.data.tags.get(TAG_FINGERPRINT)
+            self._check_identity(stored, compare_data_uri=not recorded)
+            _, fingerprint = self._open_data()
+            if recorded and fingerprint != recorded:  # refused before anything is written or launched
+                raise SearchError(self._data_changed(stored, recorded, fingerprint))
             self.space = SearchSpace.from_dict(stored["space_def"], source=f"search {spec.search_id} spec.json")
             self.meta_features = {k: float(v) for k, v in stored.get("meta_features", {}).items()}
             self.parent = tr.open_search(spec.search_id, stored)
@@ -336,11 +379,36 @@ class _Search:
         if existing is not None:
             self._rebuild()
 
-    def _check_identity(self, stored: Mapping[str, Any]) -> None:
+    def _open_data(self) -> tuple[dict[str, float], str]:
+        """(meta-features, fingerprint) of the spec's dataset; a bad dataset is reported before
+        anything is created or launched."""
+        try:
+            meta, fingerprint = dataset_identity(self.spec.data_uri)
+        except Exception as exc:  # noqa: BLE001 - a bad dataset: say so before anything is created
+            raise SearchError(f"cannot open dataset {safe_uri(self.spec.data_uri)}: {exc}") from exc
+        self._fresh_meta = meta
+        return meta, fingerprint
+
+    def _data_changed(self, stored: Mapping[str, Any], old: str, new: str) -> str:
+        """Why a resume is refused: the fingerprints, and the class and image counts that changed."""
+        was = stored.get("meta_features") or {}
+        now = self._fresh_meta
+        changes = []
+        for key, word in (("num_classes", "classes"), ("num_images", "images")):
+            if key in was and key in now and float(was[key]) != float(now[key]):
+                changes.append(f"{word} {float(was[key]):.0f} -> {float(now[key]):.0f}")
+        detail = f" ({', '.join(changes)})" if changes else ""
+        return (f"search {self.spec.search_id!r} was started on other data: dataset fingerprint {old} -> {new}"
+                f"{detail} at {safe_uri(self.spec.data_uri)}. Scores of two datasets cannot be compared: resume "
+                f"with the data the search started with, or start a new search (another --search-id)")
+
+    def _check_identity(self, stored: Mapping[str, Any], compare_data_uri: bool = True) -> None:
         new = self.spec.to_dict()
         diffs = []
         for k in IDENTITY_FIELDS:
             a, b = stored.get(k), new.get(k)
+            if k == "data_uri" and (not compare_data_uri or same_location(a, b)):
+                continue
             if k == "space" and a != b:
                 # same definition under another reference is fine
                 try:
@@ -393,13 +461,23 @@ class _Search:
                                   f"({o.config_id} epoch {o.epoch}) into the optimizer: {exc}") from exc
         told = {(o.config_id, o.epoch) for o in observations}
         expected = {k for k in inflight_keys if k not in told}
-        # pending marks without a snapshot entry were never started: forget them
+        # pending marks without a snapshot entry were never started: forget them; runs that never
+        # trained and that the snapshot does not list are leftovers of a session killed between
+        # creating a run and saving the snapshot: delete them (the optimizer may ask again)
+        wanted = {cid for cid, _ in expected}
         for rec in self.records.values():
-            if rec.pending_epoch is not None and (rec.config_id, rec.pending_epoch) not in expected:
+            if rec.pending_epoch is not None and (rec.config_id, rec.pending_epoch) not in expected \
+                    and (rec.epochs or rec.dead):
                 self.tracker.mark_pending(rec, None)
+        gone = self.tracker.delete_untrained(self.records, keep=wanted)
+        if gone:
+            log.info("resume: deleted %d run(s) of configs that were never trained: %s", len(gone), gone)
+        configs = snap.get("inflight_configs", {}) if snap is not None else {}
         now = time.monotonic()
         for cid, epoch in sorted(expected):
             rec = self.records.get(cid)
+            if rec is None and isinstance(configs.get(cid), dict):  # its untrained run was deleted at the end
+                rec = self._record_for(cid, configs[cid])
             if rec is None:
                 raise SearchError(f"search {self.spec.search_id!r}: the optimizer snapshot lists a step for "
                                   f"config {cid} which has no run in MLflow")
@@ -532,6 +610,10 @@ class _Search:
         self.tracker.log_failure(rec, failed_epoch, seq, opt_status, f"{status}: {message}"[:2000], cost, logs)
         self.opt.tell(rec.config_id, failed_epoch, math.nan, cost, opt_status)
         log.warning("config %s epoch %d: %s", rec.config_id, failed_epoch, message[:300])
+        if opt_status == "invalid" and result.get("invalid_kind") == "data":
+            # the dataset itself is unusable: every other config would fail the same way
+            raise SearchError(f"the dataset cannot be used (config {rec.config_id} epoch {failed_epoch}): "
+                              f"{message[:1000]}")
         if self.steps_succeeded == 0:
             self.consecutive_first_failures.append(f"{opt_status}: {message[:300]}")
 
@@ -579,7 +661,11 @@ class _Search:
         self.tracker.save_optimizer_state(self.parent.run_id, self.generation, {
             "seq": self.next_seq - 1, "optimizer": self.optimizer_name,
             "observations": sum(len(r.observations()) for r in self.records.values()),
-            "inflight": sorted([c, e] for c, e in self.inflight), "state": self.opt.state_dict()})
+            "inflight": sorted([c, e] for c, e in self.inflight),
+            # the configs of steps in flight: a resume recreates the run of one whose untrained
+            # run was deleted when the last session ended (see finish)
+            "inflight_configs": {c: dict(self.inflight[(c, e)].request.config) for c, e in self.inflight},
+            "state": self.opt.state_dict()})
         self._snapshot_seq = self.next_seq - 1
 
     def log_progress(self) -> None:
@@ -608,10 +694,14 @@ class _Search:
         while True:
             if self.collect():
                 self.log_progress()
-            if self.consecutive_first_failures and len(self.consecutive_first_failures) >= self.spec.fail_fast_steps:
-                raise SearchError(f"the first {len(self.consecutive_first_failures)} steps all failed and none "
-                                  f"succeeded, so the data or environment is probably broken; last: "
-                                  f"{self.consecutive_first_failures[-1]}")
+            first = self.consecutive_first_failures
+            if first and len(first) >= self.spec.fail_fast_steps:
+                if all(f.startswith("invalid:") for f in first):
+                    raise SearchError(f"the first {len(first)} steps were all invalid and none succeeded: the "
+                                      f"search space (or --image-size) proposes configs the step cannot train; "
+                                      f"last: {first[-1]}")
+                raise SearchError(f"the first {len(first)} steps all failed and none succeeded, so the data or "
+                                  f"environment is probably broken; last: {first[-1]}")
             reason = self.budget_reason()
             if reason:
                 stop_reason = reason
@@ -651,14 +741,25 @@ class _Search:
         status = "failed" if failed else "succeeded"
         message = failed or f"stopped: {stop_reason}"
         if not failed and best is None:
-            status, message = "failed", f"no configuration finished an epoch ({stop_reason})"
+            dead = Counter(r.failure.status for r in self.records.values() if r.failure is not None)
+            why = "".join(f"; {n} {word}" for word, n in sorted(dead.items()))
+            status, message = "failed", f"no configuration finished an epoch ({stop_reason}{why})"
         self.log_progress()
+        self.delete_untrained()
         summary = self.summary(status, message)
         self.plots()
         self.tracker.finish_search(self.parent, status, message, summary, self.records)
         self.progress.update(self.elapsed(), self.status_line(), force=True)
         self.progress.close()
         return self.result(status, message, summary)
+
+    def delete_untrained(self, keep: set[str] | None = None) -> None:
+        """At the end of a session, delete the runs of configs that never recorded an epoch or a
+        failure (asked ahead, then cut by the budget): they would show as FINISHED runs with 0
+        epochs. The snapshot keeps their configs, so a resume that still wants them recreates them."""
+        gone = self.tracker.delete_untrained(self.records, keep=keep or ())
+        if gone:
+            log.info("deleted %d run(s) of configs that were never trained", len(gone))
 
     def busy_seconds(self) -> float:
         return (time.monotonic() - self.t0) - self.sleep_seconds
@@ -762,9 +863,11 @@ def _mark_failed(search: _Search, why: str, cancel: bool) -> SearchResult:
     try:
         if cancel:
             search.stop_inflight()
-        summary = search.summary("failed", why)
         assert search.parent is not None
         search.tracker.retry.total = min(search.tracker.retry.total, 10.0)  # it may be what failed
+        # steps left running (a crash) may still record into their runs: keep those
+        search.delete_untrained(keep=None if cancel else {c for c, _ in search.inflight})
+        summary = search.summary("failed", why)
         search.tracker.finish_search(search.parent, "failed", why, summary, search.records)
     except Exception as exc:  # noqa: BLE001 - the tracking server may be what failed
         log.error("could not record the failure of search %s in MLflow: %s", search.spec.search_id, exc)

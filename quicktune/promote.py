@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from quicktune.tracking.layout import TAG_CONFIG_ID, TAG_ROLE, TAG_SEARCH_ID, ConfigRecord, SearchTracker
+from quicktune.tracking.names import InvalidNameError, check_search_id
 
 log = logging.getLogger(__name__)
 _LUMA = (0.299, 0.587, 0.114)  # PIL's RGB -> L weights, as in training
@@ -129,7 +130,12 @@ def promote(search_id: str, tracking_uri: str | None = None, model_name: str | N
 
     from quicktune.finetune import evaluate_checkpoint, load_trained_model
 
+    try:  # it goes into an MLflow filter string and the default model name
+        check_search_id(search_id)
+    except InvalidNameError as exc:
+        raise PromotionError(str(exc)) from None
     tracker = tracker or SearchTracker(tracking_uri, experiment=experiment)
+    tracker.check_reachable()
     parent = tracker.find_search(search_id)
     if parent is None:
         raise PromotionError(f"no search {search_id!r} in experiment {tracker.experiment_name!r} "

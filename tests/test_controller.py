@@ -251,6 +251,65 @@ def test_kill_9_mid_search_then_resume_loses_and_repeats_no_epoch(server_env, ti
     assert tracker.client.get_run(parent.info.run_id).data.tags["quicktune.resumes"] == "2"
 
 
+@pytest.mark.servers
+def test_kill_9_then_resume_on_the_shipped_defaults(server_env, tiny_image_folder, tmp_path):
+    """What users run: ``quicktune search`` with the default space (builtin:cpu, which has
+    conditional knobs) and the shipped meta-artifact, SIGKILLed once an epoch is recorded while
+    steps run, then the same command again. Resuming failed here with ``SpaceError ... not defined
+    before it`` (spec.json's space read back in sorted key order). It must finish with every
+    pre-kill epoch kept, tell_seq 1..N with no gap or repeat, no epoch trained twice and no run
+    left RUNNING."""
+    search_id = f"kill-defaults-{uuid.uuid4().hex[:6]}"
+    experiment = f"kill-defaults-{uuid.uuid4().hex[:6]}"
+    workdir = tmp_path / "work"
+    cmd = [sys.executable, "-m", "quicktune.cli", "search", "--data", str(tiny_image_folder), "--budget", "10m",
+           "--workers", "2", "--max-epochs", "2", "--image-size", "32", "--budget-epochs", "5",
+           "--search-id", search_id, "--experiment", experiment, "--tracking-uri", server_env.tracking_uri,
+           "--workdir", str(workdir), "--no-progress"]
+    tracker = SearchTracker(server_env.tracking_uri, experiment=experiment)
+
+    def recorded() -> dict[str, list[int]]:
+        parent = tracker.find_search(search_id)
+        return epochs_by_config(tracker.client, parent.info.run_id) if parent else {}
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no epoch recorded with a step running in time"
+            before = recorded()
+            if sum(map(len, before.values())) >= 1 and _running_steps(workdir):
+                break
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    parent = tracker.find_search(search_id)
+    assert tracker.client.get_run(parent.info.run_id).data.tags.get("quicktune.meta_artifact") == "shipped"
+    spec_json = json.loads(tracker.read_text(parent.info.run_id, "spec.json"))
+    assert spec_json["space"] == "builtin:cpu" and spec_json["meta_artifact"] is None
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=dict(os.environ))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    client = tracker.client
+    after = assert_exact_epochs(client, parent.info.run_id)
+    for cid, steps in before.items():  # nothing recorded before the kill was lost
+        assert after[cid][:len(steps)] == steps
+    assert sum(map(len, after.values())) == 5
+    seqs = sorted(int(m.value) for r in child_runs(client, parent.info.run_id)
+                  for m in client.get_metric_history(r.info.run_id, "tell_seq"))
+    seqs += [int(r.data.tags["quicktune.failed_seq"]) for r in child_runs(client, parent.info.run_id)
+             if r.data.tags.get("quicktune.failed_seq")]
+    assert sorted(seqs) == list(range(1, len(seqs) + 1))  # no gap, no repeat
+    trained = trained_epochs(workdir)
+    assert len(trained) == len(set(trained)), sorted(trained)  # no epoch trained twice
+    runs = [client.get_run(parent.info.run_id), *child_runs(client, parent.info.run_id)]
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    assert runs[0].data.tags["quicktune.status"] == "succeeded" and runs[0].data.tags["quicktune.resumes"] == "1"
+
+
 # --- failures -----------------------------------------------------------------------------------
 @pytest.mark.servers
 def test_diverging_config_is_recorded_and_never_proposed_again(server_env, tiny_image_folder, tmp_path):

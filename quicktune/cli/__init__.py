@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 # Modules that provide subcommands, in the order they appear in --help.
 _SUBCOMMAND_MODULES = [
@@ -62,9 +63,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _value_options(parser: argparse.ArgumentParser) -> Iterator[str]:
+    """The ``--long`` option strings, in ``parser`` and its subcommands, that take exactly one value."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _value_options(sub)
+        elif isinstance(action, (argparse._StoreAction, argparse._AppendAction)) and action.nargs is None:
+            yield from (o for o in action.option_strings if o.startswith("--"))
+
+
+_DASH_VALUE = re.compile(r"^-[0-9.]")
+
+
+def join_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``--budget -5m`` -> ``--budget=-5m`` for every option that takes one value.
+
+    Why: argparse takes a token starting with ``-`` for an option unless it looks like a negative
+    *number*, so ``--budget -5m`` failed with "expected one argument" instead of the option's own
+    message ("a duration must be positive"). Only values that start like a number (``-5m``,
+    ``-1h30m``, ``-.5``) are joined; an option name after an option still fails as before."""
+    takes_value = set(_value_options(parser))
+    out: list[str] = []
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            out.extend(argv[i:])
+            break
+        if tok in takes_value and i + 1 < len(argv) and _DASH_VALUE.match(argv[i + 1]):
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_dash_values(parser, sys.argv[1:] if argv is None else argv))
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "handler", None):

@@ -12,7 +12,7 @@ from typing import Any
 
 from quicktune.durations import DurationError
 from quicktune.durations import parse_duration as _parse_duration
-
+from quicktune.tracking.names import InvalidNameError, check_search_id
 
 
 def parse_duration(text: str) -> float:
@@ -22,6 +22,23 @@ def parse_duration(text: str) -> float:
         return _parse_duration(text)
     except DurationError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def search_id_arg(text: str) -> str:
+    """argparse type for search ids (:func:`quicktune.tracking.names.check_search_id`): an id names
+    a folder, a Kubernetes Job and an MLflow filter value, so ``../../x`` or a quote is refused."""
+    try:
+        return check_search_id(text)
+    except InvalidNameError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _local_data(uri: str) -> str:
+    """A local ``--data`` folder as an absolute path: steps run in their own folders (local
+    backend), where a relative path would name nothing. URIs (``s3://``) are kept as given."""
+    if "://" in uri:
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
 
 
 def _positive_int(text: str) -> int:
@@ -88,7 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", default="quicktune", help="MLflow experiment")
     p.add_argument("--model-name", default=None, help="register the winner under this name (skip if omitted)")
     p.add_argument("--alias", default="champion", help="alias given to the registered version")
-    p.add_argument("--search-id", default=None, help="resume this search, or name a new one")
+    p.add_argument("--search-id", default=None, type=search_id_arg,
+                   help="resume this search, or name a new one (lowercase letters, digits and '-', at most 63)")
     p.add_argument("--optimizer", default="quicktune", help="quicktune, random, asha, hyperband, dyhpo, ...")
     p.add_argument("--meta-artifact", default=None, metavar="DIR_OR_URI",
                    help="meta-trained surrogate to start from: a folder written by `quicktune metatrain` or an "
@@ -119,7 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "test split, log it as an MLflow model that takes raw uint8 images "
                                    "[N, H, W, 3], register it and set an alias.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    q.add_argument("search_id", metavar="SEARCH_ID")
+    q.add_argument("search_id", metavar="SEARCH_ID", type=search_id_arg)
     q.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default as for search)")
     q.add_argument("--experiment", default="quicktune", help="MLflow experiment")
     q.add_argument("--model-name", default=None, help="registered model name (default quicktune-SEARCH_ID)")
@@ -147,7 +165,7 @@ def _search(args: argparse.Namespace) -> int:
 
     tracking_uri, artifact_location = _tracking(args)
     try:
-        spec = SearchSpec(data_uri=args.data, budget_seconds=args.budget, space=args.space,
+        spec = SearchSpec(data_uri=_local_data(args.data), budget_seconds=args.budget, space=args.space,
                           search_id=args.search_id or "", workers=args.workers, max_epochs=args.max_epochs,
                           seed=args.seed, optimizer=args.optimizer, meta_artifact=args.meta_artifact,
                           image_size=args.image_size, device=args.device,
