@@ -31,10 +31,16 @@ from quicktune.watch import launchers as L
 from quicktune.watch.requests import (
     MODEL, TAG_BUDGET, TAG_BUDGET_EPOCHS, TAG_CLAIM, TAG_DATA, TAG_IMAGE_SIZE, TAG_MAX_EPOCHS, TAG_REQUEST,
     TAG_SPACE, TAG_STATUS, TAG_WORKERS, RequestError, Target, parse_request, search_id_for)
+from quicktune.watch.roots import AllowedRoots
 from quicktune.watch.webhook import WebhookReceiver, sign, verify
 
 HERE = Path(__file__).parent
 TINY_SPACE = str(HERE / "tiny_space.yaml")
+
+
+def roots_for(*folders: Path) -> AllowedRoots:
+    """S3 (the default) plus the local folders a test's data and space lie in (tests/ for tiny_space)."""
+    return AllowedRoots.parse(["s3://", str(HERE), *map(str, folders)])
 
 
 def make_target(tags: dict[str, str], name: str = "digits-clf", created: int = 1_700_000_000_000) -> Target:
@@ -95,14 +101,16 @@ def test_search_id_is_deterministic_and_a_kubernetes_name():
 
 def test_valid_request_is_parsed(tiny_image_folder):
     req = parse_request(make_target({TAG_DATA: str(tiny_image_folder), TAG_BUDGET: "1h30m", TAG_WORKERS: "2",
-                                     TAG_SPACE: TINY_SPACE, TAG_MAX_EPOCHS: "3", TAG_IMAGE_SIZE: "16"}))
+                                     TAG_SPACE: TINY_SPACE, TAG_MAX_EPOCHS: "3", TAG_IMAGE_SIZE: "16"}),
+                        roots=roots_for(tiny_image_folder))
     assert (req.budget_seconds, req.workers, req.max_epochs, req.image_size) == (5400.0, 2, 3, 16)
-    assert req.model_name == "digits-clf" and req.space == TINY_SPACE and req.search_id.startswith("ui-digits-clf-")
+    assert req.model_name == "digits-clf" and req.space == os.path.realpath(TINY_SPACE)
+    assert req.search_id.startswith("ui-digits-clf-")
     from quicktune.cli import build_parser
 
     args = build_parser().parse_args(["search", *req.search_args("http://mlflow:5000")])
     assert (args.data, args.budget, args.workers, args.search_id, args.model_name, args.tracking_uri) == \
-        (str(tiny_image_folder), 5400.0, 2, req.search_id, "digits-clf", "http://mlflow:5000")
+        (os.path.realpath(tiny_image_folder), 5400.0, 2, req.search_id, "digits-clf", "http://mlflow:5000")
 
 
 @pytest.mark.parametrize("tags, reason", [
@@ -113,20 +121,25 @@ def test_valid_request_is_parsed(tiny_image_folder):
     ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_WORKERS: "two"}, "quicktune.workers='two' is not a whole number"),
     ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_WORKERS: "0"}, "quicktune.workers='0' must be >= 1"),
     ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_WORKERS: "999"}, "more than this watcher allows"),
-    ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_SPACE: "/nope/space.yaml"}, "quicktune.space='/nope/space.yaml'"),
-    ({TAG_DATA: "/nope/digits", TAG_BUDGET: "2h"}, "dataset cannot be read: .*/nope/digits"),
+    ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_SPACE: "/nope/space.yaml"},
+     "quicktune.space: not under a data root this watcher allows"),
+    ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_SPACE: "builtin:nope"}, "quicktune.space: no built-in space 'nope'"),
+    ({TAG_DATA: "/nope/digits", TAG_BUDGET: "2h"}, "quicktune.data: /nope/digits: not under a data root"),
+    ({TAG_DATA: "{data}/nope", TAG_BUDGET: "2h"}, "dataset cannot be read: .*/digits/nope: not found$"),
+    ({TAG_DATA: "{data}/../nope", TAG_BUDGET: "2h"}, "quicktune.data: .*: not under a data root"),
 ])
 def test_bad_requests_are_refused_with_a_reason(tags, reason, tiny_image_folder):
     tags = {k: v.replace("{data}", str(tiny_image_folder)) for k, v in tags.items()}
     with pytest.raises(RequestError, match=reason):
-        parse_request(make_target(tags))
+        parse_request(make_target(tags), roots=roots_for(tiny_image_folder))
 
 
 def test_bad_space_file_is_refused(tmp_path, tiny_image_folder):
     bad = tmp_path / "space.yaml"
     bad.write_text("params:\n  model: {type: categorical}\n")
-    with pytest.raises(RequestError, match="quicktune.space=.*cannot be loaded"):
-        parse_request(make_target({TAG_DATA: str(tiny_image_folder), TAG_BUDGET: "1h", TAG_SPACE: str(bad)}))
+    with pytest.raises(RequestError, match="^quicktune.space: not a valid search-space file"):
+        parse_request(make_target({TAG_DATA: str(tiny_image_folder), TAG_BUDGET: "1h", TAG_SPACE: str(bad)}),
+                      roots=roots_for(tiny_image_folder, tmp_path))
 
 
 # --- kubernetes and kfp launchers ---------------------------------------------------------------
@@ -234,6 +247,8 @@ def new_model(client, tags: dict[str, str]) -> str:
 def make_watcher(env, tmp_path, watcher_id="w1", state="state", experiment=None, **kw):
     from quicktune.watch import LocalLauncher, Watcher, WatcherConfig
 
+    # the session's temporary folders (tiny_image_folder lies next to tmp_path) and tests/
+    kw.setdefault("roots", roots_for(tmp_path.parent))
     cfg = WatcherConfig(tracking_uri=env.tracking_uri, experiment=experiment or f"watch-{uuid.uuid4().hex[:6]}",
                         watcher_id=watcher_id, poll=1.0, claim_delay=kw.pop("claim_delay", 1.0), **kw)
     return Watcher(cfg, LocalLauncher(tmp_path / state, env.tracking_uri))
@@ -284,12 +299,12 @@ def test_bad_requests_end_rejected_and_nothing_else_happens(env, tmp_path, tiny_
     w = make_watcher(env, tmp_path)
     w.run_once(timeout=120)
     status = {n: client.get_registered_model(n).tags for n in (unknown, bad_budget, denied)}
-    assert status[unknown][TAG_STATUS].startswith("rejected: dataset cannot be read:")
-    assert "no-such-dataset" in status[unknown][TAG_STATUS]
-    assert status[bad_budget][TAG_STATUS] == "rejected: quicktune.budget: 'two hours' is not a duration " \
-                                             "(examples: 90s, 20m, 4h, 1h30m)"
+    assert status[unknown][TAG_STATUS] == f"rejected: dataset cannot be read: {tmp_path / 'no-such-dataset'}: " \
+                                          f"not found"
+    assert status[bad_budget][TAG_STATUS].startswith("rejected: quicktune.budget: 'two hours' is not a duration "
+                                                     "(examples: 90s, 20m, 4h, 1h30m")
     assert status[denied][TAG_STATUS].startswith("rejected: dataset cannot be read:")
-    assert "s3://closed/digits" in status[denied][TAG_STATUS] and "denied" in status[denied][TAG_STATUS].lower()
+    assert status[denied][TAG_STATUS] == "rejected: dataset cannot be read: s3://closed/digits: access denied"
     assert cred["secretKey"] not in json.dumps(status)
     exp_tags = client.get_experiment(exp_id).tags
     assert exp_tags[TAG_STATUS] == "rejected: quicktune.workers='0' must be >= 1" and TAG_CLAIM not in exp_tags
@@ -483,7 +498,8 @@ def test_watch_once_runs_a_real_search_and_registers_the_champion(env, tmp_path,
     exp = f"watch-{uuid.uuid4().hex[:6]}"
     proc = subprocess.run([sys.executable, "-m", "quicktune.cli", "watch", "--tracking-uri", env.tracking_uri,
                            "--once", "--poll", "2", "--timeout", "400", "--experiment", exp,
-                           "--state-dir", str(tmp_path / "state"), "--watcher-id", "cli-watcher"],
+                           "--state-dir", str(tmp_path / "state"), "--watcher-id", "cli-watcher",
+                           "--allowed-data-root", str(tiny_image_folder), "--allowed-data-root", str(HERE)],
                           capture_output=True, text=True, timeout=480, env={**os.environ, **env.env})
     assert proc.returncode == 0, proc.stderr[-3000:]
     tags = client.get_registered_model(name).tags
@@ -541,3 +557,5 @@ def test_watch_cli_names_missing_settings(monkeypatch, tmp_path, capsys):
     assert main(["watch", "--once", "--tracking-uri", "http://127.0.0.1:9", "--launcher", "kfp",
                  "--pipeline", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml: no such file" in capsys.readouterr().err
+    assert main(["watch", "--once", "--tracking-uri", "http://127.0.0.1:9", "--allowed-data-root", "data/"]) == 2
+    assert "'data/': a local root must be an absolute path" in capsys.readouterr().err

@@ -32,6 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                       "or the host name)")
     p.add_argument("--max-workers", type=int, default=16, help="largest quicktune.workers accepted")
     p.add_argument("--claim-delay", type=float, default=1.5, help="seconds between claiming and checking the claim")
+    p.add_argument("--allowed-data-root", action="append", default=argparse.SUPPRESS, metavar="PREFIX",
+                   help="where quicktune.data (and a quicktune.space file) may lie: s3:// (every bucket the "
+                        "watcher's credentials read), s3://BUCKET[/PREFIX] or an absolute local folder; "
+                        "repeatable, replaces the default. Default: $QUICKTUNE_ALLOWED_DATA_ROOTS "
+                        "(comma-separated) if set, else s3:// only, so local paths are refused. Paths are "
+                        "compared after resolving '..' and symlinks, S3 prefixes on '/' boundaries; "
+                        "quicktune.space also takes builtin:NAME")
     p.add_argument("--webhook-port", type=int, default=None,
                    help="also accept MLflow webhooks on this port (secret from $QUICKTUNE_WEBHOOK_SECRET)")
     p.add_argument("--namespace", default=None, help="kubernetes: namespace (default: in-cluster or 'quicktune')")
@@ -77,6 +84,13 @@ def _watch(args: argparse.Namespace) -> int:
     from quicktune.tracking.secrets import safe_uri
     from quicktune.watch.watcher import Watcher, WatcherConfig, default_watcher_id
 
+    from quicktune.watch.roots import AllowedRoots
+
+    try:
+        roots = AllowedRoots.from_settings(getattr(args, "allowed_data_root", None))
+    except ValueError as exc:
+        print(f"quicktune watch: {exc}", file=sys.stderr)
+        return 2
     state_dir = Path(args.state_dir or os.environ.get("QUICKTUNE_WATCH_STATE") or ".quicktune-watch").resolve()
     try:
         launcher = _launcher(args, tracking_uri, state_dir)
@@ -85,11 +99,11 @@ def _watch(args: argparse.Namespace) -> int:
         return 2
     cfg = WatcherConfig(tracking_uri=tracking_uri, experiment=args.experiment, poll=args.poll,
                         watcher_id=args.watcher_id or default_watcher_id(), max_workers=args.max_workers,
-                        claim_delay=args.claim_delay)
+                        claim_delay=args.claim_delay, roots=roots)
     watcher = Watcher(cfg, launcher)
     log = logging.getLogger("quicktune.watch")
     print(f"quicktune watch: {safe_uri(tracking_uri)} as {cfg.watcher_id}, launcher {launcher.name}, "
-          f"state in {state_dir}", file=sys.stderr)
+          f"state in {state_dir}; allowed data roots: {roots.describe()}", file=sys.stderr)
     receiver = None
     if args.webhook_port is not None:
         from quicktune.watch.webhook import WebhookReceiver

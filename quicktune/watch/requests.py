@@ -18,16 +18,26 @@ failed / cancelled / ``rejected: <reason>``), ``quicktune.search_id``, ``quicktu
 (a link to the search's parent run), ``quicktune.incumbent`` (best validation score so far),
 ``quicktune.champion_version``, ``quicktune.message``, and its bookkeeping ``quicktune.claim`` /
 ``quicktune.heartbeat`` / ``quicktune.searches_done``.
+
+Everything here is hostile input (any MLflow user can set these tags and name these objects):
+data and space must lie under the watcher's allowed roots (:mod:`quicktune.watch.roots`), names
+that would break an argument list or a log line are refused, and a rejection message written back
+to MLflow says what is wrong in general terms only: it never lists folders or echoes a file (the
+details go to the watcher's own log, redacted).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from quicktune.durations import DurationError, format_duration, parse_duration
+from quicktune.watch.roots import AllowedRoots, RootError, has_control_chars
+
+log = logging.getLogger(__name__)
 
 TAG_REQUEST = "quicktune.request"
 TAG_DATA = "quicktune.data"
@@ -56,6 +66,12 @@ ACTIVE = (QUEUED, RUNNING)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 
 MODEL, EXPERIMENT = "model", "experiment"
+
+# MLflow's own limits (registered_models.name is VARCHAR(256) in its SQL store;
+# mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH is 500): a longer name could never be used
+MAX_MODEL_NAME_LENGTH = 256
+MAX_EXPERIMENT_NAME_LENGTH = 500
+_BUILTIN_SPACE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 class RequestError(ValueError):
@@ -158,12 +174,62 @@ def _positive_int(tags: Mapping[str, str], key: str, default: int | None, maximu
     return value
 
 
+def check_name(what: str, name: str, limit: int = MAX_MODEL_NAME_LENGTH) -> None:
+    """Refuse a name that would be read as an option by the launched ``quicktune search`` (a leading
+    ``-``), that carries control/format characters or line breaks (argument lists, logs, tags), or
+    that is empty or longer than ``limit``. The message does not repeat the name."""
+    if not name.strip():
+        raise RequestError(f"{what} is empty")
+    if len(name) > limit:
+        raise RequestError(f"{what} is too long ({len(name)} characters; at most {limit})")
+    if name.startswith("-"):
+        raise RequestError(f"{what} must not start with '-'")
+    if has_control_chars(name):
+        raise RequestError(f"{what} contains control characters or line breaks")
+
+
+def check_space(space: str, roots: AllowedRoots) -> str:
+    """The space reference a search should use: ``builtin:NAME`` (a bare built-in name is read as
+    one), or a YAML file under an allowed local root (resolved). Anything that does not load is
+    refused as "not a valid search-space file": a YAML error would quote the file's first lines,
+    which is how a credentials file would be read back through the MLflow UI."""
+    from quicktune.space import load_space
+
+    ref = space[len("builtin:"):] if space.startswith("builtin:") else space
+    if _BUILTIN_SPACE.fullmatch(ref):
+        space = f"builtin:{ref}"
+    elif space.startswith("builtin:"):
+        raise RequestError(f"{TAG_SPACE}: not a built-in space name (builtin:cpu, builtin:paper)")
+    else:
+        try:
+            space = roots.check_local(space)
+        except RootError as exc:
+            raise RequestError(f"{TAG_SPACE}: {exc} (use builtin:cpu or builtin:paper, or ask the "
+                               f"watcher's operator)") from None
+    try:
+        load_space(space)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is a bad request
+        log.warning("%s=%s: %s", TAG_SPACE, space, _detail(exc))
+        if space.startswith("builtin:"):
+            raise RequestError(f"{TAG_SPACE}: no built-in space {ref!r} (builtin:cpu, builtin:paper)") from None
+        raise RequestError(f"{TAG_SPACE}: not a valid search-space file (details in the watcher's log)") from None
+    return space
+
+
 def parse_request(target: Target, *, experiment: str = "quicktune", max_workers: int = 16,
-                  check_data: bool = True) -> SearchRequest:
+                  check_data: bool = True, roots: AllowedRoots | None = None) -> SearchRequest:
     """Validate a request's tags; raise :class:`RequestError` with a reason a person can act on.
     The dataset is opened (as the search would) so an unknown or unreadable one is rejected now,
-    not minutes later inside a search."""
+    not minutes later inside a search. ``roots``: where data and space files may lie (default:
+    :meth:`AllowedRoots.default`, S3 only)."""
+    roots = roots if roots is not None else AllowedRoots.default()
     tags = target.tags
+    if target.kind == EXPERIMENT:
+        check_name("the experiment name", target.name, MAX_EXPERIMENT_NAME_LENGTH)
+        if target.model_name != target.name:
+            check_name(TAG_MODEL_NAME, target.model_name)
+    else:
+        check_name("the model name", target.name)
     data = tags.get(TAG_DATA, "").strip()
     if not data:
         raise RequestError(f"tag {TAG_DATA} (dataset URI) is missing")
@@ -178,13 +244,8 @@ def parse_request(target: Target, *, experiment: str = "quicktune", max_workers:
     max_epochs = _positive_int(tags, TAG_MAX_EPOCHS, 10, 1000)
     budget_epochs = _positive_int(tags, TAG_BUDGET_EPOCHS, None)
     image_size = _positive_int(tags, TAG_IMAGE_SIZE, None, 1024)
-    space = tags.get(TAG_SPACE, "").strip() or "builtin:cpu"
-    try:
-        from quicktune.space import load_space
-
-        load_space(space)
-    except Exception as exc:  # noqa: BLE001 - any failure to load is a bad request
-        raise RequestError(f"{TAG_SPACE}={space!r} cannot be loaded: {exc}") from None
+    space = check_space(tags.get(TAG_SPACE, "").strip() or "builtin:cpu", roots)
+    data = check_data_root(data, roots)
     if check_data:
         check_dataset(data)
     exp = target.name if target.kind == EXPERIMENT else experiment
@@ -194,23 +255,80 @@ def parse_request(target: Target, *, experiment: str = "quicktune", max_workers:
                          experiment=exp)
 
 
-def check_dataset(uri: str) -> None:
-    """Open the dataset the way a search does; unknown, empty or unreadable (S3 access denied) ->
-    :class:`RequestError` naming the URI (never its credentials)."""
-    from quicktune.data import open_dataset
-    from quicktune.tracking.secrets import redact, safe_uri
+def check_data_root(uri: str, roots: AllowedRoots) -> str:
+    """The data URI a search should use (local: resolved) if it lies under an allowed root."""
+    from quicktune.tracking.secrets import safe_uri
 
     try:
+        return roots.check_data(uri)
+    except RootError as exc:
+        shown = safe_uri(uri) if not has_control_chars(uri) else "the URI"
+        log.warning("%s=%s refused (%s); allowed roots: %s", TAG_DATA, shown, exc, roots.describe())
+        raise RequestError(f"{TAG_DATA}: {shown}: {exc}") from None
+
+
+def check_dataset(uri: str) -> None:
+    """Open the dataset the way a search does; unknown, empty or unreadable (S3 access denied) ->
+    :class:`RequestError` naming the URI (never its credentials) and the kind of problem, never
+    the exception text (it can list class folders or image names, or quote a labels.csv); that
+    goes to the watcher's log, redacted. Call :func:`check_data_root` first: this reads whatever
+    ``uri`` names."""
+    import os
+
+    from quicktune.data import open_dataset
+    from quicktune.tracking.secrets import safe_uri
+
+    shown = safe_uri(uri)
+    if not uri.startswith("s3://"):  # the local checks open_dataset makes, in words of our own
+        if not os.path.exists(uri):
+            raise RequestError(f"dataset cannot be read: {shown}: not found")
+        if not os.path.isdir(uri):
+            raise RequestError(f"dataset cannot be read: {shown}: not a dataset: a dataset is a folder "
+                               f"(one sub-folder per class, or labels.csv + images/)")
+        if not os.access(uri, os.R_OK | os.X_OK):
+            raise RequestError(f"dataset cannot be read: {shown}: access denied")
+    try:
         ds = open_dataset(uri)
-        if len(ds.classes) < 2:
-            raise RequestError(f"dataset {safe_uri(uri)} has {len(ds.classes)} class(es); need at least 2")
-    except RequestError:
-        raise
+        n_classes = len(ds.classes)
     except Exception as exc:  # noqa: BLE001 - DatasetError, storage errors, OSError
-        text = redact(str(exc))
-        if safe_uri(uri) not in text:
-            text = f"{safe_uri(uri)}: {text}"
-        raise RequestError(f"dataset cannot be read: {text}"[:900]) from None
+        log.warning("dataset %s cannot be read: %s", shown, _detail(exc))
+        raise RequestError(f"dataset cannot be read: {shown}: {_why_unreadable(exc)}") from None
+    if n_classes < 2:
+        raise RequestError(f"dataset {shown} has {n_classes} class(es); need at least 2")
+
+
+def _detail(exc: BaseException) -> str:
+    """An exception for the watcher's own log: secrets masked, one bounded line."""
+    from quicktune.tracking.secrets import redact
+
+    return redact(f"{type(exc).__name__}: {exc}").replace("\n", " | ")[:2000]
+
+
+def _why_unreadable(exc: BaseException) -> str:
+    """What a person may be told about a dataset that did not open: the kind of problem only."""
+    from quicktune import storage
+    from quicktune.data import DatasetError
+
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and len(chain) < 8:
+        chain.append(cur)
+        cur = cur.__cause__
+    for e in chain:
+        if isinstance(e, PermissionError):  # storage.AccessDeniedError is one
+            return "access denied"
+        if isinstance(e, FileNotFoundError):  # storage.NotFoundError / NoSuchBucketError are
+            return "not found"
+        if isinstance(e, storage.EndpointError):
+            return "the storage service is unreachable"
+        if isinstance(e, storage.CredentialsError):
+            return "the watcher has no credentials for it"
+        if isinstance(e, storage.StorageError):
+            return "the storage service refused the request"
+    if isinstance(exc, DatasetError):
+        return ("not a dataset: expected one sub-folder per class (or labels.csv + images/), "
+                "with readable images")
+    return "it cannot be opened"
 
 
 def target_from_model(model: Any) -> Target:

@@ -18,6 +18,10 @@ launchers refuse to start a search id that is already running (Kubernetes: the J
 search id, so the second create gets 409), and the controller resumes by search id instead of
 creating a second search. A claim whose ``quicktune.heartbeat`` is older than ``stale_after``
 seconds is taken over by another watcher (the search id stays the same, so it is resumed).
+
+What a request may read is limited by ``WatcherConfig.roots`` (:mod:`quicktune.watch.roots`;
+default: S3 only), and what the watcher writes back is meant for every MLflow user: rejection
+reasons in general terms, a failed launch's log tail redacted.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from quicktune.watch.requests import (
     TAG_CLAIM, TAG_HEARTBEAT, TAG_INCUMBENT, TAG_LAUNCHER, TAG_MESSAGE, TAG_PARENT_RUN, TAG_REQUEST,
     TAG_SEARCH_ID, TAG_SEARCHES_DONE, TAG_STATUS, TERMINAL, RequestError, SearchRequest, Target, parse_request,
     search_id_for, target_from_experiment, target_from_model)
+from quicktune.watch.roots import AllowedRoots
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ class WatcherConfig:
     stale_after: float = 300.0
     max_workers: int = 16
     alias: str = "champion"
+    roots: AllowedRoots = field(default_factory=AllowedRoots.default)  # where data / space files may lie
 
 
 class Watcher:
@@ -145,7 +151,8 @@ class Watcher:
             return self._follow(t)
         # a new request (or a stale one): validate before claiming anything
         try:
-            req = parse_request(t, experiment=self.cfg.experiment, max_workers=self.cfg.max_workers)
+            req = parse_request(t, experiment=self.cfg.experiment, max_workers=self.cfg.max_workers,
+                                roots=self.cfg.roots)
         except RequestError as exc:
             self.set_tags(t, {TAG_STATUS: f"{REJECTED}: {exc}"})
             log.warning("%s rejected: %s", t.label, exc)
@@ -187,7 +194,7 @@ class Watcher:
             if req is None:
                 try:
                     req = parse_request(t, experiment=self.cfg.experiment, max_workers=self.cfg.max_workers,
-                                        check_data=False)
+                                        check_data=False, roots=self.cfg.roots)
                 except RequestError as exc:
                     self.set_tags(t, {TAG_STATUS: f"{REJECTED}: {exc}"})
                     return False
@@ -249,9 +256,11 @@ class Watcher:
         version = self._champion(t.model_name, search_id)
         if parent is None:
             why = f"the search ended before it was recorded ({launch_message})"
-            tail = self.launcher.logs(search_id).strip().splitlines()[-3:]
+            from quicktune.tracking.secrets import redact
+
+            tail = [line[:300] for line in self.launcher.logs(search_id).strip().splitlines()[-3:]]
             if tail:
-                why += ": " + " | ".join(tail)
+                why += ": " + redact(" | ".join(tail))
             self.set_tags(t, {TAG_STATUS: FAILED, TAG_MESSAGE: why, TAG_SEARCHES_DONE: done})
             return
         ptags = parent.data.tags
