@@ -5,10 +5,15 @@ registered model (Models -> Create model) and sets the request tags in the model
 ``quicktune watch --once`` (local launcher) picks the request up and runs a small real search on
 the tiny digits folder; the browser keeps reloading the model page and must see the status tag
 change (queued/running, then succeeded) and the new version with the ``champion`` alias.
+
+The request sets no ``quicktune.space``: the search runs on what users get, the default
+``builtin:cpu`` space and the shipped meta-learned artifact (only the budget - one epoch of one
+configuration at 32 px - is small). The watcher runs with its default data roots plus the one
+folder the test data lies in (``--allowed-data-root``), as an operator would start it.
 Screenshots go to ``$QUICKTUNE_TEST_ARTIFACTS/browser-ui`` (default ``tests/artifacts/browser-ui``).
 
 Needs /usr/bin/chromium (``apt-get install -y chromium``) and node; ``playwright-core`` is installed
-into tests/browser/node_modules with ``npm ci`` when missing. Cost: ~1.5-2.5 min on 2 busy cores.
+into tests/browser/node_modules with ``npm ci`` when missing. Cost: ~2.5-4.5 min on 2 busy cores.
 """
 
 from __future__ import annotations
@@ -70,9 +75,8 @@ def test_start_a_search_from_the_mlflow_ui_and_find_the_champion(browser_tools, 
     cfg = {"url": mlflow_server.tracking_uri.rstrip("/"), "model": model, "shots": str(artifacts),
            "progress_file": str(progress), "timeout_s": 420, "chromium": CHROMIUM,
            "tags": [["quicktune.data", str(tiny_image_folder)], ["quicktune.budget", "10m"],
-                    ["quicktune.space", str(HERE / "tiny_space.yaml")], ["quicktune.max_epochs", "1"],
-                    ["quicktune.budget_epochs", "1"], ["quicktune.image_size", "16"],
-                    ["quicktune.request", "start"]]}
+                    ["quicktune.max_epochs", "1"], ["quicktune.budget_epochs", "1"],
+                    ["quicktune.image_size", "32"], ["quicktune.request", "start"]]}
     cfg_file = tmp_path / "browser.json"
     cfg_file.write_text(json.dumps(cfg))
     env = {**os.environ, **mlflow_server.env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
@@ -91,7 +95,8 @@ def test_start_a_search_from_the_mlflow_ui_and_find_the_champion(browser_tools, 
         watcher = subprocess.Popen([sys.executable, "-m", "quicktune.cli", "watch", "--tracking-uri",
                                     mlflow_server.tracking_uri, "--once", "--poll", "2", "--timeout", "400",
                                     "--experiment", f"ui-{uuid.uuid4().hex[:6]}", "--watcher-id", "browser-test",
-                                    "--state-dir", str(tmp_path / "watch")],
+                                    "--state-dir", str(tmp_path / "watch"),
+                                    "--allowed-data-root", str(tiny_image_folder)],
                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         w_out, _ = watcher.communicate(timeout=460)
         b_out, _ = browser.communicate(timeout=120)
@@ -117,6 +122,9 @@ def test_start_a_search_from_the_mlflow_ui_and_find_the_champion(browser_tools, 
     parent = client.get_run(mv.tags["quicktune.parent_run_id"])
     assert float(final["incumbent"]) == pytest.approx(parent.data.metrics["incumbent"], abs=1e-4)
     assert client.get_registered_model(model).tags["quicktune.champion_version"] == str(mv.version)
+    # what users run: the default space, the meta-learned optimizer with the artifact shipped in the package
+    assert (parent.data.params["space"], parent.data.params["optimizer"], parent.data.params["meta_artifact"]) == \
+        ("builtin:cpu", "quicktune", "null"), parent.data.params
     assert mv.tags["quicktune.search_id"] == client.get_registered_model(model).tags["quicktune.search_id"]
     for shot in ("01-create-model", "02-request-tags", "03-status-succeeded", "04-champion"):
         assert (artifacts / f"{shot}.png").stat().st_size > 10_000, shot
