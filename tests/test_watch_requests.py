@@ -246,3 +246,43 @@ def test_an_accepted_name_reaches_the_search_command_unchanged(name, search_pars
     assert args.model_name == name and args.search_id == req.search_id
     exp = parse_request(s3_request(name, EXPERIMENT), check_data=False)
     assert search_parser.parse_args(["search", *exp.search_args("http://mlflow:5000")]).experiment == name
+
+
+def test_a_failed_launch_reports_its_log_tail_with_secrets_masked(tmp_path, monkeypatch):
+    """The tail of a search that died before it was recorded goes to quicktune.message, which every
+    MLflow user reads: secret values from the watcher's environment are masked, lines are bounded."""
+    from quicktune.watch import Watcher, WatcherConfig
+    from quicktune.watch.launchers import LAUNCH_DONE, Launcher, LaunchState
+    from quicktune.watch.requests import TAG_MESSAGE
+
+    secret = "tok-" + os.urandom(8).hex()
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", secret)
+
+    class DeadLauncher(Launcher):
+        name = "dead"
+
+        def state(self, search_id):
+            return LaunchState(LAUNCH_DONE, "exit 1")
+
+        def logs(self, search_id):
+            return f"starting\nenv: MLFLOW_TRACKING_TOKEN={secret}\n" + "x" * 5000 + "\nTraceback ...\n"
+
+    class Client:
+        def __init__(self):
+            self.tags = {}
+
+        def get_experiment_by_name(self, name):
+            return None
+
+        def get_model_version_by_alias(self, name, alias):
+            raise LookupError(name)
+
+        def set_registered_model_tag(self, name, key, value):
+            self.tags[key] = value
+
+    client = Client()
+    w = Watcher(WatcherConfig(tracking_uri="http://unused", watcher_id="w"), DeadLauncher(), client=client)
+    w._finish(s3_request(), "ui-x-1", "exit 1")
+    msg = client.tags[TAG_MESSAGE]
+    assert secret not in msg and "MLFLOW_TRACKING_TOKEN=***" in msg and len(msg) < 1000
+    assert client.tags[TAG_STATUS] == "failed"
