@@ -378,3 +378,49 @@ def test_no_untrained_child_run_is_left_behind_and_resume_recreates_it(store, ti
     assert len(runs) == 1 + len(cancelled) and all("score" in r.data.metrics for r in runs)
     assert {r.config_id for r in cancelled} <= {r.data.tags["quicktune.config_id"] for r in runs}
     assert tell_seqs(tracker, first.parent_run_id) == list(range(1, second.epochs_done + 1))
+
+
+# --- an outage during a search is still ridden out ------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.servers
+def test_an_mlflow_restart_mid_search_is_still_ridden_out(tiny_image_folder, tmp_path, monkeypatch, caplog):
+    """The fast start-up probe must not make the search impatient later: the MLflow server stops
+    for ~16 s plus its restart while steps run; the search continues, every epoch is recorded
+    once (tell_seq 1..N) and no run is left RUNNING. Own server (the shared one must not go down)."""
+    import threading
+
+    import quicktune.testing.servers as servers
+    from quicktune.testing import MlflowServer
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    server = MlflowServer(tmp_path / "mlflow")
+    server.start()
+    try:
+        tracker = SearchTracker(server.tracking_uri, experiment="restart",
+                                retry=RetryPolicy(base=0.5, max_delay=4, total=120))
+        backend = ScriptedBackend(workers=1, seconds=0.5)
+        spec = spec_for(tiny_image_folder, tmp_path, budget_epochs=10, budget_seconds=600)
+        caplog.set_level("WARNING", logger="quicktune.tracking.retry")
+        box: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: box.update(r=run_search(spec, backend, tracker, progress=False)))
+        thread.start()
+        deadline = time.monotonic() + 120
+        while sum(s["state"] == SUCCEEDED for s in backend.steps.values()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert thread.is_alive(), box
+        server.stop()
+        time.sleep(16)
+        port = server.port
+        with monkeypatch.context() as m:
+            m.setattr(servers, "free_port_pair", lambda *a, **k: [port])
+            server.start()
+        thread.join(300)
+        result = box["r"]
+        assert result.status == "succeeded" and result.epochs_done == 10, result.message
+        assert any("retrying in" in r.getMessage() for r in caplog.records), "the outage went unnoticed"
+        assert tell_seqs(tracker, result.parent_run_id) == list(range(1, 11))
+        runs = [tracker.client.get_run(result.parent_run_id), *child_runs(tracker, result.parent_run_id)]
+        assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    finally:
+        server.stop()
