@@ -253,7 +253,7 @@ def test_unescaped_controller_job_would_leak(monkeypatch):
     (c,) = job["spec"]["template"]["spec"]["containers"]
     argv, _ = _resolve(c, secrets={"quicktune-s3": {"AWS_SECRET_ACCESS_KEY": SECRET}},
                        configmaps={"quicktune-config": {}})
-    assert f"clf-{SECRET}" in argv
+    assert f"--model-name=clf-{SECRET}" in argv
 
 
 def _all_strings(container: dict) -> list[str]:
@@ -351,8 +351,8 @@ def test_watcher_launcher_on_fake_cluster_never_expands_a_secret(target, tmp_pat
         seen = json.loads((fake.workdir / "pods" / pod["metadata"]["name"] / "argv.json").read_text())
         assert argv[-len(seen):] == seen
         assert SECRET not in json.dumps(seen)
-        assert seen[seen.index("--model-name") + 1] == req.model_name and LEAKY in req.model_name
-        assert seen[seen.index("--experiment") + 1] == req.experiment
+        assert f"--model-name={req.model_name}" in seen and LEAKY in req.model_name
+        assert f"--experiment={req.experiment}" in seen
         assert fake.admission_denials == [] and fake.warnings == [] and fake.rejected == []
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from quicktune.watch.requests import RequestError, SearchRequest
+from quicktune.watch.requests import MAX_EXPERIMENT_NAME_LENGTH, MAX_MODEL_NAME_LENGTH, RequestError, SearchRequest
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,7 @@ class Launcher:
 
 
 # --- checks every launcher makes ---------------------------------------------------------------
-# MLflow's limits: registered_models.name is VARCHAR(256) in its SQL store;
-# mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH is 500.
-MAX_MODEL_NAME_LENGTH = 256
-MAX_EXPERIMENT_NAME_LENGTH = 500
+# MLflow's name limits (MAX_MODEL_NAME_LENGTH, MAX_EXPERIMENT_NAME_LENGTH) come from requests.py.
 MAX_VALUE_LENGTH = 4096  # dataset URI, space reference, search id: generous, but bounded
 _BAD_CATEGORIES = {"Cc": "a control character", "Cf": "an invisible format character",
                    "Zl": "a line separator", "Zp": "a paragraph separator", "Cs": "a lone surrogate"}

@@ -137,14 +137,15 @@ class SearchRequest:
 
     def search_args(self, tracking_uri: str) -> list[str]:
         """Arguments of ``quicktune search`` (after the subcommand) for this request."""
-        args = ["--data", self.data_uri, "--budget", format_duration(self.budget_seconds), "--space", self.space,
-                "--workers", str(self.workers), "--max-epochs", str(self.max_epochs),
-                "--search-id", self.search_id, "--model-name", self.model_name,
-                "--tracking-uri", tracking_uri, "--experiment", self.experiment, "--no-progress"]
+        # --flag=value: a value can never be taken for an option, whatever it starts with
+        args = [f"--data={self.data_uri}", f"--budget={format_duration(self.budget_seconds)}",
+                f"--space={self.space}", f"--workers={self.workers}", f"--max-epochs={self.max_epochs}",
+                f"--search-id={self.search_id}", f"--model-name={self.model_name}",
+                f"--tracking-uri={tracking_uri}", f"--experiment={self.experiment}", "--no-progress"]
         if self.budget_epochs:
-            args += ["--budget-epochs", str(self.budget_epochs)]
+            args += [f"--budget-epochs={self.budget_epochs}"]
         if self.image_size:
-            args += ["--image-size", str(self.image_size)]
+            args += [f"--image-size={self.image_size}"]
         return args
 
 

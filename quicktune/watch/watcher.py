@@ -199,7 +199,11 @@ class Watcher:
                     self.set_tags(t, {TAG_STATUS: f"{REJECTED}: {exc}"})
                     return False
                 req.search_id = search_id
-            self.launcher.launch(req)
+            try:
+                self.launcher.launch(req)
+            except RequestError as exc:  # the launcher's own checks (names, values): final, not retried
+                self.set_tags(t, {TAG_STATUS: f"{REJECTED}: {exc}"})
+                return False
             self.launched.append(search_id)
             log.info("%s: started search %s (%s)", t.label, search_id, self.launcher.name)
             st = self.launcher.state(search_id)
