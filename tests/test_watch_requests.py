@@ -212,6 +212,41 @@ def test_a_bad_name_ends_rejected_and_nothing_is_launched(tmp_path):
     assert w.launched == [] and not (tmp_path / "state" / "searches").exists()
 
 
+def test_a_launcher_refusal_ends_rejected_and_is_not_retried(tmp_path, tiny_image_folder):
+    """The launcher's own checks (defence in depth) are final: the request is marked rejected once,
+    not retried and logged on every poll."""
+    from quicktune.watch import AllowedRoots, LocalLauncher, Watcher, WatcherConfig
+
+    class Client:
+        def __init__(self):
+            self.tags = []
+
+        def set_registered_model_tag(self, name, key, value):
+            self.tags.append((name, key, value))
+
+        def get_registered_model(self, name):  # the claim re-read: our own tags, as MLflow would
+            from types import SimpleNamespace
+
+            return SimpleNamespace(name=name, creation_timestamp=1, tags={**t.tags, **{k: v for _, k, v in self.tags}})
+
+    class RefusingLauncher(LocalLauncher):
+        calls = 0
+
+        def launch(self, request):
+            RefusingLauncher.calls += 1
+            raise RequestError("the dataset URI contains '$', which this launcher does not pass on")
+
+    client = Client()
+    cfg = WatcherConfig(tracking_uri="http://unused", watcher_id="w", claim_delay=0,
+                        roots=AllowedRoots.parse([str(tiny_image_folder)]))
+    w = Watcher(cfg, RefusingLauncher(tmp_path / "state", "http://unused"), client=client)
+    t = target({TAG_DATA: str(tiny_image_folder), TAG_BUDGET: "1h", TAG_REQUEST: "start"}, name="clf", kind=MODEL)
+    assert w.handle(t) is False
+    statuses = [v for (_, k, v) in client.tags if k == TAG_STATUS]
+    assert statuses[-1].startswith("rejected: the dataset URI contains '$'"), client.tags
+    assert RefusingLauncher.calls == 1 and w.launched == []
+
+
 NAMES = st.text(st.characters(codec="utf-8"), min_size=1, max_size=300)
 
 
