@@ -86,8 +86,8 @@ def test_config_id_is_stable_and_order_independent():
     ({"param_order": ["a", "b", "c"], "params": {"a": {"choices": [1]}, "b": {"choices": [1]}}}, "unknown"),
     ({"param_order": ["a", "a"], "params": {"a": {"choices": [1]}}}, "twice"),
     ({"param_order": "ab", "params": {"a": {"choices": [1]}}}, "list of parameter names"),
-    ({"param_order": ["b", "a"], "params": {"a": {"choices": [1]}, "b": {"choices": [1], "only_active_with": {"a": [1]}}}},
-     "puts 'b' before 'a'"),
+    ({"param_order": ["b", "a"],
+      "params": {"a": {"choices": [1]}, "b": {"choices": [1], "only_active_with": {"a": [1]}}}}, "puts 'b' before 'a'"),
 ])
 def test_space_validation_errors(doc, fragment):
     with pytest.raises(SpaceError) as ei:
@@ -194,7 +194,8 @@ def test_config_ids_of_grid_values_are_unchanged():
 
     def old_id(config):
         canon = {k: (float(f"{v:.10g}") if isinstance(v, float) else v) for k, v in sorted(config.items())}
-        return hashlib.sha1(json.dumps(canon, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:12]
+        blob = json.dumps(canon, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     for name in ("cpu", "paper"):
         for c in builtin_space(name).sample_many(200, np.random.default_rng(3)):

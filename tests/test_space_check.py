@@ -71,7 +71,8 @@ def test_unknown_models_and_model_knob():
     with pytest.raises(SpaceError, match="unknown model 'resnet_999'"):
         check_space_for_step(SearchSpace.from_dict({"params": {"model": {"choices": ["resnet10t", "resnet_999"]}}}))
     # timm models outside the curated catalogue, and the paper's deprecated timm names, are fine
-    check_space_for_step(SearchSpace.from_dict({"params": {"model": {"choices": ["resnet18", "tf_efficientnet_b4_ns"]}}}))
+    check_space_for_step(SearchSpace.from_dict({"params": {"model": {"choices": ["resnet18",
+                                                                             "tf_efficientnet_b4_ns"]}}}))
     assert any("no parameter 'model'" in p for p in
                space_problems(SearchSpace.from_dict({"params": {"lr": {"choices": [0.1]}}}), check_models=False))
     cond = SearchSpace.from_dict({"params": {"opt": {"choices": ["sgd"]},

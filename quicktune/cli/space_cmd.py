@@ -8,7 +8,8 @@
 parameter is a knob of the finetuning step (docs/search-space.md), every value is one the step
 accepts (e.g. ``lr > 0``, ``batch_size >= 1``, fractions in [0, 1], known optimizers and
 schedules), and every model is known to the model hub / timm (no download). ``--syntax-only``
-checks the format alone (for spaces used with learning-curve tables, not with the step). ``sample`` prints one JSON object per line:
+checks the format alone (for spaces used with learning-curve tables, not with the step).
+``sample`` prints one JSON object per line:
 ``{"config_id": ..., "config": {...}}`` with only the active parameters (conditions respected).
 """
 
