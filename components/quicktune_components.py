@@ -79,12 +79,13 @@ def search(data_uri: str, budget: str, tracking_uri: str, search_id: str = "", r
     id, so a retried task continues the same search instead of starting over."""
     import json
     import os
-    import re
     import subprocess
     import sys
     from collections import namedtuple
 
-    sid = search_id or ("kfp-" + re.sub(r"[^a-z0-9-]", "-", run_id.lower())[:40].strip("-") if run_id else "")
+    from quicktune.tracking.names import search_id_for_run
+
+    sid = search_id or (search_id_for_run(run_id) if run_id else "")
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
     if s3_endpoint_url:
         env.update(AWS_ENDPOINT_URL=s3_endpoint_url, MLFLOW_S3_ENDPOINT_URL=s3_endpoint_url)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -405,6 +406,8 @@ def config_id(config: Mapping[str, Any]) -> str:
 
 def builtin_space(name: str) -> SearchSpace:
     """A space shipped with the package: ``paper`` (the 24-model production default) or ``cpu``."""
+    if not re.fullmatch(r"[a-z0-9_-]{1,64}", str(name)):  # a name, never a path into (or out of) the package
+        raise SpaceError(f"no built-in space {str(name)[:64]!r} (built-in names are like 'cpu' or 'paper')")
     try:
         text = resources.files("quicktune.spaces").joinpath(f"{name}.yaml").read_text()
     except FileNotFoundError:

@@ -159,18 +159,16 @@ def test_valid_search_ids_are_accepted(sid):
 @given(st.text(min_size=1, max_size=40), st.integers(0, 2**40), st.integers(0, 5))
 def test_every_id_the_product_generates_is_valid(model_name, created, generation):
     """The default id, the watcher's ``search_id_for`` (any model name) and the KFP component's."""
-    import re
-
     from quicktune.watch.requests import MODEL, Target, search_id_for
 
     assert check_search_id(SearchSpec(data_uri="x", budget_seconds=5).search_id)
     target = Target(kind=MODEL, key=model_name, name=model_name, created=created,
                     tags={} if not generation else {"quicktune.searches": str(generation)})
     assert check_search_id(search_id_for(target))
-    run_id = model_name  # components/quicktune_components.py: "kfp-" + sanitised KFP run id
-    kfp = "kfp-" + re.sub(r"[^a-z0-9-]", "-", run_id.lower())[:40].strip("-")
-    if kfp.rstrip("-") == kfp:
-        assert check_search_id(kfp)
+    from quicktune.tracking.names import search_id_for_run
+
+    assert check_search_id(search_id_for_run(model_name))  # the KFP component's default, any run id
+    assert search_id_for_run(model_name) == search_id_for_run(model_name)
 
 
 def test_cli_refuses_bad_search_ids_and_negative_durations(capsys):

@@ -223,3 +223,11 @@ def test_space_file_errors_never_echo_contents(tmp_path):
     big.write_bytes(b"#" * (2 << 20))
     with pytest.raises(SpaceError, match="larger than"):
         SearchSpace.from_yaml(big)
+
+
+@pytest.mark.parametrize("ref", ["builtin:../../../etc/passwd", "builtin:../cli/__init__", "builtin:CPU/..", "builtin:"])
+def test_builtin_names_are_names_not_paths(ref):
+    from quicktune.space import SpaceError, load_space
+
+    with pytest.raises(SpaceError, match="no built-in space"):
+        load_space(ref)

@@ -321,3 +321,29 @@ def test_a_failed_launch_reports_its_log_tail_with_secrets_masked(tmp_path, monk
     msg = client.tags[TAG_MESSAGE]
     assert secret not in msg and "MLFLOW_TRACKING_TOKEN=***" in msg and len(msg) < 1000
     assert client.tags[TAG_STATUS] == "failed"
+
+
+@pytest.mark.parametrize("hostile", ["x' or tags.`quicktune.role` = 'search", "../../etc", "-rf", "A" * 70])
+def test_a_hostile_search_id_tag_is_rejected_not_searched_or_launched(tmp_path, hostile):
+    """``quicktune.search_id`` is a tag any MLflow user can edit: a value that is not a search id never
+    reaches an MLflow filter or a launcher."""
+    from quicktune.watch import LocalLauncher, Watcher, WatcherConfig
+
+    class Client:
+        def __init__(self):
+            self.tags = []
+
+        def set_registered_model_tag(self, name, key, value):
+            self.tags.append((name, key, value))
+
+        def __getattr__(self, name):  # any other MLflow call would be a search with the hostile id
+            raise AssertionError(f"MLflow called: {name}")
+
+    client = Client()
+    launcher = LocalLauncher(tmp_path / "state", "http://unused")
+    w = Watcher(WatcherConfig(tracking_uri="http://unused", watcher_id="w", claim_delay=0), launcher, client=client)
+    t = s3_request("clf", MODEL, **{TAG_REQUEST: "start", TAG_STATUS: "running", "quicktune.claim": "w:abc",
+                                    "quicktune.search_id": hostile})
+    assert w.handle(t) is False
+    assert client.tags[-1][1:] == (TAG_STATUS, client.tags[-1][2]) and client.tags[-1][2].startswith("rejected: ")
+    assert hostile not in client.tags[-1][2] and w.launched == []

@@ -190,7 +190,7 @@ def make_or_extend_plan(workdir: Path, specs: Sequence[DatasetSpec], configs: in
             if plan[key] != want:
                 raise CampaignError(f"{path}: the campaign was planned with {key}={plan[key]!r}, asked for {want!r}; "
                                     f"use the same value or a new --workdir")
-        if plan["space"] != space.to_dict():
+        if SearchSpace.from_dict(plan["space"], source=str(path)) != space:  # as spaces: older plans lack param_order
             raise CampaignError(f"{path}: the campaign was planned with space {plan['space_ref']!r}, "
                                 f"asked for {space_ref!r} (different parameters); use a new --workdir")
     else:

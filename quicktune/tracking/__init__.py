@@ -10,4 +10,4 @@ from quicktune.tracking.secrets import redact, safe_uri, secret_values
 __all__ = ["ConfigRecord", "Observation", "SearchRun", "SearchTracker", "default_tracking_uri", "flatten",
            "InfrastructureError", "RetryPolicy", "is_tag_write_race", "is_transient", "redact", "safe_uri",
            "secret_values", "InvalidNameError", "check_search_id", "filter_literal", "filter_string",
-           "check_reachable"]
+           "check_reachable", "search_id_for_run"]

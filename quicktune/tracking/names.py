@@ -47,6 +47,16 @@ def check_search_id(text: object) -> str:
     raise InvalidNameError(f"search id {shown} is not valid: {SEARCH_ID_RULE}")
 
 
+def search_id_for_run(run_id: str) -> str:
+    """The search id of a pipeline run (the KFP component's default): ``kfp-<slug of the run id>``,
+    so a retried task resumes the same search; a run id with nothing usable gives a hash instead.
+    Always a valid search id (:func:`check_search_id`)."""
+    import hashlib
+
+    slug = re.sub(r"[^a-z0-9]+", "-", str(run_id).lower()).strip("-")[:40].strip("-")
+    return f"kfp-{slug}" if slug else "kfp-" + hashlib.sha1(str(run_id).encode()).hexdigest()[:12]
+
+
 def filter_literal(value: object) -> str:
     """``value`` as a quoted MLflow filter literal that the parser reads back exactly.
 

@@ -35,6 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from quicktune.tracking.names import SEARCH_ID_RULE, filter_string, is_search_id, tag
 from quicktune.tracking.retry import repeat_if_write_race
 from quicktune.watch.launchers import LAUNCH_RUNNING, LAUNCH_UNKNOWN, Launcher
 from quicktune.watch.requests import (
@@ -79,7 +80,7 @@ class Watcher:
 
     # --- MLflow objects -----------------------------------------------------------------------
     def _filter(self, value: str) -> str:
-        return f"tags.`{TAG_REQUEST}` = '{value}'"
+        return filter_string({tag(TAG_REQUEST): value})
 
     def targets(self) -> list[Target]:
         """Every registered model / experiment carrying a request."""
@@ -187,6 +188,9 @@ class Watcher:
     # --- following a search -------------------------------------------------------------------
     def _follow(self, t: Target, req: SearchRequest | None = None) -> bool:
         search_id = t.tags.get(TAG_SEARCH_ID) or search_id_for(t)
+        if not is_search_id(search_id):  # the tag is editable by any MLflow user: never trust it
+            self.set_tags(t, {TAG_STATUS: f"{REJECTED}: tag {TAG_SEARCH_ID} is not a search id ({SEARCH_ID_RULE})"})
+            return False
         st = self.launcher.state(search_id)
         if st.state == LAUNCH_UNKNOWN:
             # never launched from here (a crash between claim and launch, or a takeover): launch;
@@ -225,8 +229,8 @@ class Watcher:
         if exp is None:
             return None
         runs = self.client.search_runs([exp.experiment_id],
-                                       f"tags.`quicktune.search_id` = '{search_id}' and "
-                                       f"tags.`quicktune.role` = 'search'", max_results=1)
+                                       filter_string({tag("quicktune.search_id"): search_id,
+                                                      tag("quicktune.role"): "search"}), max_results=1)
         return runs[0] if runs else None
 
     def run_link(self, run: Any) -> str:
