@@ -253,7 +253,11 @@ def dataset_identity(data_uri: str) -> tuple[dict[str, float], str]:
     from quicktune.data import open_dataset
 
     ds = open_dataset(data_uri)
-    return {k: float(v) for k, v in ds.meta_features().items()}, str(ds.fingerprint)
+    meta = {k: float(v) for k, v in ds.meta_features().items()}
+    # Decode every image once, before any step: a truncated or corrupt file is a deterministic error
+    # that would otherwise surface in every step. Recorded per fingerprint, so a resume pays nothing.
+    ds.verify()
+    return meta, str(ds.fingerprint)
 
 
 class _Search:

@@ -340,6 +340,21 @@ def test_bad_dataset_fails_before_anything_is_created(tmp_path):
     assert tracker.find_search(spec.search_id) is None
 
 
+def test_a_truncated_image_fails_the_search_at_start_naming_the_file(tmp_path, tiny_image_folder):
+    """A corrupt image is found by one full decode before anything is created, not after many steps."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_image_folder, data)
+    victim = sorted((data / sorted(p.name for p in data.iterdir() if p.is_dir())[0]).glob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) // 2])
+    tracker = SearchTracker(f"sqlite:///{tmp_path / 'm.db'}", experiment="bad")
+    spec = SearchSpec(data_uri=str(data), budget_seconds=10, workdir=str(tmp_path / "w"))
+    with pytest.raises(SearchError, match=f"(?s)cannot open dataset .*{victim.name}"):
+        run_search(spec, LocalBackend(tmp_path / "w"), tracker, progress=False)
+    assert tracker.find_search(spec.search_id) is None
+
+
 # --- S3 outage ----------------------------------------------------------------------------------
 class _Retries(logging.Handler):
     def __init__(self) -> None:
