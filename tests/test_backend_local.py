@@ -93,7 +93,7 @@ def test_files_state_and_no_secrets_on_disk(tmp_path, tiny_image_folder, monkeyp
     assert wait_done(backend, sid).state == "succeeded", backend.logs(sid)
     d = backend.step_dir(sid)
     launch = json.loads((d / "launch.json").read_text())
-    assert launch["pid"] > 0 and "--to-epoch" in launch["argv"]
+    assert launch["pid"] > 0 and any(a.startswith("--to-epoch=") for a in launch["argv"])
     assert json.loads((d / "exit.json").read_text())["returncode"] == 0
     assert json.loads((d / ".runner.json").read_text())["env_overrides"]["OMP_NUM_THREADS"] == "1"
     for f in d.rglob("*"):

@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Mapping
 
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "pending", "running", "succeeded", "failed", "cancelled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
@@ -43,6 +43,15 @@ class StepRequest:
     device: str = "cpu"
     image_size: int | None = None  # None: the step's default for the dataset
     extra_env: Mapping[str, str] = field(default_factory=dict)  # non-secret env only
+    # Length of the lr schedule (the search's epoch budget); None: the step's default. A typed field
+    # since issue 13; before, it travelled as QUICKTUNE_MAX_EPOCHS in extra_env (the step still
+    # reads that variable as a fallback, for requests recorded by the older version).
+    max_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_epochs is not None and (isinstance(self.max_epochs, bool) or not isinstance(self.max_epochs, int)
+                                            or self.max_epochs < 1):
+            raise ValueError(f"max_epochs must be a positive integer or None, got {self.max_epochs!r}")
 
     @property
     def id(self) -> str:
@@ -53,6 +62,37 @@ class StepRequest:
         d["config"] = dict(self.config)
         d["extra_env"] = dict(self.extra_env)
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StepRequest:
+        """The inverse of :meth:`to_dict`. Keys that are not fields (e.g. a backend's own
+        bookkeeping such as ``queued_at``) are ignored, and fields added later take their defaults,
+        so a request recorded by an older version still reads."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["config"] = dict(kw.get("config") or {})
+        kw["extra_env"] = {str(k): str(v) for k, v in (kw.get("extra_env") or {}).items()}
+        return cls(**kw)
+
+    def argv(self, *, out: str, config_path: str | None = None, device: str | None = None) -> list[str]:
+        """The arguments that follow ``quicktune step`` to run this request: the one place the
+        step's command line is built, for every backend.
+
+        ``out`` is where the step writes RESULT.json; ``config_path`` the file holding
+        :attr:`config` (omitted when the caller's wrapper adds ``--config`` itself); ``device``
+        overrides :attr:`device` (e.g. a backend that gives the pod a GPU). Every option is one
+        ``--flag=value`` token, so a value that starts with ``-`` (a data URI, a path) is never
+        read as an option.
+        """
+        args = [] if config_path is None else [f"--config={config_path}"]
+        args += [f"--data={self.data_uri}", f"--to-epoch={int(self.to_epoch)}",
+                 f"--checkpoint-dir={self.checkpoint_dir}", f"--out={out}",
+                 f"--device={device or self.device or 'cpu'}", f"--seed={int(self.seed or 0)}"]
+        if self.image_size:
+            args.append(f"--image-size={int(self.image_size)}")
+        if self.max_epochs is not None:
+            args.append(f"--max-epochs={int(self.max_epochs)}")
+        return args
 
 
 @dataclass
@@ -71,6 +111,12 @@ class BackendError(RuntimeError):
 
 class TrialBackend(ABC):
     """Runs steps. Implementations: ``LocalBackend`` (subprocesses), ``KubernetesBackend`` (Jobs)."""
+
+    #: True when steps run on the caller's own filesystem, so a local checkpoint folder written by a
+    #: step is visible to the caller (the local backend). False (the default) when steps run
+    #: elsewhere (pods, other machines) and checkpoints must go to shared storage (s3://). Callers
+    #: ask this instead of testing a backend's class.
+    shares_filesystem: ClassVar[bool] = False
 
     @abstractmethod
     def start(self, request: StepRequest) -> str:

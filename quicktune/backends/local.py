@@ -94,6 +94,8 @@ class LocalBackend(TrialBackend):
     """``quicktune step`` as local subprocesses, ``max_workers`` at a time, each limited to
     ``threads_per_worker`` CPU threads (OMP/MKL/torch), each in its own process group."""
 
+    shares_filesystem = True  # steps run on this machine: a local checkpoint folder is fine
+
     def __init__(self, workdir: str | os.PathLike[str], max_workers: int = 1, threads_per_worker: int = 1,
                  python: str = sys.executable, step_timeout: float | None = None,
                  step_command: Sequence[str] | None = None, fork_server: bool | None = None) -> None:
@@ -392,13 +394,8 @@ class LocalBackend(TrialBackend):
             self._launch(sid)
 
     def _step_argv(self, d: Path, req: Mapping[str, Any]) -> list[str]:
-        argv = [*self.step_command, "--config", str(d / "config.json"), "--data", str(req["data_uri"]),
-                "--to-epoch", str(int(req["to_epoch"])), "--checkpoint-dir", str(req["checkpoint_dir"]),
-                "--out", str(d / "RESULT.json"), "--device", str(req.get("device") or "cpu"),
-                "--seed", str(int(req.get("seed") or 0))]
-        if req.get("image_size"):
-            argv += ["--image-size", str(int(req["image_size"]))]
-        return argv
+        request = StepRequest.from_dict(req)
+        return [*self.step_command, *request.argv(out=str(d / "RESULT.json"), config_path=str(d / "config.json"))]
 
     def _launch(self, step_id: str) -> None:
         d = self._dir(step_id)

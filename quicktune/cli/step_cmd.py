@@ -66,6 +66,9 @@ def _handle(args: argparse.Namespace) -> int:
         return _fail(args, f"cannot read --config {args.config}: {exc}")
     except ValueError as exc:
         return _fail(args, f"--config {args.config} is not valid JSON: {exc}", status="invalid")
+    # --max-epochs is set by StepRequest.argv() since issue 13. The env var is the older way (a step
+    # pod or a queued local request made by the previous version may still send it): a fallback
+    # kept for one version, to be removed after it.
     max_epochs = args.max_epochs or (int(os.environ["QUICKTUNE_MAX_EPOCHS"]) if os.environ.get("QUICKTUNE_MAX_EPOCHS") else None)
     from quicktune.finetune.step import run_step
 
