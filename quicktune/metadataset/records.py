@@ -1,0 +1,178 @@
+"""A campaign's result store: one JSON record per finished (task, config), and what follows from them.
+
+Why a module of its own: the records are the campaign's memory. They make it idempotent (a
+(task, config) with a record is never run again), resumable (a killed campaign re-reads them)
+and exportable (the learning-curve table and the progress summary are functions of the records
+and the plan alone, so ``export``/``status`` need no trial backend).
+
+Layout under the campaign's workdir::
+
+    results/<task>/<config_id>.json   the recorded curve of a finished (task, config)
+
+A record is written atomically (temporary file + rename); a half-written one does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from quicktune.metadataset.plan import CampaignPlan
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+#: the progress fields summed over tasks into the campaign's totals
+TOTAL_KEYS = ("planned", "done", "failed", "epochs", "compute_seconds", "step_seconds", "cpu_seconds")
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON at ``path``, or None when it is missing or not (yet) valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` at ``path`` atomically (readers see the old file or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+class RecordStore:
+    """The records of one campaign (``workdir/results``), read in plan order."""
+
+    def __init__(self, workdir: str | os.PathLike[str], plan: CampaignPlan) -> None:
+        self.workdir = Path(workdir)
+        self.plan = plan
+        self.results_dir = self.workdir / "results"
+        self.records: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def result_path(self, task: str, cid: str) -> Path:
+        return self.results_dir / task / f"{cid}.json"
+
+    def load(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Re-read every planned (task, config)'s record from disk (unplanned files are ignored)."""
+        self.records = {}
+        for task, cid in self.plan.order:
+            rec = read_json(self.result_path(task, cid))
+            if rec is not None:
+                self.records[(task, cid)] = rec
+        return self.records
+
+    def todo(self) -> list[tuple[str, str]]:
+        """The planned (task, config) pairs without a record, in run order."""
+        return [(t, c) for t, c in self.plan.order if (t, c) not in self.records]
+
+    def record(self, task: str, cid: str, sid: str, result: Mapping[str, Any], state_message: str,
+               cpu_seconds: float | None) -> dict[str, Any]:
+        """Record a finished step's RESULT for (task, config) and return the record."""
+        history = list(result.get("history") or [])
+        epochs = history if history else list(result.get("epochs") or [])
+        trained_now = list(result.get("epochs") or [])
+        step_seconds = result.get("step_seconds")
+        failed_cost = 0.0
+        if step_seconds is not None:
+            failed_cost = max(0.0, float(step_seconds) - sum(float(e.get("cost", 0.0)) for e in trained_now))
+        rec = {"task": task, "config_id": cid, "config": self.plan.pool[cid], "status": result.get("status", "failed"),
+               "message": result.get("message") or state_message, "epochs": epochs,
+               "epochs_trained_by_step": [int(e["epoch"]) for e in trained_now],
+               "meta_features": result.get("meta_features") or {}, "step_id": sid,
+               "step_seconds": step_seconds, "failed_cost": failed_cost, "cpu_seconds": cpu_seconds,
+               "warnings": result.get("warnings") or [], "recorded_at": time.time(),
+               "host": socket.gethostname()}
+        write_json(self.result_path(task, cid), rec)
+        self.records[(task, cid)] = rec
+        return rec
+
+    def forget_failed(self, statuses: Sequence[str] = ("failed",)) -> list[tuple[str, str]]:
+        """Drop the records of configs whose step ended with one of ``statuses`` (by default only
+        ``failed``: an infrastructure or code error, not a property of the config like ``diverged``,
+        ``invalid`` or ``oom``), so that the next run trains them again (from their checkpoints).
+        The dropped file is renamed, not deleted (``<config>.json.dropped-<unix time>``)."""
+        self.load()
+        dropped = []
+        for (t, c), rec in list(self.records.items()):
+            if rec["status"] in statuses:
+                path = self.result_path(t, c)
+                path.rename(path.with_name(f"{c}.json.dropped-{int(time.time())}"))
+                del self.records[(t, c)]
+                dropped.append((t, c))
+        return dropped
+
+    # --- what follows from the records -------------------------------------------------------
+    def table(self) -> "pd.DataFrame | None":
+        """The LCT of everything recorded so far (``None`` before the first result)."""
+        from quicktune.metadataset.table import curve_rows, frame_from_rows
+
+        rows: list[dict[str, Any]] = []
+        meta_by_task: dict[str, dict[str, Any]] = {}
+        for (task, _), rec in self.records.items():
+            if rec.get("meta_features"):
+                meta_by_task.setdefault(task, rec["meta_features"])
+        for task, cid in self.plan.order:
+            rec = self.records.get((task, cid))
+            if rec is None:
+                continue
+            rows.extend(curve_rows(task, cid, rec["config"], rec["epochs"], meta_by_task.get(task, {}),
+                                   status=rec["status"], max_epoch=self.plan.epochs,
+                                   failed_cost=rec.get("failed_cost") or 0.0))
+        if not rows:
+            return None
+        return frame_from_rows(rows, hp_names=self.plan.space.names)
+
+    def write_table(self, out: str | os.PathLike[str] | None) -> None:
+        """Rewrite the LCT at ``out`` atomically (nothing when ``out`` is None or nothing is recorded)."""
+        from quicktune.metadataset.table import write_table_atomic
+
+        if out is None:
+            return
+        df = self.table()
+        if df is not None:
+            write_table_atomic(df, Path(out))
+
+    def progress(self) -> dict[str, dict[str, Any]]:
+        """Per task: planned, done, failed, epochs, seconds (compute, step, CPU) and best score."""
+        per: dict[str, dict[str, Any]] = {}
+        for task in self.plan.tasks:
+            per[task] = {"planned": len(self.plan.assigned(task)), "done": 0, "failed": 0,
+                         "epochs": 0, "compute_seconds": 0.0, "step_seconds": 0.0, "cpu_seconds": 0.0,
+                         "best_score": None}
+        for (task, _), rec in self.records.items():
+            p = per[task]
+            p["done"] += 1
+            p["failed"] += rec["status"] != "ok"
+            p["epochs"] += len(rec["epochs"])
+            p["compute_seconds"] += sum(float(e.get("cost", 0.0)) for e in rec["epochs"])
+            p["step_seconds"] += float(rec.get("step_seconds") or 0.0)
+            p["cpu_seconds"] += float(rec.get("cpu_seconds") or 0.0)
+            best = max((float(e["score"]) for e in rec["epochs"] if e.get("score") is not None), default=None)
+            if best is not None and (p["best_score"] is None or best > p["best_score"]):
+                p["best_score"] = best
+        for p in per.values():
+            for k in ("compute_seconds", "step_seconds", "cpu_seconds"):
+                p[k] = round(p[k], 1)
+        return per
+
+
+def totals(per: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """The sums of :data:`TOTAL_KEYS` over the tasks of a progress summary."""
+    return {k: round(sum(p[k] for p in per.values()), 1) for k in TOTAL_KEYS}
+
+
+def export(workdir: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Rewrite the table at ``out`` from a campaign's recorded results without running anything
+    (also while the campaign runs: it only reads). Returns the progress summary."""
+    wd = Path(workdir).resolve()
+    store = RecordStore(wd, CampaignPlan.load(wd))
+    store.load()
+    store.write_table(out)
+    per = store.progress()
+    return {"tasks": per, "total": totals(per)}
