@@ -14,7 +14,8 @@ import torch
 
 from quicktune.finetune import checkpoint as ck
 from quicktune.finetune.config import InvalidConfigError, resolve_config
-from quicktune.finetune.step import build_training, run_step
+from quicktune.finetune.build import build_training
+from quicktune.finetune.step import run_step
 from quicktune.finetune.train import Regularizers, train_one_epoch
 
 BASE = {"model": "test_vit", "lr": 0.001, "batch_size": 32, "opt": "adamw"}
@@ -116,14 +117,14 @@ def _batches(n=4, bs=16, size=32, seed=0):
 
 def _initial_state(overrides, **kw):
     _, parts = _parts(overrides, **kw)
-    return {k: v.clone() for k, v in parts["net"].state_dict().items()}, parts
+    return {k: v.clone() for k, v in parts.net.state_dict().items()}, parts
 
 
 def test_pct_to_freeze_keeps_first_tensors_fixed(tiny_image_folder, tmp_path_factory):
     init, parts = _initial_state({"pct_to_freeze": 0.6})
-    frozen = [n for n, p in parts["net"].named_parameters() if not p.requires_grad]
-    assert frozen and parts["freeze"]["frozen_tensors"] == len(frozen)
-    names = [n for n, _ in parts["net"].named_parameters()]
+    frozen = [n for n, p in parts.net.named_parameters() if not p.requires_grad]
+    assert frozen and parts.freeze["frozen_tensors"] == len(frozen)
+    names = [n for n, _ in parts.net.named_parameters()]
     assert names[:len(frozen)] == frozen  # counted from the input side
     _, trained = _train(tiny_image_folder, tmp_path_factory, {**BASE, "pct_to_freeze": 0.6})
     for n in frozen:
@@ -133,27 +134,27 @@ def test_pct_to_freeze_keeps_first_tensors_fixed(tiny_image_folder, tmp_path_fac
 
 def test_linear_probing_trains_only_the_head(tiny_image_folder, tmp_path_factory):
     init, parts = _initial_state({"linear_probing": True, "pct_to_freeze": 0.2})
-    trainable = {n for n, p in parts["net"].named_parameters() if p.requires_grad}
+    trainable = {n for n, p in parts.net.named_parameters() if p.requires_grad}
     assert trainable == {"head.weight", "head.bias"}
     _, trained = _train(tiny_image_folder, tmp_path_factory, {**BASE, "linear_probing": True})
-    changed = {n for n, _ in parts["net"].named_parameters() if not torch.equal(init[n], trained[n])}
+    changed = {n for n, _ in parts.net.named_parameters() if not torch.equal(init[n], trained[n])}
     assert changed == {"head.weight", "head.bias"}
 
 
 def test_layer_decay_gives_per_layer_learning_rates():
     _, parts = _parts({"layer_decay": 0.65})
-    lrs = sorted({round(g["lr"], 12) for g in parts["optimizer"].param_groups})
+    lrs = sorted({round(g["lr"], 12) for g in parts.optimizer.param_groups})
     assert len(lrs) > 3 and lrs[-1] == pytest.approx(0.001)  # the head gets the full lr
     assert lrs[0] < 0.001 * 0.65 ** 2
     _, flat = _parts({})
-    assert {g["lr"] for g in flat["optimizer"].param_groups} == {0.001}
+    assert {g["lr"] for g in flat.optimizer.param_groups} == {0.001}
 
 
 @pytest.mark.parametrize("knob", ["sp_reg", "delta_reg", "bss_reg"])
 def test_regularizer_penalty_is_positive_after_updates(knob):
     _, parts = _parts({knob: 0.01})
-    regs: Regularizers = parts["regs"]
-    stats = train_one_epoch(parts["net"], _batches(), parts["optimizer"], parts["loss_fn"], torch.device("cpu"), regs)
+    regs: Regularizers = parts.regs
+    stats = train_one_epoch(parts.net, _batches(), parts.optimizer, parts.loss_fn, torch.device("cpu"), regs)
     assert stats["train_steps"] == 4
     x = _batches(1)[0][0]
     if knob == "sp_reg":
@@ -162,7 +163,7 @@ def test_regularizer_penalty_is_positive_after_updates(knob):
         from quicktune.finetune.model import forward_with_features
 
         with torch.no_grad():
-            _, feats = forward_with_features(parts["net"].eval(), x)
+            _, feats = forward_with_features(parts.net.eval(), x)
             assert regs.delta is not None and float(regs.delta(feats, x)) > 0
         # the source model is frozen and stays at the starting weights
         assert all(not p.requires_grad for p in regs.delta.source.parameters())
@@ -170,7 +171,7 @@ def test_regularizer_penalty_is_positive_after_updates(knob):
         from quicktune.finetune.model import forward_with_features
 
         with torch.no_grad():
-            _, feats = forward_with_features(parts["net"], x)
+            _, feats = forward_with_features(parts.net, x)
             assert regs.bss is not None and float(regs.bss.penalty(feats)) > 0
 
 
@@ -180,20 +181,20 @@ def test_stoch_norm_replaces_batchnorm_and_changes_training(tiny_image_folder, t
     _, plain = _parts({}, model="test_efficientnet", wc=BN_MODEL)
     _, parts = _parts({"stoch_norm": True}, model="test_efficientnet", wc=BN_MODEL)
     stoch_types = (StochNorm2d, _stoch_norm_act_class()[1])
-    bns = [m for m in plain["net"].modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    converted = [m for m in parts["net"].modules() if isinstance(m, stoch_types)]
-    assert parts["stoch_norm_layers"] == len(bns) == len(converted) > 0
+    bns = [m for m in plain.net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    converted = [m for m in parts.net.modules() if isinstance(m, stoch_types)]
+    assert parts.stoch_norm_layers == len(bns) == len(converted) > 0
     # same state-dict keys as the plain model (exported models load into the plain architecture)
-    assert set(parts["net"].state_dict()) == set(plain["net"].state_dict())
+    assert set(parts.net.state_dict()) == set(plain.net.state_dict())
     # eval: identical to BatchNorm; train: a random mix of batch and moving statistics
     x = torch.randn(8, 1, 32, 32)
-    parts["net"].load_state_dict(plain["net"].state_dict())
-    torch.testing.assert_close(parts["net"].eval()(x), plain["net"].eval()(x))
-    parts["net"].train()
+    parts.net.load_state_dict(plain.net.state_dict())
+    torch.testing.assert_close(parts.net.eval()(x), plain.net.eval()(x))
+    parts.net.train()
     torch.manual_seed(1)
-    y1 = parts["net"](x)
+    y1 = parts.net(x)
     torch.manual_seed(2)
-    y2 = parts["net"](x)
+    y2 = parts.net(x)
     assert not torch.allclose(y1, y2)
     base = _train(tiny_image_folder, tmp_path_factory, {**BASE, "model": "test_efficientnet"}, weights_config=BN_MODEL)
     sn = _train(tiny_image_folder, tmp_path_factory, {**BASE, "model": "test_efficientnet", "stoch_norm": True},
@@ -204,9 +205,9 @@ def test_stoch_norm_replaces_batchnorm_and_changes_training(tiny_image_folder, t
 def test_cotuning_uses_pretrained_source_head(tiny_image_folder, tmp_path_factory):
     lite = {"model": "tf_efficientnet_lite0", "lr": 0.001, "batch_size": 32, "opt": "adamw"}
     _, parts = _parts({"cotuning_reg": 1.0}, model="tf_efficientnet_lite0", image_size=16)
-    regs = parts["regs"]
+    regs = parts.regs
     assert regs.source_head is not None and regs.source_head.out_features == 1000
-    in_opt = {id(p) for g in parts["optimizer"].param_groups for p in g["params"]}
+    in_opt = {id(p) for g in parts.optimizer.param_groups for p in g["params"]}
     assert all(id(p) in in_opt for p in regs.source_head.parameters())  # the source head trains too
     base_res, base_w = _train(tiny_image_folder, tmp_path_factory, lite, image_size=16)
     res, w = _train(tiny_image_folder, tmp_path_factory, {**lite, "cotuning_reg": 1.0}, image_size=16)
@@ -232,7 +233,7 @@ def test_optimizers_are_timms():
               "adamw": (torch.optim.AdamW, None), "adamp": (timm.optim.AdamP, None)}
     for name, (cls, nesterov) in expect.items():
         _, parts = _parts({"opt": name, "momentum": 0.8, "opt_betas": "0.0 0.99"})
-        opt = parts["optimizer"]
+        opt = parts.optimizer
         assert isinstance(opt, cls), name
         g = opt.param_groups[0]
         if nesterov is not None:
@@ -240,12 +241,12 @@ def test_optimizers_are_timms():
         else:
             assert tuple(g["betas"]) == (0.0, 0.99)
     _, plain = _parts({"opt": "sgd", "momentum": 0.0})  # Nesterov needs momentum: plain SGD
-    assert plain["optimizer"].param_groups[0]["momentum"] == 0.0
+    assert plain.optimizer.param_groups[0]["momentum"] == 0.0
 
 
 def _lr_trajectory(overrides, metrics, max_epochs=10):
     _, parts = _parts(overrides, max_epochs=max_epochs)
-    opt, sched = parts["optimizer"], parts["scheduler"]
+    opt, sched = parts.optimizer, parts.scheduler
     lrs = [opt.param_groups[0]["lr"]]
     for epoch, m in enumerate(metrics, start=1):
         sched.step(epoch, m)
@@ -278,21 +279,21 @@ def test_mixup_and_losses_are_timms():
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
     _, p = _parts({"mixup": 0.4, "cutmix": 1.0, "mixup_prob": 0.5, "smoothing": 0.1})
-    assert isinstance(p["mixup"], Mixup) and isinstance(p["loss_fn"], SoftTargetCrossEntropy)
-    assert p["mixup"].mixup_alpha == 0.4 and p["mixup"].cutmix_alpha == 1.0 and p["mixup"].mix_prob == 0.5
-    assert p["mixup"].label_smoothing == 0.1
+    assert isinstance(p.mixup, Mixup) and isinstance(p.loss_fn, SoftTargetCrossEntropy)
+    assert p.mixup.mixup_alpha == 0.4 and p.mixup.cutmix_alpha == 1.0 and p.mixup.mix_prob == 0.5
+    assert p.mixup.label_smoothing == 0.1
     _, p = _parts({"smoothing": 0.1})
-    assert p["mixup"] is None and isinstance(p["loss_fn"], LabelSmoothingCrossEntropy)
+    assert p.mixup is None and isinstance(p.loss_fn, LabelSmoothingCrossEntropy)
     _, p = _parts({"mixup": 0.4, "mixup_prob": 0.0})
-    assert p["mixup"] is None
+    assert p.mixup is None
 
 
 def test_drop_rate_reaches_timm():
     _, p = _parts({"drop": 0.3})
-    drops = [m.p for m in p["net"].modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
-    assert drops == [0.3] and p["net"].head_drop.p == 0.3  # the classifier's dropout only
+    drops = [m.p for m in p.net.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    assert drops == [0.3] and p.net.head_drop.p == 0.3  # the classifier's dropout only
     _, p = _parts({})
-    assert not [m.p for m in p["net"].modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    assert not [m.p for m in p.net.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
 
 
 def test_config_defaults_and_errors():
@@ -331,16 +332,16 @@ ALL_ON = {"pct_to_freeze": 0.2, "layer_decay": 0.75, "sp_reg": 0.01, "delta_reg"
 def test_every_cpu_hub_model_takes_every_knob(model):
     # The meta-dataset campaign samples any knob with any model of the CPU hub: each must build and train.
     cfg, parts = _parts(ALL_ON, model=model, image_size=32)
-    regs = parts["regs"]
+    regs = parts.regs
     assert regs.sp is not None and regs.delta is not None and regs.bss is not None
     if model == "tf_efficientnet_lite0":  # the one model with real pretrained weights offline
         assert regs.source_head is not None
     x, y = _batches(1, bs=8)[0]
     regs.relationship = torch.full((10, 1000), 1e-3) if regs.source_head is not None else None
-    stats = train_one_epoch(parts["net"], [(x, y)], parts["optimizer"], parts["loss_fn"], torch.device("cpu"), regs,
-                            mixup=parts["mixup"], num_classes=10, clip_grad=1.0)
+    stats = train_one_epoch(parts.net, [(x, y)], parts.optimizer, parts.loss_fn, torch.device("cpu"), regs,
+                            mixup=parts.mixup, num_classes=10, clip_grad=1.0)
     assert stats["train_steps"] == 1 and stats["train_loss"] == stats["train_loss"]  # finite
-    parts["scheduler"].step(1, 0.5)
+    parts.scheduler.step(1, 0.5)
 
 
 def test_every_classifier_timm_resets_stays_trainable():

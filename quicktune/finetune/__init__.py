@@ -7,8 +7,9 @@
 Modules: ``config`` (knobs, validation, defaults), ``transforms`` (preprocessing, augmentation
 policies), ``regularizers`` (L2-SP, DELTA, BSS, co-tuning, StochNorm), ``freezing``, ``model``
 (hub network), ``loader`` (batches, data order), ``train`` (epoch loop, evaluation),
-``checkpoint`` (safetensors + JSON), ``result`` (RESULT.json), ``step`` (``run_step``),
-``export`` (``load_trained_model``, ``evaluate_checkpoint``).
+``checkpoint`` (safetensors + JSON), ``result`` (RESULT.json), ``step`` (``run_step``: the step's
+flow), ``build`` (``TrainingParts``: network, optimizer, scheduler, regularizers, loss), ``state``
+(``CheckpointMeta``, exact-resume state), ``export`` (``load_trained_model``, ``evaluate_checkpoint``).
 
 Imports are lazy so that ``quicktune step`` starts fast and never loads MLflow.
 """

@@ -28,21 +28,19 @@ never sees its schedule change, and warn when asked for different ones.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-import random
 import time
 import traceback
-import warnings as warnings_mod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
-from quicktune.finetune.config import InvalidConfigError, parse_betas, resolve_config
+from quicktune.finetune.build import build_training, compute_relationship, seed_everything
+from quicktune.finetune.config import InvalidConfigError, resolve_config
 from quicktune.finetune.model import UnknownModelError
+from quicktune.finetune.state import CheckpointMeta, checkpoint_tensors, restore_state
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +177,6 @@ def _peak_memory_mb(device: str) -> float:
 # --------------------------------------------------------------------------------------------
 # The step
 # --------------------------------------------------------------------------------------------
-def seed_everything(value: int) -> None:
-    random.seed(value)
-    np.random.seed(value % 2**32)
-    torch.manual_seed(value)
-
-
 def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: int, checkpoint_dir: str, device: str,
          seed: int, image_size: int | None, cache_dir: str | None, max_epochs: int | None, threads: int | None,
          split_seed: int, num_workers: int | None, deterministic: bool, weights_config) -> None:
@@ -260,9 +252,10 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
         return
 
     # --- model, regularizers, optimizer, schedule (built the same way on every step)
-    parts = build_training(cfg, defaults, num_classes, in_chans, image_size, dev, seed, max_epochs, weights_config, report)
+    parts = build_training(cfg, defaults, num_classes, in_chans, image_size, dev, seed, max_epochs, weights_config,
+                           report.warnings)
     mark("build")
-    net, optimizer, scheduler, scaler, regs = parts["net"], parts["optimizer"], parts["scheduler"], parts["scaler"], parts["regs"]
+    net, optimizer, scheduler, scaler, regs = parts.net, parts.optimizer, parts.scheduler, parts.scaler, parts.regs
     report.num_params = int(sum(p.numel() for p in net.parameters()))
     if ckpt is None:  # a config's first step: can the model take this size at all?
         _check_input_size(net, cfg["model"], in_chans, image_size, dev)
@@ -275,7 +268,7 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
     if len(train_set) == 0 or len(val_set) == 0:
         raise StepError(f"{data_uri}: the train or validation split is empty "
                         f"(train {len(train_set)}, val {len(val_set)} images)")
-    if parts["mixup"] is not None and effective_batch_size(len(train_set), bs) % 2:
+    if parts.mixup is not None and effective_batch_size(len(train_set), bs) % 2:
         raise InvalidConfigError(f"knob 'batch_size': mixup/cutmix need an even batch size, got {bs}")
     if num_workers is None:
         num_workers = min(4, os.cpu_count() or 1) if (dev.type == "cuda" and policy is not None) else 0
@@ -291,19 +284,25 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
     mark("checkpoint_load")
 
     # --- epochs
+    run_meta = CheckpointMeta(config=dict(config), resolved_config=dict(cfg), classes=classes, in_chans=in_chans,
+                              image_size=image_size, max_epochs=max_epochs, seed=seed, split_seed=split_seed,
+                              mean=list(defaults["mean"]), std=list(defaults["std"]),
+                              pretrained=bool(defaults["pretrained"]), data_uri=str(data_uri),
+                              data_fingerprint=getattr(ds, "fingerprint", None))
+
     best_epoch, best_score = _best(report.history)
     for epoch in range(start_epoch + 1, to_epoch + 1):
         seed_everything(epoch_seed(seed, epoch))
         lr = float(optimizer.param_groups[0]["lr"]) / float(optimizer.param_groups[0].get("lr_scale", 1.0))
         t0 = time.perf_counter()
         stats = train_one_epoch(net, train_batches(train_set, bs, seed, epoch, num_workers, pin_memory=dev.type == "cuda"),
-                                optimizer, parts["loss_fn"], dev, regs, mixup=parts["mixup"], num_classes=num_classes,
-                                clip_grad=float(cfg["clip_grad"]), scaler=scaler, amp=parts["amp"])
+                                optimizer, parts.loss_fn, dev, regs, mixup=parts.mixup, num_classes=num_classes,
+                                clip_grad=float(cfg["clip_grad"]), scaler=scaler, amp=parts.amp)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t1 = time.perf_counter()
         mark("train")
-        ev = evaluate(net, eval_batches(val_set, eval_bs), dev, amp=parts["amp"])
+        ev = evaluate(net, eval_batches(val_set, eval_bs), dev, amp=parts.amp)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
@@ -319,8 +318,7 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
             best_epoch, best_score = epoch, record["score"]
         history = report.history + [record]
         mark("scheduler")
-        meta = checkpoint_meta(config, cfg, parts, ds, classes, in_chans, image_size, max_epochs, seed, split_seed,
-                               defaults, history, best_epoch, best_score, data_uri)
+        meta = replace(run_meta, history=history, best_epoch=best_epoch, best_score=best_score).manifest(parts)
         tensors = checkpoint_tensors(parts)
         uri = ck.save_checkpoint(checkpoint_dir, epoch, tensors, meta)
         ck.prune(checkpoint_dir, {epoch, best_epoch})
@@ -379,207 +377,3 @@ def _best_uri(directory: str, manifest: Mapping[str, Any]) -> str | None:
 
     e = manifest.get("best_epoch")
     return None if e is None else storage.join(directory, f"epoch-{int(e):04d}.json")
-
-
-# --------------------------------------------------------------------------------------------
-# Building blocks (shared with evaluation/export)
-# --------------------------------------------------------------------------------------------
-def build_training(cfg: Mapping[str, Any], defaults: Mapping[str, Any], num_classes: int, in_chans: int, image_size: int,
-                   dev: torch.device, seed: int, max_epochs: int, weights_config, report: _Report | None = None) -> dict[str, Any]:
-    """Network (seeded init), StochNorm, freezing, regularizers, optimizer, scheduler, loss, mixup."""
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-
-    from quicktune.finetune.freezing import apply_freezing, head_parameter_names
-    from quicktune.finetune.model import build_network
-    from quicktune.finetune.regularizers import (BatchSpectralShrinkage, DeltaRegularization, SPRegularization,
-                                                 convert_to_stoch_norm)
-    from quicktune.finetune.train import Regularizers
-
-    warnings = report.warnings if report is not None else []
-    seed_everything(epoch_seed_init(seed))
-    want_source = cfg["cotuning_reg"] > 0
-    net, source_head = build_network(cfg["model"], num_classes, in_chans, image_size, float(cfg["drop"]),
-                                     pretrained=bool(defaults["pretrained"]), defaults=defaults,
-                                     weights_config=weights_config, keep_source_head=want_source)
-    if want_source and source_head is None:
-        warnings.append(f"cotuning_reg={cfg['cotuning_reg']} ignored: {cfg['model']} has no pretrained source head "
-                        f"(random init in this hub)")
-    stoch = 0
-    if cfg["stoch_norm"]:
-        stoch = convert_to_stoch_norm(net)
-        if stoch == 0:
-            warnings.append(f"stoch_norm ignored: {cfg['model']} has no BatchNorm layers")
-    net.to(dev)
-    if source_head is not None:
-        source_head.to(dev)
-    freeze = apply_freezing(net, float(cfg["pct_to_freeze"]), bool(cfg["linear_probing"]))
-
-    regs = Regularizers()
-    head = head_parameter_names(net)
-    if cfg["sp_reg"] > 0:
-        regs.sp = SPRegularization([(n, p) for n, p in net.named_parameters() if n not in head], cfg["sp_reg"])
-    if cfg["delta_reg"] > 0:
-        regs.delta = DeltaRegularization(copy.deepcopy(net), cfg["delta_reg"])
-    if cfg["bss_reg"] > 0:
-        regs.bss = BatchSpectralShrinkage(cfg["bss_reg"])
-    if want_source and source_head is not None:
-        regs.cotuning_weight, regs.source_head = float(cfg["cotuning_reg"]), source_head
-
-    opt, momentum = cfg["opt"], float(cfg["momentum"])
-    if opt == "sgd" and momentum == 0:
-        opt = "momentum"  # Nesterov needs momentum > 0: 'sgd' with momentum 0 is plain SGD
-    kwargs: dict[str, Any] = {"opt": opt, "lr": float(cfg["lr"]), "weight_decay": float(cfg["weight_decay"])}
-    if opt in ("sgd", "momentum"):
-        kwargs["momentum"] = momentum
-    else:
-        kwargs["betas"] = parse_betas(cfg["opt_betas"])
-    if cfg["layer_decay"] > 0:
-        kwargs["layer_decay"] = float(cfg["layer_decay"])
-    optimizer = create_optimizer_v2(net, **kwargs)
-    if regs.source_head is not None:
-        optimizer.add_param_group({"params": list(regs.source_head.parameters()), "lr": float(cfg["lr"]),
-                                   "weight_decay": float(cfg["weight_decay"])})
-    sched_kwargs: dict[str, Any] = dict(
-        sched=cfg["sched"], num_epochs=int(max_epochs), warmup_epochs=int(cfg["warmup_epochs"]),
-        warmup_lr=float(cfg["warmup_lr"]), min_lr=0.0, decay_rate=float(cfg["decay_rate"]),
-        decay_epochs=int(cfg["decay_epochs"]), decay_milestones=[int(cfg["decay_epochs"]), 2 * int(cfg["decay_epochs"])],
-        patience_epochs=int(cfg["patience_epochs"]), plateau_mode="max", step_on_epochs=True)
-    with warnings_mod.catch_warnings():
-        # timm deprecates PlateauLRScheduler because *its* state_dict drops the patience counters;
-        # this step saves the full ReduceLROnPlateau state itself (see _scheduler_state).
-        warnings_mod.filterwarnings("ignore", message="PlateauLRScheduler is deprecated", category=FutureWarning)
-        scheduler, _ = create_scheduler_v2(optimizer, **sched_kwargs)
-
-    mixup = None
-    if (cfg["mixup"] > 0 or cfg["cutmix"] > 0) and cfg["mixup_prob"] > 0:
-        mixup = Mixup(mixup_alpha=float(cfg["mixup"]), cutmix_alpha=float(cfg["cutmix"]), prob=float(cfg["mixup_prob"]),
-                      switch_prob=0.5, mode="batch", label_smoothing=float(cfg["smoothing"]), num_classes=num_classes)
-        loss_fn: Any = SoftTargetCrossEntropy()
-    elif cfg["smoothing"] > 0:
-        loss_fn = LabelSmoothingCrossEntropy(smoothing=float(cfg["smoothing"]))
-    else:
-        loss_fn = torch.nn.CrossEntropyLoss()
-    amp = dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if amp else None
-    return {"net": net, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "regs": regs,
-            "mixup": mixup, "loss_fn": loss_fn, "amp": amp, "freeze": freeze, "stoch_norm_layers": stoch,
-            "optimizer_kwargs": kwargs, "scheduler_kwargs": sched_kwargs}
-
-
-def epoch_seed_init(seed: int) -> int:
-    from quicktune.finetune.loader import epoch_seed
-
-    return epoch_seed(seed, 0, "init")
-
-
-@torch.no_grad()
-def compute_relationship(net, source_head, train_set, num_classes: int, dev: torch.device, batch_size: int) -> torch.Tensor:
-    """Co-tuning's p(y_source | y_target) from the pretrained model on the (unaugmented) training images."""
-    from quicktune.finetune.model import apply_source_head
-    from quicktune.finetune.regularizers import category_relationship
-
-    was_training = net.training
-    net.eval()
-    source_head.eval()
-    probs = []
-    for i in range(0, len(train_set), batch_size):
-        x = train_set.plain_batch(torch.arange(i, min(len(train_set), i + batch_size))).to(dev)
-        feats = net.forward_head(net.forward_features(x), pre_logits=True)
-        probs.append(torch.softmax(apply_source_head(source_head, feats).float(), dim=1).cpu())
-    net.train(was_training)
-    return category_relationship(torch.cat(probs), train_set.labels, num_classes)
-
-
-def _scheduler_state(scheduler) -> dict[str, Any]:
-    from timm.scheduler.plateau_lr import PlateauLRScheduler
-
-    if isinstance(scheduler, PlateauLRScheduler):
-        # timm's own state_dict keeps only 'best' and 'last_epoch'; the patience counters matter too.
-        return {"kind": "plateau", "torch": scheduler.lr_scheduler.state_dict(), "restore_lr": scheduler.restore_lr}
-    return {"kind": "timm", "state": scheduler.state_dict()}
-
-
-def _load_scheduler_state(scheduler, state: Mapping[str, Any]) -> None:
-    if state["kind"] == "plateau":
-        scheduler.lr_scheduler.load_state_dict(dict(state["torch"]))
-        scheduler.restore_lr = state.get("restore_lr")
-    else:
-        scheduler.load_state_dict(dict(state["state"]))
-
-
-def checkpoint_tensors(parts: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    from quicktune.finetune.checkpoint import optimizer_to_parts
-
-    tensors: dict[str, torch.Tensor] = {f"model/{k}": v for k, v in parts["net"].state_dict().items()}
-    regs = parts["regs"]
-    if regs.source_head is not None:
-        tensors.update({f"source_head/{k}": v for k, v in regs.source_head.state_dict().items()})
-    if regs.relationship is not None:
-        tensors["cotuning/relationship"] = regs.relationship
-    opt_tensors, _ = optimizer_to_parts(parts["optimizer"].state_dict())
-    tensors.update(opt_tensors)
-    tensors["rng/torch"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["rng/cuda"] = torch.cuda.get_rng_state()
-    np_state = np.random.get_state()
-    tensors["rng/numpy_keys"] = torch.from_numpy(np.ascontiguousarray(np_state[1]).view(np.uint8).copy())
-    return tensors
-
-
-def checkpoint_meta(config, cfg, parts, ds, classes, in_chans, image_size, max_epochs, seed, split_seed, defaults,
-                    history, best_epoch, best_score, data_uri) -> dict[str, Any]:
-    import timm
-
-    from quicktune.finetune.checkpoint import optimizer_to_parts
-
-    _, opt_meta = optimizer_to_parts(parts["optimizer"].state_dict())
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "config": dict(config), "resolved_config": dict(cfg), "model": cfg["model"],
-        "seed": int(seed), "split_seed": int(split_seed), "image_size": int(image_size), "in_chans": int(in_chans),
-        "num_classes": len(classes), "classes": classes, "mean": list(defaults["mean"]), "std": list(defaults["std"]),
-        "pretrained": bool(defaults["pretrained"]), "max_epochs": int(max_epochs),
-        "data_uri": str(data_uri), "data_fingerprint": getattr(ds, "fingerprint", None),
-        "history": history, "best_epoch": best_epoch, "best_score": best_score,
-        "optimizer": opt_meta, "scheduler": _scheduler_state(parts["scheduler"]),
-        "scaler": parts["scaler"].state_dict() if parts["scaler"] is not None else None,
-        "rng": {"python": [py_state[0], list(py_state[1]), py_state[2]],
-                "numpy": {"pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-                "data_order": "torch.Generator seeded per epoch from sha256(seed, epoch) (loader.epoch_seed)"},
-        "stoch_norm": bool(cfg["stoch_norm"]), "source_head": parts["regs"].source_head is not None,
-        "versions": {"torch": torch.__version__, "timm": timm.__version__},
-    }
-
-
-def restore_state(ckpt, parts: Mapping[str, Any]) -> None:
-    from quicktune.finetune.checkpoint import CheckpointError, optimizer_from_parts
-
-    t, m = ckpt.tensors, ckpt.manifest
-    model_sd = {k[len("model/"):]: v for k, v in t.items() if k.startswith("model/")}
-    try:
-        parts["net"].load_state_dict(model_sd, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{ckpt.uri}: model weights do not fit the config's model: {exc}") from exc
-    regs = parts["regs"]
-    if regs.source_head is not None:
-        regs.source_head.load_state_dict({k[len("source_head/"):]: v for k, v in t.items() if k.startswith("source_head/")})
-    if "cotuning/relationship" in t:
-        regs.relationship = t["cotuning/relationship"]
-    elif regs.cotuning_weight > 0 and regs.source_head is not None:
-        raise CheckpointError(f"{ckpt.uri}: co-tuning relationship missing")
-    parts["optimizer"].load_state_dict(optimizer_from_parts(t, m["optimizer"]))
-    _load_scheduler_state(parts["scheduler"], m["scheduler"])
-    if parts["scaler"] is not None and m.get("scaler"):
-        parts["scaler"].load_state_dict(m["scaler"])
-    torch.set_rng_state(t["rng/torch"])
-    if "rng/cuda" in t and torch.cuda.is_available():
-        torch.cuda.set_rng_state(t["rng/cuda"])
-    py = m["rng"]["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    npm = m["rng"]["numpy"]
-    keys = t["rng/numpy_keys"].numpy().view(np.uint32)
-    np.random.set_state(("MT19937", keys, npm["pos"], npm["has_gauss"], npm["cached_gaussian"]))
