@@ -23,7 +23,7 @@ import pytest
 
 from quicktune.backends.testing import local_attempts_started_and_rerun
 from quicktune.lct import load_lct, validate_lct
-from quicktune.metadataset.campaign import CampaignError, make_or_extend_plan, parse_dataset_spec
+from quicktune.metadataset.plan import CampaignError, make_or_extend_plan, parse_dataset_spec
 from quicktune.metadataset.table import curve_rows, frame_from_rows
 from quicktune.space import SearchSpace, config_id
 
@@ -336,7 +336,7 @@ def test_harvest_of_a_real_search(tmp_path, mlflow_server, tiny_image_folder, mo
     """A search run by the controller (one config trains, one diverges) -> harvested rows equal the
     epochs its steps reported in their RESULT.json files, and the failure is a NaN row."""
     from quicktune.backends.local import LocalBackend
-    from quicktune.controller import SearchSpec, run_search
+    from quicktune.search import SearchSpec, run_search
     from quicktune.metadataset.harvest import harvest
     from quicktune.tracking.layout import SearchTracker
 
