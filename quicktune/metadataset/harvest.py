@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from quicktune.metadataset.table import curve_rows, frame_from_rows, write_table_atomic
+from quicktune.tracking.schema import (METRIC_SCORE, PARAM_DATA_URI, PARAM_FINGERPRINT, PARAM_MAX_EPOCHS,
+                                       PARAM_META_FEATURES_PREFIX, TAG_FINGERPRINT, TAG_SEARCH_ID)
 
-META_PARAM_PREFIX = "meta_features."
-FINGERPRINT_KEYS = ("quicktune.dataset_fingerprint", "dataset_fingerprint")
+META_PARAM_PREFIX = PARAM_META_FEATURES_PREFIX
+FINGERPRINT_KEYS = (TAG_FINGERPRINT, PARAM_FINGERPRINT)
 
 
 class HarvestError(RuntimeError):
@@ -72,7 +74,7 @@ def _parse_float(text: Any) -> float | None:
 def _dataset_of(run: Any) -> tuple[str, str, dict[str, float]]:
     """(key, data uri, meta-features) of a parent run."""
     params, tags = run.data.params, run.data.tags
-    uri = params.get("data_uri", "")
+    uri = params.get(PARAM_DATA_URI, "")
     try:
         uri = json.loads(uri) if uri.startswith('"') else uri
     except json.JSONDecodeError:
@@ -121,7 +123,7 @@ def harvest_frame(tracking_uri: str, experiments: Sequence[str] | None = None):
     """The LCT (a DataFrame) of every search on the server, plus a summary dict."""
     from mlflow import MlflowClient
 
-    from quicktune.tracking.layout import TAG_ROLE, TAG_SEARCH_ID, SearchTracker
+    from quicktune.tracking.layout import SearchTracker
 
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
@@ -147,7 +149,7 @@ def harvest_frame(tracking_uri: str, experiments: Sequence[str] | None = None):
     n_searches = 0
     for exp in exps:
         tracker = SearchTracker(tracking_uri, experiment=exp.name)
-        parents = tracker._search(f"tags.`{TAG_ROLE}` = 'search'")
+        parents = tracker.find_searches()
         for parent in sorted(parents, key=lambda r: r.info.start_time):
             search_id = parent.data.tags.get(TAG_SEARCH_ID, parent.info.run_id)
             key, uri, meta = _dataset_of(parent)
@@ -156,11 +158,11 @@ def harvest_frame(tracking_uri: str, experiments: Sequence[str] | None = None):
                                 f"no meta.* values")
             d = datasets.setdefault(key, _Dataset(key=key, uri=uri, meta=meta))
             d.searches.append(search_id)
-            max_epoch = _parse_float(parent.data.params.get("max_epochs"))
+            max_epoch = _parse_float(parent.data.params.get(PARAM_MAX_EPOCHS))
             n_searches += 1
             for cid, rec in tracker.load_configs(parent.info.run_id).items():
                 _add_extra_metrics(tracker, rec)
-                eps = [{"epoch": e, **m} for e, m in sorted(rec.epochs.items()) if "score" in m]
+                eps = [{"epoch": e, **m} for e, m in sorted(rec.epochs.items()) if METRIC_SCORE in m]
                 status = "ok" if rec.failure is None else (rec.failure.status or "failed")
                 c = _Curve(dataset_key=key, config_id=cid, config=rec.config, epochs=eps, status=status,
                            failed_cost=rec.failure.cost if rec.failure is not None else 0.0,

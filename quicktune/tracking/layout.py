@@ -29,26 +29,20 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from quicktune.tracking.names import check_search_id, filter_string, tag
 from quicktune.tracking.retry import InfrastructureError, RetryPolicy, check_reachable, repeat_if_write_race
+from quicktune.tracking.schema import (  # noqa: F401 - TAG_* re-exported for older importers
+    ARTIFACT_SPEC, ARTIFACT_SUMMARY, EPOCH_METRICS, METRIC_BEST_SCORE, METRIC_COST, METRIC_SCORE, METRIC_TELL_SEQ,
+    MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, ROLE_CONFIG, ROLE_PROMOTION, ROLE_SEARCH, STATE_SLOTS, SUMMARY_METRIC_PREFIX,
+    TAG_BEST_CONFIG_ID, TAG_BEST_RUN_ID, TAG_CHECKPOINT_DIR, TAG_CHECKPOINT_URI, TAG_CONFIG, TAG_CONFIG_ID,
+    TAG_EPOCHS_DONE, TAG_FAILED_COST, TAG_FAILED_EPOCH, TAG_FAILED_SEQ, TAG_MESSAGE, TAG_PENDING, TAG_ROLE,
+    TAG_SEARCH_ID, TAG_STATUS, failure_log_path)
 from quicktune.tracking.secrets import redact, safe_uri
 
 log = logging.getLogger(__name__)
 
-TAG_SEARCH_ID = "quicktune.search_id"
-TAG_ROLE = "quicktune.role"
-TAG_STATUS = "quicktune.status"
-TAG_MESSAGE = "quicktune.message"
-TAG_CONFIG_ID = "quicktune.config_id"
-TAG_CONFIG = "quicktune.config"
-TAG_PENDING = "quicktune.pending_epoch"
-TAG_EPOCHS_DONE = "quicktune.epochs_done"
-TAG_CHECKPOINT_DIR = "quicktune.checkpoint_dir"
-TAG_CHECKPOINT_URI = "quicktune.checkpoint_uri"
-EPOCH_METRICS = ("score", "top5", "val_loss", "train_loss", "cost", "train_seconds", "eval_seconds")
-STATE_SLOTS = ("optimizer/state-0.json", "optimizer/state-1.json")
 MAX_TAG = 5000
 MAX_PARAM = 6000
 
@@ -184,6 +178,17 @@ class SearchTracker:
 
         check_reachable(str(self.tracking_uri or get_tracking_uri()), window=window)
 
+    def limit_retries(self, seconds: float) -> None:
+        """Give up on an unreachable server within ``seconds`` from now on (never longer than the
+        policy already allows): recording a failure must not wait minutes for the very server
+        whose outage may be what failed."""
+        self.retry.total = min(self.retry.total, float(seconds))
+
+    def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run an MLflow call this class has no method for (e.g. ``mlflow.pytorch.log_model`` in
+        the fluent API) with the same retries, accounting and error reporting as its own calls."""
+        return self._call(what, fn, *args, **kwargs)
+
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
@@ -214,23 +219,33 @@ class SearchTracker:
 
     # --- the parent run ------------------------------------------------------------------------
     def find_search(self, search_id: str) -> Any | None:
-        runs = self._search(filter_string({tag(TAG_SEARCH_ID): check_search_id(search_id), tag(TAG_ROLE): "search"}))
+        runs = self._search(filter_string({tag(TAG_SEARCH_ID): check_search_id(search_id), tag(TAG_ROLE): ROLE_SEARCH}))
         if not runs:
             return None
         return sorted(runs, key=lambda r: r.info.start_time)[0]
+
+    def find_searches(self) -> list[Any]:
+        """Every parent run (``quicktune.role=search``) of the experiment, unordered (harvest)."""
+        return self._search(filter_string({tag(TAG_ROLE): ROLE_SEARCH}))
+
+    def experiment_artifact_location(self) -> str:
+        """Where the experiment stores artifacts (``s3://...`` or a local path): decides whether a
+        worker on another machine can read checkpoints kept there."""
+        exp = self._call("get experiment", self.client.get_experiment, self.experiment_id)
+        return str(exp.artifact_location)
 
     def open_search(self, search_id: str, spec: Mapping[str, Any]) -> SearchRun:
         """The parent run of ``search_id``, created (with the spec) if it does not exist yet."""
         run = self.find_search(search_id)
         resumed = run is not None
         if run is None:
-            tags = {TAG_SEARCH_ID: search_id, TAG_ROLE: "search", TAG_STATUS: "running",
-                    TAG_MESSAGE: "", "mlflow.runName": search_id}
+            tags = {TAG_SEARCH_ID: search_id, TAG_ROLE: ROLE_SEARCH, TAG_STATUS: "running",
+                    TAG_MESSAGE: "", MLFLOW_RUN_NAME: search_id}
             run = self._call("create search run", self.client.create_run, self.experiment_id, tags=tags)
             self.log_params(run.info.run_id, flatten(spec))
             # in the order given (no sort_keys): the space definition inside reads as written
             self._call("log spec", self.client.log_text, run.info.run_id,
-                       redact(json.dumps(spec, indent=2, default=str)), "spec.json")
+                       redact(json.dumps(spec, indent=2, default=str)), ARTIFACT_SPEC)
         else:
             self.set_tags(run.info.run_id, {TAG_STATUS: "running", TAG_MESSAGE: "resumed"})
             if run.info.status != "RUNNING":
@@ -252,7 +267,7 @@ class SearchTracker:
             return p.read_text() if p.is_file() else None
 
     def spec(self, run_id: str) -> dict[str, Any] | None:
-        text = self.read_text(run_id, "spec.json")
+        text = self.read_text(run_id, ARTIFACT_SPEC)
         return json.loads(text) if text else None
 
     # --- generic writes ------------------------------------------------------------------------
@@ -290,14 +305,32 @@ class SearchTracker:
     def terminate(self, run_id: str, status: str) -> None:
         self._call("end run", self.client.set_terminated, run_id, status)
 
+    # --- promotion -----------------------------------------------------------------------------
+    def create_promotion_run(self, parent_run_id: str, experiment_id: str, search_id: str, config_id: str) -> str:
+        """A child run of the search (``quicktune.role=promotion``) that will hold the promoted
+        model of ``config_id``; returns its run id."""
+        tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_SEARCH_ID: search_id, TAG_ROLE: ROLE_PROMOTION,
+                TAG_CONFIG_ID: config_id, MLFLOW_RUN_NAME: f"promote-{config_id[:8]}"}
+        run = self._call("create promotion run", self.client.create_run, experiment_id, tags=tags)
+        return str(run.info.run_id)
+
+    def set_model_alias(self, model_name: str, alias: str, version: str) -> None:
+        """Point ``alias`` at ``version``; another client may move the same alias at the same moment
+        (a write race, repeated, see :meth:`_upsert`)."""
+        self._upsert("set alias", self.client.set_registered_model_alias, model_name, alias, version)
+
+    def set_model_version_tags(self, model_name: str, version: str, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self._call("tag model version", self.client.set_model_version_tag, model_name, version, k, str(v))
+
     # --- configurations ------------------------------------------------------------------------
     def create_config_run(self, parent: SearchRun, search_id: str, config_id: str, config: Mapping[str, Any],
                           checkpoint_dir: str) -> ConfigRecord:
         model = str(config.get("model", "config"))
-        tags = {"mlflow.parentRunId": parent.run_id, TAG_SEARCH_ID: search_id, TAG_ROLE: "config",
+        tags = {MLFLOW_PARENT_RUN_ID: parent.run_id, TAG_SEARCH_ID: search_id, TAG_ROLE: ROLE_CONFIG,
                 TAG_CONFIG_ID: config_id, TAG_CONFIG: json.dumps(dict(config), sort_keys=True, default=str),
                 TAG_CHECKPOINT_DIR: safe_uri(checkpoint_dir), TAG_STATUS: "running", TAG_EPOCHS_DONE: "0",
-                "mlflow.runName": f"{model}-{config_id[:8]}"}
+                MLFLOW_RUN_NAME: f"{model}-{config_id[:8]}"}
         run = self._call("create config run", self.client.create_run, parent.experiment_id,
                          tags={k: redact(v)[:MAX_TAG] for k, v in tags.items()})
         self.log_params(run.info.run_id, {k: v for k, v in config.items()})
@@ -306,7 +339,7 @@ class SearchTracker:
 
     def load_configs(self, parent_run_id: str) -> dict[str, ConfigRecord]:
         """Every configuration of the search with its recorded epochs and failure (if any)."""
-        runs = self._search(filter_string({tag("mlflow.parentRunId"): parent_run_id, tag(TAG_ROLE): "config"}))
+        runs = self._search(filter_string({tag(MLFLOW_PARENT_RUN_ID): parent_run_id, tag(TAG_ROLE): ROLE_CONFIG}))
         records: dict[str, ConfigRecord] = {}
         for run in sorted(runs, key=lambda r: r.info.start_time):
             tags = run.data.tags
@@ -318,14 +351,14 @@ class SearchTracker:
                                message=tags.get(TAG_MESSAGE, ""))
             pending = tags.get(TAG_PENDING, "")
             rec.pending_epoch = int(pending) if pending.strip().isdigit() else None
-            if "tell_seq" in run.data.metrics or "score" in run.data.metrics:
-                for key in ("score", "cost", "tell_seq"):  # what resuming needs (one request each)
+            if METRIC_TELL_SEQ in run.data.metrics or METRIC_SCORE in run.data.metrics:
+                for key in (METRIC_SCORE, METRIC_COST, METRIC_TELL_SEQ):  # what resuming needs (one request each)
                     for m in self._call("metric history", self.client.get_metric_history, run.info.run_id, key):
                         rec.epochs.setdefault(int(m.step), {})[key] = float(m.value)
-            if tags.get("quicktune.failed_epoch", "").isdigit():
-                rec.failure = Observation(seq=int(tags["quicktune.failed_seq"]), config_id=cid,
-                                          epoch=int(tags["quicktune.failed_epoch"]), score=math.nan,
-                                          cost=float(tags.get("quicktune.failed_cost") or "nan"),
+            if tags.get(TAG_FAILED_EPOCH, "").isdigit():
+                rec.failure = Observation(seq=int(tags[TAG_FAILED_SEQ]), config_id=cid,
+                                          epoch=int(tags[TAG_FAILED_EPOCH]), score=math.nan,
+                                          cost=float(tags.get(TAG_FAILED_COST) or "nan"),
                                           status=tags.get(TAG_STATUS, "failed"))
             prev = records.get(cid)
             if prev is None or len(rec.epochs) > len(prev.epochs):  # a duplicate run: keep the fuller one
@@ -361,14 +394,14 @@ class SearchTracker:
         for ep, seq in zip(epochs, seqs):
             e = int(ep["epoch"])
             values = {k: _finite(ep.get(k)) for k in EPOCH_METRICS}
-            values["tell_seq"] = float(seq)
+            values[METRIC_TELL_SEQ] = float(seq)
             for k, v in values.items():
                 if v is not None:
                     metrics.append(Metric(k, v, ts, e))
             rec.epochs[e] = {k: v for k, v in values.items() if v is not None}
         best = rec.best_epoch
         if best is not None:
-            metrics.append(Metric("best_score", rec.best_score, ts, best))
+            metrics.append(Metric(METRIC_BEST_SCORE, rec.best_score, ts, best))
         tags = [RunTag(TAG_EPOCHS_DONE, str(rec.last_epoch)), RunTag(TAG_PENDING, "")]
         rec.pending_epoch = None
         self._call("log epochs", self.client.log_batch, rec.run_id, metrics=metrics, tags=tags)
@@ -379,10 +412,10 @@ class SearchTracker:
                                   status=status)
         rec.status, rec.message, rec.pending_epoch = status, message, None
         if logs:
-            self.log_text(rec.run_id, logs, f"logs/epoch-{epoch}.log")
+            self.log_text(rec.run_id, logs, failure_log_path(epoch))
         self.set_tags(rec.run_id, {TAG_STATUS: status, TAG_MESSAGE: message[:MAX_TAG] or status,
-                                   "quicktune.failed_epoch": str(epoch), "quicktune.failed_seq": str(seq),
-                                   "quicktune.failed_cost": repr(float(cost)), TAG_PENDING: ""})
+                                   TAG_FAILED_EPOCH: str(epoch), TAG_FAILED_SEQ: str(seq),
+                                   TAG_FAILED_COST: repr(float(cost)), TAG_PENDING: ""})
 
     # --- optimizer snapshots -------------------------------------------------------------------
     def save_optimizer_state(self, run_id: str, generation: int, payload: Mapping[str, Any]) -> None:
@@ -416,11 +449,12 @@ class SearchTracker:
         recorded before the summary artifact, so an artifact store outage cannot leave it unset."""
         if summary is not None:
             numeric = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            self.log_metrics(parent.run_id, {f"summary.{k}": v for k, v in numeric.items()},
+            self.log_metrics(parent.run_id, {f"{SUMMARY_METRIC_PREFIX}{k}": v for k, v in numeric.items()},
                              step=int(summary.get("epochs_done", 0) or 0))
-            tags = {k: summary[k] for k in ("best_config_id", "best_run_id") if summary.get(k)}
+            best = {TAG_BEST_CONFIG_ID: summary.get("best_config_id"), TAG_BEST_RUN_ID: summary.get("best_run_id")}
+            tags = {k: v for k, v in best.items() if v}
             if tags:
-                self.set_tags(parent.run_id, {f"quicktune.{k}": v for k, v in tags.items()})
+                self.set_tags(parent.run_id, tags)
         for rec in records.values():
             tags = {TAG_PENDING: ""}
             if not rec.dead:
@@ -430,7 +464,7 @@ class SearchTracker:
         self.set_tags(parent.run_id, {TAG_STATUS: status, TAG_MESSAGE: message})
         self.terminate(parent.run_id, "FINISHED" if status == "succeeded" else "FAILED")
         if summary is not None:
-            self.log_json(parent.run_id, summary, "summary.json")
+            self.log_json(parent.run_id, summary, ARTIFACT_SUMMARY)
 
 
 def default_tracking_uri(workdir: str | os.PathLike[str] = ".") -> str:

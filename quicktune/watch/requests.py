@@ -35,30 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from quicktune.durations import DurationError, format_duration, parse_duration
+from quicktune.tracking.schema import (TAG_BUDGET, TAG_BUDGET_EPOCHS, TAG_CHAMPION_VERSION,  # noqa: F401
+                                       TAG_CLAIM, TAG_DATA, TAG_HEARTBEAT, TAG_IMAGE_SIZE, TAG_INCUMBENT,
+                                       TAG_LAUNCHER, TAG_MAX_EPOCHS, TAG_MESSAGE, TAG_MODEL_NAME, TAG_PARENT_RUN,
+                                       TAG_REQUEST, TAG_SEARCH_ID, TAG_SEARCHES_DONE, TAG_SPACE, TAG_STATUS,
+                                       TAG_WORKERS)
 from quicktune.watch.roots import AllowedRoots, RootError, has_control_chars
 
 log = logging.getLogger(__name__)
-
-TAG_REQUEST = "quicktune.request"
-TAG_DATA = "quicktune.data"
-TAG_BUDGET = "quicktune.budget"
-TAG_SPACE = "quicktune.space"
-TAG_WORKERS = "quicktune.workers"
-TAG_MAX_EPOCHS = "quicktune.max_epochs"
-TAG_BUDGET_EPOCHS = "quicktune.budget_epochs"
-TAG_IMAGE_SIZE = "quicktune.image_size"
-TAG_MODEL_NAME = "quicktune.model_name"
-
-TAG_STATUS = "quicktune.status"
-TAG_MESSAGE = "quicktune.message"
-TAG_SEARCH_ID = "quicktune.search_id"
-TAG_PARENT_RUN = "quicktune.parent_run"
-TAG_INCUMBENT = "quicktune.incumbent"
-TAG_CHAMPION_VERSION = "quicktune.champion_version"
-TAG_CLAIM = "quicktune.claim"
-TAG_HEARTBEAT = "quicktune.heartbeat"
-TAG_SEARCHES_DONE = "quicktune.searches_done"
-TAG_LAUNCHER = "quicktune.launcher"
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 REJECTED = "rejected"

@@ -37,6 +37,7 @@ from typing import Any
 
 from quicktune.tracking.names import SEARCH_ID_RULE, filter_string, is_search_id, tag
 from quicktune.tracking.retry import repeat_if_write_race
+from quicktune.tracking.schema import METRIC_INCUMBENT, ROLE_SEARCH, TAG_ROLE
 from quicktune.watch.launchers import LAUNCH_RUNNING, LAUNCH_UNKNOWN, Launcher
 from quicktune.watch.requests import (
     ACTIVE, CANCELLED, EXPERIMENT, FAILED, MODEL, QUEUED, REJECTED, RUNNING, SUCCEEDED, TAG_CHAMPION_VERSION,
@@ -229,8 +230,8 @@ class Watcher:
         if exp is None:
             return None
         runs = self.client.search_runs([exp.experiment_id],
-                                       filter_string({tag("quicktune.search_id"): search_id,
-                                                      tag("quicktune.role"): "search"}), max_results=1)
+                                       filter_string({tag(TAG_SEARCH_ID): search_id,
+                                                      tag(TAG_ROLE): ROLE_SEARCH}), max_results=1)
         return runs[0] if runs else None
 
     def run_link(self, run: Any) -> str:
@@ -244,7 +245,7 @@ class Watcher:
         if parent is None:
             return None
         tags = {TAG_PARENT_RUN: self.run_link(parent)}
-        inc = parent.data.metrics.get("incumbent")
+        inc = parent.data.metrics.get(METRIC_INCUMBENT)
         if inc is not None:
             tags[TAG_INCUMBENT] = f"{inc:.4f}"
         self.set_tags(t, tags)
@@ -255,7 +256,7 @@ class Watcher:
             mv = self.client.get_model_version_by_alias(model_name, self.cfg.alias)
         except Exception:  # noqa: BLE001 - no such model / alias yet
             return None
-        return str(mv.version) if (mv.tags or {}).get("quicktune.search_id") == search_id else None
+        return str(mv.version) if (mv.tags or {}).get(TAG_SEARCH_ID) == search_id else None
 
     def _finish(self, t: Target, search_id: str, launch_message: str) -> None:
         """The launch ended: the outcome comes from MLflow (parent run status, champion version)."""
@@ -274,12 +275,12 @@ class Watcher:
         ptags = parent.data.tags
         if version is not None:
             self.set_tags(t, {TAG_CHAMPION_VERSION: version, TAG_STATUS: SUCCEEDED,
-                              TAG_MESSAGE: ptags.get("quicktune.message", ""), TAG_SEARCHES_DONE: done})
+                              TAG_MESSAGE: ptags.get(TAG_MESSAGE, ""), TAG_SEARCHES_DONE: done})
             return
-        if ptags.get("quicktune.status") == "succeeded":
+        if ptags.get(TAG_STATUS) == "succeeded":
             why = f"the search succeeded but no '{self.cfg.alias}' version was registered ({launch_message})"
         else:
-            why = ptags.get("quicktune.message", "") or launch_message
+            why = ptags.get(TAG_MESSAGE, "") or launch_message
         self.set_tags(t, {TAG_STATUS: FAILED, TAG_MESSAGE: why, TAG_SEARCHES_DONE: done})
 
     def _cancel(self, t: Target) -> bool:
@@ -292,8 +293,8 @@ class Watcher:
             self.launcher.cancel(search_id)
             parent = self._report_progress(t, search_id)
             if parent is not None:
-                self.client.set_tag(parent.info.run_id, "quicktune.status", "cancelled")
-                self.client.set_tag(parent.info.run_id, "quicktune.message", "cancelled from the MLflow UI")
+                self.client.set_tag(parent.info.run_id, TAG_STATUS, "cancelled")
+                self.client.set_tag(parent.info.run_id, TAG_MESSAGE, "cancelled from the MLflow UI")
             self.set_tags(t, {TAG_STATUS: CANCELLED, TAG_MESSAGE: "cancelled on request",
                               TAG_SEARCHES_DONE: str(t.generation + 1)})
         else:
