@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import random
 import warnings as warnings_mod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ class TrainingParts:
     optimizer: torch.optim.Optimizer
     scheduler: Any  # a timm scheduler (PlateauLRScheduler keeps extra state, see state.scheduler_state)
     scaler: torch.amp.GradScaler | None  # mixed precision on CUDA only
-    regs: "Regularizers"
+    regs: Regularizers
     mixup: Any | None  # timm.data.Mixup when mixup/cutmix are on
     loss_fn: Any
     amp: bool
@@ -56,8 +57,9 @@ def seed_everything(value: int) -> None:
     torch.manual_seed(value)
 
 
-def build_training(cfg: Mapping[str, Any], defaults: Mapping[str, Any], num_classes: int, in_chans: int, image_size: int,
-                   dev: torch.device, seed: int, max_epochs: int, weights_config: str | Mapping[str, Any] | None,
+def build_training(cfg: Mapping[str, Any], defaults: Mapping[str, Any], num_classes: int, in_chans: int,
+                   image_size: int, dev: torch.device, seed: int, max_epochs: int,
+                   weights_config: str | Mapping[str, Any] | None,
                    warnings: list[str] | None = None) -> TrainingParts:
     """Network (seeded init), StochNorm, freezing, regularizers, optimizer, scheduler, loss, mixup.
 
@@ -71,8 +73,12 @@ def build_training(cfg: Mapping[str, Any], defaults: Mapping[str, Any], num_clas
 
     from quicktune.finetune.freezing import apply_freezing, head_parameter_names
     from quicktune.finetune.model import build_network
-    from quicktune.finetune.regularizers import (BatchSpectralShrinkage, DeltaRegularization, SPRegularization,
-                                                 convert_to_stoch_norm)
+    from quicktune.finetune.regularizers import (
+        BatchSpectralShrinkage,
+        DeltaRegularization,
+        SPRegularization,
+        convert_to_stoch_norm,
+    )
     from quicktune.finetune.train import Regularizers
 
     warnings = warnings if warnings is not None else []
@@ -122,7 +128,8 @@ def build_training(cfg: Mapping[str, Any], defaults: Mapping[str, Any], num_clas
     sched_kwargs: dict[str, Any] = dict(
         sched=cfg["sched"], num_epochs=int(max_epochs), warmup_epochs=int(cfg["warmup_epochs"]),
         warmup_lr=float(cfg["warmup_lr"]), min_lr=0.0, decay_rate=float(cfg["decay_rate"]),
-        decay_epochs=int(cfg["decay_epochs"]), decay_milestones=[int(cfg["decay_epochs"]), 2 * int(cfg["decay_epochs"])],
+        decay_epochs=int(cfg["decay_epochs"]),
+        decay_milestones=[int(cfg["decay_epochs"]), 2 * int(cfg["decay_epochs"])],
         patience_epochs=int(cfg["patience_epochs"]), plateau_mode="max", step_on_epochs=True)
     with warnings_mod.catch_warnings():
         # timm deprecates PlateauLRScheduler because *its* state_dict drops the patience counters;

@@ -11,8 +11,9 @@ numpy and torch RNG states (the data order needs none: it is drawn from ``(seed,
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -72,7 +73,8 @@ class CheckpointMeta:
             "seed": int(self.seed), "split_seed": int(self.split_seed), "image_size": int(self.image_size),
             "in_chans": int(self.in_chans), "num_classes": len(self.classes), "classes": list(self.classes),
             "mean": list(self.mean), "std": list(self.std), "pretrained": bool(self.pretrained),
-            "max_epochs": int(self.max_epochs), "data_uri": str(self.data_uri), "data_fingerprint": self.data_fingerprint,
+            "max_epochs": int(self.max_epochs), "data_uri": str(self.data_uri),
+            "data_fingerprint": self.data_fingerprint,
             "history": list(self.history), "best_epoch": self.best_epoch, "best_score": self.best_score,
             "optimizer": opt_meta, "scheduler": scheduler_state(parts.scheduler),
             "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
@@ -131,7 +133,8 @@ def restore_state(ckpt: Checkpoint, parts: TrainingParts) -> None:
         raise CheckpointError(f"{ckpt.uri}: model weights do not fit the config's model: {exc}") from exc
     regs = parts.regs
     if regs.source_head is not None:
-        regs.source_head.load_state_dict({k[len("source_head/"):]: v for k, v in t.items() if k.startswith("source_head/")})
+        regs.source_head.load_state_dict({k[len("source_head/"):]: v for k, v in t.items()
+                                          if k.startswith("source_head/")})
     if "cotuning/relationship" in t:
         regs.relationship = t["cotuning/relationship"]
     elif regs.cotuning_weight > 0 and regs.source_head is not None:

@@ -32,8 +32,9 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -182,7 +183,7 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
          split_seed: int, num_workers: int | None, deterministic: bool, weights_config) -> None:
     from quicktune.data import open_dataset
     from quicktune.finetune import checkpoint as ck
-    from quicktune.finetune.loader import ImageSet, epoch_seed, eval_batches, effective_batch_size, train_batches
+    from quicktune.finetune.loader import ImageSet, effective_batch_size, epoch_seed, eval_batches, train_batches
     from quicktune.finetune.model import model_defaults
     from quicktune.finetune.train import evaluate, train_one_epoch
     from quicktune.finetune.transforms import build_policy

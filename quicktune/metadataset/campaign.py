@@ -32,13 +32,23 @@ import resource
 import shutil
 import socket
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from quicktune import storage
 from quicktune.backends.base import StepRequest, TrialBackend
-from quicktune.metadataset.plan import (HELD_OUT, PLAN_VERSION, POOL_FACTOR, CampaignError, CampaignPlan,
-                                        DatasetSpec, load_plan, make_or_extend_plan, parse_dataset_spec)
+from quicktune.metadataset.plan import (
+    HELD_OUT,
+    PLAN_VERSION,
+    POOL_FACTOR,
+    CampaignError,
+    CampaignPlan,
+    DatasetSpec,
+    load_plan,
+    make_or_extend_plan,
+    parse_dataset_spec,
+)
 from quicktune.metadataset.records import RecordStore, export, read_json, totals, write_json
 from quicktune.space import load_space
 
@@ -100,7 +110,7 @@ class Campaign:
         return StepRequest(search_id=f"{self.campaign_id}-{task}", config_id=cid, config=self.campaign_plan.pool[cid],
                            data_uri=self.data_uri(task), to_epoch=e,
                            checkpoint_dir=storage.join(self.root, "ckpt", task, cid), seed=self.campaign_plan.seed,
-                           image_size=self.plan["image_size"], extra_env={"QUICKTUNE_MAX_EPOCHS": str(e)})
+                           image_size=self.plan["image_size"], max_epochs=e)
 
     # --- progress ----------------------------------------------------------------------------
     def _save_progress(self, session: dict[str, Any]) -> dict[str, Any]:

@@ -19,9 +19,10 @@ import math
 import os
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class DatasetSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DatasetSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> DatasetSpec:
         return cls(task=str(d["task"]), source=str(d["source"]), packaged=bool(d["packaged"]),
                    classes=tuple(int(c) for c in d["classes"]) if d.get("classes") is not None else None,
                    max_per_class=int(d["max_per_class"]) if d.get("max_per_class") is not None else None)
@@ -256,7 +257,7 @@ class CampaignPlan:
         self.campaign_id = campaign_id(self.raw)
 
     @classmethod
-    def load(cls, workdir: str | os.PathLike[str]) -> "CampaignPlan":
+    def load(cls, workdir: str | os.PathLike[str]) -> CampaignPlan:
         return cls(load_plan(workdir))
 
     @property

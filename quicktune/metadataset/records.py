@@ -18,8 +18,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from quicktune.metadataset.plan import CampaignPlan
 
@@ -108,7 +109,7 @@ class RecordStore:
         return dropped
 
     # --- what follows from the records -------------------------------------------------------
-    def table(self) -> "pd.DataFrame | None":
+    def table(self) -> pd.DataFrame | None:
         """The LCT of everything recorded so far (``None`` before the first result)."""
         from quicktune.metadataset.table import curve_rows, frame_from_rows
 

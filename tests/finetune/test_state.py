@@ -27,9 +27,9 @@ from quicktune.finetune.train import train_one_epoch
 #: checkpoint.save_checkpoint adds epoch/format/sha256/size/tensors_file
 OLD_MANIFEST_KEYS = {
     "best_epoch", "best_score", "classes", "config", "data_fingerprint", "data_uri", "epoch", "format", "history",
-    "image_size", "in_chans", "max_epochs", "mean", "model", "num_classes", "optimizer", "pretrained", "resolved_config",
-    "rng", "scaler", "scheduler", "seed", "sha256", "size", "source_head", "split_seed", "std", "stoch_norm",
-    "tensors_file", "versions",
+    "image_size", "in_chans", "max_epochs", "mean", "model", "num_classes", "optimizer", "pretrained",
+    "resolved_config", "rng", "scaler", "scheduler", "seed", "sha256", "size", "source_head", "split_seed", "std",
+    "stoch_norm", "tensors_file", "versions",
 }
 
 
@@ -66,7 +66,8 @@ def _draws() -> tuple:
 def test_manifest_keys_are_the_ones_old_checkpoints_have(tmp_path):
     cfg, parts = _build({})
     manifest = _meta(cfg, parts, history=[{"epoch": 1, "score": 0.5}], best_epoch=1, best_score=0.5)
-    assert set(manifest) == set(MANIFEST_KEYS) == OLD_MANIFEST_KEYS - {"epoch", "format", "sha256", "size", "tensors_file"}
+    added_by_save = {"epoch", "format", "sha256", "size", "tensors_file"}
+    assert set(manifest) == set(MANIFEST_KEYS) == OLD_MANIFEST_KEYS - added_by_save
     uri = ck.save_checkpoint(str(tmp_path), 1, checkpoint_tensors(parts), manifest)
     on_disk = ck.load_checkpoint(uri).manifest
     assert set(on_disk) == OLD_MANIFEST_KEYS
@@ -94,7 +95,7 @@ def test_save_load_restore_gives_back_weights_optimizer_scheduler_and_rng_stream
     torch.manual_seed(0)
     restore_state(ck.load_checkpoint(uri), fresh)
     assert _draws() == expected
-    for (k, a), (k2, b) in zip(parts.net.state_dict().items(), fresh.net.state_dict().items()):
+    for (k, a), (k2, b) in zip(parts.net.state_dict().items(), fresh.net.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b), k
     sa, sb = parts.optimizer.state_dict(), fresh.optimizer.state_dict()
     assert sa["param_groups"] == sb["param_groups"]
