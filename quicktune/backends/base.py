@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "pending", "running", "succeeded", "failed", "cancelled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
@@ -155,10 +156,10 @@ class TrialBackend(ABC):
         """How many steps may run at once."""
         return 1
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Begin, without waiting, whatever the first step will need (a warm process, a client),
         so that it overlaps the caller's own start-up. Optional; a failure here must not raise
         (the first ``start`` then does the work, or reports the error)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release resources; running steps keep running where the backend allows."""

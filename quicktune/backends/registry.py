@@ -15,7 +15,7 @@ from typing import Any
 from quicktune.backends.base import TrialBackend
 
 _REGISTRY: dict[str, str] = {
-    "local": "quicktune.backends.local:LocalBackend",
+    "local": "quicktune.backends.local.backend:LocalBackend",
     "kubernetes": "quicktune.backends.kubernetes:KubernetesBackend",
 }
 
@@ -42,7 +42,7 @@ def backend_class(name: str) -> type[TrialBackend]:
 
 def make_backend(name: str, *, workers: int = 1, workdir: str | Path = ".quicktune", search_id: str | None = None,
                  step_timeout: float | None = None, threads_per_worker: int = 1, **options: Any) -> TrialBackend:
-    cls = backend_class(name)
+    cls: Any = backend_class(name)  # constructors differ per backend; from_options maps the common settings
     from_options = getattr(cls, "from_options", None)
     if callable(from_options):
         return from_options(workers=workers, workdir=str(workdir), search_id=search_id, step_timeout=step_timeout,

@@ -44,8 +44,10 @@ class RealStepRequests:
     - ``slow``: the same model for many epochs: runs long enough to be observed and cancelled;
     - ``invalid``: a model name timm does not know: the step reports status ``invalid``;
     - ``crash``: the step process dies before it can report (a fresh Python cannot start with a
-      malformed PYTHONHASHSEED; a forked one fails on a malformed QUICKTUNE_MAX_EPOCHS): non-zero
-      exit, no RESULT.json, an explanation in the logs.
+      malformed PYTHONHASHSEED; a forked one fails on a malformed QUICKTUNE_MAX_EPOCHS, which the
+      step still reads as a fallback for one version, see ``quicktune.finetune.entry``; when that
+      fallback goes, this kind needs another trigger): non-zero exit, no RESULT.json, an
+      explanation in the logs.
     """
 
     data_uri: str

@@ -1,4 +1,5 @@
-"""LocalBackend against the backend conformance suite, with real ``quicktune step`` processes.
+"""LocalBackend (:mod:`quicktune.backends.local.backend`) against the backend conformance suite,
+with real ``quicktune step`` processes, in both modes (fork server and spawn), and its crash cases.
 
 Cost: ~40-60 s on 2 busy cores (each real step pays ~4-8 s of Python/torch/timm start-up).
 """
@@ -8,15 +9,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 
 import pytest
 
 from quicktune.backends.base import FAILED, PENDING, RUNNING
 from quicktune.backends.local import LocalBackend, process_start_time
-from quicktune.backends.testing import (BackendConformance, RealStepRequests, local_attempts_started_and_rerun,
-                                       wait_done, wait_state)
+from quicktune.backends.testing import (
+    BackendConformance,
+    RealStepRequests,
+    local_attempts_started_and_rerun,
+    wait_done,
+    wait_state,
+)
 
 
 class TestLocalBackendConformance(BackendConformance):
@@ -45,43 +50,6 @@ class TestLocalBackendSpawnConformance(TestLocalBackendConformance):
     @pytest.fixture
     def make_backend(self, tmp_path):
         return lambda: LocalBackend(tmp_path / "work", max_workers=2, fork_server=False)
-
-
-def test_steps_are_forked_from_one_warm_server(tmp_path, tiny_image_folder):
-    """Two steps go through the same fork server (torch imported once); each is still its own
-    process group with its own exit record."""
-    backend = LocalBackend(tmp_path / "work", max_workers=1)
-    try:
-        backend.warm_up()  # returns at once; the server imports torch while the caller goes on
-        warmed = backend._fork._proc
-        assert warmed is not None and warmed.poll() is None and not backend._fork._ready
-        reqs = RealStepRequests(str(tiny_image_folder), str(tmp_path / "ckpt"))
-        pids = []
-        for name in ("fork-a", "fork-b"):
-            sid = backend.start(reqs("ok", name))
-            assert wait_done(backend, sid).state == "succeeded", backend.logs(sid)
-            launch = json.loads((backend.step_dir(sid) / "launch.json").read_text())
-            assert launch["via"] == "fork-server"
-            assert json.loads((backend.step_dir(sid) / "exit.json").read_text())["returncode"] == 0
-            pids.append(launch["pid"])
-        assert pids[0] != pids[1]
-        server = backend._fork._proc
-        assert server is warmed and server.poll() is None  # the warmed-up server, not a second one
-    finally:
-        backend.close()
-    assert server.poll() is not None  # close() stops the server
-
-
-@pytest.mark.parametrize("warm_up", [False, True])
-def test_fork_server_failure_falls_back_to_spawning(tmp_path, tiny_image_folder, warm_up):
-    backend = LocalBackend(tmp_path / "work", max_workers=1)
-    backend._fork.python = "/nonexistent/python"  # the server cannot start; the fallback spawn works
-    if warm_up:
-        backend.warm_up()  # does not raise
-    sid = backend.start(RealStepRequests(str(tiny_image_folder), str(tmp_path / "ckpt"))("ok", "fallback"))
-    assert wait_done(backend, sid).state == "succeeded", backend.logs(sid)
-    assert json.loads((backend.step_dir(sid) / "launch.json").read_text())["via"] == "spawn"
-    assert backend._fork is None
 
 
 def test_files_state_and_no_secrets_on_disk(tmp_path, tiny_image_folder, monkeypatch):

@@ -8,10 +8,13 @@ everything the local backend relies on is unchanged:
 
 - the server forks a *runner* R for each request; R calls ``setsid()`` (its own process group, so
   cancel/timeout kill R and the step together), redirects stdout/stderr to the step's log and
-  forks the *step* S, which runs ``quicktune step ARGS`` in-process and exits with its code;
+  forks the *step* S, which runs ``quicktune step ARGS`` in-process through the step's own entry
+  point (:data:`STEP_ENTRY`, in ``quicktune.finetune``; never the whole ``quicktune`` command line)
+  and exits with its code;
 - R waits for S and writes ``exit.json`` (return code, or the timeout) exactly as the subprocess
-  runner of :mod:`quicktune.backends.local` does; the server answers with R's pid, which the
-  backend records in ``launch.json`` for re-adoption (pid + kernel start time);
+  runner (:mod:`.runner`) does, through the same step-folder helpers (:mod:`.stepdir`); the server
+  answers with R's pid, which the backend records in ``launch.json`` for re-adoption (pid + kernel
+  start time);
 - S gets the caller's *current* environment (sent over the socket, never written to disk: it may
   hold credentials) plus the backend's overrides, and chdirs to the step folder.
 
@@ -24,6 +27,7 @@ process is gone, or after ``idle_seconds`` without a request.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -34,13 +38,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-__all__ = ["ForkServer", "ForkServerError"]
+from quicktune.backends.local.stepdir import LOG, LOG_PREFIX, record_exit, record_runner
+
+__all__ = ["ForkServer", "ForkServerError", "STEP_ENTRY"]
+
+# The step's in-process entry point, ``module:function(argv) -> exit code``. Named, not imported: the
+# backend runs the step as a program (as the spawn path runs ``quicktune step``), and only the server
+# process, which preloads it, ever imports it.
+STEP_ENTRY = "quicktune.finetune.entry:run_step_main"
 
 _PRELOAD = ("torch", "torchvision", "timm", "PIL.Image", "numpy", "safetensors.torch",
-            "quicktune.finetune.step", "quicktune.cli.step_cmd", "quicktune.backends.local")
+            "quicktune.finetune.step", STEP_ENTRY.split(":")[0])
+
+
+def _step_entry() -> Callable[[Sequence[str]], int]:
+    module, func = STEP_ENTRY.split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 class ForkServerError(RuntimeError):
@@ -87,12 +104,13 @@ class ForkServer:
             return
         self.close()
         self._dir = tempfile.mkdtemp(prefix="qt-fork-")  # 0700, short path (AF_UNIX allows ~107 bytes)
+        sock = os.path.join(self._dir, "s")
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
                "OPENBLAS_NUM_THREADS": str(self.threads)}
         log = open(os.path.join(self._dir, "server.log"), "ab")
         try:
             self._proc = subprocess.Popen(
-                [self.python, "-m", "quicktune.backends.forkserver", self.socket_path, str(os.getpid()),
+                [self.python, "-m", "quicktune.backends.local.forkserver", sock, str(os.getpid()),
                  str(self.idle_seconds)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=env, start_new_session=True)
         except OSError as exc:
@@ -130,13 +148,16 @@ class ForkServer:
                timeout: float | None) -> int:
         """Fork a runner for one step; returns the runner's pid (its process group id)."""
         self.start()
+        sock = self.socket_path
+        if sock is None:  # start() returned, so the server folder exists; this is for the type checker
+            raise ForkServerError("the fork server is not running")
         d = str(Path(step_dir).resolve())
         req = {"args": list(step_args), "dir": d, "env": {**os.environ, **dict(env_overrides)},
                "timeout": timeout}
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(30.0)
-                s.connect(self.socket_path)
+                s.connect(sock)
                 s.sendall(json.dumps(req).encode() + b"\n")
                 answer = json.loads(_recv_line(s) or b"{}")
         except (OSError, ValueError) as exc:
@@ -179,14 +200,12 @@ def _run_step_in_child(req: Mapping[str, Any], ready_fd: int) -> None:
     be signalled as a group at once."""
     os.setsid()
     d = Path(req["dir"])
-    from quicktune.backends.local import _write_json_atomic, record_runner
-
     record_runner(d)
     os.close(ready_fd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.chdir(d)
-    fd = os.open(d / "step.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(d / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(fd, 1)
@@ -202,9 +221,7 @@ def _run_step_in_child(req: Mapping[str, Any], ready_fd: int) -> None:
             sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
             sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
             sys.argv = ["quicktune", "step", *req["args"]]
-            from quicktune.cli import main
-
-            rc = int(main(["step", *req["args"]]) or 0)
+            rc = int(_step_entry()(list(req["args"])) or 0)
         except SystemExit as exc:
             rc = exc.code if isinstance(exc.code, int) else 1
         except BaseException:  # noqa: BLE001
@@ -218,25 +235,21 @@ def _run_step_in_child(req: Mapping[str, Any], ready_fd: int) -> None:
                 sys.stderr.flush()
             finally:
                 os._exit(rc)
-    timeout = req.get("timeout")
-    deadline = time.monotonic() + float(timeout) if timeout else None
+    timeout = float(req["timeout"]) if req.get("timeout") else None
+    deadline = time.monotonic() + timeout if timeout else None
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            rc = os.waitstatus_to_exitcode(status)
-            _write_json_atomic(d / "exit.json", {"returncode": rc, "timed_out": False, "finished_at": time.time()})
+            record_exit(d, os.waitstatus_to_exitcode(status))
             os._exit(0)
         if deadline is not None and time.monotonic() > deadline:
-            _write_json_atomic(d / "exit.json", {"returncode": None, "timed_out": True, "finished_at": time.time(),
-                                                 "by": "runner"})
-            print(f"[quicktune local backend] step exceeded its timeout of {float(timeout):g} s: killed", flush=True)
+            record_exit(d, None, timed_out=True, by="runner")
+            print(f"{LOG_PREFIX} step exceeded its timeout of {timeout:g} s: killed", flush=True)
             os.killpg(os.getpgid(0), signal.SIGKILL)
         time.sleep(0.1)
 
 
 def serve(path: str, parent_pid: int, idle_seconds: float) -> int:
-    import importlib
-
     for name in _PRELOAD:
         importlib.import_module(name)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners are reaped by the kernel
@@ -257,7 +270,7 @@ def serve(path: str, parent_pid: int, idle_seconds: float) -> int:
             return 0
         try:
             conn, _ = srv.accept()
-        except socket.timeout:
+        except TimeoutError:  # socket.timeout
             continue
         last = time.monotonic()
         with conn:

@@ -1,19 +1,9 @@
 """Run finetuning steps as local ``quicktune step`` subprocesses, surviving controller restarts.
 
-Every step lives in ``WORKDIR/steps/<step id>/``:
+Every step lives in ``WORKDIR/steps/<step id>/`` (the files: :mod:`.stepdir`).
 
-- ``request.json``  the :class:`StepRequest` (no secrets: the environment is inherited, not stored);
-- ``config.json``   the config handed to ``quicktune step --config``;
-- ``launch.json``   pid and kernel start time of the step's *runner* process, argv, wall start time
-                    (written provisionally, without the pid, before the fork);
-- ``runner.json``   the runner's own pid record, so a step whose backend died mid-launch is adopted;
-- ``step.log``      combined stdout/stderr;
-- ``RESULT.json``   written by the step itself;
-- ``exit.json``     written by the runner when the step process ends (return code, timeout flag);
-- ``cancelled``     a marker written before a cancel kills the process group.
-
-The runner (``python -m quicktune.backends.local run DIR``) is a tiny parent of the step process
-that records the exit code and enforces the timeout even when no controller is alive, so state
+The runner (``python -m quicktune.backends.local.runner DIR``, :mod:`.runner`) is a tiny parent of
+the step process that records the exit code and enforces the timeout even when no controller is alive, so state
 is decided from files alone: a new :class:`LocalBackend` on the same workdir re-adopts running
 steps (pid alive *and* same start time, so a recycled pid is not mistaken for ours) and sees
 finished ones. A runner that vanished without writing ``exit.json`` (killed from outside, machine
@@ -23,7 +13,7 @@ any process of it existed (the launching backend killed between the provisional 
 and the fork) is queued again by the next ``poll()``: it never ran, so it is not a failure.
 
 By default the runner and its step are not fresh interpreters but forks of a warm *fork server*
-that has torch/timm imported (``forkserver.py``: ~6 CPU-seconds saved per step); the files, the
+that has torch/timm imported (:mod:`.forkserver`: ~6 CPU-seconds saved per step); the files, the
 process group, the re-adoption and the timeout are the same either way (``launch.json`` says
 ``via``). A custom ``step_command`` or ``QUICKTUNE_FORK_SERVER=0`` spawns fresh processes.
 
@@ -34,60 +24,42 @@ slots free up, on the next ``start``/``poll``/``active`` call.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
-from quicktune.backends.base import (CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, BackendError, StepRequest,
-                                     StepStatus, TrialBackend)
-from quicktune.backends.forkserver import ForkServer, ForkServerError
+from quicktune.backends.base import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    BackendError,
+    StepRequest,
+    StepStatus,
+    TrialBackend,
+)
+from quicktune.backends.local.forkserver import ForkServer, ForkServerError
+from quicktune.backends.local.stepdir import (
+    LOG_PREFIX,
+    process_start_time,
+    read_json,
+    read_launch,
+    read_log_tail,
+    write_json_atomic,
+)
 
 log_ = logging.getLogger(__name__)
 LOG_TAIL_BYTES = 256 * 1024
 _KILL_GRACE_SECONDS = 3.0
 _LAUNCH_GRACE_SECONDS = 30.0
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> Any | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError:  # half-written by a foreign writer; treat as absent for now
-        return None
-
-
-def process_start_time(pid: int) -> int | None:
-    """The kernel start time (clock ticks since boot) of ``pid``, or None if it is gone or a zombie.
-
-    Compared with the value recorded at launch, it tells our process from a recycled pid."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        if sys.platform.startswith("linux"):
-            return None
-        try:  # no procfs: the best we can do is "a process with this pid exists"
-            os.kill(pid, 0)
-            return 0
-        except OSError:
-            return None
-    fields = raw[raw.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):  # zombie / dead: finished, just not reaped
-        return None
-    return int(fields[19])
 
 
 class LocalBackend(TrialBackend):
@@ -159,9 +131,9 @@ class LocalBackend(TrialBackend):
                     return sid  # re-adopt: running, pending or finished
                 self._reset(d)
             d.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(d / "config.json", dict(request.config))
+            write_json_atomic(d / "config.json", dict(request.config))
             queued_at = time.time()
-            _write_json_atomic(d / "request.json", {**request.to_dict(), "queued_at": queued_at})
+            write_json_atomic(d / "request.json", {**request.to_dict(), "queued_at": queued_at})
             (self.queue_dir / f"{queued_at:017.6f}_{sid}").touch()
             self._pump_locked()
         return sid
@@ -189,12 +161,12 @@ class LocalBackend(TrialBackend):
             raise BackendError(f"step {step_id} is {state.state}; its result is not available yet")
         if state.state == CANCELLED:
             return {"status": "failed", "message": "cancelled", "epochs": []}
-        exit_info = _read_json(d / "exit.json") or {}
+        exit_info = read_json(d / "exit.json") or {}
         if exit_info.get("timed_out"):
-            res = _read_json(d / "RESULT.json") or {}
+            res = read_json(d / "RESULT.json") or {}
             return {**res, "status": "failed", "message": state.message, "epochs": res.get("epochs", []),
                     "timeout": True}
-        res = _read_json(d / "RESULT.json")
+        res = read_json(d / "RESULT.json")
         if res is None:
             return {"status": "failed", "message": state.message, "epochs": []}
         res.setdefault("epochs", [])
@@ -202,18 +174,7 @@ class LocalBackend(TrialBackend):
         return res
 
     def logs(self, step_id: str) -> str:
-        d = self.step_dir(step_id)
-        path = d / "step.log"
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return ""
-        with open(path, "rb") as fh:
-            if size > LOG_TAIL_BYTES:
-                fh.seek(size - LOG_TAIL_BYTES)
-            data = fh.read()
-        text = data.decode("utf-8", errors="replace")
-        return text if size <= LOG_TAIL_BYTES else "[... log truncated ...]\n" + text
+        return read_log_tail(self.step_dir(step_id), LOG_TAIL_BYTES)
 
     def cancel(self, step_id: str) -> None:
         d = self.step_dir(step_id)
@@ -258,16 +219,7 @@ class LocalBackend(TrialBackend):
             self._fork.close()
 
     # --- state -----------------------------------------------------------------------------------
-    @staticmethod
-    def _read_launch(d: Path) -> dict[str, Any] | None:
-        """``launch.json``, completed from the runner's own ``runner.json`` when the backend that
-        launched it died between writing the provisional record (before the fork) and the pid."""
-        launch = _read_json(d / "launch.json")
-        if launch is not None and not launch.get("pid"):
-            runner = _read_json(d / "runner.json")
-            if runner:
-                launch = {**launch, **runner}
-        return launch
+    _read_launch = staticmethod(read_launch)
 
     def _alive(self, step_id: str, launch: Mapping[str, Any]) -> bool:
         child = self._children.get(step_id)
@@ -291,28 +243,28 @@ class LocalBackend(TrialBackend):
             return StepStatus(CANCELLED, "cancelled")
         if launch is None:
             return StepStatus(PENDING, "queued: waiting for a free worker")
-        if not launch.get("pid") and _read_json(d / "exit.json") is None:
+        if not launch.get("pid") and read_json(d / "exit.json") is None:
             # launched by a backend that died before recording the runner's pid, and the runner has
             # not (yet) recorded itself: give it a moment, then call it lost (start() runs it again)
             if time.time() - float(launch.get("started_at", 0.0)) < _LAUNCH_GRACE_SECONDS:
                 return StepStatus(RUNNING, "launching")
         alive = self._alive(step_id, launch)
-        exit_info = _read_json(d / "exit.json")
+        exit_info = read_json(d / "exit.json")
         if alive and exit_info is None:
             timeout = launch.get("timeout")
             if timeout and time.time() - float(launch["started_at"]) > float(timeout) + 5.0:
                 # the runner should have enforced it; it did not (stopped, wedged): do it here
-                _write_json_atomic(d / "exit.json", {"returncode": None, "timed_out": True,
+                write_json_atomic(d / "exit.json", {"returncode": None, "timed_out": True,
                                                      "finished_at": time.time(), "by": "backend"})
                 self._kill_group(step_id, launch)
                 return StepStatus(FAILED, f"timeout: exceeded {timeout:g} s")
             return StepStatus(RUNNING, "")
         if exit_info is None and alive is False:
             # the runner vanished without recording an exit: give it a moment (it may be writing)
-            exit_info = _read_json(d / "exit.json")
+            exit_info = read_json(d / "exit.json")
         if exit_info is not None and exit_info.get("timed_out"):
             return StepStatus(FAILED, f"timeout: exceeded {launch.get('timeout')} s")
-        result = _read_json(d / "RESULT.json")
+        result = read_json(d / "RESULT.json")
         if result is not None:
             status = str(result.get("status", "failed"))
             if status == "ok":
@@ -332,7 +284,7 @@ class LocalBackend(TrialBackend):
         forked at the last moment records itself. No process of it ever ran, so nothing of it can
         have trained: it is put back in the queue (the caller holds the lock, and a live launcher
         holds that lock for the whole launch, so a record seen like this has no launcher left)."""
-        launch = _read_json(d / "launch.json")
+        launch = read_json(d / "launch.json")
         if launch is None or launch.get("pid") or (d / "cancelled").exists():
             return False
         if any((d / name).exists() for name in ("runner.json", "exit.json", "RESULT.json")):
@@ -340,7 +292,7 @@ class LocalBackend(TrialBackend):
         return time.time() - float(launch.get("started_at", 0.0)) >= _LAUNCH_GRACE_SECONDS
 
     def _requeue_locked(self, d: Path) -> None:
-        req = _read_json(d / "request.json") or {}
+        req = read_json(d / "request.json") or {}
         self._reset(d, keep_request=True)
         log_.warning("step %s: its launch was cut short (the launching process died before the fork); "
                      "queued again", d.name)
@@ -355,7 +307,7 @@ class LocalBackend(TrialBackend):
                 and not (d / "RESULT.json").exists())
 
     def _reset(self, d: Path, keep_request: bool = False) -> None:
-        attempt = (_read_json(d / "launch.json") or {}).get("attempt", 0)
+        attempt = (read_json(d / "launch.json") or {}).get("attempt", 0)
         log = d / "step.log"
         if log.exists():
             log.rename(d / f"step.log.{attempt}")
@@ -369,7 +321,7 @@ class LocalBackend(TrialBackend):
         n = 0
         for d in self.steps_dir.iterdir():
             launch = self._read_launch(d)
-            if launch and _read_json(d / "exit.json") is None and self._alive(d.name, launch):
+            if launch and read_json(d / "exit.json") is None and self._alive(d.name, launch):
                 n += 1
         return n
 
@@ -399,7 +351,7 @@ class LocalBackend(TrialBackend):
 
     def _launch(self, step_id: str) -> None:
         d = self._dir(step_id)
-        req = _read_json(d / "request.json")
+        req = read_json(d / "request.json")
         if req is None:
             raise BackendError(f"step {step_id}: request.json is unreadable")
         attempt = int((d / ".attempt").read_text()) if (d / ".attempt").exists() else 0
@@ -411,17 +363,17 @@ class LocalBackend(TrialBackend):
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "QUICKTUNE_NUM_THREADS"):
             overrides[var] = threads
         overrides.setdefault("PYTHONUNBUFFERED", "1")
-        _write_json_atomic(d / ".runner.json", {"argv": argv, "env_overrides": overrides,
+        write_json_atomic(d / ".runner.json", {"argv": argv, "env_overrides": overrides,
                                                 "timeout": self.step_timeout})
         with open(d / "step.log", "ab") as log:
-            log.write(f"[quicktune local backend] {' '.join(argv)}\n".encode())
+            log.write(f"{LOG_PREFIX} {' '.join(argv)}\n".encode())
             log.flush()
         # Provisional record first: if this process dies between the fork and the final record, a
         # later backend must not launch the step a second time (the runner records its own pid in
         # runner.json, see _read_launch).
         record = {"pid": None, "proc_start": None, "started_at": time.time(), "argv": argv,
                   "timeout": self.step_timeout, "attempt": attempt}
-        _write_json_atomic(d / "launch.json", record)
+        write_json_atomic(d / "launch.json", record)
         pid, via = None, "spawn"
         if self._fork is not None:
             try:
@@ -433,14 +385,14 @@ class LocalBackend(TrialBackend):
                 self._fork = None
         if pid is None:
             with open(d / "step.log", "ab") as log:
-                proc = subprocess.Popen([self.python, "-m", "quicktune.backends.local", "run", str(d)],
+                proc = subprocess.Popen([self.python, "-m", "quicktune.backends.local.runner", str(d)],
                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                         cwd=str(d), start_new_session=True)
             self._children[step_id] = proc
             pid = proc.pid
         for marker in self.queue_dir.glob(f"*_{step_id}"):
             marker.unlink(missing_ok=True)
-        _write_json_atomic(d / "launch.json", {**record, "pid": pid, "proc_start": process_start_time(pid),
+        write_json_atomic(d / "launch.json", {**record, "pid": pid, "proc_start": process_start_time(pid),
                                                "via": via})
 
     def _kill_group(self, step_id: str, launch: Mapping[str, Any]) -> None:
@@ -463,43 +415,3 @@ class LocalBackend(TrialBackend):
                 if not self._alive(step_id, launch):
                     break
                 time.sleep(0.02)
-
-
-# --- the runner: parent of one step process ----------------------------------------------------
-def record_runner(d: Path) -> None:
-    """The runner's own pid record (``runner.json``), written first thing, so that a step whose
-    launching backend died before recording the pid is still re-adopted, not launched twice."""
-    pid = os.getpid()
-    _write_json_atomic(d / "runner.json", {"pid": pid, "proc_start": process_start_time(pid)})
-
-
-def _run(step_dir: str) -> int:
-    """Run the step described in ``step_dir/.runner.json``; record how it ended in exit.json."""
-    d = Path(step_dir)
-    record_runner(d)
-    spec = json.loads((d / ".runner.json").read_text())
-    timeout = spec.get("timeout")
-    env = {**os.environ, **spec.get("env_overrides", {})}
-    try:
-        proc = subprocess.Popen(spec["argv"], stdin=subprocess.DEVNULL, env=env, cwd=str(d))
-    except OSError as exc:
-        print(f"[quicktune local backend] cannot start the step: {exc}", flush=True)
-        _write_json_atomic(d / "exit.json", {"returncode": 127, "timed_out": False, "finished_at": time.time()})
-        return 0
-    try:
-        rc = proc.wait(timeout=float(timeout) if timeout else None)
-    except subprocess.TimeoutExpired:
-        _write_json_atomic(d / "exit.json", {"returncode": None, "timed_out": True, "finished_at": time.time(),
-                                             "by": "runner"})
-        print(f"[quicktune local backend] step exceeded its timeout of {float(timeout):g} s: killed", flush=True)
-        os.killpg(os.getpgid(0), signal.SIGKILL)  # the step, its workers and this runner
-        return 124
-    _write_json_atomic(d / "exit.json", {"returncode": rc, "timed_out": False, "finished_at": time.time()})
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover - exercised through LocalBackend
-    if len(sys.argv) == 3 and sys.argv[1] == "run":
-        sys.exit(_run(sys.argv[2]))
-    print("usage: python -m quicktune.backends.local run STEP_DIR", file=sys.stderr)
-    sys.exit(2)
