@@ -29,8 +29,10 @@ test: venv lint bench-peers
 lint: venv
 	$(BIN)/lint-imports
 
+## make bench: each quick benchmark with small arguments (~7 min; JSON in benchmarks/results/run_all/);
+## BENCH_ARGS=--all adds the long ones (hours), BENCH_ARGS="--only step" picks (benchmarks/run_all.py)
 bench: venv
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 APT_DATA := dataset-fashion-mnist fonts-noto-color-emoji unicode-data
 ## make system-data: optional Debian packages with real datasets (fashion-mnist, emoji); never fails

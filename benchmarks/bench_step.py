@@ -11,7 +11,7 @@ at 32 px), same settings (AdamW, lr 1e-3, batch 32, no augmentation, one CPU thr
   (RESULT["phases"]) break it down. The same for the second request of a warm
   ``quicktune step --worker`` process (no process start or imports; data, build, checkpoints),
   and for the local backend's default path: a resumed step forked from its warm fork server
-  (``quicktune.backends.forkserver``), timed from ``start()`` to the step's exit record.
+  (``quicktune.backends.local.forkserver``), timed from ``start()`` to the step's exit record.
 
 Every measurement is a separate process; runs are interleaved (step, plain, step, ...) and the
 median of ``--repeats`` is reported, because the machine is shared. The 1-minute load average
