@@ -234,8 +234,8 @@ def controller_job(request: SearchRequest, *, tracking_uri: str, namespace: str,
     because the arguments carry names MLflow users chose and the container's env holds the S3 and
     MLflow Secrets. The pod runs under the "restricted" Pod Security Standard and keeps its service
     account token: the controller creates and watches the step Jobs."""
-    from quicktune.backends.kubernetes import (RESTRICTED_CONTAINER_SECURITY, RESTRICTED_POD_SECURITY,
-                                               kubelet_literal, sanitize_label_value)
+    from quicktune.backends.kubernetes.manifests import (RESTRICTED_CONTAINER_SECURITY, RESTRICTED_POD_SECURITY,
+                                                         kubelet_literal, sanitize_label_value)
 
     check_launchable(request)
     args = ["search", "--backend", "kubernetes", *request.search_args(tracking_uri),
@@ -281,67 +281,55 @@ def controller_job(request: SearchRequest, *, tracking_uri: str, namespace: str,
 
 
 class KubernetesLauncher(Launcher):
-    """A controller Job per search; the Job (named after the search id) is the launcher state."""
+    """A controller Job per search; the Job (named after the search id) is the launcher state.
+
+    API calls go through ``quicktune.backends.kubernetes.api`` (retries on transient errors; a
+    409 on create is ``Conflict``: the Job exists, re-attach; a 404 on read or delete is
+    ``NotFound``: never launched here, or already gone). The watcher Role in ``k8s/base`` grants
+    exactly the verbs of the calls below (``KubernetesApi.VERBS``)."""
 
     name = "kubernetes"
 
     def __init__(self, tracking_uri: str, namespace: str, image: str, api_client: Any = None,
                  **job_options: Any) -> None:
+        from quicktune.backends.kubernetes.api import KubernetesApi, default_api_client
+
         self.tracking_uri = tracking_uri
         self.namespace = namespace
         self.image = image
         self.job_options = job_options
-        if api_client is None:
-            from quicktune.backends.kubernetes import _default_api_client
-
-            api_client = _default_api_client()
-        from kubernetes import client
-
-        self.batch = client.BatchV1Api(api_client)
+        self.api = KubernetesApi(api_client if api_client is not None else default_api_client(), namespace)
 
     def launch(self, request: SearchRequest) -> dict[str, Any]:
-        from kubernetes.client.exceptions import ApiException
+        from quicktune.backends.kubernetes.api import Conflict
 
         check_launchable(request)
         body = controller_job(request, tracking_uri=self.tracking_uri, namespace=self.namespace, image=self.image,
                               **self.job_options)
         try:
-            self.batch.create_namespaced_job(self.namespace, body)
-        except ApiException as exc:
-            if exc.status != 409:  # 409: it exists already (a duplicate start): re-attach
-                raise
+            self.api.create_job(body)
+        except Conflict:  # it exists already (a duplicate start): re-attach
+            pass
         return {"launcher": self.name, "job": request.search_id, "namespace": self.namespace}
 
-    def _job(self, search_id: str) -> Any | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return self.batch.read_namespaced_job(search_id, self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
     def state(self, search_id: str) -> LaunchState:
-        job = self._job(search_id)
+        job = self.api.read_job_or_none(search_id)
         if job is None:
             return LaunchState(LAUNCH_UNKNOWN)
-        for cond in (job.status.conditions or []) if job.status else []:
-            if cond.status == "True" and cond.type in ("Complete", "Failed"):
-                return LaunchState(LAUNCH_DONE, f"Job {cond.type.lower()}: {cond.message or cond.reason or ''}",
-                                   0 if cond.type == "Complete" else 1)
+        for cond in (job.get("status") or {}).get("conditions") or []:
+            ctype = cond.get("type")
+            if cond.get("status") == "True" and ctype in ("Complete", "Failed"):
+                return LaunchState(LAUNCH_DONE, f"Job {ctype.lower()}: {cond.get('message') or cond.get('reason') or ''}",
+                                   0 if ctype == "Complete" else 1)
         return LaunchState(LAUNCH_RUNNING)
 
     def cancel(self, search_id: str, timeout: float = 60.0) -> None:
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
+        from quicktune.backends.kubernetes.api import NotFound
 
         try:
-            self.batch.delete_namespaced_job(search_id, self.namespace,
-                                             body=client.V1DeleteOptions(propagation_policy="Background"))
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+            self.api.delete_job(search_id, "Background")
+        except NotFound:
+            pass
 
 
 # --- kfp ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "k8s"
 VERSIONS = ("1.30", kubernetes_validate.latest_version())
 KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
@@ -221,17 +221,53 @@ def test_rbac_is_least_privilege_and_split_per_component(base):
     assert cm["data"]["QUICKTUNE_STEP_SERVICE_ACCOUNT"] == "quicktune-step"
 
 
-def test_watcher_role_covers_exactly_the_launchers_calls():
-    """The KubernetesLauncher's API calls, read from its code, are the watcher Role's verbs."""
+def _api_verbs(*sources: object) -> set[tuple[str, str]]:
+    """(resource, verb) of every ``KubernetesApi`` method the given classes/modules call."""
     import inspect
 
+    from quicktune.backends.kubernetes.api import KubernetesApi
+
+    src = "".join(inspect.getsource(s) for s in sources)
+    return {rv for method, rv in KubernetesApi.VERBS.items() if f".{method}(" in src}
+
+
+def test_api_verbs_name_the_client_calls_they_make():
+    """``KubernetesApi.VERBS`` (what RBAC must grant per method) matches what each method calls."""
+    import inspect
+
+    from quicktune.backends.kubernetes.api import KubernetesApi
+
+    client_call = {("jobs", "create"): "create_namespaced_job", ("jobs", "get"): "read_namespaced_job",
+                   ("jobs", "delete"): "delete_namespaced_job", ("jobs", "list"): "list_namespaced_job",
+                   ("jobs", "watch"): "w.stream(self.batch.list_namespaced_job", ("pods", "get"): "read_namespaced_pod(",
+                   ("pods", "list"): "list_namespaced_pod", ("pods/log", "get"): "read_namespaced_pod_log"}
+    for method, rv in KubernetesApi.VERBS.items():
+        src = inspect.getsource(getattr(KubernetesApi, method))
+        assert client_call[rv] in src or f"self.{_reader(rv)}(" in src, (method, rv)
+
+
+def _reader(rv: tuple[str, str]) -> str:
+    return {("jobs", "get"): "read_job"}.get(rv, "-")
+
+
+def test_watcher_role_covers_exactly_the_launchers_calls():
+    """The KubernetesLauncher's API calls, read from its code, are the watcher Role's verbs."""
+    from quicktune.backends.kubernetes import api
     from quicktune.watch.launchers import KubernetesLauncher
 
-    src = inspect.getsource(KubernetesLauncher)
-    calls = {"create": "create_namespaced_job", "get": "read_namespaced_job", "delete": "delete_namespaced_job",
-             "list": "list_namespaced_job", "watch": "watch"}
-    used = {verb for verb, call in calls.items() if f".{call}(" in src}
-    assert used == {"create", "get", "delete"}
+    assert _api_verbs(KubernetesLauncher) == {("jobs", "create"), ("jobs", "get"), ("jobs", "delete")}
+    assert _api_verbs(api.own_image) == {("pods", "get")}  # the watcher reads its own pod's image
+
+
+def test_controller_role_covers_the_backends_calls(base):
+    """Every API call of the step backend (and its informer) is granted by the controller Role."""
+    from quicktune.backends.kubernetes import backend, informer
+
+    (role,) = [r for r in by_kind(base, "Role") if r["metadata"]["name"] == "quicktune-controller"]
+    granted = {(res, verb) for r in role["rules"] for res in r["resources"] for verb in r["verbs"]}
+    used = _api_verbs(backend.KubernetesBackend, informer.JobInformer)
+    assert {("jobs", "create"), ("jobs", "watch"), ("pods/log", "get")} <= used
+    assert used <= granted, used - granted
 
 
 def test_only_the_shipped_controller_job_references_env_vars():
@@ -306,7 +342,7 @@ def test_gpu_overlay_configures_gpu_steps_and_backend_reads_it(gpu):
 
     backend = backend_from_env("search-1", 4, environ=env, api_client=client.ApiClient())
     job = build_job(StepRequest("search-1", "abcdef123456", {"model": "resnet18"}, "s3://d/x", 2, "s3://c/x"),
-                    **backend._job_kwargs)
+                    **backend.settings.job_kwargs())
     for version in VERSIONS:
         kubernetes_validate.validate(job, version, strict=True)
     pod = job["spec"]["template"]["spec"]

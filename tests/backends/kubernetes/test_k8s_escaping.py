@@ -42,7 +42,8 @@ from hypothesis import strategies as st
 
 from quicktune.backends.base import StepRequest
 from quicktune.backends import kubernetes as K
-from quicktune.testing.fake_k8s import FakeCluster, _PodRuntime, expand
+from quicktune.backends.kubernetes import manifests
+from quicktune.testing.fake_k8s import FakeCluster, PodRuntime, expand
 from quicktune.watch import launchers as L
 from quicktune.watch.requests import (EXPERIMENT, MODEL, TAG_BUDGET, TAG_DATA, TAG_MODEL_NAME, RequestError,
                                       SearchRequest, Target, search_id_for)
@@ -132,7 +133,7 @@ def _resolve(container: dict, secrets: dict | None = None, configmaps: dict | No
         fake.add_configmap(name, data)
     pod = {"metadata": {"name": "p-1", "namespace": "default", "uid": "u-1", "labels": {}},
            "spec": {"containers": [{k: v for k, v in container.items() if k != "volumeMounts"}]}}
-    rt = _PodRuntime(Path("/nonexistent"))
+    rt = PodRuntime(Path("/nonexistent"))
     argv, _env, _cwd = fake._container_process(pod, rt)
     return argv, rt.declared_env
 
@@ -177,7 +178,7 @@ def test_escaped_strings_have_no_reference_left(value):
 # --------------------------------------------------------------------------------------------
 def _step_job(escape: bool = True, monkeypatch=None) -> dict:
     if not escape:
-        monkeypatch.setattr(K, "kubelet_literal", lambda c: dict(c))
+        monkeypatch.setattr(manifests, "kubelet_literal", lambda c: dict(c))
     req = StepRequest(search_id="s-1", config_id="0123456789ab",
                       config={"model": f"m-{LEAKY}", "lr": 0.01, "note": "$$ and $(HOME)"},
                       data_uri=f"s3://data/{LEAKY}/digits", to_epoch=2, checkpoint_dir="s3://ckpt/s-1/0123456789ab",
@@ -247,7 +248,7 @@ def test_controller_job_delivers_names_literally(target):
 
 
 def test_unescaped_controller_job_would_leak(monkeypatch):
-    monkeypatch.setattr(K, "kubelet_literal", lambda c: dict(c))
+    monkeypatch.setattr(manifests, "kubelet_literal", lambda c: dict(c))
     job = L.controller_job(parse_request(_model_target(), check_data=False), tracking_uri="http://mlflow:5000",
                            namespace="default", image=IMAGE)
     (c,) = job["spec"]["template"]["spec"]["containers"]
@@ -264,7 +265,7 @@ def _all_strings(container: dict) -> list[str]:
 def test_generated_specs_reference_no_variable():
     """No generated string holds an unescaped ``$``: scanning it as the kubelet does finds no
     reference (every ``$`` is half of a ``$$``). Values meant as references exist only in the
-    shipped static manifest (k8s/base/controller-job.yaml, checked in test_manifests.py)."""
+    shipped static manifest (k8s/base/controller-job.yaml, checked in test_k8s_manifests.py)."""
     for job in (_step_job(), L.controller_job(parse_request(_experiment_target(), check_data=False),
                                               tracking_uri="http://m:5000", namespace="q", image=IMAGE)):
         for c in job["spec"]["template"]["spec"]["containers"]:
@@ -418,7 +419,7 @@ def test_names_with_a_secret_reference_reach_mlflow_literally(mlflow_server, tin
     target = Target(MODEL, name, name, 1_700_000_000_000, {TAG_DATA: f"s3://{bucket}/digits", TAG_BUDGET: "10m"})
     req = SearchRequest(target=target, search_id=search_id_for(target), model_name=name,
                         data_uri=f"s3://{bucket}/digits", budget_seconds=600.0,
-                        space=str(Path(__file__).parent / "tiny_space.yaml"), workers=2, max_epochs=1,
+                        space=str(Path(__file__).resolve().parents[2] / "tiny_space.yaml"), workers=2, max_epochs=1,
                         budget_epochs=2, image_size=16, experiment=f"exp-$(AWS_SECRET_ACCESS_KEY)-{tag}")
     workdir = tmp_path / "controller-work"
     make_job = L.controller_job

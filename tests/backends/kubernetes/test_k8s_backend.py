@@ -25,8 +25,8 @@ import kubernetes_validate
 import pytest
 
 from quicktune.backends.base import FAILED, PENDING, RUNNING, SUCCEEDED, StepRequest
-from quicktune.backends.kubernetes import (FAIL_FAST_EXIT_CODES, KubernetesBackend, build_job, looks_secret,
-                                           sanitize_label_value)
+from quicktune.backends.kubernetes import (FAIL_FAST_EXIT_CODES, STEP_SCRIPT, KubernetesBackend, build_job,
+                                           escape_kubelet_refs, looks_secret, sanitize_label_value)
 from quicktune.backends.testing import BackendConformance, RealStepRequests, wait_done, wait_state
 from quicktune.testing.fake_k8s import FakeCluster
 
@@ -34,6 +34,7 @@ pytestmark = pytest.mark.fake_cluster
 
 NAMESPACE = "default"
 IMAGE = "registry.example.com/quicktune:test"
+TESTS = Path(__file__).resolve().parents[2]
 SCHEMAS = ("1.30", kubernetes_validate.latest_version())
 S3_SECRET = "quicktune-s3"
 
@@ -149,7 +150,7 @@ def test_full_job_manifest_is_valid_and_locked_down():
     assert meta["ownerReferences"] == [{"apiVersion": "v1", "kind": "Pod", **owner, "blockOwnerDeletion": False,
                                         "controller": False}]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert c["args"][c["args"].index("--device") + 1] == "cuda"
+    assert "--device=cuda" in c["args"] and "--to-epoch=3" in c["args"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["priorityClassName"] == "quicktune-steps"
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
@@ -181,6 +182,18 @@ def test_inline_credentials_and_local_checkpoints_are_refused():
         build_job(_request(checkpoint_dir="/tmp/ckpt"), namespace="ml", image=IMAGE)
 
 
+def test_step_args_are_the_requests_argv_and_max_epochs_is_an_argument():
+    """The Job runs ``StepRequest.argv()`` (the one step command line, shared by every backend);
+    ``max_epochs`` travels as ``--max-epochs``, no longer as QUICKTUNE_MAX_EPOCHS in the env."""
+    req = _request(max_epochs=7, image_size=48, seed=5)
+    (c,) = build_job(req, namespace="ml", image=IMAGE)["spec"]["template"]["spec"]["containers"]
+    assert c["args"] == req.argv(out=f"s3://ckpt/s-1/0123456789ab/results/{req.id}.json")
+    assert "--max-epochs=7" in c["args"] and "--image-size=48" in c["args"] and "--seed=5" in c["args"]
+    assert "QUICKTUNE_MAX_EPOCHS" not in {e["name"] for e in c["env"]}
+    # (the spec holds the script $-escaped for the kubelet; the shell gets it as written)
+    assert c["command"][-2:] == [escape_kubelet_refs(STEP_SCRIPT), "quicktune-step"] and "--config" in STEP_SCRIPT
+
+
 def test_label_values_are_sanitized_and_stay_unique():
     long_a = "Team A / experiment " + "x" * 80
     long_b = "Team A / experiment " + "x" * 79 + "y"
@@ -190,9 +203,9 @@ def test_label_values_are_sanitized_and_stay_unique():
     job = build_job(_request(search_id=long_a), namespace="ml", image=IMAGE)
     for version in SCHEMAS:
         kubernetes_validate.validate(job, version, strict=True)
-    from quicktune.testing.fake_k8s import _semantic_checks
+    from quicktune.testing.fake_k8s import semantic_checks
 
-    _semantic_checks(job)  # label syntax and the 63-char Job name limit (the schema does not check them)
+    semantic_checks(job)  # label syntax and the 63-char Job name limit (the schema does not check them)
     assert job["metadata"]["annotations"]["quicktune.io/search-id"] == long_a
 
 
@@ -362,7 +375,7 @@ def test_full_search_with_controller_restart_preemption_and_oom(fake_cluster, ml
     step_env = json.dumps({"AWS_ENDPOINT_URL": mlflow_server.s3.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1",
                            "AWS_MAX_ATTEMPTS": "3"})
     cmd = [sys.executable, "-m", "quicktune.cli", "-v", "search", "--data", s3_digits, "--budget", "10m",
-           "--space", str(Path(__file__).parent / "tiny_space.yaml"), "--workers", "2", "--max-epochs", "2",
+           "--space", str(TESTS / "tiny_space.yaml"), "--workers", "2", "--max-epochs", "2",
            "--image-size", "16", "--budget-epochs", "6", "--search-id", search_id, "--experiment", experiment,
            "--tracking-uri", mlflow_server.tracking_uri, "--checkpoint-uri", f"s3://{bucket}/search-ckpt",
            "--workdir", str(tmp_path / "work"), "--no-progress", "--backend", "kubernetes",

@@ -1,0 +1,220 @@
+"""The Kubernetes backend's settings: one frozen value, parsed and checked once.
+
+Why a dataclass: the settings come from three places -- ``QUICKTUNE_*`` env vars (the controller
+pod loads them from the ``quicktune-config`` ConfigMap, see ``k8s/base``), ``--backend-option
+KEY=VALUE`` strings, and keyword arguments of ``KubernetesBackend`` -- and every Job the backend
+builds must see the same, valid values. ``StepJobSettings`` is built once, refuses bad values at
+once with a message that names the setting (never echoing a value that might be a credential),
+and is then passed around whole; ``job_kwargs()`` is what ``build_job`` takes.
+
+``from_env`` reads ``ENV_SETTINGS``; ``from_options`` lays ``--backend-option`` values (keys of
+``OPTION_ENV``) over the env first, so an option and its env variable are parsed by the same code.
+The step image defaults to the controller pod's own image, which needs the API: the caller passes
+``own_image`` (``quicktune.backends.kubernetes.api.own_image``) for that one lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from quicktune.backends.kubernetes.manifests import looks_secret
+
+__all__ = ["StepJobSettings", "ENV_SETTINGS", "OPTION_ENV", "PASS_THROUGH", "owner_from_env", "in_cluster_namespace"]
+
+ENV_SETTINGS = {
+    "QUICKTUNE_K8S_NAMESPACE": "namespace of the step Jobs (default: POD_NAMESPACE, then the in-cluster namespace)",
+    "QUICKTUNE_STEP_IMAGE": "container image of the steps (default: the controller pod's own image)",
+    "QUICKTUNE_STEP_GPU": "nvidia.com/gpu per step (default 0)",
+    "QUICKTUNE_STEP_CPU": "CPU request per step (default 1)",
+    "QUICKTUNE_STEP_MEMORY": "memory request and limit per step (default 4Gi)",
+    "QUICKTUNE_STEP_NODE_SELECTOR": 'JSON object, e.g. {"nvidia.com/gpu.present": "true"}',
+    "QUICKTUNE_STEP_TOLERATIONS": "JSON list of tolerations",
+    "QUICKTUNE_STEP_PRIORITY_CLASS": "priorityClassName of the step pods",
+    "QUICKTUNE_KUEUE_QUEUE": "Kueue LocalQueue name (Jobs are created suspended for Kueue to admit)",
+    "QUICKTUNE_STEP_SECRETS": "comma-separated Secret names whose keys become the steps' env (envFrom)",
+    "QUICKTUNE_STEP_SERVICE_ACCOUNT": "service account of the step pods (e.g. for workload identity)",
+    "QUICKTUNE_STEP_ENV": "JSON object of extra non-secret env for the steps (e.g. AWS_ENDPOINT_URL)",
+    "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS": "activeDeadlineSeconds per step Job (default 14400)",
+    "QUICKTUNE_STEP_BACKOFF_LIMIT": "backoffLimit per step Job (default 3)",
+    "QUICKTUNE_STEP_TTL_SECONDS": "ttlSecondsAfterFinished per step Job (default 86400)",
+}
+
+OPTION_ENV = {  # ``--backend-option KEY=VALUE`` -> the env setting it overrides
+    "namespace": "QUICKTUNE_K8S_NAMESPACE", "image": "QUICKTUNE_STEP_IMAGE", "gpu": "QUICKTUNE_STEP_GPU",
+    "cpu": "QUICKTUNE_STEP_CPU", "memory": "QUICKTUNE_STEP_MEMORY",
+    "node_selector": "QUICKTUNE_STEP_NODE_SELECTOR", "tolerations": "QUICKTUNE_STEP_TOLERATIONS",
+    "priority_class": "QUICKTUNE_STEP_PRIORITY_CLASS", "kueue_queue": "QUICKTUNE_KUEUE_QUEUE",
+    "secrets": "QUICKTUNE_STEP_SECRETS", "service_account": "QUICKTUNE_STEP_SERVICE_ACCOUNT",
+    "env": "QUICKTUNE_STEP_ENV", "active_deadline_seconds": "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS",
+    "backoff_limit": "QUICKTUNE_STEP_BACKOFF_LIMIT", "ttl_seconds": "QUICKTUNE_STEP_TTL_SECONDS",
+}
+
+# Non-secret S3 settings the controller passes on to the steps when QUICKTUNE_STEP_ENV does not.
+PASS_THROUGH = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                "AWS_REGION")
+
+
+def owner_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """The controller pod's identity from the downward API (``POD_NAME``, ``POD_UID``), if set."""
+    environ = os.environ if environ is None else environ
+    if environ.get("POD_NAME") and environ.get("POD_UID"):
+        return {"name": environ["POD_NAME"], "uid": environ["POD_UID"]}
+    return None
+
+
+def in_cluster_namespace() -> str | None:
+    """The namespace of the pod this runs in (its service account's mount), or None outside a pod."""
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def _refuse_inline_secrets(env: Mapping[str, str]) -> None:
+    for key in env:
+        if looks_secret(key):
+            raise ValueError(f"env var {key!r} looks like a credential; pass it through a Kubernetes Secret "
+                             "(secret_names / secret_env), never as an inline value")
+
+
+@dataclass(frozen=True)
+class StepJobSettings:
+    """How every step Job of one backend is shaped (see ``build_job`` for what each becomes).
+
+    Validated on construction: a namespace and an image, ``gpu >= 0``, ``backoff_limit >= 0``,
+    ``active_deadline_seconds >= 1``, ``ttl_seconds_after_finished`` None or ``>= 0``, and no
+    inline env var that looks like a credential (those must come from Secrets)."""
+
+    namespace: str
+    image: str
+    gpu: int = 0
+    cpu: str | None = "1"
+    memory: str | None = "4Gi"
+    node_selector: Mapping[str, str] | None = None
+    tolerations: tuple[Mapping[str, Any], ...] | None = None
+    priority_class: str | None = None
+    kueue_queue: str | None = None
+    secret_names: tuple[str, ...] = ()
+    secret_env: Mapping[str, tuple[str, str]] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    service_account: str | None = None
+    owner_pod: Mapping[str, str] | None = None
+    active_deadline_seconds: int = 4 * 3600
+    backoff_limit: int = 3
+    ttl_seconds_after_finished: int | None = 24 * 3600
+
+    def __post_init__(self) -> None:
+        if not self.namespace or not isinstance(self.namespace, str):
+            raise ValueError("no namespace: set QUICKTUNE_K8S_NAMESPACE (or run in a pod with POD_NAMESPACE)")
+        if not self.image or not isinstance(self.image, str):
+            raise ValueError("no step image: set QUICKTUNE_STEP_IMAGE (or --backend-option image=...)")
+        for name, low in (("gpu", 0), ("backoff_limit", 0), ("active_deadline_seconds", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        ttl = self.ttl_seconds_after_finished
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0):
+            raise ValueError(f"ttl_seconds_after_finished must be None or an integer >= 0, got {ttl!r}")
+        _refuse_inline_secrets(self.env)
+        # normalise containers to immutable-ish, comparable forms (frozen: set through object.__setattr__)
+        object.__setattr__(self, "secret_names", tuple(self.secret_names))
+        object.__setattr__(self, "env", {str(k): str(v) for k, v in self.env.items()})
+        if self.tolerations is not None:
+            object.__setattr__(self, "tolerations", tuple(dict(t) for t in self.tolerations))
+        if self.owner_pod is not None:
+            object.__setattr__(self, "owner_pod", dict(self.owner_pod))
+
+    def job_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``build_job`` these settings stand for."""
+        return dict(namespace=self.namespace, image=self.image, gpu=self.gpu, cpu=self.cpu, memory=self.memory,
+                    node_selector=self.node_selector, tolerations=self.tolerations,
+                    priority_class=self.priority_class, kueue_queue=self.kueue_queue,
+                    secret_names=self.secret_names, secret_env=self.secret_env, env=self.env,
+                    service_account=self.service_account, owner_pod=self.owner_pod,
+                    active_deadline_seconds=self.active_deadline_seconds, backoff_limit=self.backoff_limit,
+                    ttl_seconds_after_finished=self.ttl_seconds_after_finished)
+
+    # ------------------------------------------------------------------------------- parsing
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *,
+                 own_image: Callable[[str, str | None], str | None] | None = None,
+                 **overrides: Any) -> StepJobSettings:
+        """Settings from ``QUICKTUNE_*`` env vars (``ENV_SETTINGS``), then ``overrides`` (field
+        names). Bad values raise ValueError naming the variable. ``own_image(namespace, pod_name)``
+        finds the controller's image when ``QUICKTUNE_STEP_IMAGE`` is unset."""
+        env = os.environ if environ is None else environ
+
+        def get_json(name: str, kind: type) -> Any:
+            raw = env.get(name)
+            if not raw:
+                return None
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{name}: not valid JSON ({exc.msg} at position {exc.pos})") from None
+            if not isinstance(value, kind):
+                raise ValueError(f"{name}: expected a JSON {kind.__name__}, got {type(value).__name__}")
+            return value
+
+        def get_int(name: str, default: int) -> int:
+            raw = env.get(name)
+            if raw in (None, ""):
+                return default
+            try:
+                return int(raw)
+            except ValueError:
+                raise ValueError(f"{name}: expected an integer, got {raw!r}") from None
+
+        namespace = overrides.pop("namespace", None) or env.get("QUICKTUNE_K8S_NAMESPACE") \
+            or env.get("POD_NAMESPACE") or in_cluster_namespace()
+        if not namespace:
+            raise ValueError("no namespace: set QUICKTUNE_K8S_NAMESPACE (or run in a pod with POD_NAMESPACE)")
+        image = overrides.pop("image", None) or env.get("QUICKTUNE_STEP_IMAGE")
+        if not image and own_image is not None:
+            image = own_image(namespace, env.get("POD_NAME"))
+        if not image:
+            raise ValueError("QUICKTUNE_STEP_IMAGE is not set and the controller's own image is unknown "
+                             "(POD_NAME unset): the Kubernetes backend needs the step image")
+        step_env = {k: env[k] for k in PASS_THROUGH if env.get(k)}
+        step_env.update(get_json("QUICKTUNE_STEP_ENV", dict) or {})
+        kwargs: dict[str, Any] = dict(
+            gpu=get_int("QUICKTUNE_STEP_GPU", 0),
+            cpu=env.get("QUICKTUNE_STEP_CPU") or "1",
+            memory=env.get("QUICKTUNE_STEP_MEMORY") or "4Gi",
+            node_selector=get_json("QUICKTUNE_STEP_NODE_SELECTOR", dict),
+            tolerations=get_json("QUICKTUNE_STEP_TOLERATIONS", list),
+            priority_class=env.get("QUICKTUNE_STEP_PRIORITY_CLASS") or None,
+            kueue_queue=env.get("QUICKTUNE_KUEUE_QUEUE") or None,
+            secret_names=tuple(s.strip() for s in (env.get("QUICKTUNE_STEP_SECRETS") or "").split(",") if s.strip()),
+            service_account=env.get("QUICKTUNE_STEP_SERVICE_ACCOUNT") or None,
+            env=step_env,
+            owner_pod=owner_from_env(env),
+            active_deadline_seconds=get_int("QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS", 4 * 3600),
+            backoff_limit=get_int("QUICKTUNE_STEP_BACKOFF_LIMIT", 3),
+            ttl_seconds_after_finished=get_int("QUICKTUNE_STEP_TTL_SECONDS", 24 * 3600),
+        )
+        unknown = sorted(set(overrides) - set(kwargs) - {"secret_env"})
+        if unknown:
+            raise ValueError(f"unknown Kubernetes backend setting(s) {unknown}")
+        kwargs.update(overrides)
+        return cls(namespace=namespace, image=image, **kwargs)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], environ: Mapping[str, str] | None = None, *,
+                     step_timeout: float | None = None,
+                     own_image: Callable[[str, str | None], str | None] | None = None) -> StepJobSettings:
+        """``--backend-option KEY=VALUE`` values (keys of ``OPTION_ENV``) laid over the env
+        settings; ``step_timeout`` (``--step-timeout``) becomes activeDeadlineSeconds."""
+        unknown = sorted(set(options) - set(OPTION_ENV))
+        if unknown:
+            raise ValueError(f"unknown Kubernetes backend option(s) {unknown}; known: {sorted(OPTION_ENV)}")
+        merged = dict(os.environ if environ is None else environ)
+        merged.update({OPTION_ENV[k]: str(v) for k, v in options.items()})
+        if step_timeout:
+            merged["QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS"] = str(int(step_timeout))
+        return cls.from_env(merged, own_image=own_image)

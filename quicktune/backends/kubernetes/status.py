@@ -1,0 +1,73 @@
+"""What a Job or pod object says, read the way the backend needs it.
+
+Kubernetes' own conditions are authoritative: a Job is done when it has a ``Complete`` or
+``Failed`` (or ``FailureTarget``) condition, cancelled while it carries a ``deletionTimestamp``,
+pending while suspended (e.g. waiting for Kueue). Pods tell how an attempt ended (the step
+container's exit code and reason, ``OOMKilled`` included) and whether it was disrupted
+(``DisruptionTarget``: preempted, evicted, drained). Pure functions over the API's JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from quicktune.backends.base import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, StepStatus
+from quicktune.backends.kubernetes.manifests import STEP_CONTAINER
+
+__all__ = ["job_state", "job_condition", "being_deleted", "resource_version", "pod_has_condition", "pod_termination",
+           "iter_labels"]
+
+
+def job_condition(job: Mapping[str, Any], ctype: str) -> dict[str, Any] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def job_state(job: Mapping[str, Any]) -> StepStatus:
+    """Map a Job object to a step status (Kubernetes' own conditions are authoritative)."""
+    if (job.get("metadata") or {}).get("deletionTimestamp"):
+        return StepStatus(CANCELLED, "the Job is being deleted")
+    if cond := job_condition(job, "Complete"):
+        return StepStatus(SUCCEEDED, cond.get("message") or "")
+    cond = job_condition(job, "Failed") or job_condition(job, "FailureTarget")
+    if cond:
+        return StepStatus(FAILED, f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".strip(": "))
+    status = job.get("status") or {}
+    if (job.get("spec") or {}).get("suspend"):
+        return StepStatus(PENDING, "suspended (waiting for admission, e.g. by Kueue)")
+    if status.get("active") or status.get("ready"):
+        return StepStatus(RUNNING)
+    return StepStatus(PENDING)
+
+
+def resource_version(obj: Mapping[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def being_deleted(job: Mapping[str, Any]) -> bool:
+    return bool((job.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def pod_has_condition(pod: Mapping[str, Any], ctype: str) -> bool:
+    return any(c.get("type") == ctype and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def pod_termination(pod: Mapping[str, Any]) -> dict[str, Any]:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == STEP_CONTAINER:
+            term = (cs.get("state") or {}).get("terminated")
+            if term:
+                return {"exitCode": term.get("exitCode"), "reason": term.get("reason")}
+    return {}
+
+
+def iter_labels(job: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    """(key, value) pairs of a Job's labels; handy for tests and the CLI."""
+    return ((job.get("metadata") or {}).get("labels") or {}).items()

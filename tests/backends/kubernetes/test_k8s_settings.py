@@ -1,0 +1,165 @@
+"""StepJobSettings: the Kubernetes backend's settings, parsed once (env vars, --backend-option).
+
+Fast unit tests (no cluster, no network): every ``QUICKTUNE_*`` variable round-trips through
+``from_env``, options override the env, bad values are refused naming the setting and never
+echoing a value that might be a credential.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quicktune.backends.base import StepRequest
+from quicktune.backends.kubernetes import (
+    ENV_SETTINGS,
+    OPTION_ENV,
+    KubernetesBackend,
+    StepJobSettings,
+    build_job,
+    owner_from_env,
+)
+
+BASE = {"POD_NAMESPACE": "q", "QUICKTUNE_STEP_IMAGE": "img:1"}
+
+
+def _env_of(s: StepJobSettings) -> dict[str, str]:
+    """The ``QUICKTUNE_*`` env that stands for ``s`` (what a ConfigMap would hold)."""
+    env = {"QUICKTUNE_K8S_NAMESPACE": s.namespace, "QUICKTUNE_STEP_IMAGE": s.image,
+           "QUICKTUNE_STEP_GPU": str(s.gpu), "QUICKTUNE_STEP_CPU": s.cpu or "", "QUICKTUNE_STEP_MEMORY": s.memory or "",
+           "QUICKTUNE_STEP_SECRETS": ",".join(s.secret_names), "QUICKTUNE_STEP_ENV": json.dumps(dict(s.env)),
+           "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS": str(s.active_deadline_seconds),
+           "QUICKTUNE_STEP_BACKOFF_LIMIT": str(s.backoff_limit),
+           "QUICKTUNE_STEP_TTL_SECONDS": str(s.ttl_seconds_after_finished)}
+    if s.node_selector:
+        env["QUICKTUNE_STEP_NODE_SELECTOR"] = json.dumps(dict(s.node_selector))
+    if s.tolerations:
+        env["QUICKTUNE_STEP_TOLERATIONS"] = json.dumps([dict(t) for t in s.tolerations])
+    for var, value in (("QUICKTUNE_STEP_PRIORITY_CLASS", s.priority_class), ("QUICKTUNE_KUEUE_QUEUE", s.kueue_queue),
+                       ("QUICKTUNE_STEP_SERVICE_ACCOUNT", s.service_account)):
+        if value:
+            env[var] = value
+    if s.owner_pod:
+        env.update(POD_NAME=s.owner_pod["name"], POD_UID=s.owner_pod["uid"])
+    return env
+
+
+names = st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True)
+plain_keys = st.sampled_from(["AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "QUICKTUNE_NOTE", "HTTP_PROXY"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(namespace=names, image=names, gpu=st.integers(0, 8), cpu=st.sampled_from(["1", "500m", "2"]),
+       memory=st.sampled_from(["4Gi", "512Mi"]), selector=st.dictionaries(names, names, max_size=2),
+       tolerations=st.lists(st.fixed_dictionaries({"key": names, "operator": st.just("Exists")}), max_size=2),
+       priority=st.none() | names, queue=st.none() | names, secrets=st.lists(names, max_size=3, unique=True),
+       env=st.dictionaries(plain_keys, st.text(max_size=20), max_size=3), sa=st.none() | names,
+       owner=st.none() | st.fixed_dictionaries({"name": names, "uid": names}),
+       deadline=st.integers(1, 10**6), backoff=st.integers(0, 20), ttl=st.integers(0, 10**6))
+def test_env_settings_round_trip(namespace, image, gpu, cpu, memory, selector, tolerations, priority, queue,
+                                 secrets, env, sa, owner, deadline, backoff, ttl):
+    s = StepJobSettings(namespace=namespace, image=image, gpu=gpu, cpu=cpu, memory=memory,
+                        node_selector=selector or None, tolerations=tuple(tolerations) or None,
+                        priority_class=priority, kueue_queue=queue, secret_names=tuple(secrets), env=env,
+                        service_account=sa, owner_pod=owner, active_deadline_seconds=deadline,
+                        backoff_limit=backoff, ttl_seconds_after_finished=ttl)
+    assert StepJobSettings.from_env(_env_of(s)) == s
+
+
+def test_every_documented_variable_is_read():
+    """Each ENV_SETTINGS variable changes the parsed settings (none is documented but ignored)."""
+    values = {"QUICKTUNE_K8S_NAMESPACE": "other", "QUICKTUNE_STEP_IMAGE": "img:2", "QUICKTUNE_STEP_GPU": "2",
+              "QUICKTUNE_STEP_CPU": "3", "QUICKTUNE_STEP_MEMORY": "1Gi",
+              "QUICKTUNE_STEP_NODE_SELECTOR": '{"a": "b"}', "QUICKTUNE_STEP_TOLERATIONS": '[{"key": "k"}]',
+              "QUICKTUNE_STEP_PRIORITY_CLASS": "p", "QUICKTUNE_KUEUE_QUEUE": "team",
+              "QUICKTUNE_STEP_SECRETS": "s1, s2", "QUICKTUNE_STEP_SERVICE_ACCOUNT": "sa",
+              "QUICKTUNE_STEP_ENV": '{"AWS_ENDPOINT_URL": "http://s3"}',
+              "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS": "60", "QUICKTUNE_STEP_BACKOFF_LIMIT": "0",
+              "QUICKTUNE_STEP_TTL_SECONDS": "5"}
+    assert set(values) == set(ENV_SETTINGS)
+    default = StepJobSettings.from_env(BASE)
+    for var, value in values.items():
+        assert StepJobSettings.from_env({**BASE, var: value}) != default, var
+    assert StepJobSettings.from_env({**BASE, "QUICKTUNE_STEP_SECRETS": "s1, s2"}).secret_names == ("s1", "s2")
+    assert set(OPTION_ENV.values()) == set(ENV_SETTINGS)
+
+
+@pytest.mark.parametrize("var,value,words", [
+    ("QUICKTUNE_STEP_NODE_SELECTOR", "gpu=true", "QUICKTUNE_STEP_NODE_SELECTOR: not valid JSON"),
+    ("QUICKTUNE_STEP_TOLERATIONS", '{"key": "k"}', "QUICKTUNE_STEP_TOLERATIONS: expected a JSON list"),
+    ("QUICKTUNE_STEP_GPU", "one", "QUICKTUNE_STEP_GPU: expected an integer"),
+    ("QUICKTUNE_STEP_GPU", "-1", "gpu must be an integer >= 0"),
+    ("QUICKTUNE_STEP_BACKOFF_LIMIT", "-2", "backoff_limit must be an integer >= 0"),
+    ("QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS", "0", "active_deadline_seconds must be an integer >= 1"),
+    ("QUICKTUNE_STEP_TTL_SECONDS", "-1", "ttl_seconds_after_finished must be None or an integer >= 0"),
+])
+def test_bad_values_are_refused_naming_the_setting(var, value, words):
+    with pytest.raises(ValueError, match=words):
+        StepJobSettings.from_env({**BASE, var: value})
+
+
+def test_credentials_are_refused_without_echoing_them():
+    secret = "hunter2-do-not-print"
+    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY.*Secret") as err:
+        StepJobSettings.from_env({**BASE, "QUICKTUNE_STEP_ENV": json.dumps({"AWS_SECRET_ACCESS_KEY": secret})})
+    assert secret not in str(err.value)
+    with pytest.raises(ValueError) as err:  # broken JSON around a secret: the message quotes no content
+        StepJobSettings.from_env({**BASE, "QUICKTUNE_STEP_ENV": '{"TOKEN": "' + secret})
+    assert secret not in str(err.value)
+    with pytest.raises(ValueError, match="MLFLOW_TRACKING_TOKEN"):
+        StepJobSettings(namespace="q", image="i", env={"MLFLOW_TRACKING_TOKEN": "x"})
+
+
+def test_namespace_and_image_are_required_and_own_image_is_asked_only_when_needed():
+    with pytest.raises(ValueError, match="no namespace"):
+        StepJobSettings.from_env({"QUICKTUNE_STEP_IMAGE": "i", "KUBERNETES_SERVICE_HOST": ""})
+    with pytest.raises(ValueError, match="QUICKTUNE_STEP_IMAGE"):
+        StepJobSettings.from_env({"POD_NAMESPACE": "q"})
+    asked = []
+
+    def own(namespace, pod):
+        asked.append((namespace, pod))
+        return "ctl-image:3"
+
+    assert StepJobSettings.from_env({"POD_NAMESPACE": "q", "POD_NAME": "ctl"}, own_image=own).image == "ctl-image:3"
+    assert asked == [("q", "ctl")]
+    StepJobSettings.from_env(BASE, own_image=own)
+    assert len(asked) == 1, "an explicit image needs no API call"
+
+
+def test_options_override_the_env_and_unknown_options_are_refused():
+    s = StepJobSettings.from_options({"gpu": "1", "secrets": "a,b", "namespace": "ns2"},
+                                     {**BASE, "QUICKTUNE_STEP_GPU": "0"}, step_timeout=90.5)
+    assert (s.gpu, s.secret_names, s.namespace, s.active_deadline_seconds) == (1, ("a", "b"), "ns2", 90)
+    with pytest.raises(ValueError, match=r"unknown Kubernetes backend option\(s\) \['gpus'\]"):
+        StepJobSettings.from_options({"gpus": "1"}, BASE)
+    with pytest.raises(ValueError, match="unknown Kubernetes backend option"):
+        KubernetesBackend.from_options(workers=1, api_client=object(), gpus="1")
+
+
+def test_settings_are_frozen_and_feed_build_job():
+    s = StepJobSettings.from_env({**BASE, "QUICKTUNE_STEP_GPU": "1", "POD_NAME": "ctl", "POD_UID": "u-1"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.gpu = 2  # type: ignore[misc]
+    assert s.owner_pod == owner_from_env({"POD_NAME": "ctl", "POD_UID": "u-1"})
+    job = build_job(StepRequest("s", "abcdef123456", {"model": "m"}, "s3://d/x", 1, "s3://c/x"), **s.job_kwargs())
+    assert job["metadata"]["namespace"] == "q" and job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_backend_constructor_and_settings_agree():
+    from kubernetes import client
+
+    b = KubernetesBackend("q", "img:1", "s", gpu=1, secret_names=["x"], env={"AWS_REGION": "r"},
+                          owner_pod={"name": "p", "uid": "u"}, api_client=client.ApiClient())
+    same = StepJobSettings(namespace="q", image="img:1", gpu=1, secret_names=("x",), env={"AWS_REGION": "r"},
+                           owner_pod={"name": "p", "uid": "u"})
+    assert b.settings == same and b.namespace == "q" and b.owner_pod == {"name": "p", "uid": "u"}
+    with pytest.raises(ValueError, match="max_concurrent"):
+        KubernetesBackend("q", "img:1", max_concurrent=0, api_client=client.ApiClient())
+    with pytest.raises(ValueError, match="gpu"):
+        KubernetesBackend("q", "img:1", gpu=-1, api_client=client.ApiClient())
