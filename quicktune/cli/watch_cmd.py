@@ -55,9 +55,9 @@ def _launcher(args: argparse.Namespace, tracking_uri: str, state_dir: Path):
     if args.launcher == "local":
         return LocalLauncher(state_dir, tracking_uri)
     if args.launcher == "kubernetes":
-        from quicktune.backends.kubernetes import _in_cluster_namespace
-
-        from quicktune.backends.kubernetes import _default_api_client, _own_image
+        from quicktune.backends.kubernetes import default_api_client as _default_api_client
+        from quicktune.backends.kubernetes import in_cluster_namespace as _in_cluster_namespace
+        from quicktune.backends.kubernetes import own_image as _own_image
 
         namespace = args.namespace or os.environ.get("POD_NAMESPACE") or _in_cluster_namespace() or "quicktune"
         api_client = _default_api_client()
