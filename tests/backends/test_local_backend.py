@@ -6,6 +6,7 @@ Cost: ~40-60 s on 2 busy cores (each real step pays ~4-8 s of Python/torch/timm 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -53,15 +54,24 @@ class TestLocalBackendSpawnConformance(TestLocalBackendConformance):
 
 
 def test_files_state_and_no_secrets_on_disk(tmp_path, tiny_image_folder, monkeypatch):
-    """The step's state lives in files; env secrets reach the step by inheritance, never on disk."""
+    """The step's state lives in files; env secrets reach the step by inheritance, never on disk. The
+    request's typed max_epochs reaches the step on its command line (StepRequest.argv) and sets the
+    schedule length the step records."""
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value-123")
+    monkeypatch.delenv("QUICKTUNE_MAX_EPOCHS", raising=False)
     backend = LocalBackend(tmp_path / "work", max_workers=1, threads_per_worker=1)
     req = RealStepRequests(str(tiny_image_folder), str(tmp_path / "ckpt"))("ok", "files")
+    req = dataclasses.replace(req, max_epochs=7)
     sid = backend.start(req)
     assert wait_done(backend, sid).state == "succeeded", backend.logs(sid)
     d = backend.step_dir(sid)
     launch = json.loads((d / "launch.json").read_text())
-    assert launch["pid"] > 0 and any(a.startswith("--to-epoch=") for a in launch["argv"])
+    assert launch["pid"] > 0
+    assert launch["argv"] == [*backend.step_command, *req.argv(out=str(d / "RESULT.json"),
+                                                            config_path=str(d / "config.json"))]
+    assert "--max-epochs=7" in launch["argv"] and "QUICKTUNE_MAX_EPOCHS" not in json.dumps(launch)
+    manifest = json.loads((tmp_path / "ckpt" / "files" / req.config_id / "epoch-0001.json").read_text())
+    assert manifest["max_epochs"] == 7
     assert json.loads((d / "exit.json").read_text())["returncode"] == 0
     assert json.loads((d / ".runner.json").read_text())["env_overrides"]["OMP_NUM_THREADS"] == "1"
     for f in d.rglob("*"):
