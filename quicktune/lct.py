@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -134,16 +134,24 @@ def validate_lct(df: pd.DataFrame, source: str = "<frame>") -> pd.DataFrame:
     dup = keys.duplicated(keep="first").to_numpy()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
-        raise _err(source, "epoch", i, f"duplicate row for dataset {datasets[i]!r}, config_id {cids[i]!r}, "
-                                       f"epoch {epochs[i]}")
-    for (d, c), idx in keys.groupby(["d", "c"], sort=False).indices.items():
+        raise _err(
+            source, "epoch", i, f"duplicate row for dataset {datasets[i]!r}, config_id {cids[i]!r}, epoch {epochs[i]}"
+        )
+    for key, positions in keys.groupby(["d", "c"], sort=False).indices.items():
+        d, c = cast("tuple[str, str]", key)  # pandas-stubs type group keys as Hashable
+        idx = np.asarray(positions)
         got = np.sort(epochs[idx])
         expected = np.arange(1, len(idx) + 1)
         if not np.array_equal(got, expected):
             missing = sorted(set(range(1, int(got.max()) + 1)) - set(got.tolist()))
             first_row = int(idx[np.argmax(epochs[idx])])
-            raise _err(source, "epoch", first_row, f"curve of dataset {d!r}, config_id {c!r} has a gap: "
-                                                   f"epochs must run 1..n without holes, missing {missing[:5]}")
+            raise _err(
+                source,
+                "epoch",
+                first_row,
+                f"curve of dataset {d!r}, config_id {c!r} has a gap: "
+                f"epochs must run 1..n without holes, missing {missing[:5]}",
+            )
 
     out = df.copy()
     out["dataset"] = pd.Series(datasets, dtype="str")
@@ -173,25 +181,28 @@ def validate_lct(df: pd.DataFrame, source: str = "<frame>") -> pd.DataFrame:
             if len(kinds) > 1:
                 raise _err(source, col, i, f"mixed value types {sorted(kinds)} in one hyperparameter column")
         first: dict[str, Any] = {}
-        for i, (k, v) in enumerate(zip(curve_of, vals)):
+        for i, (k, v) in enumerate(zip(curve_of, vals, strict=True)):
             v = None if _is_missing(v) else v
             if k not in first:
                 first[k] = v
             elif first[k] != v:
-                raise _err(source, col, i, f"hyperparameter changes along the curve of config_id {cids[i]!r} "
-                                           f"({first[k]!r} -> {v!r})")
+                raise _err(
+                    source,
+                    col,
+                    i,
+                    f"hyperparameter changes along the curve of config_id {cids[i]!r} ({first[k]!r} -> {v!r})",
+                )
 
     # meta-features: numeric, constant per dataset
     for col in meta_columns(df):
-        vals = _numeric(df, col, source, allow_nan=True)
+        mvals = _numeric(df, col, source, allow_nan=True)
         first_m: dict[str, float] = {}
-        for i, (d, v) in enumerate(zip(datasets, vals)):
+        for i, (d, v) in enumerate(zip(datasets, mvals, strict=True)):
             if d not in first_m:
                 first_m[d] = v
             elif not (first_m[d] == v or (np.isnan(first_m[d]) and np.isnan(v))):
-                raise _err(source, col, i, f"meta-feature not constant within dataset {d!r} "
-                                           f"({first_m[d]!r} vs {v!r})")
-        out[col] = vals
+                raise _err(source, col, i, f"meta-feature not constant within dataset {d!r} ({first_m[d]!r} vs {v!r})")
+        out[col] = mvals
 
     return out.sort_values(["dataset", "config_id", "epoch"], kind="stable").reset_index(drop=True)
 
@@ -244,8 +255,8 @@ def table_configs(df: pd.DataFrame, dataset: str) -> list[tuple[str, dict[str, A
     firsts = sub.drop_duplicates("config_id", keep="first")
     cols = hp_columns(df)
     out = []
-    for cid, row in zip(firsts["config_id"].tolist(), firsts[cols].itertuples(index=False, name=None)):
-        cfg = {c[len(HP_PREFIX):]: _py(v) for c, v in zip(cols, row) if not _is_missing(v)}
+    for cid, row in zip(firsts["config_id"].tolist(), firsts[cols].itertuples(index=False, name=None), strict=True):
+        cfg = {c[len(HP_PREFIX) :]: _py(v) for c, v in zip(cols, row, strict=True) if not _is_missing(v)}
         out.append((str(cid), cfg))
     return out
 
@@ -256,7 +267,7 @@ def table_meta_features(df: pd.DataFrame, dataset: str) -> dict[str, float]:
     if sub.empty:
         raise LCTError(f"no dataset {dataset!r} in table")
     row = sub.iloc[0]
-    return {c[len(META_PREFIX):]: float(row[c]) for c in meta_columns(df) if not _is_missing(row[c])}
+    return {c[len(META_PREFIX) :]: float(row[c]) for c in meta_columns(df) if not _is_missing(row[c])}
 
 
 def table_hash(df: pd.DataFrame) -> str:

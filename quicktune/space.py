@@ -30,10 +30,11 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -96,13 +97,19 @@ class Param:
     only_active_with: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     default: Any = None
 
+    def _bounds(self) -> tuple[float, float]:
+        """``(low, high)`` of a numeric parameter (the parser always sets both)."""
+        if self.low is None or self.high is None:
+            raise SpaceError(f"parameter {self.name!r}: a numeric parameter needs 'low' and 'high'")
+        return float(self.low), float(self.high)
+
     def sample(self, rng: np.random.Generator) -> Any:
         if self.type == "categorical":
             v = self.choices[int(rng.integers(len(self.choices)))]
             return v.item() if isinstance(v, np.generic) else v
         if self.type == "bool":
             return bool(rng.integers(2))
-        lo, hi = float(self.low), float(self.high)
+        lo, hi = self._bounds()
         if self.log:
             x = math.exp(rng.uniform(math.log(lo), math.log(hi)))
         else:
@@ -123,7 +130,8 @@ class Param:
                 raise SpaceError(f"parameter {self.name!r}: {value!r} is not a number")
             if self.type == "int" and float(value) != int(value):
                 raise SpaceError(f"parameter {self.name!r}: {value!r} is not an integer")
-            if not (float(self.low) - 1e-12 <= float(value) <= float(self.high) + 1e-12):
+            lo, hi = self._bounds()
+            if not (lo - 1e-12 <= float(value) <= hi + 1e-12):
                 raise SpaceError(f"parameter {self.name!r}: {value!r} outside [{self.low}, {self.high}]")
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,7 +171,7 @@ class SearchSpace:
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, doc: Mapping[str, Any], source: str = "<dict>") -> "SearchSpace":
+    def from_dict(cls, doc: Mapping[str, Any], source: str = "<dict>") -> SearchSpace:
         """A space from its document (a parsed YAML file or ``to_dict()`` output).
 
         The result does not depend on the key order of any mapping when the document has a
@@ -194,7 +202,7 @@ class SearchSpace:
         return cls(name=str(name), params=tuple(parsed[n] for n in order), model_param=model_param)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "SearchSpace":
+    def from_yaml(cls, path: str | Path) -> SearchSpace:
         """A space from a YAML file. Errors name the file and where in it, never its content
         (a wrong path may point at a file that holds secrets)."""
         path = Path(path)
@@ -206,8 +214,9 @@ class SearchSpace:
         except IsADirectoryError:
             raise SpaceError(f"{path}: is a folder, not a search-space file") from None
         except OSError as exc:
-            raise SpaceError(f"{path}: cannot read the search-space file ({exc.strerror or type(exc).__name__})") \
-                from None
+            raise SpaceError(
+                f"{path}: cannot read the search-space file ({exc.strerror or type(exc).__name__})"
+            ) from None
         if len(raw) > MAX_SPACE_FILE_BYTES:
             raise SpaceError(f"{path}: larger than {MAX_SPACE_FILE_BYTES} bytes; not a search-space file")
         try:
@@ -227,8 +236,12 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         """The space as plain JSON types; ``from_dict`` of it (also after ``json.dumps`` with
         ``sort_keys=True``) gives an equal space."""
-        return {"name": self.name, "model_param": self.model_param, "param_order": self.names,
-                "params": {p.name: p.to_dict() for p in self.params}}
+        return {
+            "name": self.name,
+            "model_param": self.model_param,
+            "param_order": self.names,
+            "params": {p.name: p.to_dict() for p in self.params},
+        }
 
     # --- configs ------------------------------------------------------------------------------
     def is_active(self, param: Param, config: Mapping[str, Any]) -> bool:
@@ -318,8 +331,16 @@ def _parse_param(name: str, spec: Any, where: str) -> Param:
             raise SpaceError(f"{where}: condition on {parent!r} lists no values (never active)")
         cond[parent] = tuple(_scalar(v, f"{where}: condition on {parent!r}") for v in values)
     default = spec.get("default")
-    return Param(name=name, type=ptype, choices=choices, low=low, high=high, log=log, only_active_with=cond,
-                 default=_plain(default))
+    return Param(
+        name=name,
+        type=ptype,
+        choices=choices,
+        low=low,
+        high=high,
+        log=log,
+        only_active_with=cond,
+        default=_plain(default),
+    )
 
 
 def _check_conditions(p: Param, params: Mapping[str, Param], where: str) -> None:
@@ -351,8 +372,10 @@ def _dependency_order(declared: Sequence[str], params: Mapping[str, Param], sour
                 del left[i]
                 break
         else:
-            raise SpaceError(f"{source}: the conditions of parameters {sorted(left)} form a cycle "
-                             f"(each waits for another to be active)")
+            raise SpaceError(
+                f"{source}: the conditions of parameters {sorted(left)} form a cycle "
+                f"(each waits for another to be active)"
+            )
     return placed
 
 
@@ -374,8 +397,9 @@ def _explicit_order(order: Any, params: Mapping[str, Param], source: str) -> lis
     for name in order:
         for parent in params[name].only_active_with:
             if parent not in seen:
-                raise SpaceError(f"{source}: 'param_order' puts {name!r} before {parent!r}, the parameter "
-                                 f"its condition depends on")
+                raise SpaceError(
+                    f"{source}: 'param_order' puts {name!r} before {parent!r}, the parameter its condition depends on"
+                )
         seen.add(name)
     return list(order)
 

@@ -18,14 +18,33 @@ import hashlib
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, TypeGuard
 
 __all__ = [
-    "StorageError", "NotFoundError", "NoSuchBucketError", "AccessDeniedError", "EndpointError",
-    "CredentialsError", "is_s3", "parse_s3_uri", "s3_client", "s3_endpoint_url", "translate_s3_error",
-    "read_bytes", "write_bytes", "list_uris", "exists", "stat", "delete", "download_file", "upload_file",
-    "join", "cache_dir", "list_s3_objects",
+    "StorageError",
+    "NotFoundError",
+    "NoSuchBucketError",
+    "AccessDeniedError",
+    "EndpointError",
+    "CredentialsError",
+    "is_s3",
+    "parse_s3_uri",
+    "s3_client",
+    "s3_endpoint_url",
+    "translate_s3_error",
+    "read_bytes",
+    "write_bytes",
+    "list_uris",
+    "exists",
+    "stat",
+    "delete",
+    "download_file",
+    "upload_file",
+    "join",
+    "cache_dir",
+    "list_s3_objects",
 ]
 
 
@@ -56,7 +75,8 @@ class CredentialsError(StorageError):
 # --------------------------------------------------------------------------------------------
 # URIs
 # --------------------------------------------------------------------------------------------
-def is_s3(uri: str | os.PathLike[str]) -> bool:
+def is_s3(uri: str | os.PathLike[str]) -> TypeGuard[str]:
+    """An ``s3://`` URI (a str); a type guard, so the S3 branches below know they hold a str."""
     return isinstance(uri, str) and uri.startswith("s3://")
 
 
@@ -64,7 +84,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/key`` -> ``("bucket", "some/key")``."""
     if not is_s3(uri):
         raise StorageError(f"not an s3:// URI: {uri!r}")
-    rest = uri[len("s3://"):]
+    rest = uri[len("s3://") :]
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise StorageError(f"{uri!r}: no bucket name after s3://")
@@ -81,8 +101,9 @@ def join(base: str, *parts: str) -> str:
     for p in parts:
         segs = str(p).replace("\\", "/").split("/")
         if "\0" in str(p) or ".." in segs or (not is_s3(base) and str(p).startswith(("/", "\\"))):
-            raise StorageError(f"{ascii(str(p))[:120]}: a path part must stay below {base!r} "
-                               f"(no absolute path, no '..')")
+            raise StorageError(
+                f"{ascii(str(p))[:120]}: a path part must stay below {base!r} (no absolute path, no '..')"
+            )
     if is_s3(base):
         out = base.rstrip("/")
         for p in parts:
@@ -117,10 +138,20 @@ def s3_client(endpoint_url: str | None = None) -> Any:
     from botocore.config import Config
 
     endpoint = endpoint_url or s3_endpoint_url()
-    env_key = tuple(os.environ.get(v, "") for v in (
-        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-        "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_MAX_ATTEMPTS", "AWS_CONFIG_FILE",
-        "AWS_SHARED_CREDENTIALS_FILE"))
+    env_key = tuple(
+        os.environ.get(v, "")
+        for v in (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_DEFAULT_REGION",
+            "AWS_REGION",
+            "AWS_MAX_ATTEMPTS",
+            "AWS_CONFIG_FILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+        )
+    )
     key = (endpoint, hashlib.sha256("\0".join(env_key).encode()).hexdigest())
     with _clients_lock:
         client = _clients.get(key)
@@ -139,8 +170,16 @@ def s3_client(endpoint_url: str | None = None) -> Any:
         return client
 
 
-_DENIED_CODES = {"AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "403", "Forbidden",
-                 "InvalidToken", "ExpiredToken", "AllAccessDisabled"}
+_DENIED_CODES = {
+    "AccessDenied",
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "403",
+    "Forbidden",
+    "InvalidToken",
+    "ExpiredToken",
+    "AllAccessDisabled",
+}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
@@ -154,13 +193,16 @@ def translate_s3_error(exc: BaseException, uri: str) -> StorageError:
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return CredentialsError(
             f"{uri}: no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-            f"(or AWS_PROFILE) for endpoint {endpoint}")
-    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ReadTimeoutError
-                  | bx.ConnectionClosedError):
+            f"(or AWS_PROFILE) for endpoint {endpoint}"
+        )
+    if isinstance(
+        exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ReadTimeoutError | bx.ConnectionClosedError
+    ):
         attempts = os.environ.get("AWS_MAX_ATTEMPTS", "4")
         return EndpointError(
             f"{uri}: cannot reach the S3 endpoint {endpoint} (tried {attempts} times): {exc}. "
-            f"Check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 / MLFLOW_S3_ENDPOINT_URL and that the server runs")
+            f"Check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 / MLFLOW_S3_ENDPOINT_URL and that the server runs"
+        )
     if isinstance(exc, bx.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -171,7 +213,8 @@ def translate_s3_error(exc: BaseException, uri: str) -> StorageError:
         if code in _DENIED_CODES or status == 403:
             return AccessDeniedError(
                 f"{uri}: access denied by {endpoint} ({code or status}); check AWS_ACCESS_KEY_ID / "
-                f"AWS_SECRET_ACCESS_KEY and the key's permissions on bucket {bucket!r}")
+                f"AWS_SECRET_ACCESS_KEY and the key's permissions on bucket {bucket!r}"
+            )
         if code in _MISSING_CODES or status == 404:
             return NotFoundError(f"{uri}: no such object")
         return StorageError(f"{uri}: S3 error {code or status}: {err.get('Message', exc)}")
@@ -206,9 +249,13 @@ def _bucket_exists_or_raise(uri: str) -> None:
     try:
         _s3_call(f"s3://{bucket}", s3_client().head_bucket, Bucket=bucket)
     except NoSuchBucketError:
-        raise NoSuchBucketError(f"{uri}: the bucket {bucket!r} does not exist at {s3_endpoint_url() or 'AWS S3'}") from None
+        raise NoSuchBucketError(
+            f"{uri}: the bucket {bucket!r} does not exist at {s3_endpoint_url() or 'AWS S3'}"
+        ) from None
     except NotFoundError:  # HEAD has no body, so S3 cannot say NoSuchBucket
-        raise NoSuchBucketError(f"{uri}: the bucket {bucket!r} does not exist at {s3_endpoint_url() or 'AWS S3'}") from None
+        raise NoSuchBucketError(
+            f"{uri}: the bucket {bucket!r} does not exist at {s3_endpoint_url() or 'AWS S3'}"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------

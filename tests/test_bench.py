@@ -18,8 +18,8 @@ from quicktune.bench.summary import CHECKPOINTS, summarize, write_summary
 from quicktune.bench.synthetic import make_synthetic_table
 from quicktune.cli import main as cli_main
 from quicktune.lct import validate_lct
-from quicktune.optimizer.baselines import RandomSearch
 from quicktune.optimizer.base import Optimizer, Suggestion
+from quicktune.optimizer.baselines import RandomSearch
 
 
 def _table(rows):
@@ -30,11 +30,19 @@ def _table(rows):
     return df
 
 
-TINY = _table([
-    ("a", 1, 0.2, 10.0, 1.0), ("a", 2, 0.4, 10.0, 1.0), ("a", 3, 0.5, 10.0, 1.0),
-    ("b", 1, 0.1, 5.0, 2.0), ("b", 2, float("nan"), 5.0, 2.0), ("b", 3, float("nan"), 5.0, 2.0),
-    ("c", 1, 0.6, 20.0, 3.0), ("c", 2, 0.8, 20.0, 3.0), ("c", 3, 0.9, 20.0, 3.0),
-])
+TINY = _table(
+    [
+        ("a", 1, 0.2, 10.0, 1.0),
+        ("a", 2, 0.4, 10.0, 1.0),
+        ("a", 3, 0.5, 10.0, 1.0),
+        ("b", 1, 0.1, 5.0, 2.0),
+        ("b", 2, float("nan"), 5.0, 2.0),
+        ("b", 3, float("nan"), 5.0, 2.0),
+        ("c", 1, 0.6, 20.0, 3.0),
+        ("c", 2, 0.8, 20.0, 3.0),
+        ("c", 3, 0.9, 20.0, 3.0),
+    ]
+)
 
 
 # --- regret -----------------------------------------------------------------------------------
@@ -84,9 +92,16 @@ def test_simulator_table_clock_and_overhead_clock():
     res = simulate(curves, opt, budget=1000.0)
     assert res.stop_reason == "exhausted"
     # a: 3 epochs; b: diverges at epoch 2 (paid) and is dead; c: 3 epochs
-    assert list(zip(res.config_id, res.epoch, res.status)) == [
-        ("a", 1, "ok"), ("a", 2, "ok"), ("a", 3, "ok"), ("b", 1, "ok"), ("b", 2, "diverged"),
-        ("c", 1, "ok"), ("c", 2, "ok"), ("c", 3, "ok")]
+    assert list(zip(res.config_id, res.epoch, res.status, strict=False)) == [
+        ("a", 1, "ok"),
+        ("a", 2, "ok"),
+        ("a", 3, "ok"),
+        ("b", 1, "ok"),
+        ("b", 2, "diverged"),
+        ("c", 1, "ok"),
+        ("c", 2, "ok"),
+        ("c", 3, "ok"),
+    ]
     assert res.table_time == pytest.approx(np.cumsum([10, 10, 10, 5, 5, 20, 20, 20]).tolist())
     assert math.isnan(res.score[4])
     # every step's ask slept 0.02 s: the overhead clock runs ahead of the table clock by at least that
@@ -102,10 +117,10 @@ def test_simulator_budget_workers_and_invalid_epochs():
     assert res.stop_reason == "budget"
     assert res.table_time == [10.0, 20.0, 30.0]  # the step started at 20 < 25 finishes; none after
     # two workers: a and b run side by side on the table clock
-    res2 = simulate(curves, RandomSearch(make_candidates(curves), 3, seed=0, shuffle=False), budget=1000.0,
-                    workers=2)
-    assert sorted(zip(res2.config_id, res2.epoch)) == sorted(
-        [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2), ("c", 1), ("c", 2), ("c", 3)])
+    res2 = simulate(curves, RandomSearch(make_candidates(curves), 3, seed=0, shuffle=False), budget=1000.0, workers=2)
+    assert sorted(zip(res2.config_id, res2.epoch, strict=False)) == sorted(
+        [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2), ("c", 1), ("c", 2), ("c", 3)]
+    )
     assert max(res2.table_time) < sum([10, 10, 10, 5, 5, 20, 20, 20])  # parallel beats serial
     assert res2.table_time[:2] == [5.0, 10.0]  # b's epoch 1 (cost 5) completes first
 
@@ -140,8 +155,15 @@ def test_exhausting_a_tiny_table_returns_none():
 
 # --- summary ----------------------------------------------------------------------------------
 def _run(opt, ds, seed, times, scores, budget=100.0):
-    return {"optimizer": opt, "dataset": ds, "seed": seed, "budget": budget, "best": 1.0, "worst": 0.0,
-            "trajectory": {"time": times, "table_time": times, "score": scores}}
+    return {
+        "optimizer": opt,
+        "dataset": ds,
+        "seed": seed,
+        "budget": budget,
+        "best": 1.0,
+        "worst": 0.0,
+        "trajectory": {"time": times, "table_time": times, "score": scores},
+    }
 
 
 def test_summary_shape_means_and_ranks(tmp_path):
@@ -224,11 +246,43 @@ def test_synetune_peer_when_installed():
 # --- CLI --------------------------------------------------------------------------------------
 def test_cli_bench_on_a_tiny_synthetic_table(tmp_path, capsys):
     table = tmp_path / "t.parquet"
-    assert cli_main(["bench", "synth", "--out", str(table), "--datasets", "2", "--configs", "15",
-                     "--epochs", "5", "--seed", "1"]) == 0
+    assert (
+        cli_main(
+            [
+                "bench",
+                "synth",
+                "--out",
+                str(table),
+                "--datasets",
+                "2",
+                "--configs",
+                "15",
+                "--epochs",
+                "5",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "out"
-    argv = ["bench", "--table", str(table), "--optimizer", "random", "--optimizer", "asha", "--seeds", "2",
-            "--budget-multiple", "5", "--out", str(out), "--meta-train", "none"]
+    argv = [
+        "bench",
+        "--table",
+        str(table),
+        "--optimizer",
+        "random",
+        "--optimizer",
+        "asha",
+        "--seeds",
+        "2",
+        "--budget-multiple",
+        "5",
+        "--out",
+        str(out),
+        "--meta-train",
+        "none",
+    ]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "| random |" in printed and "| asha |" in printed
@@ -244,6 +298,8 @@ def test_cli_bench_on_a_tiny_synthetic_table(tmp_path, capsys):
     # bad input: a clear message naming the problem, exit code 2
     assert cli_main(["bench", "--table", str(table), "--optimizer", "nope", "--out", str(out)]) == 2
     assert "unknown optimizer 'nope'" in capsys.readouterr().err
-    assert cli_main(["bench", "--table", str(tmp_path / "missing.parquet"), "--optimizer", "random",
-                     "--out", str(out)]) == 2
+    assert (
+        cli_main(["bench", "--table", str(tmp_path / "missing.parquet"), "--optimizer", "random", "--out", str(out)])
+        == 2
+    )
     assert "missing.parquet" in capsys.readouterr().err

@@ -24,8 +24,27 @@ from quicktune.data import open_dataset
 from quicktune.data.errors import InvalidDatasetError, UnsafePathError
 from quicktune.data.paths import canonical_uri, clean_relpath, confined, is_inside
 
-SEGMENTS = ["a", "b.png", ".", "..", "", "link_out", "link_in", "link_dotdot", "...", ". .", "\\", "..\\..",
-            "\x00", "\n", "é", "C:", "~", "$(HOME)", "a" * 300]
+SEGMENTS = [
+    "a",
+    "b.png",
+    ".",
+    "..",
+    "",
+    "link_out",
+    "link_in",
+    "link_dotdot",
+    "...",
+    ". .",
+    "\\",
+    "..\\..",
+    "\x00",
+    "\n",
+    "é",
+    "C:",
+    "~",
+    "$(HOME)",
+    "a" * 300,
+]
 rel_strings = st.one_of(
     st.text(max_size=60),
     st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=8).map("/".join),
@@ -75,9 +94,16 @@ def test_confined_is_inside_root_or_an_error(jail, rel):
 
 
 def test_confined_refuses_each_kind_of_escape(jail):
-    for rel, why in [("/abs/x.png", "absolute"), ("../x.png", "'..'"), ("a//b.png", "empty path segment"),
-                     ("a/./b.png", "'.'"), ("a\\..\\b.png", "backslash"), ("a\x00.png", "control character"),
-                     ("", "empty"), ("a/", "empty path segment")]:
+    for rel, why in [
+        ("/abs/x.png", "absolute"),
+        ("../x.png", "'..'"),
+        ("a//b.png", "empty path segment"),
+        ("a/./b.png", "'.'"),
+        ("a\\..\\b.png", "backslash"),
+        ("a\x00.png", "control character"),
+        ("", "empty"),
+        ("a/", "empty path segment"),
+    ]:
         with pytest.raises(UnsafePathError, match=why):
             clean_relpath(rel)
     assert confined(jail, "link_out/x.png") == jail / "link_out" / "x.png"  # lexically fine ...
@@ -99,8 +125,11 @@ class FakeS3:
 
     def listing(self, prefix_uri: str) -> list[dict]:
         _, prefix = storage.parse_s3_uri(prefix_uri)
-        return [{"Key": k, "ETag": f'"{abs(hash(v)) % 10**8}"', "Size": len(v)}
-                for k, v in sorted(self.objects.items()) if k.startswith(prefix)]
+        return [
+            {"Key": k, "ETag": f'"{abs(hash(v)) % 10**8}"', "Size": len(v)}
+            for k, v in sorted(self.objects.items())
+            if k.startswith(prefix)
+        ]
 
     def get_object(self, Bucket: str, Key: str) -> dict:  # noqa: N803 - boto3's names
         import io
@@ -139,15 +168,26 @@ def test_s3_key_with_double_slash_cannot_write_outside_the_cache(fake_s3, tmp_pa
     victim = tmp_path / "outside" / "x.png"
     # 'data//<absolute path>': rel '/tmp/.../outside/x.png', and cache_root / rel is that absolute path
     fake_s3.objects["data/" + str(victim)] = _png_bytes(1)
-    with pytest.raises(UnsafePathError, match=r"object key 'data//.*x.png' cannot be mirrored: below the prefix "
-                                              r"it is an absolute path") as err:
+    with pytest.raises(
+        UnsafePathError,
+        match=r"object key 'data//.*x.png' cannot be mirrored: below the prefix "
+        r"it is an absolute path",
+    ) as err:
         open_dataset("s3://bucket/data", cache_dir=tmp_path / "cache")
     assert isinstance(err.value, InvalidDatasetError)
     assert not victim.exists() and not (tmp_path / "outside").exists()
 
 
-@pytest.mark.parametrize("key", ["data/../escape.png", "data/cat/../../escape.png", "data/cat\\..\\x.png",
-                                 "data/cat/./x.png", "data/cat/x\x00.png"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "data/../escape.png",
+        "data/cat/../../escape.png",
+        "data/cat\\..\\x.png",
+        "data/cat/./x.png",
+        "data/cat/x\x00.png",
+    ],
+)
 def test_s3_keys_with_dot_segments_backslashes_or_nul_are_refused(fake_s3, tmp_path, key):
     _dataset(fake_s3)
     fake_s3.objects[key] = _png_bytes(1)
@@ -197,8 +237,9 @@ def test_s3_mirror_never_writes_through_a_symlink_planted_in_the_cache(fake_s3, 
     assert list(outside.iterdir()) == []
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/a/../data", "s3://bucket/./data", "s3://bucket//data",
-                                 "s3://../data", "s3://bucket/a\\b"])
+@pytest.mark.parametrize(
+    "uri", ["s3://bucket/a/../data", "s3://bucket/./data", "s3://bucket//data", "s3://../data", "s3://bucket/a\\b"]
+)
 def test_s3_unclean_prefix_is_refused_before_any_request(fake_s3, tmp_path, uri):
     with pytest.raises(UnsafePathError, match="use a clean s3://bucket/prefix"):
         open_dataset(uri, cache_dir=tmp_path / "cache")
@@ -212,13 +253,32 @@ def test_s3_prefix_with_or_without_slash_is_one_mirror_and_one_fingerprint(fake_
     assert a.root == b.root and a.fingerprint == b.fingerprint and b.sync_stats["downloaded"] == 0
 
 
-key_segments = st.sampled_from(["cat", "dog", "x.png", "", ".", "..", ".git", "splits", "labels.csv", "t.txt",
-                                "a\\b.png", "\x00.png", "/", "é.png"])
+key_segments = st.sampled_from(
+    [
+        "cat",
+        "dog",
+        "x.png",
+        "",
+        ".",
+        "..",
+        ".git",
+        "splits",
+        "labels.csv",
+        "t.txt",
+        "a\\b.png",
+        "\x00.png",
+        "/",
+        "é.png",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(keys=st.lists(st.one_of(st.lists(key_segments, min_size=1, max_size=6).map("/".join),
-                               st.text(max_size=30)), max_size=8))
+@given(
+    keys=st.lists(
+        st.one_of(st.lists(key_segments, min_size=1, max_size=6).map("/".join), st.text(max_size=30)), max_size=8
+    )
+)
 def test_remote_files_maps_any_keys_inside_the_mirror_or_refuses(keys):
     from quicktune.data.s3 import remote_files
 
@@ -249,8 +309,15 @@ def _meta_album(root: Path, names: list[str]) -> None:
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
 
 
-@pytest.mark.parametrize("entry,why", [("../../secret.png", "'..'"), ("..\\..\\secret.png", "'..'"),
-                                       ("/ABS/secret.png", "absolute path"), ("images//secret.png", "empty")])
+@pytest.mark.parametrize(
+    "entry,why",
+    [
+        ("../../secret.png", "'..'"),
+        ("..\\..\\secret.png", "'..'"),
+        ("/ABS/secret.png", "absolute path"),
+        ("images//secret.png", "empty"),
+    ],
+)
 def test_labels_csv_entries_cannot_read_outside_the_dataset(tmp_path, entry, why):
     secret = tmp_path / "secret.png"
     Image.fromarray(np.full((4, 4), 7, np.uint8)).save(secret)
@@ -262,9 +329,14 @@ def test_labels_csv_entries_cannot_read_outside_the_dataset(tmp_path, entry, why
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.one_of(st.lists(st.sampled_from(["..", ".", "", "0.png", "images", "labels.csv", "\\"]), min_size=1,
-                               max_size=5).map("/".join),
-                      st.text(alphabet=st.characters(blacklist_characters=',"\r\n'), max_size=20)))
+@given(
+    name=st.one_of(
+        st.lists(st.sampled_from(["..", ".", "", "0.png", "images", "labels.csv", "\\"]), min_size=1, max_size=5).map(
+            "/".join
+        ),
+        st.text(alphabet=st.characters(blacklist_characters=',"\r\n'), max_size=20),
+    )
+)
 @example(name="../labels.csv")  # exists: the old code listed it as an image of the dataset
 @example(name="images/../../ma/labels.csv")
 def test_labels_csv_any_entry_stays_inside_or_errors(tmp_path_factory, name):
@@ -289,8 +361,15 @@ def test_fingerprint_same_folder_by_any_name(tmp_path, monkeypatch):
             Image.fromarray(np.full((4, 4), v + i, np.uint8)).save(root / cls / f"{i}.png")
     (tmp_path / "link").symlink_to(root)
     monkeypatch.chdir(tmp_path)
-    spellings = [str(root), str(root) + "/", "data/digits", "./data/digits/", "data/../data/digits", "link",
-                 str(tmp_path / "link") + "/"]
+    spellings = [
+        str(root),
+        str(root) + "/",
+        "data/digits",
+        "./data/digits/",
+        "data/../data/digits",
+        "link",
+        str(tmp_path / "link") + "/",
+    ]
     prints = {s: open_dataset(s).fingerprint for s in spellings}
     assert len(set(prints.values())) == 1, prints
     assert len({canonical_uri(s) for s in spellings}) == 1
@@ -301,8 +380,13 @@ def test_fingerprint_same_folder_by_any_name(tmp_path, monkeypatch):
 
 
 @settings(max_examples=300, deadline=None)
-@given(parts=st.lists(st.one_of(st.text(max_size=20), st.sampled_from(["..", "/etc", "a/../..", "\\..", "x.json",
-                                                                      "results/x.json"])), min_size=1, max_size=4))
+@given(
+    parts=st.lists(
+        st.one_of(st.text(max_size=20), st.sampled_from(["..", "/etc", "a/../..", "\\..", "x.json", "results/x.json"])),
+        min_size=1,
+        max_size=4,
+    )
+)
 @example(parts=["/etc/passwd"])
 @example(parts=["results", "../../x.json"])
 def test_storage_join_stays_below_its_base(parts):

@@ -11,16 +11,49 @@ from hypothesis import strategies as st
 from quicktune.durations import DurationError, format_duration, parse_duration
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("90s", 90), ("20m", 1200), ("4h", 14400), ("1h30m", 5400), ("1h 30m 15s", 5415), ("45", 45),
-    ("2.5", 2.5), ("1.5h", 5400), ("  10M ", 600), ("1H", 3600), ("0.5s", 0.5),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("90s", 90),
+        ("20m", 1200),
+        ("4h", 14400),
+        ("1h30m", 5400),
+        ("1h 30m 15s", 5415),
+        ("45", 45),
+        ("2.5", 2.5),
+        ("1.5h", 5400),
+        ("  10M ", 600),
+        ("1H", 3600),
+        ("0.5s", 0.5),
+    ],
+)
 def test_accepted(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["1h30", "1m30", "", " ", "abc", "-5m", "0", "0s", "0h0m", "5x", "m", "1s2m",
-                                  "1h1h", "nan", "inf", "1e3", "--5", "5 5"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1h30",
+        "1m30",
+        "",
+        " ",
+        "abc",
+        "-5m",
+        "0",
+        "0s",
+        "0h0m",
+        "5x",
+        "m",
+        "1s2m",
+        "1h1h",
+        "nan",
+        "inf",
+        "1e3",
+        "--5",
+        "5 5",
+    ],
+)
 def test_refused_with_examples(text):
     with pytest.raises(DurationError) as err:
         parse_duration(text)

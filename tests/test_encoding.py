@@ -41,21 +41,25 @@ def test_schema_from_space_separates_model_and_scales_numeric_grids():
 
 
 def test_encode_values_exactly():
-    schema = Schema.from_columns({
-        "model": ["a", "b", "a"],
-        "lr": [1e-4, 1e-1, 1e-2],           # wide positive range -> log
-        "drop": [0.0, 0.5, 0.25],            # linear
-        "opt": ["sgd", "adam", "sgd"],
-        "mom": [0.9, None, float("nan")],     # can be inactive
-        "flag": [True, False, True],
-    })
+    schema = Schema.from_columns(
+        {
+            "model": ["a", "b", "a"],
+            "lr": [1e-4, 1e-1, 1e-2],  # wide positive range -> log
+            "drop": [0.0, 0.5, 0.25],  # linear
+            "opt": ["sgd", "adam", "sgd"],
+            "mom": [0.9, None, float("nan")],  # can be inactive
+            "flag": [True, False, True],
+        }
+    )
     cols = _by_name(schema)
     assert cols["lr"].log and not cols["drop"].log
     assert list(cols) == ["lr", "drop", "opt", "mom", "flag"]
-    X, M = schema.encode([
-        {"model": "b", "lr": 1e-2, "drop": 0.5, "opt": "adam", "mom": 0.9, "flag": False},
-        {"model": "zzz", "lr": 1e-4, "drop": 0.0, "opt": "rmsprop", "flag": True},
-    ])
+    X, M = schema.encode(
+        [
+            {"model": "b", "lr": 1e-2, "drop": 0.5, "opt": "adam", "mom": 0.9, "flag": False},
+            {"model": "zzz", "lr": 1e-4, "drop": 0.0, "opt": "rmsprop", "flag": True},
+        ]
+    )
     # lr: log-scaled midpoint; drop: linear; opt one-hot [adam, sgd]; mom: [value, inactive] (one active
     # value only, so it sits at 0.5); flag [F, T]
     assert X[0].tolist() == pytest.approx([2 / 3, 1.0, 1.0, 0.0, 0.5, 0.0, 1.0, 0.0])
@@ -68,7 +72,7 @@ def test_schema_json_roundtrip():
     doc = json.loads(json.dumps(schema.to_json()))
     back = Schema.from_json(doc)
     configs = builtin_space("cpu").sample_many(20, np.random.default_rng(1))
-    for a, b in zip(schema.encode(configs), back.encode(configs)):
+    for a, b in zip(schema.encode(configs), back.encode(configs), strict=False):
         assert np.array_equal(a, b)
 
 
@@ -83,8 +87,9 @@ def test_infer_schema_of_a_foreign_table():
     assert cols["learning_rate"].kind == "numeric" and cols["learning_rate"].log
     assert cols["densenet_type"].kind == "categorical" and cols["densenet_type"].can_be_inactive
     firsts = df.drop_duplicates(["dataset", "config_id"])
-    configs = [{c[3:]: v for c, v in r.items() if c.startswith("hp.") and not pd.isna(v)}
-               for r in firsts.to_dict("records")]
+    configs = [
+        {c[3:]: v for c, v in r.items() if c.startswith("hp.") and not pd.isna(v)} for r in firsts.to_dict("records")
+    ]
     X, M = schema.encode(configs)
     assert X.shape == (len(configs), schema.hp_dim) and np.isfinite(X).all()
     assert np.allclose(M.sum(1), 1.0)
@@ -100,8 +105,11 @@ def test_infer_schema_of_a_foreign_table():
 
 
 def test_meta_scaler_is_fitted_once_and_applied_identically():
-    metas = [{"num_samples": 300.0, "num_classes": 2.0}, {"num_samples": 20000.0, "num_classes": 100.0},
-             {"num_samples": 1500.0, "num_classes": 10.0}]
+    metas = [
+        {"num_samples": 300.0, "num_classes": 2.0},
+        {"num_samples": 20000.0, "num_classes": 100.0},
+        {"num_samples": 1500.0, "num_classes": 10.0},
+    ]
     sc = MetaScaler.fit(metas)
     assert sc.names == ["num_classes", "num_samples"] and all(sc.log)
     Z = np.stack([sc.transform(m) for m in metas])

@@ -135,7 +135,9 @@ def _seeded_resnet10t_file(path) -> dict[str, torch.Tensor]:
 def test_weights_from_a_local_file_via_env_config(tmp_path, monkeypatch, weights_cache):
     state = _seeded_resnet10t_file(tmp_path / "r10.safetensors")
     config = tmp_path / "weights.yaml"
-    config.write_text(yaml.safe_dump({"models": {"resnet10t": {"source": "file", "uri": str(tmp_path / "r10.safetensors")}}}))
+    config.write_text(
+        yaml.safe_dump({"models": {"resnet10t": {"source": "file", "uri": str(tmp_path / "r10.safetensors")}}})
+    )
     monkeypatch.setenv("QUICKTUNE_WEIGHTS_CONFIG", str(config))
     assert weight_source("resnet10t").source == "file"
     model = create_model("resnet10t", num_classes=3)
@@ -160,8 +162,11 @@ def test_weights_from_an_s3_mirror(s3_env, tmp_path, weights_cache, monkeypatch)
     monkeypatch.setattr(storage, "download_file", lambda *a, **k: pytest.fail("downloaded again"))
     create_model("resnet10t", num_classes=2, weights_config=config)
     with pytest.raises(HubError, match="no such object in the S3 mirror"):
-        create_model("resnet10t", num_classes=2,
-                     weights_config={"models": {"resnet10t": {"source": "s3", "uri": f"{prefix}/missing.safetensors"}}})
+        create_model(
+            "resnet10t",
+            num_classes=2,
+            weights_config={"models": {"resnet10t": {"source": "s3", "uri": f"{prefix}/missing.safetensors"}}},
+        )
 
 
 def test_bad_weights_config_is_named(tmp_path):

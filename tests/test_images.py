@@ -135,8 +135,26 @@ def _mode_image(mode: str) -> tuple[Image.Image, str, object]:
     raise AssertionError(mode)
 
 
-@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I", "I-negative", "F", "F-out-of-range", "LA", "RGBA",
-                                  "RGBA-half", "PA", "P-transparency", "CMYK", "1", "L"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "I;16",
+        "I;16B",
+        "I;16L",
+        "I",
+        "I-negative",
+        "F",
+        "F-out-of-range",
+        "LA",
+        "RGBA",
+        "RGBA-half",
+        "PA",
+        "P-transparency",
+        "CMYK",
+        "1",
+        "L",
+    ],
+)
 def test_every_mode_converts_by_its_real_range(mode):
     im, target, expected = _mode_image(mode)
     out = np.asarray(to_model_mode(im, target))
@@ -215,7 +233,7 @@ def test_verify_checks_png_crcs(tmp_path):
     path = tmp_path / "d" / "a" / "0.png"
     data = bytearray(path.read_bytes())
     idat = data.index(b"IDAT")
-    length = int.from_bytes(data[idat - 4:idat], "big")
+    length = int.from_bytes(data[idat - 4 : idat], "big")
     data[idat + 4 + length] ^= 0xFF  # corrupt the IDAT chunk's CRC; the pixels still decode
     path.write_bytes(bytes(data))
     ds = open_dataset(tmp_path / "d")
@@ -232,11 +250,14 @@ def _two_classes(root: Path, n: int = 3) -> None:
         _png(root / "dog" / f"{i}.png", 200)
 
 
-@pytest.mark.parametrize("content,reason", [
-    (SECRET.encode() + b"\n" * 40, "not an image"),
-    (b"", "empty file"),
-    (b"\x89PNG\r\n\x1a\n" + SECRET.encode(), "truncated|corrupt"),
-])
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (SECRET.encode() + b"\n" * 40, "not an image"),
+        (b"", "empty file"),
+        (b"\x89PNG\r\n\x1a\n" + SECRET.encode(), "truncated|corrupt"),
+    ],
+)
 def test_bad_files_are_named_without_echoing_their_contents(tmp_path, content, reason):
     root = tmp_path / "d"
     _two_classes(root)
@@ -284,7 +305,7 @@ def test_labels_csv_errors_do_not_echo_the_file(tmp_path):
     with pytest.raises(InvalidDatasetError, match=r"lacks column\(s\) \['CATEGORY', 'FILE_NAME'\]") as err:
         open_dataset(root)
     assert "hunter2" not in str(err.value)
-    (root / "labels.csv").write_bytes(b"FILE_NAME,CATEGORY\n\"x.png,a\n" + SECRET.encode() + b"\x00\n")
+    (root / "labels.csv").write_bytes(b'FILE_NAME,CATEGORY\n"x.png,a\n' + SECRET.encode() + b"\x00\n")
     with pytest.raises(InvalidDatasetError) as err:
         open_dataset(root)
     assert "hunter2" not in str(err.value)
@@ -325,7 +346,13 @@ def test_16bit_classes_are_learnable_by_a_real_step(tmp_path):
     for cls, lo, hi in (("dark", 1_000, 21_000), ("bright", 40_000, 60_000)):
         for i in range(20):
             _save16(root / cls / f"{i}.png", rng.integers(lo, hi, (16, 16)))
-    r = run_step({"model": "test_vit", "lr": 0.001, "batch_size": 8, "opt": "adamw"}, str(root), 3,
-                 str(tmp_path / "ck"), image_size=16, max_epochs=3)
+    r = run_step(
+        {"model": "test_vit", "lr": 0.001, "batch_size": 8, "opt": "adamw"},
+        str(root),
+        3,
+        str(tmp_path / "ck"),
+        image_size=16,
+        max_epochs=3,
+    )
     assert r["status"] == "ok", r["message"]
     assert r["epochs"][-1]["score"] > 0.75, r["epochs"]

@@ -8,8 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quicktune.lct import (LCTError, hp_columns, load_lct, meta_columns, table_configs, table_hash,
-                           table_meta_features, validate_lct, write_lct)
+from quicktune.lct import (
+    LCTError,
+    hp_columns,
+    load_lct,
+    meta_columns,
+    table_configs,
+    table_hash,
+    table_meta_features,
+    validate_lct,
+    write_lct,
+)
 
 
 def _table() -> pd.DataFrame:
@@ -17,9 +26,20 @@ def _table() -> pd.DataFrame:
     for d, n_cls in (("a", 10.0), ("b", 100.0)):
         for cid, lr, opt, mom in (("c1", 1e-3, "sgd", 0.9), ("c2", 1e-2, "adamw", None)):
             for e in (1, 2, 3):
-                rows.append({"dataset": d, "config_id": cid, "epoch": e, "score": 0.5 + 0.1 * e,
-                             "cost": 2.0, "hp.lr": lr, "hp.opt": opt, "hp.momentum": mom,
-                             "hp.frozen": e > 99, "meta.num_classes": n_cls})
+                rows.append(
+                    {
+                        "dataset": d,
+                        "config_id": cid,
+                        "epoch": e,
+                        "score": 0.5 + 0.1 * e,
+                        "cost": 2.0,
+                        "hp.lr": lr,
+                        "hp.opt": opt,
+                        "hp.momentum": mom,
+                        "hp.frozen": e > 99,
+                        "meta.num_classes": n_cls,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -137,7 +157,9 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def test_medquicktune_table_validates():
-    path = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "tables" / "medqt_portfolio.parquet")
+    path = str(
+        __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "tables" / "medqt_portfolio.parquet"
+    )
     import os
 
     if not os.path.exists(path):

@@ -11,18 +11,53 @@ import pytest
 
 from quicktune.space import SearchSpace, SpaceError, builtin_space, config_id, load_space
 
-KNOBS = ["model", "pct_to_freeze", "linear_probing", "layer_decay", "sp_reg", "delta_reg", "bss_reg", "cotuning_reg",
-         "stoch_norm", "mixup", "mixup_prob", "cutmix", "smoothing", "drop", "data_augmentation", "ra_num_ops",
-         "ra_magnitude", "auto_augment", "opt", "opt_betas", "momentum", "lr", "weight_decay", "clip_grad", "sched",
-         "warmup_epochs", "warmup_lr", "decay_rate", "decay_epochs", "patience_epochs", "batch_size"]
+KNOBS = [
+    "model",
+    "pct_to_freeze",
+    "linear_probing",
+    "layer_decay",
+    "sp_reg",
+    "delta_reg",
+    "bss_reg",
+    "cotuning_reg",
+    "stoch_norm",
+    "mixup",
+    "mixup_prob",
+    "cutmix",
+    "smoothing",
+    "drop",
+    "data_augmentation",
+    "ra_num_ops",
+    "ra_magnitude",
+    "auto_augment",
+    "opt",
+    "opt_betas",
+    "momentum",
+    "lr",
+    "weight_decay",
+    "clip_grad",
+    "sched",
+    "warmup_epochs",
+    "warmup_lr",
+    "decay_rate",
+    "decay_epochs",
+    "patience_epochs",
+    "batch_size",
+]
 
 
 def test_builtin_spaces_share_knob_names_and_types():
     paper, cpu = builtin_space("paper"), builtin_space("cpu")
     assert sorted(paper.names) == sorted(KNOBS) == sorted(cpu.names)
     assert len(paper["model"].choices) == 24
-    assert set(cpu["model"].choices) == {"tf_efficientnet_lite0", "resnet10t", "mobilenetv3_small_100",
-                                         "regnetx_002", "convnext_atto", "test_vit"}
+    assert set(cpu["model"].choices) == {
+        "tf_efficientnet_lite0",
+        "resnet10t",
+        "mobilenetv3_small_100",
+        "regnetx_002",
+        "convnext_atto",
+        "test_vit",
+    }
     for name in KNOBS:
         assert paper[name].type == cpu[name].type, name
         assert dict(paper[name].only_active_with) == dict(cpu[name].only_active_with), name
@@ -34,8 +69,14 @@ def test_sampling_respects_conditions(name):
     space = builtin_space(name)
     configs = space.sample_many(300, np.random.default_rng(0))
     assert len(configs) == 300
-    seen_active = {"ra_num_ops": 0, "auto_augment": 0, "opt_betas": 0, "momentum": 0, "decay_rate": 0,
-                   "patience_epochs": 0}
+    seen_active = {
+        "ra_num_ops": 0,
+        "auto_augment": 0,
+        "opt_betas": 0,
+        "momentum": 0,
+        "decay_rate": 0,
+        "patience_epochs": 0,
+    }
     for c in configs:
         space.validate(c)  # exactly the active parameters, each valid
         assert ("ra_num_ops" in c) == ("ra_magnitude" in c) == (c["data_augmentation"] == "random_augment")
@@ -57,38 +98,55 @@ def test_config_id_is_stable_and_order_independent():
     assert len(config_id(c)) == 12
 
 
-@pytest.mark.parametrize("doc, fragment", [
-    ({"params": {}}, "non-empty"),
-    ({"params": {"a": {"type": "nope"}}}, "'type'"),
-    ({"params": {"a": {"type": "float", "low": 1.0}}}, "numeric 'low' and 'high'"),
-    ({"params": {"a": {"type": "float", "low": 2.0, "high": 1.0}}}, "low < high"),
-    ({"params": {"a": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}}, "low > 0"),
-    ({"params": {"a": {"type": "categorical", "choices": []}}}, "non-empty list"),
-    ({"params": {"a": {"type": "categorical", "choices": ["x", "x"]}}}, "duplicate"),
-    ({"params": {"a": {"type": "int", "low": 1, "high": 3, "only_active_with": {"b": [1]}}}}, "not defined"),
-    ({"params": {"a": {"choices": [1, 2], "colour": "red"}}}, "unknown keys"),
-    ({"model_param": "m", "params": {"a": {"choices": [1, 2]}}}, "model_param"),
-    # conditions resolved by dependency: a cycle (or a self-condition) can never be sampled
-    ({"params": {"a": {"choices": [1, 2], "only_active_with": {"b": [1]}},
-                 "b": {"choices": [1, 2], "only_active_with": {"a": [1]}}}}, "cycle"),
-    ({"params": {"a": {"choices": [1, 2], "only_active_with": {"a": [1]}}}}, "itself"),
-    ({"params": {"a": {"choices": [1, 2]}, "b": {"type": "bool", "only_active_with": {"a": [3]}}}},
-     "not one of its values"),
-    ({"params": {"a": {"choices": [1, 2]}, "b": {"type": "bool", "only_active_with": {"a": []}}}}, "no values"),
-    ({"params": {"a": {"choices": [[1, 2], 3]}}}, "strings, numbers or booleans"),
-    ({"params": {"a": {"choices": [None, 3]}}}, "strings, numbers or booleans"),
-    ({"params": {"a": {"choices": [float("nan")]}}}, "finite"),
-    ({"params": {"a": {"type": "float", "low": 0.0, "high": float("inf")}}}, "finite"),
-    ({"params": {"a": {"type": "float", "low": 0.1, "high": 1.0, "log": "false"}}}, "'log'"),
-    ({"params": {1: {"choices": [1, 2]}}}, "non-empty strings"),
-    # an explicit order must be a permutation that keeps every parent before its children
-    ({"param_order": ["a"], "params": {"a": {"choices": [1]}, "b": {"choices": [1]}}}, "misses ['b']"),
-    ({"param_order": ["a", "b", "c"], "params": {"a": {"choices": [1]}, "b": {"choices": [1]}}}, "unknown"),
-    ({"param_order": ["a", "a"], "params": {"a": {"choices": [1]}}}, "twice"),
-    ({"param_order": "ab", "params": {"a": {"choices": [1]}}}, "list of parameter names"),
-    ({"param_order": ["b", "a"],
-      "params": {"a": {"choices": [1]}, "b": {"choices": [1], "only_active_with": {"a": [1]}}}}, "puts 'b' before 'a'"),
-])
+@pytest.mark.parametrize(
+    "doc, fragment",
+    [
+        ({"params": {}}, "non-empty"),
+        ({"params": {"a": {"type": "nope"}}}, "'type'"),
+        ({"params": {"a": {"type": "float", "low": 1.0}}}, "numeric 'low' and 'high'"),
+        ({"params": {"a": {"type": "float", "low": 2.0, "high": 1.0}}}, "low < high"),
+        ({"params": {"a": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}}, "low > 0"),
+        ({"params": {"a": {"type": "categorical", "choices": []}}}, "non-empty list"),
+        ({"params": {"a": {"type": "categorical", "choices": ["x", "x"]}}}, "duplicate"),
+        ({"params": {"a": {"type": "int", "low": 1, "high": 3, "only_active_with": {"b": [1]}}}}, "not defined"),
+        ({"params": {"a": {"choices": [1, 2], "colour": "red"}}}, "unknown keys"),
+        ({"model_param": "m", "params": {"a": {"choices": [1, 2]}}}, "model_param"),
+        # conditions resolved by dependency: a cycle (or a self-condition) can never be sampled
+        (
+            {
+                "params": {
+                    "a": {"choices": [1, 2], "only_active_with": {"b": [1]}},
+                    "b": {"choices": [1, 2], "only_active_with": {"a": [1]}},
+                }
+            },
+            "cycle",
+        ),
+        ({"params": {"a": {"choices": [1, 2], "only_active_with": {"a": [1]}}}}, "itself"),
+        (
+            {"params": {"a": {"choices": [1, 2]}, "b": {"type": "bool", "only_active_with": {"a": [3]}}}},
+            "not one of its values",
+        ),
+        ({"params": {"a": {"choices": [1, 2]}, "b": {"type": "bool", "only_active_with": {"a": []}}}}, "no values"),
+        ({"params": {"a": {"choices": [[1, 2], 3]}}}, "strings, numbers or booleans"),
+        ({"params": {"a": {"choices": [None, 3]}}}, "strings, numbers or booleans"),
+        ({"params": {"a": {"choices": [float("nan")]}}}, "finite"),
+        ({"params": {"a": {"type": "float", "low": 0.0, "high": float("inf")}}}, "finite"),
+        ({"params": {"a": {"type": "float", "low": 0.1, "high": 1.0, "log": "false"}}}, "'log'"),
+        ({"params": {1: {"choices": [1, 2]}}}, "non-empty strings"),
+        # an explicit order must be a permutation that keeps every parent before its children
+        ({"param_order": ["a"], "params": {"a": {"choices": [1]}, "b": {"choices": [1]}}}, "misses ['b']"),
+        ({"param_order": ["a", "b", "c"], "params": {"a": {"choices": [1]}, "b": {"choices": [1]}}}, "unknown"),
+        ({"param_order": ["a", "a"], "params": {"a": {"choices": [1]}}}, "twice"),
+        ({"param_order": "ab", "params": {"a": {"choices": [1]}}}, "list of parameter names"),
+        (
+            {
+                "param_order": ["b", "a"],
+                "params": {"a": {"choices": [1]}, "b": {"choices": [1], "only_active_with": {"a": [1]}}},
+            },
+            "puts 'b' before 'a'",
+        ),
+    ],
+)
 def test_space_validation_errors(doc, fragment):
     with pytest.raises(SpaceError) as ei:
         SearchSpace.from_dict(doc, source="my.yaml")
@@ -116,9 +174,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_validate_and_sample(tmp_path):
     good = tmp_path / "good.yaml"
-    good.write_text("params:\n  model: {choices: [test_vit, resnet10t]}\n"
-                    "  lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}\n"
-                    "  momentum: {type: float, low: 0.0, high: 0.9, only_active_with: {model: [resnet10t]}}\n")
+    good.write_text(
+        "params:\n  model: {choices: [test_vit, resnet10t]}\n"
+        "  lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}\n"
+        "  momentum: {type: float, low: 0.0, high: 0.9, only_active_with: {model: [resnet10t]}}\n"
+    )
     r = _cli("space", "validate", str(good))
     assert r.returncode == 0 and "ok" in r.stdout and "1 conditional" in r.stdout
     generic = tmp_path / "generic.yaml"  # well formed, but not knobs of the finetuning step
@@ -167,19 +227,35 @@ def test_spec_json_of_the_old_format_still_loads():
 
 
 def test_dependency_order_keeps_declared_order_where_valid():
-    doc = {"params": {"x": {"choices": [1]}, "child": {"choices": [1], "only_active_with": {"parent": ["on"]}},
-                      "y": {"choices": [1]}, "parent": {"choices": ["on", "off"]}, "z": {"choices": [1]},
-                      "grandchild": {"type": "bool", "only_active_with": {"child": [1]}}}}
+    doc = {
+        "params": {
+            "x": {"choices": [1]},
+            "child": {"choices": [1], "only_active_with": {"parent": ["on"]}},
+            "y": {"choices": [1]},
+            "parent": {"choices": ["on", "off"]},
+            "z": {"choices": [1]},
+            "grandchild": {"type": "bool", "only_active_with": {"child": [1]}},
+        }
+    }
     assert SearchSpace.from_dict(doc).names == ["x", "y", "parent", "child", "z", "grandchild"]
 
 
 def test_to_dict_is_plain_json():
     """numpy scalars and tuples in a space become JSON types (spec.json is dumped with default=str,
     which would have turned an np.int64 choice into the string '3')."""
-    space = SearchSpace.from_dict({"params": {
-        "a": {"choices": (np.int64(3), np.float64(0.5), np.str_("s"), np.bool_(True))},
-        "b": {"type": "float", "low": np.float64(0.1), "high": np.float64(1.0),
-              "only_active_with": {"a": (np.int64(3),)}}}})
+    space = SearchSpace.from_dict(
+        {
+            "params": {
+                "a": {"choices": (np.int64(3), np.float64(0.5), np.str_("s"), np.bool_(True))},
+                "b": {
+                    "type": "float",
+                    "low": np.float64(0.1),
+                    "high": np.float64(1.0),
+                    "only_active_with": {"a": (np.int64(3),)},
+                },
+            }
+        }
+    )
     doc = space.to_dict()
     assert doc == json.loads(json.dumps(doc))
     assert doc["params"]["a"]["choices"] == [3, 0.5, "s", True]
@@ -225,7 +301,9 @@ def test_space_file_errors_never_echo_contents(tmp_path):
         SearchSpace.from_yaml(big)
 
 
-@pytest.mark.parametrize("ref", ["builtin:../../../etc/passwd", "builtin:../cli/__init__", "builtin:CPU/..", "builtin:"])
+@pytest.mark.parametrize(
+    "ref", ["builtin:../../../etc/passwd", "builtin:../cli/__init__", "builtin:CPU/..", "builtin:"]
+)
 def test_builtin_names_are_names_not_paths(ref):
     from quicktune.space import SpaceError, load_space
 

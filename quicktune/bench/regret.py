@@ -10,7 +10,7 @@ the first observation the regret is 1.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -36,8 +36,9 @@ def incumbent_trajectory(times: Sequence[float], scores: Sequence[float]) -> tup
     return t, np.maximum.accumulate(s) if len(s) else s
 
 
-def regret_trajectory(times: Sequence[float], scores: Sequence[float], best: float, worst: float
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def regret_trajectory(
+    times: Sequence[float], scores: Sequence[float], best: float, worst: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(times, normalized regret of the incumbent right after each observation)."""
     t, inc = incumbent_trajectory(times, scores)
     return t, np.array([normalized_regret(x, best, worst) for x in inc], dtype=float)

@@ -19,9 +19,10 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -79,9 +80,16 @@ def run_path(out_dir: Path, dataset: str, optimizer: str, seed: int) -> Path:
     return out_dir / "runs" / f"{_safe(dataset)}__{_safe(optimizer)}__s{seed}.json"
 
 
-def run_one(curves: DatasetCurves, optimizer: str, seed: int, budget: float, workers: int = 1,
-            artifact: Any = None, overhead_clock: str = "wall", options: Mapping[str, Any] | None = None
-            ) -> dict[str, Any]:
+def run_one(
+    curves: DatasetCurves,
+    optimizer: str,
+    seed: int,
+    budget: float,
+    workers: int = 1,
+    artifact: Any = None,
+    overhead_clock: str = "wall",
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Simulate one (dataset, optimizer, seed) and return its run record."""
     opts: dict[str, Any] = {"meta_features": dict(curves.meta_features), **(options or {})}
     if artifact is not None:
@@ -99,14 +107,23 @@ def run_one(curves: DatasetCurves, optimizer: str, seed: int, budget: float, wor
     if callable(close):
         close()
     return {
-        "dataset": curves.dataset, "optimizer": optimizer, "seed": int(seed), "budget": float(budget),
-        "best": curves.best, "worst": curves.worst, "max_epochs": curves.max_epochs,
-        "n_configs": len(curves.configs), "workers": int(workers),
-        "trajectory": {k: traj[k] for k in ("time", "table_time", "config_id", "epoch", "score", "status",
-                                            "cost", "overhead")},
+        "dataset": curves.dataset,
+        "optimizer": optimizer,
+        "seed": int(seed),
+        "budget": float(budget),
+        "best": curves.best,
+        "worst": curves.worst,
+        "max_epochs": curves.max_epochs,
+        "n_configs": len(curves.configs),
+        "workers": int(workers),
+        "trajectory": {
+            k: traj[k] for k in ("time", "table_time", "config_id", "epoch", "score", "status", "cost", "overhead")
+        },
         "overhead_total": res.overhead_total,
         "overhead_median": float(pd.Series(res.overhead).median()) if n else 0.0,
-        "n_steps": n, "n_invalid": res.n_invalid, "stop_reason": res.stop_reason,
+        "n_steps": n,
+        "n_invalid": res.n_invalid,
+        "stop_reason": res.stop_reason,
         "final_regret": at_budget["time"],  # at the budget, clock with overhead
         "final_regret_table_clock": at_budget["table_time"],
         "wall_seconds": time.perf_counter() - t0,
@@ -119,11 +136,22 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _run_dataset(table: pd.DataFrame, dataset: str, optimizers: Sequence[str], seeds: Sequence[int],
-                 budget_multiple: float, out_dir: str, meta_train: str, workers: int, overhead_clock: str,
-                 settings: Mapping[str, Any], resume: bool, meta_train_options: Mapping[str, Any] | None = None,
-                 stop_at: float | None = None, on_run: Callable[[dict], None] | None = None
-                 ) -> list[dict[str, Any]]:
+def _run_dataset(
+    table: pd.DataFrame,
+    dataset: str,
+    optimizers: Sequence[str],
+    seeds: Sequence[int],
+    budget_multiple: float,
+    out_dir: str,
+    meta_train: str,
+    workers: int,
+    overhead_clock: str,
+    settings: Mapping[str, Any],
+    resume: bool,
+    meta_train_options: Mapping[str, Any] | None = None,
+    stop_at: float | None = None,
+    on_run: Callable[[dict], None] | None = None,
+) -> list[dict[str, Any]]:
     """All optimizers x seeds on one dataset (one process), meta-training at most once."""
     _ensure_peers_registered()
     if any(n in TORCH_BASED for n in optimizers):
@@ -175,12 +203,24 @@ def _run_dataset(table: pd.DataFrame, dataset: str, optimizers: Sequence[str], s
     return records
 
 
-def run_benchmark(table: pd.DataFrame | str | Path, optimizers: Sequence[str], seeds: int | Sequence[int],
-                  budget_multiple: float, out_dir: str | Path, meta_train: str = "loo",
-                  datasets: Sequence[str] | None = None, workers: int = 1, jobs: int = 1,
-                  overhead_clock: str = "wall", resume: bool = True, title: str = "", plots: bool = True,
-                  meta_train_options: Mapping[str, Any] | None = None, stop_at: float | None = None,
-                  on_run: Callable[[dict], None] | None = None) -> dict[str, Any]:
+def run_benchmark(
+    table: pd.DataFrame | str | Path,
+    optimizers: Sequence[str],
+    seeds: int | Sequence[int],
+    budget_multiple: float,
+    out_dir: str | Path,
+    meta_train: str = "loo",
+    datasets: Sequence[str] | None = None,
+    workers: int = 1,
+    jobs: int = 1,
+    overhead_clock: str = "wall",
+    resume: bool = True,
+    title: str = "",
+    plots: bool = True,
+    meta_train_options: Mapping[str, Any] | None = None,
+    stop_at: float | None = None,
+    on_run: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
     """Run the benchmark and write ``out_dir/{summary.json, summary_table_clock.json, results.md,
     regret.png, rank.png, runs/*.json}``; returns the summary (overhead-inclusive clock).
 
@@ -210,13 +250,29 @@ def run_benchmark(table: pd.DataFrame | str | Path, optimizers: Sequence[str], s
     if meta_train == "loo" and len(all_ds) < 2 and any(is_meta_trained(n) for n in optimizers):
         raise ValueError("--meta-train loo needs at least two datasets in the table")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    settings = {"budget_multiple": float(budget_multiple), "workers": int(workers), "meta_train": meta_train,
-                "overhead_clock": overhead_clock, "n_rows": int(len(table)),
-                "meta_train_options": dict(meta_train_options or {})}
+    settings = {
+        "budget_multiple": float(budget_multiple),
+        "workers": int(workers),
+        "meta_train": meta_train,
+        "overhead_clock": overhead_clock,
+        "n_rows": int(len(table)),
+        "meta_train_options": dict(meta_train_options or {}),
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    args = (list(optimizers), seed_list, float(budget_multiple), str(out), meta_train, int(workers),
-            overhead_clock, settings, resume, dict(meta_train_options or {}), stop_at)
+    args = (
+        list(optimizers),
+        seed_list,
+        float(budget_multiple),
+        str(out),
+        meta_train,
+        int(workers),
+        overhead_clock,
+        settings,
+        resume,
+        dict(meta_train_options or {}),
+        stop_at,
+    )
     records: list[dict[str, Any]] = []
     if jobs <= 1 or len(chosen) == 1:
         for ds in chosen:

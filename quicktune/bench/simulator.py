@@ -25,8 +25,9 @@ from __future__ import annotations
 import heapq
 import math
 import time as _time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,7 +49,7 @@ class DatasetCurves:
     worst: float
 
     @classmethod
-    def from_table(cls, df: pd.DataFrame, dataset: str) -> "DatasetCurves":
+    def from_table(cls, df: pd.DataFrame, dataset: str) -> DatasetCurves:
         from quicktune.lct import table_configs, table_meta_features
 
         configs = table_configs(df, dataset)
@@ -62,9 +63,16 @@ class DatasetCurves:
         finite = finite[np.isfinite(finite)]
         if finite.size == 0:
             raise ValueError(f"dataset {dataset!r}: every score is NaN; nothing to benchmark")
-        return cls(dataset=dataset, configs=configs, scores=scores, costs=costs,
-                   meta_features=table_meta_features(df, dataset), max_epochs=int(sub["epoch"].max()),
-                   best=float(finite.max()), worst=float(finite.min()))
+        return cls(
+            dataset=dataset,
+            configs=configs,
+            scores=scores,
+            costs=costs,
+            meta_features=table_meta_features(df, dataset),
+            max_epochs=int(sub["epoch"].max()),
+            best=float(finite.max()),
+            worst=float(finite.min()),
+        )
 
     def median_curve_cost(self) -> float:
         """Median over configs of the cost of the whole recorded curve."""
@@ -88,8 +96,22 @@ class SimResult:
     stop_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("time", "table_time", "config_id", "epoch", "score", "status",
-                                             "cost", "overhead", "overhead_total", "n_invalid", "stop_reason")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "time",
+                "table_time",
+                "config_id",
+                "epoch",
+                "score",
+                "status",
+                "cost",
+                "overhead",
+                "overhead_total",
+                "n_invalid",
+                "stop_reason",
+            )
+        }
 
 
 _CLOCKS: dict[str, Callable[[], float]] = {"wall": _time.perf_counter, "cpu": _time.thread_time}
@@ -105,16 +127,22 @@ def _lookup(curves: DatasetCurves, done: dict[str, int], cid: str, epoch: int) -
     if epoch < first:  # re-asking an epoch already trained: only its evaluation, counted as free
         s = float(scores[epoch - 1])
         return (s, 0.0, "ok") if math.isfinite(s) else (math.nan, 0.0, "diverged")
-    window = scores[first - 1:epoch]
+    window = scores[first - 1 : epoch]
     bad = np.flatnonzero(~np.isfinite(window))
     if bad.size:
         stop = first + int(bad[0])  # the epoch that blew up is still paid for
-        return math.nan, float(costs[first - 1:stop].sum()), "diverged"
-    return float(scores[epoch - 1]), float(costs[first - 1:epoch].sum()), "ok"
+        return math.nan, float(costs[first - 1 : stop].sum()), "diverged"
+    return float(scores[epoch - 1]), float(costs[first - 1 : epoch].sum()), "ok"
 
 
-def simulate(curves: DatasetCurves, optimizer: Optimizer, budget: float, workers: int = 1,
-             max_steps: int | None = None, overhead_clock: str = "wall") -> SimResult:
+def simulate(
+    curves: DatasetCurves,
+    optimizer: Optimizer,
+    budget: float,
+    workers: int = 1,
+    max_steps: int | None = None,
+    overhead_clock: str = "wall",
+) -> SimResult:
     """Run ``optimizer`` on ``curves`` until the table clock of every worker reaches ``budget``
     (seconds), the optimizer has nothing left, or ``max_steps`` steps were told.
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,8 +57,9 @@ def _with_ranks(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def summarize(runs: Sequence[Mapping[str, Any]], checkpoints: Sequence[float] = CHECKPOINTS,
-              clock: str = "time") -> dict[str, Any]:
+def summarize(
+    runs: Sequence[Mapping[str, Any]], checkpoints: Sequence[float] = CHECKPOINTS, clock: str = "time"
+) -> dict[str, Any]:
     """``{"checkpoints": [...], "optimizers": {NAME: {"regret": [...], "rank": [...]}}}``: means
     over datasets and seeds at each checkpoint (fractions of the budget)."""
     if clock not in CLOCKS:
@@ -87,13 +89,16 @@ def format_table(summary: Mapping[str, Any], title: str = "") -> str:
     """A Markdown table: one row per optimizer, regret and rank at each checkpoint."""
     cps = summary["checkpoints"]
     head = ["optimizer"] + [f"regret@{c:g}" for c in cps] + [f"rank@{c:g}" for c in cps]
-    lines = ([f"**{title}**", ""] if title else []) + ["| " + " | ".join(head) + " |",
-                                                        "|" + "---|" * len(head)]
+    lines = ([f"**{title}**", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
     def fmt(x: Any, nd: int) -> str:
         return "-" if x is None else f"{x:.{nd}f}"
+
     rows = sorted(summary["optimizers"].items(), key=lambda kv: (kv[1]["regret"][-1], kv[0]))
     for name, v in rows:
-        lines.append("| " + " | ".join([name] + [fmt(x, 4) for x in v["regret"]] + [fmt(x, 2) for x in v["rank"]]) + " |")
+        lines.append(
+            "| " + " | ".join([name] + [fmt(x, 4) for x in v["regret"]] + [fmt(x, 2) for x in v["rank"]]) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -138,8 +143,9 @@ def _plot_over_time(runs: Sequence[Mapping[str, Any]], path: Path, what: str, cl
         half = 1.96 * sd / np.sqrt(np.maximum(n, 1))
         lw = 2.4 if name == "quicktune" else 1.3
         peer = name.startswith(("synetune-", "optuna-"))  # other libraries dashed
-        line, = ax.plot(grid, mean, label=name, lw=lw, color=colors[(2 * k) % 20 + (k // 10) % 2],
-                        ls="--" if peer else "-")
+        (line,) = ax.plot(
+            grid, mean, label=name, lw=lw, color=colors[(2 * k) % 20 + (k // 10) % 2], ls="--" if peer else "-"
+        )
         ax.fill_between(grid, mean - half, mean + half, color=line.get_color(), alpha=0.15, lw=0)
     ax.set_xlabel(f"fraction of budget ({CLOCKS[clock]})")
     if what == "regret":
@@ -156,8 +162,9 @@ def _plot_over_time(runs: Sequence[Mapping[str, Any]], path: Path, what: str, cl
     plt.close(fig)
 
 
-def write_summary(runs: Sequence[Mapping[str, Any]], out_dir: str | Path, title: str = "",
-                  plots: bool = True) -> dict[str, Any]:
+def write_summary(
+    runs: Sequence[Mapping[str, Any]], out_dir: str | Path, title: str = "", plots: bool = True
+) -> dict[str, Any]:
     """Write ``summary.json``, ``summary_table_clock.json``, ``results.md`` and (``plots``)
     ``regret.png`` and ``rank.png`` into ``out_dir``; return the summary."""
     out = Path(out_dir)
@@ -168,11 +175,20 @@ def write_summary(runs: Sequence[Mapping[str, Any]], out_dir: str | Path, title:
     (out / "summary_table_clock.json").write_text(json.dumps(table_summary, indent=2))
     n_ds = len({r["dataset"] for r in runs})
     n_seeds = len({r["seed"] for r in runs})
-    md = [format_table(summary, f"{title} — clock with optimizer overhead ({n_ds} datasets x {n_seeds} seeds)"),
-          "", format_table(table_summary, f"{title} — pure table clock"), "",
-          f"**{title} — mean regret per dataset at 100 % of the budget (clock with overhead; best in bold)**",
-          "", per_dataset_table(runs, 1.0), "",
-          f"**{title} — mean regret per dataset at 25 % of the budget**", "", per_dataset_table(runs, 0.25), ""]
+    md = [
+        format_table(summary, f"{title} — clock with optimizer overhead ({n_ds} datasets x {n_seeds} seeds)"),
+        "",
+        format_table(table_summary, f"{title} — pure table clock"),
+        "",
+        f"**{title} — mean regret per dataset at 100 % of the budget (clock with overhead; best in bold)**",
+        "",
+        per_dataset_table(runs, 1.0),
+        "",
+        f"**{title} — mean regret per dataset at 25 % of the budget**",
+        "",
+        per_dataset_table(runs, 0.25),
+        "",
+    ]
     (out / "results.md").write_text("\n".join(md))
     if plots and runs:
         _plot_over_time(runs, out / "regret.png", "regret", "time", f"{title} mean normalized regret".strip())

@@ -58,8 +58,12 @@ SPACE_DOC: dict[str, Any] = {
         "mixup": {"type": "bool"},
         "mixup_prob": {"type": "float", "low": 0.1, "high": 1.0, "only_active_with": {"mixup": [True]}},
         "data_augmentation": {"type": "categorical", "choices": ["none", "trivial_augment", "random_augment"]},
-        "ra_magnitude": {"type": "int", "low": 1, "high": 15,
-                          "only_active_with": {"data_augmentation": ["random_augment"]}},
+        "ra_magnitude": {
+            "type": "int",
+            "low": 1,
+            "high": 15,
+            "only_active_with": {"data_augmentation": ["random_augment"]},
+        },
     },
 }
 
@@ -72,13 +76,15 @@ def synthetic_space() -> SearchSpace:
 def _dataset_meta(rng: np.random.Generator, n: int) -> list[dict[str, float]]:
     """Meta-features spread over a range so that datasets differ but are related."""
     metas = []
-    for i in range(n):
-        metas.append({
-            "num_classes": float(rng.choice([2, 5, 10, 20, 50, 100])),
-            "num_samples": float(round(math.exp(rng.uniform(math.log(300), math.log(20000))))),
-            "image_size": float(rng.choice([32, 64, 128, 224])),
-            "num_channels": float(rng.choice([1, 3], p=[0.3, 0.7])),
-        })
+    for _i in range(n):
+        metas.append(
+            {
+                "num_classes": float(rng.choice([2, 5, 10, 20, 50, 100])),
+                "num_samples": float(round(math.exp(rng.uniform(math.log(300), math.log(20000))))),
+                "image_size": float(rng.choice([32, 64, 128, 224])),
+                "num_channels": float(rng.choice([1, 3], p=[0.3, 0.7])),
+            }
+        )
     return metas
 
 
@@ -92,7 +98,7 @@ def _dataset_shift(meta: dict[str, float], rng: np.random.Generator) -> dict[str
     floor = 1.0 / meta["num_classes"]
     # models with more capacity gain on large images and many samples; tiny ones on small data
     model_bonus = {}
-    for m, (q, _, _, params) in MODELS.items():
+    for m, (_q, _, _, params) in MODELS.items():
         capacity = math.log(params / 2.0)
         model_bonus[m] = 0.03 * capacity * (size - 1.2) + 0.02 * capacity * (log_n - 3.3) + rng.normal(0, 0.012)
     return {
@@ -110,8 +116,9 @@ _LR_OPT = {"sgd": -1.3, "momentum": -1.9, "adamw": -3.1}  # log10 optimal lr per
 _LR_DIVERGE = {"sgd": -0.6, "momentum": -0.9, "adamw": -1.5}  # log10 lr above which runs may diverge
 
 
-def _curve(config: dict[str, Any], shift: dict[str, Any], max_epochs: int, rng: np.random.Generator
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _curve(
+    config: dict[str, Any], shift: dict[str, Any], max_epochs: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(validation scores, test scores, costs) for one config on one dataset."""
     model = config["model"]
     quality, speed, sec_per_epoch, _ = MODELS[model]
@@ -128,7 +135,7 @@ def _curve(config: dict[str, Any], shift: dict[str, Any], max_epochs: int, rng: 
     # asymptote: shared surface + dataset shift
     gap = shift["ceiling"] - shift["floor"]
     quality_term = quality + shift["model_bonus"][model]
-    lr_pen = 0.09 * lr_dist ** 2
+    lr_pen = 0.09 * lr_dist**2
     freeze_pen = 0.25 * (freeze - shift["freeze_pref"]) ** 2
     reg_gain = 0.015 * (aug != "none") + 0.01 * mixup + 0.004 * (wd + 6) / 5
     if aug == "random_augment":
@@ -156,7 +163,7 @@ def _curve(config: dict[str, Any], shift: dict[str, Any], max_epochs: int, rng: 
 
     # overfitting: decline after a peak, stronger with little regularisation and few frozen layers
     overfit = shift["overfit"] * (1.0 - 0.5 * mixup) * (1.0 - 0.6 * freeze) * (1.0 - 0.3 * (aug != "none"))
-    overfit *= (1.0 - 0.15 * (wd + 6) / 5)
+    overfit *= 1.0 - 0.15 * (wd + 6) / 5
     if overfit > 0.35 and rng.random() < overfit:
         peak = float(rng.uniform(0.3, 0.7) * max_epochs)
         scores = scores - 0.25 * gap * overfit * (np.maximum(epochs - peak, 0.0) / max_epochs) ** 1.2
@@ -171,8 +178,8 @@ def _curve(config: dict[str, Any], shift: dict[str, Any], max_epochs: int, rng: 
     excess = log_lr - _LR_DIVERGE[opt]
     if excess > 0 and rng.random() < min(0.95, 0.4 + excess):
         first_nan = int(rng.integers(1, max(2, max_epochs // 2) + 1))
-        scores[first_nan - 1:] = np.nan
-        test[first_nan - 1:] = np.nan
+        scores[first_nan - 1 :] = np.nan
+        test[first_nan - 1 :] = np.nan
 
     # cost per epoch
     per_epoch = sec_per_epoch * shift["cost_scale"] * (64.0 / config["batch_size"]) ** 0.3
@@ -183,8 +190,9 @@ def _curve(config: dict[str, Any], shift: dict[str, Any], max_epochs: int, rng: 
     return scores, test, costs
 
 
-def make_synthetic_table(n_datasets: int = 6, n_configs: int = 200, max_epochs: int = 20, seed: int = 0
-                         ) -> pd.DataFrame:
+def make_synthetic_table(
+    n_datasets: int = 6, n_configs: int = 200, max_epochs: int = 20, seed: int = 0
+) -> pd.DataFrame:
     """A synthetic LCT with ``n_datasets`` related datasets, ``n_configs`` configs each (drawn
     independently per dataset from :func:`synthetic_space`), ``max_epochs`` epochs per curve."""
     if n_datasets < 1 or n_configs < 1 or max_epochs < 1:
@@ -214,8 +222,14 @@ def make_synthetic_table(n_datasets: int = 6, n_configs: int = 200, max_epochs: 
                     hp_cols[f"hp.{n}"].append(config.get(n))
                 for k, v in meta.items():
                     meta_cols[f"meta.{k}"].append(v)
-    df = pd.DataFrame({**{k: columns[k] for k in ("dataset", "config_id", "epoch", "score", "cost")},
-                       **hp_cols, **meta_cols, "test_score": columns["test_score"]})
+    df = pd.DataFrame(
+        {
+            **{k: columns[k] for k in ("dataset", "config_id", "epoch", "score", "cost")},
+            **hp_cols,
+            **meta_cols,
+            "test_score": columns["test_score"],
+        }
+    )
     df["epoch"] = df["epoch"].astype("int64")
     for n in hp_names:
         p = space[n]

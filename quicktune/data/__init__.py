@@ -21,8 +21,9 @@ from quicktune.data.splits import SPLIT_NAMES
 __all__ = ["open_dataset", "ImageDataset", "DatasetError", "IMAGE_EXTENSIONS", "SPLIT_NAMES", "is_image_file"]
 
 
-def open_dataset(uri: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
-                 split_seed: int = 0) -> ImageDataset:
+def open_dataset(
+    uri: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None, split_seed: int = 0
+) -> ImageDataset:
     """Open the dataset at a local folder or ``s3://bucket/prefix``.
 
     ``cache_dir`` (default ``$QUICKTUNE_CACHE/datasets`` or ``~/.cache/quicktune/datasets``)
@@ -35,14 +36,16 @@ def open_dataset(uri: str | os.PathLike[str], cache_dir: str | os.PathLike[str] 
     uri = str(uri)
     if storage.is_s3(uri):
         root, etags, stats = _sync(uri, cache_root)
-        return ImageDataset(uri, root, split_seed=split_seed, versions=etags, meta_cache_dir=meta_cache,
-                            sync_stats=stats)
+        return ImageDataset(
+            uri, root, split_seed=split_seed, versions=etags, meta_cache_dir=meta_cache, sync_stats=stats
+        )
     root = Path(uri).expanduser()
     if not root.exists():
         raise DatasetError(f"{uri}: no such dataset folder")
     if not root.is_dir():
-        raise DatasetError(f"{uri}: is a file; a dataset is a folder (one sub-folder per class, "
-                           f"or labels.csv + images/)")
+        raise DatasetError(
+            f"{uri}: is a file; a dataset is a folder (one sub-folder per class, or labels.csv + images/)"
+        )
     if not os.access(root, os.R_OK | os.X_OK):
         raise DatasetError(f"{uri}: permission denied")
     return ImageDataset(uri, root, split_seed=split_seed, meta_cache_dir=meta_cache)

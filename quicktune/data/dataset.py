@@ -23,8 +23,9 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,9 @@ from quicktune.data.errors import BadImageError, DatasetError, InvalidDatasetErr
 from quicktune.data.paths import path_problem, safe_form, shown
 from quicktune.data.splits import SPLIT_NAMES, read_split_files, stratified_split
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-                              ".ppm", ".pgm", ".pbm"})
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
 META_FILE = ".quicktune-meta.json"
 META_VERSION = 2  # 2: bad files reported without Pillow's text; full-decode verification recorded
 _GRAY_MODES = images.GRAY_MODES
@@ -57,32 +59,40 @@ def discover(root: Path, where: str) -> tuple[str, list[str], list[str], np.ndar
 
 
 def _discover_image_folder(root: Path, where: str) -> tuple[str, list[str], list[str], np.ndarray]:
-    class_dirs = sorted(p for p in root.iterdir()
-                        if p.is_dir() and not p.name.startswith((".", "_")) and p.name != "splits")
+    class_dirs = sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and p.name != "splits"
+    )
     entries: list[tuple[str, str]] = []
     empty: list[str] = []
     for d in class_dirs:
-        found = [f"{d.name}/{p.relative_to(d).as_posix()}" for p in d.rglob("*")
-                 if p.is_file() and is_image_file(p.name) and not _hidden(p.relative_to(d).as_posix())]
+        found = [
+            f"{d.name}/{p.relative_to(d).as_posix()}"
+            for p in d.rglob("*")
+            if p.is_file() and is_image_file(p.name) and not _hidden(p.relative_to(d).as_posix())
+        ]
         if not found:
             empty.append(d.name)
         entries += [(rel, d.name) for rel in found]
     if not entries:
         loose = [p.name for p in root.iterdir() if p.is_file() and is_image_file(p.name)]
-        hint = (f" ({len(loose)} images lie directly in the folder; put them in one sub-folder per class)"
-                if loose else "")
-        raise InvalidDatasetError(f"{where}: dataset is empty: no images found (expected one sub-folder "
-                                  f"per class with images, or labels.csv + images/){hint}")
+        hint = (
+            f" ({len(loose)} images lie directly in the folder; put them in one sub-folder per class)" if loose else ""
+        )
+        raise InvalidDatasetError(
+            f"{where}: dataset is empty: no images found (expected one sub-folder "
+            f"per class with images, or labels.csv + images/){hint}"
+        )
     if empty:
         # Name one offending folder, never the list: the message may reach other users.
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
-        raise InvalidDatasetError(f"{where}: class folder {safe_form(empty[0])} has no images{more}; "
-                                  f"every class folder needs at least one image")
+        raise InvalidDatasetError(
+            f"{where}: class folder {safe_form(empty[0])} has no images{more}; "
+            f"every class folder needs at least one image"
+        )
     entries.sort()
     classes = sorted({c for _, c in entries})
     index = {c: i for i, c in enumerate(classes)}
-    return ("image_folder", classes, [r for r, _ in entries],
-            np.array([index[c] for _, c in entries], dtype=np.int64))
+    return ("image_folder", classes, [r for r, _ in entries], np.array([index[c] for _, c in entries], dtype=np.int64))
 
 
 def _discover_meta_album(root: Path, where: str) -> tuple[str, list[str], list[str], np.ndarray]:
@@ -92,12 +102,14 @@ def _discover_meta_album(root: Path, where: str) -> tuple[str, list[str], list[s
     try:
         table = pd.read_csv(csv, dtype=str, keep_default_na=False)
     except Exception as exc:  # pandas raises many types for a malformed CSV; its text may quote the file
-        raise InvalidDatasetError(f"{where}: cannot read labels.csv: not a comma-separated table with a "
-                                  f"header row ({type(exc).__name__})") from None
+        raise InvalidDatasetError(
+            f"{where}: cannot read labels.csv: not a comma-separated table with a header row ({type(exc).__name__})"
+        ) from None
     missing_cols = {"FILE_NAME", "CATEGORY"} - set(table.columns)
     if missing_cols:
-        raise InvalidDatasetError(f"{where}: labels.csv lacks column(s) {sorted(missing_cols)} "
-                                  f"(needs FILE_NAME and CATEGORY)")
+        raise InvalidDatasetError(
+            f"{where}: labels.csv lacks column(s) {sorted(missing_cols)} (needs FILE_NAME and CATEGORY)"
+        )
     if len(table) == 0:
         raise InvalidDatasetError(f"{where}: dataset is empty: labels.csv has no rows")
     rels: list[str] = []
@@ -106,16 +118,19 @@ def _discover_meta_album(root: Path, where: str) -> tuple[str, list[str], list[s
         why = path_problem(name)
         if why is not None:
             # Refused, not repaired: '../x' or '/etc/x' would read outside the dataset root.
-            raise UnsafePathError(f"{where}: labels.csv row {row}: FILE_NAME {why}; it must name a "
-                                  f"file inside images/ by a clean relative path")
+            raise UnsafePathError(
+                f"{where}: labels.csv row {row}: FILE_NAME {why}; it must name a "
+                f"file inside images/ by a clean relative path"
+            )
         rels.append("images/" + name)
     cats = [str(c) for c in table["CATEGORY"]]
     absent = [(row, r) for row, r in enumerate(rels, start=2) if not (root / r).is_file()]
     if absent:
         row, first = absent[0]
         more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
-        raise InvalidDatasetError(f"{where}: labels.csv names image(s) missing from images/: "
-                                  f"{safe_form(first)} (row {row}){more}")
+        raise InvalidDatasetError(
+            f"{where}: labels.csv names image(s) missing from images/: {safe_form(first)} (row {row}){more}"
+        )
     dup = len(rels) - len(set(rels))
     if dup:
         raise InvalidDatasetError(f"{where}: labels.csv lists {dup} file name(s) more than once")
@@ -144,7 +159,7 @@ def _extra_files(root: Path) -> list[str]:
 
 def _bad_files_message(where: str, bad: list[str], reasons: list[str]) -> str:
     more = f" (the first {MAX_LISTED} below)" if len(bad) > MAX_LISTED else ""
-    return (f"{where}: {len(bad)} unreadable image(s){more}:\n" + "\n".join(reasons[:MAX_LISTED]))
+    return f"{where}: {len(bad)} unreadable image(s){more}:\n" + "\n".join(reasons[:MAX_LISTED])
 
 
 class ImageDataset:
@@ -155,8 +170,15 @@ class ImageDataset:
     ``split_source`` (``"files"`` or ``"stratified"``), ``split_seed``, ``sync_stats`` (S3 only).
     """
 
-    def __init__(self, uri: str, root: Path, split_seed: int = 0, versions: Mapping[str, str] | None = None,
-                 meta_cache_dir: Path | None = None, sync_stats: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        root: Path,
+        split_seed: int = 0,
+        versions: Mapping[str, str] | None = None,
+        meta_cache_dir: Path | None = None,
+        sync_stats: Mapping[str, Any] | None = None,
+    ) -> None:
         self.uri = uri
         self.root = Path(root)
         self.split_seed = int(split_seed)
@@ -164,8 +186,10 @@ class ImageDataset:
         self._meta_cache_dir = meta_cache_dir
         self.layout, self.classes, self.paths, self.labels = discover(self.root, uri)
         if len(self.classes) < 2:
-            raise InvalidDatasetError(f"{uri}: dataset has a single class {safe_form(self.classes[0])} "
-                                      f"({len(self.paths)} images); classification needs at least 2 classes")
+            raise InvalidDatasetError(
+                f"{uri}: dataset has a single class {safe_form(self.classes[0])} "
+                f"({len(self.paths)} images); classification needs at least 2 classes"
+            )
         tracked = self.paths + _extra_files(self.root)
         if versions is None:
             versions = _local_versions(self.root, tracked)
@@ -187,8 +211,10 @@ class ImageDataset:
         return len(self.paths)
 
     def __repr__(self) -> str:
-        return (f"ImageDataset({self.uri!r}, {len(self.classes)} classes, {len(self.paths)} images, "
-                f"layout={self.layout}, splits={self.split_source})")
+        return (
+            f"ImageDataset({self.uri!r}, {len(self.classes)} classes, {len(self.paths)} images, "
+            f"layout={self.layout}, splits={self.split_source})"
+        )
 
     @property
     def num_classes(self) -> int:
@@ -229,8 +255,10 @@ class ImageDataset:
         try:
             return images.to_model_mode(im, self.mode)
         except images.DECODE_ERRORS as exc:
-            raise BadImageError(f"{self.uri}: image {shown(self.paths[i])} has an unsupported mode {im.mode!r} "
-                                f"({type(exc).__name__})", [self.paths[i]]) from None
+            raise BadImageError(
+                f"{self.uri}: image {shown(self.paths[i])} has an unsupported mode {im.mode!r} ({type(exc).__name__})",
+                [self.paths[i]],
+            ) from None
         finally:
             im.close()
 
@@ -241,8 +269,10 @@ class ImageDataset:
         try:
             return images.to_float(im, self.num_channels)
         except images.DECODE_ERRORS as exc:
-            raise BadImageError(f"{self.uri}: image {shown(self.paths[i])} has an unsupported mode {im.mode!r} "
-                                f"({type(exc).__name__})", [self.paths[i]]) from None
+            raise BadImageError(
+                f"{self.uri}: image {shown(self.paths[i])} has an unsupported mode {im.mode!r} ({type(exc).__name__})",
+                [self.paths[i]],
+            ) from None
         finally:
             im.close()
 
@@ -314,8 +344,12 @@ class ImageDataset:
             if rec.get("version") == META_VERSION and rec.get("fingerprint") == self.fingerprint:
                 self._meta = rec
                 return rec
-        rec = {"version": META_VERSION, "fingerprint": self.fingerprint, "uri": self.uri,
-               "features": self._compute_features()}
+        rec = {
+            "version": META_VERSION,
+            "fingerprint": self.fingerprint,
+            "uri": self.uri,
+            "features": self._compute_features(),
+        }
         self._meta = rec
         self._save_meta(rec)
         return rec
@@ -352,7 +386,9 @@ class ImageDataset:
                 bad.append(rel)
                 reasons.append(str(exc))
             except FileNotFoundError:
-                raise DatasetError(f"{self.uri}: image {shown(rel)} is missing (the dataset changed while in use?)") from None
+                raise DatasetError(
+                    f"{self.uri}: image {shown(rel)} is missing (the dataset changed while in use?)"
+                ) from None
             except (*images.DECODE_ERRORS, Image.DecompressionBombError) as exc:
                 bad.append(rel)
                 reasons.append(f"image {shown(rel)} is {images.describe_error(exc)}")
@@ -381,10 +417,17 @@ class ImageDataset:
         """Everything ``quicktune data info`` prints, as plain JSON-able values."""
         counts = np.bincount(self.labels, minlength=len(self.classes))
         return {
-            "uri": self.uri, "root": str(self.root), "layout": self.layout, "fingerprint": self.fingerprint,
-            "classes": list(self.classes), "class_counts": {c: int(n) for c, n in zip(self.classes, counts)},
-            "num_images": len(self), "split_source": self.split_source, "split_seed": self.split_seed,
-            "splits": {k: int(len(v)) for k, v in self._splits.items()}, "mode": self.mode,
+            "uri": self.uri,
+            "root": str(self.root),
+            "layout": self.layout,
+            "fingerprint": self.fingerprint,
+            "classes": list(self.classes),
+            "class_counts": {c: int(n) for c, n in zip(self.classes, counts, strict=False)},
+            "num_images": len(self),
+            "split_source": self.split_source,
+            "split_seed": self.split_seed,
+            "splits": {k: int(len(v)) for k, v in self._splits.items()},
+            "mode": self.mode,
             "meta_features": self.meta_features(),
             **({"sync": self.sync_stats} if self.sync_stats else {}),
         }

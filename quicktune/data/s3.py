@@ -44,8 +44,11 @@ def _wanted(rel: str) -> bool:
     if not rel or rel.endswith("/") or any(p.startswith(".") for p in rel.split("/")):
         return False
     name = rel.rsplit("/", 1)[-1]
-    return is_image_file(name) or rel == "labels.csv" or (rel.startswith("splits/") and rel.endswith(".txt")
-                                                          and rel.count("/") == 1)
+    return (
+        is_image_file(name)
+        or rel == "labels.csv"
+        or (rel.startswith("splits/") and rel.endswith(".txt") and rel.count("/") == 1)
+    )
 
 
 def _looks_wanted(rel: str) -> bool:
@@ -53,8 +56,11 @@ def _looks_wanted(rel: str) -> bool:
     itself is checked): an image, ``labels.csv`` or a ``.txt`` split file."""
     parts = rel.split("/")
     name = parts[-1]
-    return bool(name) and (is_image_file(name) or name == "labels.csv"
-                           or (name.endswith(".txt") and len(parts) > 1 and parts[-2] == "splits"))
+    return bool(name) and (
+        is_image_file(name)
+        or name == "labels.csv"
+        or (name.endswith(".txt") and len(parts) > 1 and parts[-2] == "splits")
+    )
 
 
 def remote_files(objects: list[dict[str, Any]], prefix: str, base_uri: str) -> dict[str, str]:
@@ -70,7 +76,7 @@ def remote_files(objects: list[dict[str, Any]], prefix: str, base_uri: str) -> d
         key = str(obj["Key"])
         if not key.startswith(prefix):
             continue
-        rel = key[len(prefix):]
+        rel = key[len(prefix) :]
         if not rel or rel.endswith("/"):
             continue  # the prefix itself, or a folder marker
         why = path_problem(rel)
@@ -82,13 +88,16 @@ def remote_files(objects: list[dict[str, Any]], prefix: str, base_uri: str) -> d
             raise UnsafePathError(
                 f"{base_uri}: object key {safe_form(key)} cannot be mirrored: below the prefix it {why}; "
                 f"rename the object (keys map one-to-one to files of the local mirror, which must stay "
-                f"inside its cache folder)")
+                f"inside its cache folder)"
+            )
     folders = {rel.rsplit("/", 1)[0] for rel in out if "/" in rel}
     folders |= {f.rsplit("/", i)[0] for f in list(folders) for i in range(1, f.count("/") + 1)}
     clash = sorted(folders & set(out))
     if clash:
-        raise UnsafePathError(f"{base_uri}: object key {safe_form(prefix + clash[0])} is also a folder of other "
-                              f"keys; a local mirror cannot hold both")
+        raise UnsafePathError(
+            f"{base_uri}: object key {safe_form(prefix + clash[0])} is also a folder of other "
+            f"keys; a local mirror cannot hold both"
+        )
     return out
 
 
@@ -133,8 +142,10 @@ def sync_prefix(uri: str, cache_root: Path, workers: int | None = None) -> tuple
         raise DatasetError(f"{uri}: {exc}") from exc
     remote = remote_files(objects, prefix, base_uri)
     if not remote:
-        raise DatasetError(f"{uri}: dataset is empty: no images under {base_uri} "
-                           f"({len(objects)} object(s) listed, none an image, labels.csv or split file)")
+        raise DatasetError(
+            f"{uri}: dataset is empty: no images under {base_uri} "
+            f"({len(objects)} object(s) listed, none an image, labels.csv or split file)"
+        )
     root.mkdir(parents=True, exist_ok=True)
     workers = workers or int(os.environ.get("QUICKTUNE_S3_WORKERS", "16"))
     with open(root / LOCK, "a+") as lock:
@@ -147,8 +158,9 @@ def sync_prefix(uri: str, cache_root: Path, workers: int | None = None) -> tuple
     return root, remote, stats
 
 
-def _sync_locked(base_uri: str, bucket: str, prefix: str, root: Path, remote: dict[str, str],
-                 workers: int) -> dict[str, Any]:
+def _sync_locked(
+    base_uri: str, bucket: str, prefix: str, root: Path, remote: dict[str, str], workers: int
+) -> dict[str, Any]:
     manifest_path = root / MANIFEST
     try:
         manifest: dict[str, str] = json.loads(manifest_path.read_text())
@@ -168,10 +180,18 @@ def _sync_locked(base_uri: str, bucket: str, prefix: str, root: Path, remote: di
             continue
         stale.unlink(missing_ok=True)
         removed += 1
-    todo = [rel for rel, etag in sorted(remote.items())
-            if manifest.get(rel) != etag or not confined(root, rel, resolve=True).is_file()]
-    stats: dict[str, Any] = {"listed": len(remote), "downloaded": 0, "reused": len(remote) - len(todo),
-                             "removed": removed, "bytes": 0}
+    todo = [
+        rel
+        for rel, etag in sorted(remote.items())
+        if manifest.get(rel) != etag or not confined(root, rel, resolve=True).is_file()
+    ]
+    stats: dict[str, Any] = {
+        "listed": len(remote),
+        "downloaded": 0,
+        "reused": len(remote) - len(todo),
+        "removed": removed,
+        "bytes": 0,
+    }
     if not todo:
         if pruned:
             _write_manifest(manifest_path, manifest)

@@ -9,8 +9,8 @@ in at most one split; images listed in none are not used.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -38,10 +38,11 @@ def stratified_split(labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]
             n_test = 1
         n_train = n - n_val - n_test
         parts["train"].append(idx[:n_train])
-        parts["val"].append(idx[n_train:n_train + n_val])
-        parts["test"].append(idx[n_train + n_val:])
-    return {name: np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, np.int64)
-            for name, p in parts.items()}
+        parts["val"].append(idx[n_train : n_train + n_val])
+        parts["test"].append(idx[n_train + n_val :])
+    return {
+        name: np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, np.int64) for name, p in parts.items()
+    }
 
 
 def _shown(entry: str) -> str:
@@ -69,8 +70,10 @@ def read_split_files(root: Path, paths: Sequence[str], where: str) -> dict[str, 
             if name == "test":
                 out[name] = np.zeros(0, np.int64)
                 continue
-            raise InvalidDatasetError(f"{where}: split file splits/{name}.txt is missing (splits/ needs "
-                                      f"train.txt and val.txt, optionally test.txt)")
+            raise InvalidDatasetError(
+                f"{where}: split file splits/{name}.txt is missing (splits/ needs "
+                f"train.txt and val.txt, optionally test.txt)"
+            )
         chosen: list[int] = []
         for lineno, line in enumerate(f.read_text().splitlines(), 1):
             rel = line.strip()
@@ -81,11 +84,14 @@ def read_split_files(root: Path, paths: Sequence[str], where: str) -> dict[str, 
                 rel = rel[2:]
             i = index.get(rel)
             if i is None:
-                raise InvalidDatasetError(f"{where}: splits/{name}.txt line {lineno} names {_shown(rel)}, "
-                                          f"which is not an image of the dataset")
+                raise InvalidDatasetError(
+                    f"{where}: splits/{name}.txt line {lineno} names {_shown(rel)}, "
+                    f"which is not an image of the dataset"
+                )
             if i in owner:
-                raise InvalidDatasetError(f"{where}: {_shown(rel)} is listed in both splits/{owner[i]}.txt "
-                                          f"and splits/{name}.txt")
+                raise InvalidDatasetError(
+                    f"{where}: {_shown(rel)} is listed in both splits/{owner[i]}.txt and splits/{name}.txt"
+                )
             owner[i] = name
             chosen.append(i)
         out[name] = np.array(sorted(chosen), dtype=np.int64)

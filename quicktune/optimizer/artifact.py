@@ -62,7 +62,7 @@ class MetaArtifact:
         return d
 
     @classmethod
-    def load(cls, directory: str | Path) -> "MetaArtifact":
+    def load(cls, directory: str | Path) -> MetaArtifact:
         d = Path(directory)
         if not (d / MANIFEST).is_file() or not (d / WEIGHTS).is_file():
             raise ArtifactError(f"{d}: not a meta-artifact (needs {MANIFEST} and {WEIGHTS})")
@@ -73,13 +73,21 @@ class MetaArtifact:
         if doc.get("version") != FORMAT_VERSION:
             raise ArtifactError(f"{d}: artifact version {doc.get('version')!r}, this code reads {FORMAT_VERSION}")
         tensors = load_file(str(d / WEIGHTS))
-        sur = {k[len("surrogate."):]: v for k, v in tensors.items() if k.startswith("surrogate.")}
-        cost = {k[len("cost."):]: v for k, v in tensors.items() if k.startswith("cost.")}
-        return cls(schema=Schema.from_json(doc["schema"]), meta_scaler=MetaScaler.from_json(doc["meta_scaler"]),
-                   surrogate_config=SurrogateConfig(**doc["surrogate_config"]), surrogate_state=sur,
-                   cost_state=cost, max_epochs=int(doc["max_epochs"]), table_hash=doc.get("table_hash", ""),
-                   datasets=list(doc.get("datasets", [])), excluded=list(doc.get("excluded", [])),
-                   metrics=dict(doc.get("metrics", {})), version=int(doc["version"]))
+        sur = {k[len("surrogate.") :]: v for k, v in tensors.items() if k.startswith("surrogate.")}
+        cost = {k[len("cost.") :]: v for k, v in tensors.items() if k.startswith("cost.")}
+        return cls(
+            schema=Schema.from_json(doc["schema"]),
+            meta_scaler=MetaScaler.from_json(doc["meta_scaler"]),
+            surrogate_config=SurrogateConfig(**doc["surrogate_config"]),
+            surrogate_state=sur,
+            cost_state=cost,
+            max_epochs=int(doc["max_epochs"]),
+            table_hash=doc.get("table_hash", ""),
+            datasets=list(doc.get("datasets", [])),
+            excluded=list(doc.get("excluded", [])),
+            metrics=dict(doc.get("metrics", {})),
+            version=int(doc["version"]),
+        )
 
 
 DEFAULT_ARTIFACT_DIR = Path(__file__).with_name("default_artifact")

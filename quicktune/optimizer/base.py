@@ -10,8 +10,9 @@ twice. A config told with a non-``ok`` status is dead and never proposed again.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 STATUSES = ("ok", "diverged", "oom", "invalid", "failed")
 

@@ -17,12 +17,14 @@ pending result. A config told with a non-``ok`` status (or a NaN score) is dead.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from quicktune.optimizer.base import STATUSES, Optimizer, Suggestion
-from quicktune.space import SearchSpace, config_id as make_config_id
+from quicktune.space import SearchSpace
+from quicktune.space import config_id as make_config_id
 
 __all__ = ["RandomSearch", "SuccessiveHalving", "ASHA", "Hyperband", "rung_levels"]
 
@@ -47,8 +49,14 @@ class _PoolOptimizer(Optimizer):
 
     name = "pool"
 
-    def __init__(self, candidates: SearchSpace | Sequence[tuple[str, Mapping[str, Any]]], max_epochs: int,
-                 seed: int = 0, shuffle: bool = True, **ignored_options: Any) -> None:
+    def __init__(
+        self,
+        candidates: SearchSpace | Sequence[tuple[str, Mapping[str, Any]]],
+        max_epochs: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        **ignored_options: Any,
+    ) -> None:
         if int(max_epochs) < 1:
             raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
         self.max_epochs = int(max_epochs)
@@ -120,8 +128,9 @@ class _PoolOptimizer(Optimizer):
         if status not in STATUSES:
             raise ValueError(f"status {status!r} for config {config_id!r} is not one of {STATUSES}")
         if self._pending.get(config_id) != epoch:
-            raise ValueError(f"config {config_id!r} epoch {epoch} was not asked (pending: "
-                             f"{self._pending.get(config_id)})")
+            raise ValueError(
+                f"config {config_id!r} epoch {epoch} was not asked (pending: {self._pending.get(config_id)})"
+            )
         del self._pending[config_id]
         if status != "ok" or score is None or not math.isfinite(float(score)):
             self._dead.add(config_id)
@@ -149,8 +158,10 @@ class _PoolOptimizer(Optimizer):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("kind") != type(self).__name__ or int(state.get("max_epochs", -1)) != self.max_epochs:
-            raise ValueError(f"state is for {state.get('kind')} with max_epochs={state.get('max_epochs')}, "
-                             f"not {type(self).__name__} with max_epochs={self.max_epochs}")
+            raise ValueError(
+                f"state is for {state.get('kind')} with max_epochs={state.get('max_epochs')}, "
+                f"not {type(self).__name__} with max_epochs={self.max_epochs}"
+            )
         self._rng.bit_generator.state = state["rng"]
         if self._space is not None:
             self._configs = {k: dict(v) for k, v in state["configs"].items()}
@@ -178,8 +189,9 @@ class RandomSearch(_PoolOptimizer):
 
     name = "random"
 
-    def __init__(self, candidates, max_epochs: int, seed: int = 0, shuffle: bool = True,
-                 **ignored_options: Any) -> None:
+    def __init__(
+        self, candidates, max_epochs: int, seed: int = 0, shuffle: bool = True, **ignored_options: Any
+    ) -> None:
         super().__init__(candidates, max_epochs, seed=seed, shuffle=shuffle)
         self._active: list[str] = []
 
@@ -187,11 +199,11 @@ class RandomSearch(_PoolOptimizer):
         for cid in self._active:
             if self._can_step(cid):
                 return self._suggest(cid)
-        cid = self._draw_new()
-        if cid is None:
+        new = self._draw_new()
+        if new is None:
             return None
-        self._active.append(cid)
-        return self._suggest(cid)
+        self._active.append(new)
+        return self._suggest(new)
 
     def _on_result(self, cid: str, epoch: int) -> None:
         if cid in self._dead or self._last(cid) >= self.max_epochs:
@@ -211,8 +223,16 @@ class ASHA(_PoolOptimizer):
 
     name = "asha"
 
-    def __init__(self, candidates, max_epochs: int, seed: int = 0, eta: int = 3, min_epoch: int = 1,
-                 shuffle: bool = True, **ignored_options: Any) -> None:
+    def __init__(
+        self,
+        candidates,
+        max_epochs: int,
+        seed: int = 0,
+        eta: int = 3,
+        min_epoch: int = 1,
+        shuffle: bool = True,
+        **ignored_options: Any,
+    ) -> None:
         super().__init__(candidates, max_epochs, seed=seed, shuffle=shuffle)
         self.eta = int(eta)
         self.levels = rung_levels(self.max_epochs, self.eta, int(min_epoch))
@@ -237,18 +257,18 @@ class ASHA(_PoolOptimizer):
             if self._can_step(cid, self.levels[self._target[cid]]):
                 return self._suggest(cid)
         for k in range(len(self.levels) - 2, -1, -1):
-            cid = self._promotable(k)
-            if cid is not None:
-                self._promoted[k].append(cid)
-                self._target[cid] = k + 1
-                self._active.append(cid)
-                return self._suggest(cid)
-        cid = self._draw_new()
-        if cid is None:
+            up = self._promotable(k)
+            if up is not None:
+                self._promoted[k].append(up)
+                self._target[up] = k + 1
+                self._active.append(up)
+                return self._suggest(up)
+        new = self._draw_new()
+        if new is None:
             return None
-        self._target[cid] = 0
-        self._active.append(cid)
-        return self._suggest(cid)
+        self._target[new] = 0
+        self._active.append(new)
+        return self._suggest(new)
 
     def _on_result(self, cid: str, epoch: int) -> None:
         k = self._target[cid]
@@ -259,8 +279,12 @@ class ASHA(_PoolOptimizer):
             self._active.remove(cid)
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"target": dict(self._target), "rungs": [dict(r) for r in self._rungs],
-                "promoted": [list(p) for p in self._promoted], "active": list(self._active)}
+        return {
+            "target": dict(self._target),
+            "rungs": [dict(r) for r in self._rungs],
+            "promoted": [list(p) for p in self._promoted],
+            "active": list(self._active),
+        }
 
     def _load_extra(self, extra: Mapping[str, Any]) -> None:
         self._target = {k: int(v) for k, v in extra["target"].items()}
@@ -289,10 +313,10 @@ class _Bracket:
                 if opt._can_step(cid, level):
                     return opt._suggest(cid)
             if self.stage == 0 and len(current) < self.n0:
-                cid = opt._draw_new()
-                if cid is not None:
-                    current.append(cid)
-                    return opt._suggest(cid)
+                new = opt._draw_new()
+                if new is not None:
+                    current.append(new)
+                    return opt._suggest(new)
                 self.n0 = len(current)  # pool exhausted: the bracket makes do with what it has
             if any(cid in opt._pending for cid in current):
                 return None  # synchronous: wait for this rung to complete
@@ -311,11 +335,17 @@ class _Bracket:
         self.members.append(ranked[:keep])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"levels": self.levels, "n0": self.n0, "eta": self.eta, "stage": self.stage,
-                "members": [list(m) for m in self.members], "done": self.done}
+        return {
+            "levels": self.levels,
+            "n0": self.n0,
+            "eta": self.eta,
+            "stage": self.stage,
+            "members": [list(m) for m in self.members],
+            "done": self.done,
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "_Bracket":
+    def from_dict(cls, d: Mapping[str, Any]) -> _Bracket:
         b = cls(d["levels"], d["n0"], d["eta"])
         b.stage = int(d["stage"])
         b.members = [list(m) for m in d["members"]]
@@ -330,8 +360,16 @@ class Hyperband(_PoolOptimizer):
 
     name = "hyperband"
 
-    def __init__(self, candidates, max_epochs: int, seed: int = 0, eta: int = 3, min_epoch: int = 1,
-                 shuffle: bool = True, **ignored_options: Any) -> None:
+    def __init__(
+        self,
+        candidates,
+        max_epochs: int,
+        seed: int = 0,
+        eta: int = 3,
+        min_epoch: int = 1,
+        shuffle: bool = True,
+        **ignored_options: Any,
+    ) -> None:
         super().__init__(candidates, max_epochs, seed=seed, shuffle=shuffle)
         self.eta = int(eta)
         self.levels = rung_levels(self.max_epochs, self.eta, int(min_epoch))
@@ -342,7 +380,7 @@ class Hyperband(_PoolOptimizer):
     def _bracket_sizes(self, i: int) -> tuple[int, int]:
         """(index of the first rung, number of configs) of the ``i``-th bracket opened."""
         s = self.s_max - (i % (self.s_max + 1))
-        n0 = int(math.ceil((self.s_max + 1) / (s + 1) * self.eta ** s))
+        n0 = int(math.ceil((self.s_max + 1) / (s + 1) * self.eta**s))
         return self.s_max - s, n0
 
     def _open_bracket(self) -> _Bracket:
@@ -383,4 +421,4 @@ class SuccessiveHalving(Hyperband):
     name = "sh"
 
     def _bracket_sizes(self, i: int) -> tuple[int, int]:
-        return 0, int(self.eta ** self.s_max)
+        return 0, int(self.eta**self.s_max)

@@ -20,12 +20,24 @@ COST_FLOOR = 1e-3  # seconds; costs are clamped here before taking the log
 class CostPredictor(nn.Module):
     def __init__(self, hp_dim: int, model_dim: int, meta_dim: int, hidden: int = 32):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(hp_dim + model_dim + meta_dim + 1, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(hp_dim + model_dim + meta_dim + 1, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )
 
     def forward(self, b: Batch) -> torch.Tensor:
         x = torch.cat([b.x_hp, b.x_model, b.meta, b.budget.unsqueeze(1)], dim=1)
         return self.net(x).squeeze(1)
+
+    @torch.no_grad()
+    def start_at(self, log_cost: float) -> None:
+        """Set the output bias so that an untrained net predicts ``exp(log_cost)`` seconds."""
+        last = self.net[-1]
+        assert isinstance(last, nn.Linear)
+        last.bias.fill_(float(log_cost))
 
     @staticmethod
     def target(cost: np.ndarray | torch.Tensor) -> torch.Tensor:

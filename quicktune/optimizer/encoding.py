@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,8 +70,9 @@ class ColumnSpec:
         return base + int(self.can_be_inactive)
 
     @classmethod
-    def numeric_from_values(cls, name: str, values: Sequence[float], can_be_inactive: bool,
-                            log: bool | None = None) -> "ColumnSpec":
+    def numeric_from_values(
+        cls, name: str, values: Sequence[float], can_be_inactive: bool, log: bool | None = None
+    ) -> ColumnSpec:
         vals = np.asarray([float(v) for v in values], dtype=np.float64)
         lo, hi = float(vals.min()), float(vals.max())
         shift = 0.0
@@ -81,8 +83,9 @@ class ColumnSpec:
                 shift = float(pos.min())
         if log and lo <= 0 and shift == 0.0:
             shift = float(vals[vals > 0].min()) if (vals > 0).any() else 1.0
-        return cls(name=name, kind="numeric", low=lo, high=hi, log=bool(log), shift=shift,
-                   can_be_inactive=can_be_inactive)
+        return cls(
+            name=name, kind="numeric", low=lo, high=hi, log=bool(log), shift=shift, can_be_inactive=can_be_inactive
+        )
 
     def _transform(self, x: float) -> float:
         return math.log(x + self.shift) if self.log else x
@@ -135,15 +138,16 @@ class Schema:
 
     # --- inference ----------------------------------------------------------------------------
     @classmethod
-    def from_space(cls, space: Any) -> "Schema":
+    def from_space(cls, space: Any) -> Schema:
         """From a ``quicktune.space.SearchSpace``: ranges from the declared bounds/choices."""
         cols: list[ColumnSpec] = []
         model = None
         for p in space.params:
             conditional = bool(p.only_active_with)
             if p.name == space.model_param:
-                model = ColumnSpec(p.name, "categorical", choices=[str(_plain(c)) for c in p.choices],
-                                   can_be_inactive=conditional)
+                model = ColumnSpec(
+                    p.name, "categorical", choices=[str(_plain(c)) for c in p.choices], can_be_inactive=conditional
+                )
                 continue
             if p.type == "bool":
                 cols.append(ColumnSpec(p.name, "categorical", choices=[False, True], can_be_inactive=conditional))
@@ -151,14 +155,17 @@ class Schema:
                 if all(_is_number(c) for c in p.choices) and len(p.choices) > 1:
                     cols.append(ColumnSpec.numeric_from_values(p.name, p.choices, conditional))
                 else:
-                    cols.append(ColumnSpec(p.name, "categorical", choices=[_plain(c) for c in p.choices],
-                                           can_be_inactive=conditional))
+                    cols.append(
+                        ColumnSpec(
+                            p.name, "categorical", choices=[_plain(c) for c in p.choices], can_be_inactive=conditional
+                        )
+                    )
             else:
                 cols.append(ColumnSpec.numeric_from_values(p.name, [p.low, p.high], conditional, log=p.log))
         return cls(cols, model)
 
     @classmethod
-    def from_columns(cls, values: Mapping[str, Sequence[Any]], model_column: str | None = "model") -> "Schema":
+    def from_columns(cls, values: Mapping[str, Sequence[Any]], model_column: str | None = "model") -> Schema:
         """From raw column values (``None``/NaN = inactive), e.g. a table's ``hp.*`` columns."""
         cols: list[ColumnSpec] = []
         model = None
@@ -177,8 +184,9 @@ class Schema:
                 if len({float(v) for v in present}) == 1:
                     if not can_be_inactive:
                         continue  # a constant column carries no information
-                    cols.append(ColumnSpec(name, "numeric", low=float(present[0]), high=float(present[0]),
-                                           can_be_inactive=True))
+                    cols.append(
+                        ColumnSpec(name, "numeric", low=float(present[0]), high=float(present[0]), can_be_inactive=True)
+                    )
                 else:
                     cols.append(ColumnSpec.numeric_from_values(name, present, can_be_inactive))
             else:
@@ -187,14 +195,14 @@ class Schema:
         return cls(cols, model)
 
     @classmethod
-    def infer(cls, df: Any, model_column: str = "model") -> "Schema":
+    def infer(cls, df: Any, model_column: str = "model") -> Schema:
         """From a learning-curve table's ``hp.<name>`` columns (one row per config is used)."""
         firsts = df.drop_duplicates(["dataset", "config_id"]) if "config_id" in df.columns else df
         values = {c[3:]: firsts[c].tolist() for c in df.columns if str(c).startswith("hp.")}
         return cls.from_columns(values, model_column=model_column)
 
     @classmethod
-    def from_configs(cls, configs: Iterable[Mapping[str, Any]], model_column: str | None = "model") -> "Schema":
+    def from_configs(cls, configs: Iterable[Mapping[str, Any]], model_column: str | None = "model") -> Schema:
         """From a list of config dicts (absent key = inactive)."""
         configs = list(configs)
         names: list[str] = []
@@ -217,7 +225,7 @@ class Schema:
             for col in self.columns:
                 w = col.width
                 col.encode_into(buf[:w], cfg.get(col.name))
-                X[i, j:j + w] = buf[:w]
+                X[i, j : j + w] = buf[:w]
                 j += w
             if self.model is not None:
                 w = self.model.width
@@ -228,11 +236,13 @@ class Schema:
 
     # --- persistence --------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {"columns": [asdict(c) for c in self.columns],
-                "model": asdict(self.model) if self.model is not None else None}
+        return {
+            "columns": [asdict(c) for c in self.columns],
+            "model": asdict(self.model) if self.model is not None else None,
+        }
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> "Schema":
+    def from_json(cls, doc: Mapping[str, Any]) -> Schema:
         cols = [ColumnSpec(**c) for c in doc["columns"]]
         model = ColumnSpec(**doc["model"]) if doc.get("model") else None
         return cls(cols, model)
@@ -264,7 +274,7 @@ class MetaScaler:
         return len(self.names)
 
     @classmethod
-    def fit(cls, metas: Sequence[Mapping[str, float]]) -> "MetaScaler":
+    def fit(cls, metas: Sequence[Mapping[str, float]]) -> MetaScaler:
         names = sorted({k for m in metas for k in m})
         logs, means, stds = [], [], []
         for n in names:
@@ -294,5 +304,5 @@ class MetaScaler:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> "MetaScaler":
+    def from_json(cls, doc: Mapping[str, Any]) -> MetaScaler:
         return cls(**{k: list(v) for k, v in doc.items()})

@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,24 +34,31 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Dataset:
     name: str
-    X: np.ndarray        # (n_cfg, hp_dim)
-    M: np.ndarray        # (n_cfg, model_dim)
-    scores: np.ndarray   # (n_cfg, max_epochs), NaN where missing / failed
-    costs: np.ndarray    # (n_cfg, max_epochs), NaN where missing
-    meta: np.ndarray     # (meta_dim,)
+    X: np.ndarray  # (n_cfg, hp_dim)
+    M: np.ndarray  # (n_cfg, model_dim)
+    scores: np.ndarray  # (n_cfg, max_epochs), NaN where missing / failed
+    costs: np.ndarray  # (n_cfg, max_epochs), NaN where missing
+    meta: np.ndarray  # (meta_dim,)
     train_obs: np.ndarray  # (k, 2) [config index, epoch] with finite score, training configs
-    val_obs: np.ndarray    # same, held-out configs
+    val_obs: np.ndarray  # same, held-out configs
     train_cost: np.ndarray  # (k, 2) rows with a cost, training configs
     val_cost: np.ndarray
 
     def batch(self, obs: np.ndarray, max_epochs: int, zero_curves: bool = False) -> Batch:
         ci, ep = obs[:, 0], obs[:, 1]
-        curves = [[] if zero_curves else self.scores[c, : e - 1] for c, e in zip(ci, ep)]
+        curves: list[Any] = [[] if zero_curves else self.scores[c, : e - 1] for c, e in zip(ci, ep, strict=True)]
         return make_batch(self.X[ci], self.M[ci], ep, curves, self.meta, max_epochs)
 
 
-def _prepare(df: pd.DataFrame, schema: Schema, scaler: MetaScaler, max_epochs: int, val_fraction: float,
-             rng: np.random.Generator) -> list[_Dataset]:
+def _observed(A: np.ndarray, mask_cfg: np.ndarray) -> np.ndarray:
+    """(config row, epoch) pairs with a finite entry in ``A`` among the configs in ``mask_cfg``."""
+    r, e = np.nonzero(np.isfinite(A) & mask_cfg[:, None])
+    return np.stack([r, e + 1], axis=1).astype(np.int64)
+
+
+def _prepare(
+    df: pd.DataFrame, schema: Schema, scaler: MetaScaler, max_epochs: int, val_fraction: float, rng: np.random.Generator
+) -> list[_Dataset]:
     hp_cols = [c for c in df.columns if str(c).startswith("hp.")]
     meta_cols = [c for c in df.columns if str(c).startswith("meta.")]
     out = []
@@ -61,7 +69,7 @@ def _prepare(df: pd.DataFrame, schema: Schema, scaler: MetaScaler, max_epochs: i
         configs = []
         for row in firsts[hp_cols].itertuples(index=False, name=None):
             cfg = {}
-            for c, v in zip(hp_cols, row):
+            for c, v in zip(hp_cols, row, strict=True):
                 if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
                     continue
                 cfg[c[3:]] = v.item() if isinstance(v, np.generic) else v
@@ -80,20 +88,35 @@ def _prepare(df: pd.DataFrame, schema: Schema, scaler: MetaScaler, max_epochs: i
         is_val = np.zeros(len(cids), bool)
         is_val[perm[:n_val]] = True
 
-        def obs(mask_cfg: np.ndarray, need_score: bool) -> np.ndarray:
-            A = S if need_score else C
-            r, e = np.nonzero(np.isfinite(A) & mask_cfg[:, None])
-            return np.stack([r, e + 1], axis=1).astype(np.int64)
-
-        out.append(_Dataset(str(name), X, M, S, C, scaler.transform(meta), obs(~is_val, True), obs(is_val, True),
-                            obs(~is_val, False), obs(is_val, False)))
+        out.append(
+            _Dataset(
+                str(name),
+                X,
+                M,
+                S,
+                C,
+                scaler.transform(meta),
+                _observed(S, ~is_val),
+                _observed(S, is_val),
+                _observed(C, ~is_val),
+                _observed(C, is_val),
+            )
+        )
     return out
 
 
-def meta_train(df: pd.DataFrame, exclude: Sequence[str] = (), epochs: int = 20, seed: int = 0,
-               val_fraction: float = 0.15, steps_per_epoch: int = 50, batch_size: int = 128,
-               learning_rate: float = 5e-3, cost_learning_rate: float = 5e-3,
-               surrogate: dict | None = None) -> MetaArtifact:
+def meta_train(
+    df: pd.DataFrame,
+    exclude: Sequence[str] = (),
+    epochs: int = 20,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    steps_per_epoch: int = 50,
+    batch_size: int = 128,
+    learning_rate: float = 5e-3,
+    cost_learning_rate: float = 5e-3,
+    surrogate: dict | None = None,
+) -> MetaArtifact:
     """Meta-train on every dataset of ``df`` except ``exclude``; returns the artifact with the
     checkpoint of best held-out predictive log-likelihood. ``epochs * steps_per_epoch`` Adam steps
     in all (each on a batch of one dataset)."""
@@ -107,8 +130,14 @@ def meta_train(df: pd.DataFrame, exclude: Sequence[str] = (), epochs: int = 20, 
         raise LCTError("meta-training table: no dataset left after exclusion")
     rng = np.random.default_rng(seed)
     schema = Schema.infer(train_df)
-    metas = [{c[5:]: float(g[c].iloc[0]) for c in train_df.columns if str(c).startswith("meta.")
-              and not pd.isna(g[c].iloc[0])} for _, g in train_df.groupby("dataset", sort=True)]
+    metas = [
+        {
+            c[5:]: float(g[c].iloc[0])
+            for c in train_df.columns
+            if str(c).startswith("meta.") and not pd.isna(g[c].iloc[0])
+        }
+        for _, g in train_df.groupby("dataset", sort=True)
+    ]
     scaler = MetaScaler.fit(metas)
     max_epochs = int(train_df["epoch"].max())
     data = [d for d in _prepare(train_df, schema, scaler, max_epochs, val_fraction, rng) if len(d.train_obs) >= 2]
@@ -120,9 +149,9 @@ def meta_train(df: pd.DataFrame, exclude: Sequence[str] = (), epochs: int = 20, 
         torch.manual_seed(seed)
         model = DeepKernelGP(cfg)
         cost_model = CostPredictor(cfg.hp_dim, cfg.model_dim, cfg.meta_dim)
-    with torch.no_grad():  # start the cost head at the typical log-cost
-        all_c = np.concatenate([d.costs[np.isfinite(d.costs)] for d in data])
-        cost_model.net[-1].bias.fill_(float(np.mean(np.log(np.maximum(all_c, 1e-3)))))
+    # start the cost head at the typical log-cost
+    all_c = np.concatenate([d.costs[np.isfinite(d.costs)] for d in data])
+    cost_model.start_at(float(np.mean(np.log(np.maximum(all_c, 1e-3)))))
     opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
     cost_opt = torch.optim.Adam(cost_model.parameters(), lr=cost_learning_rate)
 
@@ -158,17 +187,30 @@ def meta_train(df: pd.DataFrame, exclude: Sequence[str] = (), epochs: int = 20, 
         if cval < best_cost_val or best_cost_state is None:
             best_cost_val, best_cost_state = cval, copy.deepcopy(cost_model.state_dict())
 
-    return MetaArtifact(schema=schema, meta_scaler=scaler, surrogate_config=cfg,
-                        surrogate_state={k: v.detach().clone() for k, v in best_state.items()},
-                        cost_state={k: v.detach().clone() for k, v in best_cost_state.items()},
-                        max_epochs=max_epochs, table_hash=table_hash(df),
-                        datasets=sorted(d.name for d in data), excluded=sorted(excl),
-                        metrics={"best_val_nll": best_val, "best_val_cost_mse": best_cost_val, "history": history})
+    assert best_state is not None and best_cost_state is not None, "epochs must be >= 1"
+    return MetaArtifact(
+        schema=schema,
+        meta_scaler=scaler,
+        surrogate_config=cfg,
+        surrogate_state={k: v.detach().clone() for k, v in best_state.items()},
+        cost_state={k: v.detach().clone() for k, v in best_cost_state.items()},
+        max_epochs=max_epochs,
+        table_hash=table_hash(df),
+        datasets=sorted(d.name for d in data),
+        excluded=sorted(excl),
+        metrics={"best_val_nll": best_val, "best_val_cost_mse": best_cost_val, "history": history},
+    )
 
 
 @torch.no_grad()
-def _validate(model: DeepKernelGP, cost_model: CostPredictor, data: list[_Dataset], max_epochs: int,
-              batch_size: int, rng: np.random.Generator) -> tuple[float, float]:
+def _validate(
+    model: DeepKernelGP,
+    cost_model: CostPredictor,
+    data: list[_Dataset],
+    max_epochs: int,
+    batch_size: int,
+    rng: np.random.Generator,
+) -> tuple[float, float]:
     """Mean held-out predictive NLL (GP conditioned on training observations of the same
     dataset) and mean held-out squared log-cost error. Falls back to training observations when a
     dataset has no held-out configs."""
@@ -187,7 +229,7 @@ def _validate(model: DeepKernelGP, cost_model: CostPredictor, data: list[_Datase
         except Exception:
             nlls.append(1e6)
             continue
-        var = std ** 2 + float(model.likelihood.noise.item())
+        var = std**2 + float(model.likelihood.noise.item())
         nlls.append(float(np.mean(0.5 * np.log(2 * np.pi * var) + 0.5 * (vy - mean) ** 2 / var)))
         cobs = d.val_cost if len(d.val_cost) else d.train_cost
         csel = cobs[vrng.choice(len(cobs), size=min(batch_size, len(cobs)), replace=False)]

@@ -8,12 +8,13 @@ finite pool, e.g. the configs of a learning-curve table).
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from quicktune.optimizer.base import Optimizer
 from quicktune.space import SearchSpace
 
-Candidates = Union[SearchSpace, Sequence[tuple[str, Mapping[str, Any]]]]
+Candidates = SearchSpace | Sequence[tuple[str, Mapping[str, Any]]]
 
 # name -> ("module:Class", fixed keyword options)
 _REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {

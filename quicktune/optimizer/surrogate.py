@@ -20,8 +20,9 @@ Weights and GP hyperparameters are fitted jointly by maximizing the exact margin
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import gpytorch
 import numpy as np
@@ -49,40 +50,51 @@ class SurrogateConfig:
 class Batch:
     """Surrogate inputs for n observations (float32 tensors)."""
 
-    x_hp: torch.Tensor      # (n, hp_dim)
-    x_model: torch.Tensor   # (n, model_dim)
-    budget: torch.Tensor    # (n,) epoch / max_epochs
-    curve: torch.Tensor     # (n, L) scores before the epoch, zero-padded
-    meta: torch.Tensor      # (n, meta_dim)
+    x_hp: torch.Tensor  # (n, hp_dim)
+    x_model: torch.Tensor  # (n, model_dim)
+    budget: torch.Tensor  # (n,) epoch / max_epochs
+    curve: torch.Tensor  # (n, L) scores before the epoch, zero-padded
+    meta: torch.Tensor  # (n, meta_dim)
 
     def __len__(self) -> int:
         return int(self.budget.shape[0])
 
-    def subset(self, idx: torch.Tensor | np.ndarray) -> "Batch":
+    def subset(self, idx: torch.Tensor | np.ndarray) -> Batch:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return Batch(self.x_hp[idx], self.x_model[idx], self.budget[idx], self.curve[idx], self.meta[idx])
 
     @staticmethod
-    def cat(batches: list["Batch"]) -> "Batch":
-        return Batch(*(torch.cat([getattr(b, f) for b in batches]) for f in ("x_hp", "x_model", "budget", "curve", "meta")))
+    def cat(batches: list[Batch]) -> Batch:
+        return Batch(
+            *(torch.cat([getattr(b, f) for b in batches]) for f in ("x_hp", "x_model", "budget", "curve", "meta"))
+        )
 
 
-def make_batch(x_hp: np.ndarray, x_model: np.ndarray, epochs: np.ndarray, curves: list[list[float]] | np.ndarray,
-               meta: np.ndarray, max_epochs: int) -> Batch:
+def make_batch(
+    x_hp: np.ndarray,
+    x_model: np.ndarray,
+    epochs: np.ndarray,
+    curves: Sequence[Sequence[float]] | np.ndarray,
+    meta: np.ndarray,
+    max_epochs: int,
+) -> Batch:
     """Build a batch; ``curves[i]`` are the scores of epochs ``1..epochs[i]-1`` (NaN -> 0)."""
     n = len(epochs)
     L = max(int(max_epochs), 1)
     C = np.zeros((n, L), dtype=np.float32)
     for i, c in enumerate(curves):
-        c = np.asarray(c, dtype=np.float32)[: L]
+        c = np.asarray(c, dtype=np.float32)[:L]
         C[i, : len(c)] = np.nan_to_num(c, nan=0.0)
     meta = np.asarray(meta, dtype=np.float32)
     if meta.ndim == 1:
         meta = np.tile(meta[None, :], (n, 1))
-    return Batch(torch.as_tensor(np.asarray(x_hp, dtype=np.float32)),
-                 torch.as_tensor(np.asarray(x_model, dtype=np.float32)),
-                 torch.as_tensor(np.asarray(epochs, dtype=np.float32) / float(max_epochs)),
-                 torch.as_tensor(C), torch.as_tensor(meta))
+    return Batch(
+        torch.as_tensor(np.asarray(x_hp, dtype=np.float32)),
+        torch.as_tensor(np.asarray(x_model, dtype=np.float32)),
+        torch.as_tensor(np.asarray(epochs, dtype=np.float32) / float(max_epochs)),
+        torch.as_tensor(C),
+        torch.as_tensor(meta),
+    )
 
 
 def _mlp(i: int, o: int) -> nn.Module:
@@ -97,10 +109,13 @@ class FeatureExtractor(nn.Module):
         self.model_encoder = _mlp(cfg.model_dim, cfg.model_emb) if cfg.model_dim > 0 else None
         self.meta_encoder = _mlp(cfg.meta_dim, cfg.meta_emb) if cfg.meta_dim > 0 else None
         self.curve_conv = nn.Conv1d(1, cfg.conv_channels, kernel_size=3, padding=1)
-        width = ((cfg.hidden if self.hp_encoder is not None else 0)
-                 + (cfg.model_emb if self.model_encoder is not None else 0)
-                 + (cfg.meta_emb if self.meta_encoder is not None else 0)
-                 + cfg.conv_channels + 1)
+        width = (
+            (cfg.hidden if self.hp_encoder is not None else 0)
+            + (cfg.model_emb if self.model_encoder is not None else 0)
+            + (cfg.meta_emb if self.meta_encoder is not None else 0)
+            + cfg.conv_channels
+            + 1
+        )
         self.trunk = nn.Sequential(nn.Linear(width, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.out_dim))
 
     def forward(self, b: Batch) -> torch.Tensor:
@@ -121,8 +136,11 @@ class _ExactGP(gpytorch.models.ExactGP):
     def __init__(self, dim: int, likelihood: gpytorch.likelihoods.GaussianLikelihood, kernel: str):
         super().__init__(None, None, likelihood)
         self.mean_module = gpytorch.means.ConstantMean()
-        base = (gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=dim) if kernel == "matern"
-                else gpytorch.kernels.RBFKernel(ard_num_dims=dim))
+        base = (
+            gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=dim)
+            if kernel == "matern"
+            else gpytorch.kernels.RBFKernel(ard_num_dims=dim)
+        )
         self.covar_module = gpytorch.kernels.ScaleKernel(base)
 
     def forward(self, z: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
@@ -137,7 +155,8 @@ class DeepKernelGP(nn.Module):
         self.cfg = cfg
         self.features = FeatureExtractor(cfg)
         self.likelihood = gpytorch.likelihoods.GaussianLikelihood(
-            noise_constraint=gpytorch.constraints.GreaterThan(1e-4))
+            noise_constraint=gpytorch.constraints.GreaterThan(1e-4)
+        )
         self.gp = _ExactGP(cfg.out_dim, self.likelihood, cfg.kernel)
         self.prior_head = nn.Linear(cfg.out_dim, 1)
         # scores live in about [0, 1]: start from a small noise instead of gpytorch's 0.69
@@ -156,8 +175,7 @@ class DeepKernelGP(nn.Module):
     def prior_loss(self, batch: Batch, y: torch.Tensor) -> torch.Tensor:
         return torch.mean((self.prior_head(self.features(batch)).squeeze(1) - y) ** 2)
 
-    def fit(self, batch: Batch, y: torch.Tensor, steps: int, lr: float,
-            subset: np.ndarray | None = None) -> float:
+    def fit(self, batch: Batch, y: torch.Tensor, steps: int, lr: float, subset: np.ndarray | None = None) -> float:
         """A few Adam steps on the exact MLL (warm start from the current weights). ``lr``
         really is the step size. Returns the last loss."""
         if subset is not None:

@@ -7,7 +7,8 @@ peers are seeded, so the replay reaches the same state and the next ask is the s
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from quicktune.optimizer.base import STATUSES, Optimizer, Suggestion
 from quicktune.space import SearchSpace
@@ -16,11 +17,14 @@ from quicktune.space import SearchSpace
 class ReplayPeer(Optimizer):
     """Records ask/tell calls for state_dict; subclasses implement ``_ask`` and ``_tell``."""
 
-    def __init__(self, candidates: SearchSpace | Sequence[tuple[str, Mapping[str, Any]]], max_epochs: int,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, candidates: SearchSpace | Sequence[tuple[str, Mapping[str, Any]]], max_epochs: int, seed: int = 0
+    ) -> None:
         if isinstance(candidates, SearchSpace):
-            raise ValueError(f"peer {type(self).__name__} needs a finite pool of (config_id, config) pairs "
-                             "(the configs of a learning-curve table), not a search space")
+            raise ValueError(
+                f"peer {type(self).__name__} needs a finite pool of (config_id, config) pairs "
+                "(the configs of a learning-curve table), not a search space"
+            )
         self.pool = [(str(cid), dict(cfg)) for cid, cfg in candidates]
         if not self.pool:
             raise ValueError("candidates is empty")

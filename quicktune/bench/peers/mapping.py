@@ -17,7 +17,8 @@ the earlier config in pool order.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class PoolSpace:
                 self.params[name] = {"type": "categorical", "choices": choices}
         # encoded pool: numeric -> [0,1] (NaN inactive); categorical -> choice index (-1 inactive)
         self._enc = np.full((len(self.configs), len(self.params)), np.nan)
-        for j, (name, p) in enumerate(self.params.items()):
+        for j, (name, _p) in enumerate(self.params.items()):
             for i, c in enumerate(self.configs):
                 if name in c:
                     self._enc[i, j] = self._encode(name, c[name])

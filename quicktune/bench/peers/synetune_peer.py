@@ -41,11 +41,18 @@ class _Server:
     """One server subprocess (importing syne_tune takes seconds, so processes are reused)."""
 
     def __init__(self) -> None:
-        env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   OPENBLAS_NUM_THREADS="1")
+        env = dict(
+            os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1"
+        )
         self.owner = os.getpid()  # a forked child must not talk to its parent's server
-        self.proc = subprocess.Popen([str(peers_python()), str(SERVER)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [str(peers_python()), str(SERVER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
 
     def call(self, msg: dict[str, Any]) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -122,8 +129,9 @@ class SyneTunePeer(ReplayPeer):
 
     name = "synetune"
 
-    def __init__(self, candidates, max_epochs: int, seed: int = 0, scheduler: str = "asha",
-                 **ignored_options: Any) -> None:
+    def __init__(
+        self, candidates, max_epochs: int, seed: int = 0, scheduler: str = "asha", **ignored_options: Any
+    ) -> None:
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown Syne Tune scheduler {scheduler!r} (have {', '.join(SCHEDULERS)})")
         super().__init__(candidates, max_epochs, seed=seed)
@@ -161,10 +169,20 @@ class SyneTunePeer(ReplayPeer):
     def _reset(self) -> None:
         if self._srv is None:
             self._srv = _acquire()
-        params = {n: {k: (v if k != "choices" else [repr(c) for c in v]) for k, v in p.items()}
-                  for n, p in self.space.params.items()}
-        self._call({"op": "init", "scheduler": self.scheduler, "space": params, "configs": self._points(),
-                    "max_epochs": self.max_epochs, "seed": self.seed})
+        params = {
+            n: {k: (v if k != "choices" else [repr(c) for c in v]) for k, v in p.items()}
+            for n, p in self.space.params.items()
+        }
+        self._call(
+            {
+                "op": "init",
+                "scheduler": self.scheduler,
+                "space": params,
+                "configs": self._points(),
+                "max_epochs": self.max_epochs,
+                "seed": self.seed,
+            }
+        )
 
     def _ask(self) -> Suggestion | None:
         reply = self._call({"op": "ask"})
@@ -174,8 +192,15 @@ class SyneTunePeer(ReplayPeer):
         return Suggestion(cid, self.space.config(cid), int(reply["epoch"]))
 
     def _tell(self, config_id: str, epoch: int, score: float, cost: float, status: str) -> None:
-        self._call({"op": "tell", "config_id": config_id, "epoch": epoch,
-                    "score": score if score == score else None, "status": status})
+        self._call(
+            {
+                "op": "tell",
+                "config_id": config_id,
+                "epoch": epoch,
+                "score": score if score == score else None,
+                "status": status,
+            }
+        )
 
     def close(self) -> None:
         """Hand the server process back for the next run (stopped at interpreter exit)."""
@@ -188,4 +213,3 @@ class SyneTunePeer(ReplayPeer):
             self.close()
         except Exception:
             pass
-

@@ -62,25 +62,42 @@ class Server:
         so = {"restrict_configurations": restrict, "debug_log": False}
         if self.name == "random":
             # random search that trains each config to max_epochs (FIFO, no early stopping)
-            self.sched = B.RandomSearch(space, metric=METRIC, mode="max", random_seed=seed,
-                                        search_options={"restrict_configurations": restrict, "debug_log": False})
+            self.sched = B.RandomSearch(
+                space,
+                metric=METRIC,
+                mode="max",
+                random_seed=seed,
+                search_options={"restrict_configurations": restrict, "debug_log": False},
+            )
         elif self.name == "asha":
-            self.sched = B.ASHA(space, max_t=R, grace_period=1, reduction_factor=3, type="promotion",
-                                search_options=so, **common)
+            self.sched = B.ASHA(
+                space, max_t=R, grace_period=1, reduction_factor=3, type="promotion", search_options=so, **common
+            )
         elif self.name == "mobster":
-            self.sched = B.MOBSTER(space, max_t=R, grace_period=1, reduction_factor=3, type="promotion",
-                                   search_options=so, **common)
+            self.sched = B.MOBSTER(
+                space, max_t=R, grace_period=1, reduction_factor=3, type="promotion", search_options=so, **common
+            )
         elif self.name == "hypertune":
-            self.sched = B.HyperTune(space, max_t=R, grace_period=1, reduction_factor=3, type="promotion",
-                                     search_options=so, **common)
+            self.sched = B.HyperTune(
+                space, max_t=R, grace_period=1, reduction_factor=3, type="promotion", search_options=so, **common
+            )
         elif self.name == "bohb":
-            self.sched = B.BOHB(space, max_t=R, grace_period=1, reduction_factor=3, type="promotion",
-                                search_options=so, **common)
+            self.sched = B.BOHB(
+                space, max_t=R, grace_period=1, reduction_factor=3, type="promotion", search_options=so, **common
+            )
         elif self.name == "dyhpo":
             self.sched = B.DyHPO(space, max_t=R, grace_period=1, search_options=so, **common)
         elif self.name == "dehb":
-            self.sched = B.DEHB(space, max_resource_level=R, grace_period=1, reduction_factor=3,
-                                metric=METRIC, mode="max", resource_attr=RESOURCE, random_seed=seed)
+            self.sched = B.DEHB(
+                space,
+                max_resource_level=R,
+                grace_period=1,
+                reduction_factor=3,
+                metric=METRIC,
+                mode="max",
+                resource_attr=RESOURCE,
+                random_seed=seed,
+            )
         else:
             raise ValueError(f"unknown Syne Tune scheduler {self.name!r} (have {', '.join(SCHEDULERS)})")
         self.fifo = self.name == "random"
@@ -89,14 +106,14 @@ class Server:
         self.pending = {}  # cid -> trial id
         self.used = set()
         self.next_id = 0
-        self._match = {self._key(p): cid for cid, p in zip(self.ids, self.points)}
+        self._match = {self._key(p): cid for cid, p in zip(self.ids, self.points, strict=True)}
 
     def _key(self, config):
         parts = []
         for n, p in self.params.items():
             v = config.get(n)
             if p["type"] == "float" and v is not None:
-                v = float("%.9g" % float(v))
+                v = float(f"{float(v):.9g}")
             elif v is not None:
                 v = int(v)
             parts.append(v)
@@ -104,7 +121,7 @@ class Server:
 
     def _nearest(self, config):
         best, best_d = None, math.inf
-        for cid, point in zip(self.ids, self.points):
+        for cid, point in zip(self.ids, self.points, strict=True):
             if cid in self.used:
                 continue
             d, n = 0.0, 0
