@@ -100,10 +100,10 @@ def own_image(api_client: Any, namespace: str, pod_name: str | None) -> str | No
         return None
     try:
         pod = KubernetesApi(api_client, namespace, attempts=1).read_pod(pod_name)
-    except KubernetesApiError as exc:
-        raise BackendError(f"cannot read the controller pod {namespace}/{pod_name} to find its image: {exc}; "
-                           "set QUICKTUNE_STEP_IMAGE") from None
-    return str(pod["spec"]["containers"][0]["image"])
+        return str(pod["spec"]["containers"][0]["image"])
+    except (KubernetesApiError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise BackendError(f"cannot read the controller pod {namespace}/{pod_name} to find its image: "
+                           f"{type(exc).__name__}: {exc}; set QUICKTUNE_STEP_IMAGE") from None
 
 
 class KubernetesApi:

@@ -227,3 +227,25 @@ def test_unknown_step_is_a_key_error():
     backend, _ = _backend()
     with pytest.raises(KeyError):
         backend.poll("qt-never-started")
+
+
+def test_own_image_reads_the_pod_and_says_what_to_set(monkeypatch):
+    from kubernetes import client
+
+    from quicktune.backends.kubernetes import own_image
+
+    answers: list[Any] = [_Resp({"spec": {"containers": [{"image": "ghcr.io/x/qt:1"}]}}), _exc(404),
+                          _Resp({"spec": {}})]
+
+    def read(self, name, namespace, **kw):
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(client.CoreV1Api, "read_namespaced_pod", read)
+    assert own_image(client.ApiClient(), "ns", None) is None
+    assert own_image(client.ApiClient(), "ns", "ctl") == "ghcr.io/x/qt:1"
+    for _ in range(2):  # not found, then a pod without containers: both say what to set
+        with pytest.raises(BackendError, match="ns/ctl.*set QUICKTUNE_STEP_IMAGE"):
+            own_image(client.ApiClient(), "ns", "ctl")
