@@ -23,8 +23,9 @@ from __future__ import annotations
 import base64
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,13 +64,30 @@ class QuickTune(Optimizer):
 
     name = "quicktune"
 
-    def __init__(self, candidates: SearchSpace | Sequence[tuple[str, Mapping[str, Any]]], max_epochs: int,
-                 seed: int = 0, *, meta: bool = True, cost_aware: bool = True,
-                 meta_features: Mapping[str, float] | None = None, artifact: MetaArtifact | str | Path | None = None,
-                 n_candidates: int = 256, refit_steps: int = 20, first_fit_steps: int = 50,
-                 learning_rate: float | None = None, cost_steps: int = 20, cost_learning_rate: float = 1e-2,
-                 fit_cap: int = 128, predict_cap: int = 512, refresh_every: int = 20, n_init: int = 2,
-                 init_top_k: int = 3, stagnation_patience: int | None = None, **ignored: Any):
+    def __init__(
+        self,
+        candidates: SearchSpace | Sequence[tuple[str, Mapping[str, Any]]],
+        max_epochs: int,
+        seed: int = 0,
+        *,
+        meta: bool = True,
+        cost_aware: bool = True,
+        meta_features: Mapping[str, float] | None = None,
+        artifact: MetaArtifact | str | Path | None = None,
+        n_candidates: int = 256,
+        refit_steps: int = 20,
+        first_fit_steps: int = 50,
+        learning_rate: float | None = None,
+        cost_steps: int = 20,
+        cost_learning_rate: float = 1e-2,
+        fit_cap: int = 128,
+        predict_cap: int = 512,
+        refresh_every: int = 20,
+        n_init: int = 2,
+        init_top_k: int = 3,
+        stagnation_patience: int | None = None,
+        **ignored: Any,
+    ):
         if int(max_epochs) < 1:
             raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
         if ignored:
@@ -96,8 +114,10 @@ class QuickTune(Optimizer):
             if artifact is None:
                 self.artifact = default_artifact()
                 if self.artifact is None:
-                    log.warning("meta=True but no artifact given and none shipped with the package: "
-                                "searching without meta-learning")
+                    log.warning(
+                        "meta=True but no artifact given and none shipped with the package: "
+                        "searching without meta-learning"
+                    )
             elif isinstance(artifact, MetaArtifact):
                 self.artifact = artifact
             else:
@@ -109,15 +129,15 @@ class QuickTune(Optimizer):
         self.rng = np.random.default_rng(self.seed)
         self.space: SearchSpace | None = candidates if isinstance(candidates, SearchSpace) else None
         self.configs: dict[str, dict[str, Any]] = {}
-        if self.space is not None:
-            for c in self.space.sample_many(self.n_candidates, self.rng):
+        if isinstance(candidates, SearchSpace):
+            for c in candidates.sample_many(self.n_candidates, self.rng):
                 self.configs[config_id(c)] = c
         else:
-            for cid, c in candidates:
-                cid = str(cid)
+            for raw_id, cfg in candidates:
+                cid = str(raw_id)
                 if cid in self.configs:
                     raise ValueError(f"duplicate config_id {cid!r} in candidates")
-                self.configs[cid] = dict(c)
+                self.configs[cid] = dict(cfg)
             if not self.configs:
                 raise ValueError("no candidates")
 
@@ -127,17 +147,16 @@ class QuickTune(Optimizer):
             self.meta_vec = self.artifact.meta_scaler.transform(self.meta_features)
             scfg = self.artifact.surrogate_config
         else:
-            self.schema = (Schema.from_space(self.space) if self.space is not None
-                           else Schema.from_configs(self.configs.values()))
+            self.schema = (
+                Schema.from_space(self.space) if self.space is not None else Schema.from_configs(self.configs.values())
+            )
             self.meta_vec = np.zeros(0, dtype=np.float32)
             scfg = SurrogateConfig(hp_dim=self.schema.hp_dim, model_dim=self.schema.model_dim, meta_dim=0)
         self._enc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
         # --- models, deterministically initialized without touching torch's global RNG
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.model = DeepKernelGP(scfg)
-            self.cost_model = CostPredictor(scfg.hp_dim, scfg.model_dim, scfg.meta_dim)
+        self._surrogate_config = scfg
+        self.model, self.cost_model = self._seeded_models(self.seed)
         if self.artifact is not None:
             self.model.load_state_dict(self.artifact.surrogate_state)
             self.cost_model.load_state_dict(self.artifact.cost_state)
@@ -154,9 +173,9 @@ class QuickTune(Optimizer):
         self.best_at_epoch: dict[int, float] = {}
         self.stagnation = 0
         self.n_asks = 0
-        self.fitted_obs = 0      # len(obs_log) at the last surrogate fit
+        self.fitted_obs = 0  # len(obs_log) at the last surrogate fit
         self.fitted_once = False
-        self.cost_fitted = 0     # number of cost observations at the last cost fit
+        self.cost_fitted = 0  # number of cost observations at the last cost fit
         self.n_resets = 0
 
     # ------------------------------------------------------------------------------------------
@@ -171,13 +190,18 @@ class QuickTune(Optimizer):
         M = np.stack([self._enc[i][1] for i in ids]) if ids else np.zeros((0, self.schema.model_dim), np.float32)
         return X, M
 
-    def _batch(self, ids: Sequence[str], epochs: Sequence[int], curves: Sequence[Sequence[float]] | None = None,
-               zero_curves: bool = False) -> Batch:
+    def _batch(
+        self,
+        ids: Sequence[str],
+        epochs: Sequence[int],
+        curves: Sequence[Sequence[float]] | None = None,
+        zero_curves: bool = False,
+    ) -> Batch:
         X, M = self._encode(ids)
         if zero_curves:
             curves = [[] for _ in ids]
         elif curves is None:
-            curves = [self.curves.get(i, [])[: e - 1] for i, e in zip(ids, epochs)]
+            curves = [self.curves.get(i, [])[: e - 1] for i, e in zip(ids, epochs, strict=True)]
         meta = np.tile(self.meta_vec[None, :], (len(ids), 1))
         return make_batch(X, M, np.asarray(epochs), list(curves), meta, self.max_epochs)
 
@@ -218,6 +242,13 @@ class QuickTune(Optimizer):
         y = torch.tensor([self.curves[cid][e - 1] for cid, e in obs], dtype=torch.float32)
         return self._batch(ids, eps), y
 
+    def _seeded_models(self, seed: int) -> tuple[DeepKernelGP, CostPredictor]:
+        """Freshly initialized models; the weights depend only on ``seed``."""
+        scfg = self._surrogate_config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return DeepKernelGP(scfg), CostPredictor(scfg.hp_dim, scfg.model_dim, scfg.meta_dim)
+
     def _reset_models(self) -> None:
         self.model.load_state_dict(self._init_model)
         self.cost_model.load_state_dict(self._init_cost)
@@ -232,7 +263,7 @@ class QuickTune(Optimizer):
         idx = self._select(n, self.fit_cap)
         batch, y = self._train_data(idx)
         steps = self.refit_steps if (self.fitted_once or self.meta) else self.first_fit_steps
-        for attempt in range(2):
+        for _attempt in range(2):
             try:
                 loss = self.model.fit(batch, y, steps=steps, lr=self.learning_rate)
                 if math.isfinite(loss):
@@ -261,11 +292,11 @@ class QuickTune(Optimizer):
         if len(cs) == self.cost_fitted or len(cs) < 2:
             return
         if len(cs) > self.fit_cap:
-            ids, eps, cs = ids[-self.fit_cap:], eps[-self.fit_cap:], cs[-self.fit_cap:]
+            ids, eps, cs = ids[-self.fit_cap :], eps[-self.fit_cap :], cs[-self.fit_cap :]
         b = self._batch(ids, eps)
         if not self.meta and self.cost_fitted == 0:
-            with torch.no_grad():  # start from the observed mean log-cost, not from 0 s
-                self.cost_model.net[-1].bias.fill_(float(np.mean(np.log(np.maximum(cs, 1e-3)))))
+            # start from the observed mean log-cost, not from 0 s
+            self.cost_model.start_at(float(np.mean(np.log(np.maximum(cs, 1e-3)))))
         self.cost_model.fit(b, np.asarray(cs), steps=self.cost_steps, lr=self.cost_lr)
         self.cost_fitted = len(self._cost_obs()[2])
 
@@ -390,6 +421,7 @@ class QuickTune(Optimizer):
         return {
             "version": STATE_VERSION,
             "name": self.name,
+            "seed": self.seed,  # the weights a reset returns to (without an artifact) come from it
             "rng": self.rng.bit_generator.state,
             "configs": [[cid, c] for cid, c in self.configs.items()] if self.space is not None else None,
             "curves": {k: [_f(v) for v in vs] for k, vs in self.curves.items()},
@@ -438,5 +470,11 @@ class QuickTune(Optimizer):
         self.fitted_once = bool(state["fitted_once"])
         self.cost_fitted = int(state["cost_fitted"])
         self.n_resets = int(state.get("n_resets", 0))
+        seed = state.get("seed")  # absent in states written before it was recorded
+        if seed is not None and int(seed) != self.seed and self.artifact is None:
+            # a stagnation reset must return to the weights of the search that wrote the state
+            self.seed = int(seed)
+            model, cost_model = self._seeded_models(self.seed)
+            self._init_model, self._init_cost = _clone_state(model), _clone_state(cost_model)
         self.model.load_state_dict(_tensors_from_b64(state["surrogate"]))
         self.cost_model.load_state_dict(_tensors_from_b64(state["cost_model"]))
