@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
 
     from quicktune.backends.local import LocalBackend
-    from quicktune.controller import SearchSpec, run_search
+    from quicktune.search import SearchSpec, run_search
     from quicktune.tracking import SearchTracker
 
     tmp = Path(tempfile.mkdtemp(prefix="qt-bench-ctl-"))

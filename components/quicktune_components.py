@@ -118,7 +118,7 @@ def search(data_uri: str, budget: str, tracking_uri: str, search_id: str = "", r
         raise RuntimeError(f"search {result.get('search_id')} {result.get('status')}: {result.get('message')} "
                            f"{result.get('promotion_error', '')}".strip())
     ckpt = ""
-    from quicktune.promote import best_record
+    from quicktune.search import best_record
     from quicktune.tracking import SearchTracker
 
     tracker = SearchTracker(tracking_uri, experiment=experiment)

@@ -10,7 +10,7 @@ Layers (imports only go downwards; enforced by import-linter, see pyproject.toml
 - ``quicktune.data``, ``quicktune.hub``, ``quicktune.finetune``: one finetuning step; knows nothing of the search.
 - ``quicktune.backends``: run steps (local processes, Kubernetes Jobs).
 - ``quicktune.tracking``: the MLflow layout of a search.
-- ``quicktune.controller``: wires optimizer + backend + tracking.
+- ``quicktune.search``: one search: wires optimizer + backend + tracking (run_search), promotes its winner.
 - ``quicktune.cli``: the one ``quicktune`` command; ``components/``, ``pipelines/``, ``k8s/`` shell out to it.
 """
 

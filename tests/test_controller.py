@@ -22,7 +22,7 @@ import pytest
 
 from quicktune.backends.local import LocalBackend
 from quicktune.backends.testing import local_attempts_started_and_rerun
-from quicktune.controller import SearchError, SearchSpec, run_search
+from quicktune.search import SearchError, SearchSpec, run_search
 from quicktune.tracking import InfrastructureError, RetryPolicy, SearchTracker
 
 HERE = Path(__file__).parent

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from quicktune.promote import RawImageClassifier
+from quicktune.search.promotion import RawImageClassifier
 
 HERE = Path(__file__).parent
 

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from quicktune.backends.base import CANCELLED, PENDING, RUNNING, SUCCEEDED, TERMINAL, StepRequest, StepStatus, \
     TrialBackend
-from quicktune.controller import SearchError, SearchSpec, run_search
+from quicktune.search import SearchError, SearchSpec, run_search
 from quicktune.tracking import InfrastructureError, RetryPolicy, SearchTracker
 from quicktune.tracking.names import InvalidNameError, check_search_id, filter_literal, filter_string, tag
 
@@ -189,7 +189,7 @@ def test_cli_refuses_bad_search_ids_and_negative_durations(capsys):
 
 
 def test_promote_refuses_a_quote_in_the_id_without_asking_mlflow():
-    from quicktune.promote import PromotionError, promote
+    from quicktune.search import PromotionError, promote
 
     tracker = SearchTracker("http://127.0.0.1:9", retry=RetryPolicy(total=0.1))  # never contacted
     with pytest.raises(PromotionError, match="not valid"):

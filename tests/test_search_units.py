@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from quicktune.cli.search_cmd import parse_duration
-from quicktune.controller import SearchError, SearchSpec
+from quicktune.search import SearchError, SearchSpec
 from quicktune.tracking import (InfrastructureError, RetryPolicy, flatten, is_tag_write_race, is_transient, redact,
                                 secret_values)
 
@@ -169,7 +169,7 @@ def test_backend_factory(tmp_path):
 def test_remote_backend_needs_s3_checkpoints(tmp_path, tiny_image_folder):
     """A backend whose workers run elsewhere cannot use this machine's folders for checkpoints."""
     from quicktune.backends.base import TrialBackend
-    from quicktune.controller import run_search
+    from quicktune.search import run_search
     from quicktune.tracking import SearchTracker
 
     class Remote(TrialBackend):

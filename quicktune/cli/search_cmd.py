@@ -160,7 +160,7 @@ def _ui_hint(tracking_uri: str) -> str:
 def _search(args: argparse.Namespace) -> int:
     _quiet_clients()
     from quicktune.backends.registry import make_backend
-    from quicktune.controller import SearchError, SearchSpec, run_search
+    from quicktune.search import SearchError, SearchSpec, run_search
     from quicktune.tracking import InfrastructureError, SearchTracker, safe_uri
 
     tracking_uri, artifact_location = _tracking(args)
@@ -208,7 +208,7 @@ def _search(args: argparse.Namespace) -> int:
 
 def _do_promote(search_id: str, tracking_uri: str, experiment: str, model_name: str | None, alias: str,
                 out: dict[str, Any], quiet: bool) -> int:
-    from quicktune.promote import PromotionError, promote
+    from quicktune.search import PromotionError, promote
     from quicktune.tracking import InfrastructureError
 
     try:

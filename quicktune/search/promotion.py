@@ -16,15 +16,33 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quicktune.tracking.layout import TAG_CONFIG_ID, TAG_ROLE, TAG_SEARCH_ID, ConfigRecord, SearchTracker
+from quicktune.tracking.layout import ConfigRecord, SearchTracker
 from quicktune.tracking.names import InvalidNameError, check_search_id
+from quicktune.tracking.schema import (
+    ARTIFACT_MODEL,
+    ARTIFACT_PREPROCESSING,
+    METRIC_TEST_LOSS,
+    METRIC_TEST_TOP1,
+    METRIC_TEST_TOP5,
+    METRIC_VAL_SCORE,
+    TAG_CHAMPION,
+    TAG_CHAMPION_VERSION,
+    TAG_CONFIG_ID,
+    TAG_CONFIG_RUN_ID,
+    TAG_MODEL,
+    TAG_PARENT_RUN_ID,
+    TAG_SEARCH_ID,
+    TAG_TEST_ACCURACY,
+    TAG_VAL_SCORE,
+)
 
 log = logging.getLogger(__name__)
 _LUMA = (0.299, 0.587, 0.114)  # PIL's RGB -> L weights, as in training
@@ -43,6 +61,10 @@ class RawImageClassifier(torch.nn.Module):
     resized (bilinear) to the training size, then normalised with the training mean/std.
     Output: logits ``[N, num_classes]`` in the order of ``classes``.
     """
+
+    mean: torch.Tensor  # buffers (registered in __init__), typed for the checker
+    std: torch.Tensor
+    luma: torch.Tensor
 
     def __init__(self, net: torch.nn.Module, preprocessing: Mapping[str, Any], layout: str = "NHWC") -> None:
         super().__init__()
@@ -77,8 +99,9 @@ class RawImageClassifier(torch.nn.Module):
             x = (x * self.luma).sum(dim=1, keepdim=True)
         elif self.in_chans == 3 and c == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
-                          antialias=True)
+        x = F.interpolate(
+            x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
+        )
         x = (x - self.mean) / self.std
         return self.net(x)
 
@@ -119,9 +142,16 @@ def _example_images(data_uri: str, n: int = 4, seed: int = 0) -> np.ndarray:
     return np.stack([np.asarray(im.resize(size) if im.size != size else im, dtype=np.uint8) for im in imgs])
 
 
-def promote(search_id: str, tracking_uri: str | None = None, model_name: str | None = None, alias: str = "champion",
-            experiment: str = "quicktune", tracker: SearchTracker | None = None, device: str = "cpu",
-            data_uri: str | None = None) -> Promotion:
+def promote(
+    search_id: str,
+    tracking_uri: str | None = None,
+    model_name: str | None = None,
+    alias: str = "champion",
+    experiment: str = "quicktune",
+    tracker: SearchTracker | None = None,
+    device: str = "cpu",
+    data_uri: str | None = None,
+) -> Promotion:
     """Test, log, register and alias the best configuration of ``search_id`` (see module doc)."""
     import mlflow
     import mlflow.pytorch
@@ -138,8 +168,10 @@ def promote(search_id: str, tracking_uri: str | None = None, model_name: str | N
     tracker.check_reachable()
     parent = tracker.find_search(search_id)
     if parent is None:
-        raise PromotionError(f"no search {search_id!r} in experiment {tracker.experiment_name!r} "
-                             f"of {tracker.tracking_uri or 'the default tracking store'}")
+        raise PromotionError(
+            f"no search {search_id!r} in experiment {tracker.experiment_name!r} "
+            f"of {tracker.tracking_uri or 'the default tracking store'}"
+        )
     spec = tracker.spec(parent.info.run_id) or {}
     data_uri = data_uri or spec.get("data_uri")
     if not data_uri:
@@ -158,48 +190,86 @@ def promote(search_id: str, tracking_uri: str | None = None, model_name: str | N
     with torch.no_grad():
         out = wrapper(torch.from_numpy(example))
     channels = int(example.shape[-1])
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, channels), "images")]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(out.shape[1])), "logits")]))
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, channels), "images")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(out.shape[1])), "logits")]),
+    )
 
-    client = tracker.client
-    run = tracker._call("create promotion run", client.create_run, parent.info.experiment_id, tags={
-        "mlflow.parentRunId": parent.info.run_id, TAG_SEARCH_ID: search_id, TAG_ROLE: "promotion",
-        TAG_CONFIG_ID: best.config_id, "mlflow.runName": f"promote-{best.config_id[:8]}"})
-    run_id = run.info.run_id
-    tracker.log_params(run_id, {"config_id": best.config_id, "model_name": model_name, "alias": alias,
-                                "source_run_id": best.run_id, "checkpoint_epoch": pre.get("epoch")})
-    tracker.log_metrics(run_id, {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
-                                 "val_score": best.best_score}, step=int(pre.get("epoch") or 0))
-    tracker.log_json(run_id, dict(pre), "preprocessing.json")
+    run_id = tracker.create_promotion_run(parent.info.run_id, parent.info.experiment_id, search_id, best.config_id)
+    tracker.log_params(
+        run_id,
+        {
+            "config_id": best.config_id,
+            "model_name": model_name,
+            "alias": alias,
+            "source_run_id": best.run_id,
+            "checkpoint_epoch": pre.get("epoch"),
+        },
+    )
+    tracker.log_metrics(
+        run_id,
+        {
+            METRIC_TEST_TOP1: test["top1"],
+            METRIC_TEST_TOP5: test["top5"],
+            METRIC_TEST_LOSS: test["loss"],
+            METRIC_VAL_SCORE: best.best_score,
+        },
+        step=int(pre.get("epoch") or 0),
+    )
+    tracker.log_json(run_id, dict(pre), ARTIFACT_PREPROCESSING)
 
     previous_uri = mlflow.get_tracking_uri()
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     try:
         with mlflow.start_run(run_id=run_id, experiment_id=parent.info.experiment_id):
-            info = tracker.retry.call(
-                mlflow.pytorch.log_model, wrapper, name="model", signature=signature,
-                input_example=example, serialization_format="pt2", registered_model_name=model_name,
+            info = tracker.call(
+                "log model",
+                mlflow.pytorch.log_model,
+                wrapper,
+                name=ARTIFACT_MODEL,
+                signature=signature,
+                input_example=example,
+                serialization_format="pt2",
+                registered_model_name=model_name,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                metadata={"classes": wrapper.classes, "preprocessing": json.loads(json.dumps(dict(pre), default=str)),
-                          "input": "uint8 images [N, H, W, C], C in {1, 3, 4}; output: logits"},
-                what="log model", service="MLflow")
+                metadata={
+                    "classes": wrapper.classes,
+                    "preprocessing": json.loads(json.dumps(dict(pre), default=str)),
+                    "input": "uint8 images [N, H, W, C], C in {1, 3, 4}; output: logits",
+                },
+            )
     finally:
         mlflow.set_tracking_uri(previous_uri)
     version = str(info.registered_model_version)
-    tracker._upsert("set alias", client.set_registered_model_alias, model_name, alias, version)
-    tags = {"quicktune.search_id": search_id, "quicktune.parent_run_id": parent.info.run_id,
-            "quicktune.config_id": best.config_id, "quicktune.config_run_id": best.run_id,
-            "quicktune.test_accuracy": f"{test['top1']:.6f}", "quicktune.val_score": f"{best.best_score:.6f}",
-            "quicktune.model": str(best.config.get("model", ""))}
-    for k, v in tags.items():
-        tracker._call("tag model version", client.set_model_version_tag, model_name, version, k, v)
-    tracker.set_tags(parent.info.run_id, {"quicktune.champion": f"models:/{model_name}@{alias}",
-                                          "quicktune.champion_version": version})
+    tracker.set_model_alias(model_name, alias, version)
+    tracker.set_model_version_tags(
+        model_name,
+        version,
+        {
+            TAG_SEARCH_ID: search_id,
+            TAG_PARENT_RUN_ID: parent.info.run_id,
+            TAG_CONFIG_ID: best.config_id,
+            TAG_CONFIG_RUN_ID: best.run_id,
+            TAG_TEST_ACCURACY: f"{test['top1']:.6f}",
+            TAG_VAL_SCORE: f"{best.best_score:.6f}",
+            TAG_MODEL: str(best.config.get("model", "")),
+        },
+    )
+    tracker.set_tags(parent.info.run_id, {TAG_CHAMPION: f"models:/{model_name}@{alias}", TAG_CHAMPION_VERSION: version})
     tracker.terminate(run_id, "FINISHED")
-    return Promotion(search_id=search_id, model_name=model_name, alias=alias, version=version,
-                     model_uri=f"models:/{model_name}@{alias}", run_id=run_id, config_id=best.config_id,
-                     config=best.config, val_score=best.best_score, test=dict(test))
+    return Promotion(
+        search_id=search_id,
+        model_name=model_name,
+        alias=alias,
+        version=version,
+        model_uri=f"models:/{model_name}@{alias}",
+        run_id=run_id,
+        config_id=best.config_id,
+        config=best.config,
+        val_score=best.best_score,
+        test=dict(test),
+    )
 
 
 def predict_classes(model: torch.nn.Module, images: np.ndarray, classes: Sequence[str]) -> list[str]:

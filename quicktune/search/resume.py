@@ -1,0 +1,189 @@
+"""Open a search: create it, or resume it from what MLflow recorded.
+
+MLflow always holds enough to continue after a ``kill -9`` at any point (see
+:mod:`quicktune.search.loop` for the order of writes that guarantees it):
+
+- the newest optimizer snapshot, plus the recorded results told after it (``tell_seq`` greater
+  than the snapshot's), rebuild the optimizer exactly (replay happens in ``tell_seq`` order);
+- every started step was asked before the newest snapshot, which lists it as in flight: on resume
+  it is polled in the backend and re-adopted if running, collected if it finished while the
+  controller was dead (the race "RESULT.json written, not logged"), started if it never was;
+- a result is logged only for epochs not recorded yet, so no epoch is recorded (or trained) twice.
+
+A resume is refused before anything is written when the search would change what it searches
+(:data:`~quicktune.search.spec.IDENTITY_FIELDS`) or the data under it changed (fingerprint).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from quicktune.backends.base import CANCELLED, step_id
+from quicktune.optimizer.registry import make_optimizer, uses_meta_artifact
+from quicktune.search import inputs
+from quicktune.search.session import InFlight, SearchState
+from quicktune.search.spec import SearchError
+from quicktune.space import SearchSpace, load_space
+from quicktune.tracking.schema import (
+    METRIC_ELAPSED,
+    TAG_CHECKPOINT_URI,
+    TAG_FINGERPRINT,
+    TAG_META_ARTIFACT,
+    TAG_META_ARTIFACT_TABLE_HASH,
+    TAG_RESUMES,
+)
+from quicktune.tracking.secrets import safe_uri
+
+log = logging.getLogger(__name__)
+
+
+def open_search(s: SearchState) -> None:
+    """Check the inputs, then create the search's parent run or resume it (optimizer rebuilt, steps
+    in flight reconciled with the backend). Raises :class:`SearchError` before anything is created
+    or launched when an input is wrong."""
+    spec = s.spec
+    tr = s.tracker
+    tr.check_reachable()  # a server that is not there: seconds, not the 2 min of retries
+    inputs.check_checkpoint_location(spec, s.backend, tr)
+    s.backend.warm_up()  # e.g. the local fork server's imports, while MLflow and the dataset are read
+    options = dict(spec.optimizer_options)  # checked before anything is created
+    if spec.meta_artifact:
+        if not uses_meta_artifact(s.optimizer_name):
+            raise SearchError(
+                f"--meta-artifact is for the meta-learned optimizers (quicktune, "
+                f"quicktune-nocost); {s.optimizer_name!r} does not use one"
+            )
+        options["artifact"] = inputs.fetch_meta_artifact(spec.meta_artifact, spec.workdir)
+    existing = tr.find_search(spec.search_id)
+    if existing is None:
+        s.space = load_space(spec.space)
+        inputs.check_space(s.space)
+        meta, fingerprint = inputs.open_data(spec)
+        s.meta_features = meta
+        spec_doc = {**spec.to_dict(), "space_def": s.space.to_dict(), "meta_features": s.meta_features}
+        s.parent = tr.open_search(spec.search_id, spec_doc)
+        tr.set_tags(s.parent.run_id, {TAG_FINGERPRINT: fingerprint})
+        if spec.checkpoint_uri:
+            tr.set_tags(s.parent.run_id, {TAG_CHECKPOINT_URI: safe_uri(spec.checkpoint_uri)})
+    else:
+        stored = tr.spec(existing.info.run_id)
+        if stored is None:
+            raise SearchError(
+                f"search {spec.search_id!r} exists (run {existing.info.run_id}) but has no "
+                f"spec.json artifact; cannot resume it"
+            )
+        recorded = existing.data.tags.get(TAG_FINGERPRINT)
+        inputs.check_identity(spec, stored, compare_data_uri=not recorded)
+        fresh_meta, fingerprint = inputs.open_data(spec)
+        if recorded and fingerprint != recorded:  # refused before anything is written or launched
+            raise SearchError(inputs.data_changed(spec, stored, fresh_meta, recorded, fingerprint))
+        s.space = SearchSpace.from_dict(stored["space_def"], source=f"search {spec.search_id} spec.json")
+        s.meta_features = {k: float(v) for k, v in stored.get("meta_features", {}).items()}
+        s.parent = tr.open_search(spec.search_id, stored)
+        s.elapsed_before = float(s.parent.metrics.get(METRIC_ELAPSED, 0.0))
+        s.resumes = int(float(s.parent.tags.get(TAG_RESUMES, "0") or 0)) + 1
+        tr.set_tags(s.parent.run_id, {TAG_RESUMES: str(s.resumes)})
+    s.opt = make_optimizer(
+        s.optimizer_name, s.space, spec.max_epochs, seed=spec.seed, meta_features=s.meta_features, **options
+    )
+    art = getattr(s.opt, "artifact", None)
+    if existing is None and art is not None:  # which meta-data informed this search
+        tr.set_tags(
+            s.parent.run_id,
+            {
+                TAG_META_ARTIFACT: safe_uri(spec.meta_artifact) if spec.meta_artifact else "shipped",
+                TAG_META_ARTIFACT_TABLE_HASH: str(art.table_hash),
+            },
+        )
+    if existing is not None:
+        rebuild(s)
+
+
+def rebuild(s: SearchState) -> None:
+    """Optimizer = newest snapshot + recorded results told after it; then reconcile steps in flight."""
+    assert s.parent is not None and s.opt is not None
+    search_id = s.spec.search_id
+    s.records = s.tracker.load_configs(s.parent.run_id)
+    observations = sorted((o for r in s.records.values() for o in r.observations()), key=lambda o: o.seq)
+    seqs = [o.seq for o in observations]
+    if len(set(seqs)) != len(seqs):
+        raise SearchError(f"search {search_id!r}: duplicate tell_seq numbers in MLflow; the record is inconsistent")
+    s.next_seq = (max(seqs) + 1) if seqs else 1
+    s.cost_total = sum(m.get("cost", 0.0) for r in s.records.values() for m in r.epochs.values())
+    snap = s.tracker.load_optimizer_state(s.parent.run_id)
+    inflight_keys: list[tuple[str, int]] = []
+    told_after = observations
+    if snap is not None:
+        s.generation = int(snap["generation"])
+        try:
+            s.opt.load_state_dict(snap["state"])
+        except Exception as exc:
+            raise SearchError(
+                f"search {search_id!r}: the saved optimizer state does not fit optimizer {s.optimizer_name!r}: {exc}"
+            ) from exc
+        told_after = [o for o in observations if o.seq > int(snap["seq"])]
+        covered = len(observations) - len(told_after)
+        if "observations" in snap and covered != int(snap["observations"]):
+            raise SearchError(
+                f"search {search_id!r}: the optimizer snapshot covers "
+                f"{snap['observations']} observations but MLflow records {covered} up to "
+                f"tell_seq {snap['seq']}; the record is inconsistent"
+            )
+        inflight_keys = [(str(c), int(e)) for c, e in snap.get("inflight", [])]
+    elif observations:
+        log.warning("search %s: no optimizer snapshot; replaying all %d observations", search_id, len(observations))
+    for o in told_after:
+        try:
+            s.opt.tell(o.config_id, o.epoch, o.score, o.cost, o.status)
+        except Exception as exc:
+            raise SearchError(
+                f"search {search_id!r}: cannot replay observation #{o.seq} "
+                f"({o.config_id} epoch {o.epoch}) into the optimizer: {exc}"
+            ) from exc
+    told = {(o.config_id, o.epoch) for o in observations}
+    expected = {k for k in inflight_keys if k not in told}
+    # pending marks without a snapshot entry were never started: forget them; runs that never
+    # trained and that the snapshot does not list are leftovers of a session killed between
+    # creating a run and saving the snapshot: delete them (the optimizer may ask again)
+    wanted = {cid for cid, _ in expected}
+    for rec in s.records.values():
+        if (
+            rec.pending_epoch is not None
+            and (rec.config_id, rec.pending_epoch) not in expected
+            and (rec.epochs or rec.dead)
+        ):
+            s.tracker.mark_pending(rec, None)
+    gone = s.tracker.delete_untrained(s.records, keep=wanted)
+    if gone:
+        log.info("resume: deleted %d run(s) of configs that were never trained: %s", len(gone), gone)
+    configs = snap.get("inflight_configs", {}) if snap is not None else {}
+    now = time.monotonic()
+    for cid, epoch in sorted(expected):
+        found = s.records.get(cid)
+        if found is None and isinstance(configs.get(cid), dict):  # its untrained run was deleted at the end
+            found = s.record_for(cid, configs[cid])
+        if found is None:
+            raise SearchError(
+                f"search {search_id!r}: the optimizer snapshot lists a step for config {cid} which has no run in MLflow"
+            )
+        rec = found
+        req = s.request(rec, epoch)
+        fl = InFlight(cid, epoch, req, started=now)
+        try:
+            state = s.backend.poll(req.id)
+            log.info("resume: step %s (%s epoch %d) is %s in the backend: re-adopted", req.id, cid, epoch, state.state)
+            if state.state == CANCELLED:
+                fl.retry_at = now  # cancelled when the last session ended: run it again
+        except KeyError:
+            log.info("resume: step %s (%s epoch %d) was never started: starting it", req.id, cid, epoch)
+            fl.retry_at = now
+        if rec.pending_epoch != epoch:
+            s.tracker.mark_pending(rec, epoch)
+        s.inflight[(cid, epoch)] = fl
+    known = {f.request.id for f in s.inflight.values()}
+    prefix = step_id(search_id, "zzzzzzzz", 1).rsplit("-zzzzzzzz-", 1)[0] + "-"
+    strays = [st for st in s.backend.active() if st not in known and st.startswith(prefix)]
+    if strays:
+        log.warning("resume: backend steps not part of the recorded search state (left alone): %s", strays)
+    s.last_incumbent = s.incumbent()[0]
