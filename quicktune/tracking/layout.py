@@ -27,18 +27,45 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from quicktune.tracking.names import check_search_id, filter_string, tag
 from quicktune.tracking.retry import InfrastructureError, RetryPolicy, check_reachable, repeat_if_write_race
 from quicktune.tracking.schema import (  # noqa: F401 - TAG_* re-exported for older importers
-    ARTIFACT_SPEC, ARTIFACT_SUMMARY, EPOCH_METRICS, METRIC_BEST_SCORE, METRIC_COST, METRIC_SCORE, METRIC_TELL_SEQ,
-    MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, ROLE_CONFIG, ROLE_PROMOTION, ROLE_SEARCH, STATE_SLOTS, SUMMARY_METRIC_PREFIX,
-    TAG_BEST_CONFIG_ID, TAG_BEST_RUN_ID, TAG_CHECKPOINT_DIR, TAG_CHECKPOINT_URI, TAG_CONFIG, TAG_CONFIG_ID,
-    TAG_EPOCHS_DONE, TAG_FAILED_COST, TAG_FAILED_EPOCH, TAG_FAILED_SEQ, TAG_MESSAGE, TAG_PENDING, TAG_ROLE,
-    TAG_SEARCH_ID, TAG_STATUS, failure_log_path)
+    ARTIFACT_SPEC,
+    ARTIFACT_SUMMARY,
+    EPOCH_METRICS,
+    METRIC_BEST_SCORE,
+    METRIC_COST,
+    METRIC_SCORE,
+    METRIC_TELL_SEQ,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+    ROLE_CONFIG,
+    ROLE_PROMOTION,
+    ROLE_SEARCH,
+    STATE_SLOTS,
+    SUMMARY_METRIC_PREFIX,
+    TAG_BEST_CONFIG_ID,
+    TAG_BEST_RUN_ID,
+    TAG_CHECKPOINT_DIR,
+    TAG_CHECKPOINT_URI,
+    TAG_CONFIG,
+    TAG_CONFIG_ID,
+    TAG_EPOCHS_DONE,
+    TAG_FAILED_COST,
+    TAG_FAILED_EPOCH,
+    TAG_FAILED_SEQ,
+    TAG_MESSAGE,
+    TAG_PENDING,
+    TAG_ROLE,
+    TAG_SEARCH_ID,
+    TAG_STATUS,
+    failure_log_path,
+)
 from quicktune.tracking.secrets import redact, safe_uri
 
 log = logging.getLogger(__name__)
@@ -119,8 +146,11 @@ class ConfigRecord:
         return self.failure is not None
 
     def observations(self) -> list[Observation]:
-        out = [Observation(int(m["tell_seq"]), self.config_id, e, m.get("score", math.nan), m.get("cost", math.nan))
-               for e, m in sorted(self.epochs.items()) if "tell_seq" in m]
+        out = [
+            Observation(int(m["tell_seq"]), self.config_id, e, m.get("score", math.nan), m.get("cost", math.nan))
+            for e, m in sorted(self.epochs.items())
+            if "tell_seq" in m
+        ]
         if self.failure is not None:
             out.append(self.failure)
         return out
@@ -141,8 +171,13 @@ class SearchTracker:
     """Writes and reads the layout above. Every call goes through ``retry`` so that an MLflow or
     S3 outage is ridden out with backoff and, if it lasts, reported as ``InfrastructureError``."""
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str = "quicktune",
-                 retry: RetryPolicy | None = None, artifact_location: str | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment: str = "quicktune",
+        retry: RetryPolicy | None = None,
+        artifact_location: str | None = None,
+    ) -> None:
         from mlflow import MlflowClient
 
         # reading back a 1 kB spec must not draw a progress bar over the search's own
@@ -160,8 +195,9 @@ class SearchTracker:
     def _call(self, what: str, fn, *args, **kwargs):
         t0 = time.perf_counter()
         try:
-            return self.retry.call(fn, *args, what=what, service=f"MLflow ({safe_uri(str(self.tracking_uri))})",
-                                   **kwargs)
+            return self.retry.call(
+                fn, *args, what=what, service=f"MLflow ({safe_uri(str(self.tracking_uri))})", **kwargs
+            )
         finally:
             self.calls += 1
             self.seconds += time.perf_counter() - t0
@@ -195,8 +231,12 @@ class SearchTracker:
             exp = self._call("get experiment", self.client.get_experiment_by_name, self.experiment_name)
             if exp is None:
                 try:
-                    self._experiment_id = self._call("create experiment", self.client.create_experiment,
-                                                     self.experiment_name, artifact_location=self.artifact_location)
+                    self._experiment_id = self._call(
+                        "create experiment",
+                        self.client.create_experiment,
+                        self.experiment_name,
+                        artifact_location=self.artifact_location,
+                    )
                 except Exception:  # created concurrently
                     exp = self._call("get experiment", self.client.get_experiment_by_name, self.experiment_name)
                     if exp is None:
@@ -210,8 +250,14 @@ class SearchTracker:
         runs: list[Any] = []
         token = None
         while True:
-            page = self._call("search runs", self.client.search_runs, [self.experiment_id], filter_string,
-                              max_results=1000, page_token=token)
+            page = self._call(
+                "search runs",
+                self.client.search_runs,
+                [self.experiment_id],
+                filter_string,
+                max_results=1000,
+                page_token=token,
+            )
             runs.extend(page)
             token = page.token
             if not token:
@@ -239,20 +285,36 @@ class SearchTracker:
         run = self.find_search(search_id)
         resumed = run is not None
         if run is None:
-            tags = {TAG_SEARCH_ID: search_id, TAG_ROLE: ROLE_SEARCH, TAG_STATUS: "running",
-                    TAG_MESSAGE: "", MLFLOW_RUN_NAME: search_id}
+            tags = {
+                TAG_SEARCH_ID: search_id,
+                TAG_ROLE: ROLE_SEARCH,
+                TAG_STATUS: "running",
+                TAG_MESSAGE: "",
+                MLFLOW_RUN_NAME: search_id,
+            }
             run = self._call("create search run", self.client.create_run, self.experiment_id, tags=tags)
             self.log_params(run.info.run_id, flatten(spec))
             # in the order given (no sort_keys): the space definition inside reads as written
-            self._call("log spec", self.client.log_text, run.info.run_id,
-                       redact(json.dumps(spec, indent=2, default=str)), ARTIFACT_SPEC)
+            self._call(
+                "log spec",
+                self.client.log_text,
+                run.info.run_id,
+                redact(json.dumps(spec, indent=2, default=str)),
+                ARTIFACT_SPEC,
+            )
         else:
             self.set_tags(run.info.run_id, {TAG_STATUS: "running", TAG_MESSAGE: "resumed"})
             if run.info.status != "RUNNING":
                 self._call("reopen run", self.client.update_run, run.info.run_id, status="RUNNING")
-        return SearchRun(run_id=run.info.run_id, experiment_id=run.info.experiment_id,
-                         artifact_uri=run.info.artifact_uri, resumed=resumed, tags=dict(run.data.tags),
-                         metrics=dict(run.data.metrics), params=dict(run.data.params))
+        return SearchRun(
+            run_id=run.info.run_id,
+            experiment_id=run.info.experiment_id,
+            artifact_uri=run.info.artifact_uri,
+            resumed=resumed,
+            tags=dict(run.data.tags),
+            metrics=dict(run.data.metrics),
+            params=dict(run.data.params),
+        )
 
     def read_text(self, run_id: str, path: str) -> str | None:
         """An artifact's text, or None if it does not exist."""
@@ -276,7 +338,7 @@ class SearchTracker:
 
         items = [Param(k[:250], redact(str(v))[:MAX_PARAM]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self._call("log params", self.client.log_batch, run_id, params=items[i:i + 100])
+            self._call("log params", self.client.log_batch, run_id, params=items[i : i + 100])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -284,8 +346,14 @@ class SearchTracker:
         items = [RunTag(k, redact(str(v))[:MAX_TAG]) for k, v in tags.items()]
         self._call("set tags", self.client.log_batch, run_id, tags=items)
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int, tags: Mapping[str, Any] | None = None,
-                    timestamp_ms: int | None = None) -> None:
+    def log_metrics(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        step: int,
+        tags: Mapping[str, Any] | None = None,
+        timestamp_ms: int | None = None,
+    ) -> None:
         from mlflow.entities import Metric, RunTag
 
         ts = timestamp_ms or _now_ms()
@@ -309,8 +377,13 @@ class SearchTracker:
     def create_promotion_run(self, parent_run_id: str, experiment_id: str, search_id: str, config_id: str) -> str:
         """A child run of the search (``quicktune.role=promotion``) that will hold the promoted
         model of ``config_id``; returns its run id."""
-        tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_SEARCH_ID: search_id, TAG_ROLE: ROLE_PROMOTION,
-                TAG_CONFIG_ID: config_id, MLFLOW_RUN_NAME: f"promote-{config_id[:8]}"}
+        tags = {
+            MLFLOW_PARENT_RUN_ID: parent_run_id,
+            TAG_SEARCH_ID: search_id,
+            TAG_ROLE: ROLE_PROMOTION,
+            TAG_CONFIG_ID: config_id,
+            MLFLOW_RUN_NAME: f"promote-{config_id[:8]}",
+        }
         run = self._call("create promotion run", self.client.create_run, experiment_id, tags=tags)
         return str(run.info.run_id)
 
@@ -324,18 +397,31 @@ class SearchTracker:
             self._call("tag model version", self.client.set_model_version_tag, model_name, version, k, str(v))
 
     # --- configurations ------------------------------------------------------------------------
-    def create_config_run(self, parent: SearchRun, search_id: str, config_id: str, config: Mapping[str, Any],
-                          checkpoint_dir: str) -> ConfigRecord:
+    def create_config_run(
+        self, parent: SearchRun, search_id: str, config_id: str, config: Mapping[str, Any], checkpoint_dir: str
+    ) -> ConfigRecord:
         model = str(config.get("model", "config"))
-        tags = {MLFLOW_PARENT_RUN_ID: parent.run_id, TAG_SEARCH_ID: search_id, TAG_ROLE: ROLE_CONFIG,
-                TAG_CONFIG_ID: config_id, TAG_CONFIG: json.dumps(dict(config), sort_keys=True, default=str),
-                TAG_CHECKPOINT_DIR: safe_uri(checkpoint_dir), TAG_STATUS: "running", TAG_EPOCHS_DONE: "0",
-                MLFLOW_RUN_NAME: f"{model}-{config_id[:8]}"}
-        run = self._call("create config run", self.client.create_run, parent.experiment_id,
-                         tags={k: redact(v)[:MAX_TAG] for k, v in tags.items()})
+        tags = {
+            MLFLOW_PARENT_RUN_ID: parent.run_id,
+            TAG_SEARCH_ID: search_id,
+            TAG_ROLE: ROLE_CONFIG,
+            TAG_CONFIG_ID: config_id,
+            TAG_CONFIG: json.dumps(dict(config), sort_keys=True, default=str),
+            TAG_CHECKPOINT_DIR: safe_uri(checkpoint_dir),
+            TAG_STATUS: "running",
+            TAG_EPOCHS_DONE: "0",
+            MLFLOW_RUN_NAME: f"{model}-{config_id[:8]}",
+        }
+        run = self._call(
+            "create config run",
+            self.client.create_run,
+            parent.experiment_id,
+            tags={k: redact(v)[:MAX_TAG] for k, v in tags.items()},
+        )
         self.log_params(run.info.run_id, {k: v for k, v in config.items()})
-        return ConfigRecord(run_id=run.info.run_id, config_id=config_id, config=dict(config),
-                            checkpoint_dir=checkpoint_dir)
+        return ConfigRecord(
+            run_id=run.info.run_id, config_id=config_id, config=dict(config), checkpoint_dir=checkpoint_dir
+        )
 
     def load_configs(self, parent_run_id: str) -> dict[str, ConfigRecord]:
         """Every configuration of the search with its recorded epochs and failure (if any)."""
@@ -346,9 +432,14 @@ class SearchTracker:
             cid = tags.get(TAG_CONFIG_ID)
             if not cid:
                 continue
-            rec = ConfigRecord(run_id=run.info.run_id, config_id=cid, config=json.loads(tags.get(TAG_CONFIG, "{}")),
-                               checkpoint_dir=tags.get(TAG_CHECKPOINT_DIR, ""), status=tags.get(TAG_STATUS, "running"),
-                               message=tags.get(TAG_MESSAGE, ""))
+            rec = ConfigRecord(
+                run_id=run.info.run_id,
+                config_id=cid,
+                config=json.loads(tags.get(TAG_CONFIG, "{}")),
+                checkpoint_dir=tags.get(TAG_CHECKPOINT_DIR, ""),
+                status=tags.get(TAG_STATUS, "running"),
+                message=tags.get(TAG_MESSAGE, ""),
+            )
             pending = tags.get(TAG_PENDING, "")
             rec.pending_epoch = int(pending) if pending.strip().isdigit() else None
             if METRIC_TELL_SEQ in run.data.metrics or METRIC_SCORE in run.data.metrics:
@@ -356,10 +447,14 @@ class SearchTracker:
                     for m in self._call("metric history", self.client.get_metric_history, run.info.run_id, key):
                         rec.epochs.setdefault(int(m.step), {})[key] = float(m.value)
             if tags.get(TAG_FAILED_EPOCH, "").isdigit():
-                rec.failure = Observation(seq=int(tags[TAG_FAILED_SEQ]), config_id=cid,
-                                          epoch=int(tags[TAG_FAILED_EPOCH]), score=math.nan,
-                                          cost=float(tags.get(TAG_FAILED_COST) or "nan"),
-                                          status=tags.get(TAG_STATUS, "failed"))
+                rec.failure = Observation(
+                    seq=int(tags[TAG_FAILED_SEQ]),
+                    config_id=cid,
+                    epoch=int(tags[TAG_FAILED_EPOCH]),
+                    score=math.nan,
+                    cost=float(tags.get(TAG_FAILED_COST) or "nan"),
+                    status=tags.get(TAG_STATUS, "failed"),
+                )
             prev = records.get(cid)
             if prev is None or len(rec.epochs) > len(prev.epochs):  # a duplicate run: keep the fuller one
                 records[cid] = rec
@@ -391,7 +486,7 @@ class SearchTracker:
 
         ts = _now_ms()
         metrics = []
-        for ep, seq in zip(epochs, seqs):
+        for ep, seq in zip(epochs, seqs, strict=False):
             e = int(ep["epoch"])
             values = {k: _finite(ep.get(k)) for k in EPOCH_METRICS}
             values[METRIC_TELL_SEQ] = float(seq)
@@ -406,16 +501,26 @@ class SearchTracker:
         rec.pending_epoch = None
         self._call("log epochs", self.client.log_batch, rec.run_id, metrics=metrics, tags=tags)
 
-    def log_failure(self, rec: ConfigRecord, epoch: int, seq: int, status: str, message: str, cost: float,
-                    logs: str | None = None) -> None:
-        rec.failure = Observation(seq=seq, config_id=rec.config_id, epoch=epoch, score=math.nan, cost=cost,
-                                  status=status)
+    def log_failure(
+        self, rec: ConfigRecord, epoch: int, seq: int, status: str, message: str, cost: float, logs: str | None = None
+    ) -> None:
+        rec.failure = Observation(
+            seq=seq, config_id=rec.config_id, epoch=epoch, score=math.nan, cost=cost, status=status
+        )
         rec.status, rec.message, rec.pending_epoch = status, message, None
         if logs:
             self.log_text(rec.run_id, logs, failure_log_path(epoch))
-        self.set_tags(rec.run_id, {TAG_STATUS: status, TAG_MESSAGE: message[:MAX_TAG] or status,
-                                   TAG_FAILED_EPOCH: str(epoch), TAG_FAILED_SEQ: str(seq),
-                                   TAG_FAILED_COST: repr(float(cost)), TAG_PENDING: ""})
+        self.set_tags(
+            rec.run_id,
+            {
+                TAG_STATUS: status,
+                TAG_MESSAGE: message[:MAX_TAG] or status,
+                TAG_FAILED_EPOCH: str(epoch),
+                TAG_FAILED_SEQ: str(seq),
+                TAG_FAILED_COST: repr(float(cost)),
+                TAG_PENDING: "",
+            },
+        )
 
     # --- optimizer snapshots -------------------------------------------------------------------
     def save_optimizer_state(self, run_id: str, generation: int, payload: Mapping[str, Any]) -> None:
@@ -440,17 +545,28 @@ class SearchTracker:
 
     # --- the end -------------------------------------------------------------------------------
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float, int]]:
-        return [(int(m.step), float(m.value), int(m.timestamp))
-                for m in self._call("metric history", self.client.get_metric_history, run_id, key)]
+        return [
+            (int(m.step), float(m.value), int(m.timestamp))
+            for m in self._call("metric history", self.client.get_metric_history, run_id, key)
+        ]
 
-    def finish_search(self, parent: SearchRun, status: str, message: str, summary: Mapping[str, Any] | None,
-                      records: Mapping[str, ConfigRecord]) -> None:
+    def finish_search(
+        self,
+        parent: SearchRun,
+        status: str,
+        message: str,
+        summary: Mapping[str, Any] | None,
+        records: Mapping[str, ConfigRecord],
+    ) -> None:
         """Status tags, run states and the summary; ``status`` is succeeded or failed. The status is
         recorded before the summary artifact, so an artifact store outage cannot leave it unset."""
         if summary is not None:
             numeric = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            self.log_metrics(parent.run_id, {f"{SUMMARY_METRIC_PREFIX}{k}": v for k, v in numeric.items()},
-                             step=int(summary.get("epochs_done", 0) or 0))
+            self.log_metrics(
+                parent.run_id,
+                {f"{SUMMARY_METRIC_PREFIX}{k}": v for k, v in numeric.items()},
+                step=int(summary.get("epochs_done", 0) or 0),
+            )
             best = {TAG_BEST_CONFIG_ID: summary.get("best_config_id"), TAG_BEST_RUN_ID: summary.get("best_run_id")}
             tags = {k: v for k, v in best.items() if v}
             if tags:

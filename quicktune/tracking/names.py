@@ -17,14 +17,23 @@ broke (or changed) the filter ``promote`` sent to MLflow. So:
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
-__all__ = ["SEARCH_ID_RULE", "InvalidNameError", "check_search_id", "is_search_id", "filter_literal",
-           "filter_string", "tag"]
+__all__ = [
+    "SEARCH_ID_RULE",
+    "InvalidNameError",
+    "check_search_id",
+    "is_search_id",
+    "filter_literal",
+    "filter_string",
+    "tag",
+]
 
 _SEARCH_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-SEARCH_ID_RULE = ("1 to 63 characters: lowercase letters, digits and '-', starting and ending with a letter or "
-                  "a digit (e.g. digits-2026-01)")
+SEARCH_ID_RULE = (
+    "1 to 63 characters: lowercase letters, digits and '-', starting and ending with a letter or "
+    "a digit (e.g. digits-2026-01)"
+)
 _KEY = re.compile(r"^(?:tags|params|attributes|metrics)\.`[A-Za-z0-9_.\-/ ]+`$|^(?:attributes\.)?[a-z_]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -65,8 +74,7 @@ def filter_literal(value: object) -> str:
     control character is refused with :class:`InvalidNameError`."""
     text = str(value)
     if "\\" in text or _CONTROL.search(text):
-        raise InvalidNameError(f"cannot search MLflow for a value with a backslash or control character: "
-                               f"{text[:80]!r}")
+        raise InvalidNameError(f"cannot search MLflow for a value with a backslash or control character: {text[:80]!r}")
     if "'" not in text:
         return f"'{text}'"
     if '"' not in text:

@@ -6,7 +6,8 @@ resumed search plots its whole history.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from quicktune.tracking.layout import ConfigRecord
 
@@ -29,10 +30,17 @@ def learning_curves_figure(records: Mapping[str, ConfigRecord], title: str = "")
         pts = sorted((e, m["score"]) for e, m in rec.epochs.items() if "score" in m)
         if not pts:
             continue
-        xs, ys = zip(*pts)
+        xs, ys = zip(*pts, strict=True)
         label = f"{rec.config.get('model', '?')} {cid[:6]}"
-        ax.plot(xs, ys, marker="o", ms=3, lw=2.5 if cid == best_id else 1.0, ls="--" if rec.dead else "-",
-                label=label if cid == best_id or len(records) <= 12 else None)
+        ax.plot(
+            xs,
+            ys,
+            marker="o",
+            ms=3,
+            lw=2.5 if cid == best_id else 1.0,
+            ls="--" if rec.dead else "-",
+            label=label if cid == best_id or len(records) <= 12 else None,
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation score")
     ax.set_title(title or "learning curves")
@@ -43,13 +51,14 @@ def learning_curves_figure(records: Mapping[str, ConfigRecord], title: str = "")
     return fig
 
 
-def incumbent_figure(history: Sequence[tuple[float, float]], budget_seconds: float | None = None,
-                     title: str = "") -> Any:
+def incumbent_figure(
+    history: Sequence[tuple[float, float]], budget_seconds: float | None = None, title: str = ""
+) -> Any:
     """Best validation score so far against elapsed seconds (a step plot)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.0), dpi=100)
     if history:
-        xs, ys = zip(*sorted(history))
+        xs, ys = zip(*sorted(history), strict=True)
         ax.step(xs, ys, where="post", lw=2)
         ax.plot(xs, ys, "o", ms=3)
     if budget_seconds:

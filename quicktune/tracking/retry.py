@@ -13,19 +13,45 @@ import os
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_TRANSIENT_WORDS = ("connection", "connect timeout", "timed out", "timeout", "max retries exceeded",
-                    "temporarily unavailable", "service unavailable", "bad gateway", "gateway timeout",
-                    "internal server error", "too many 500", "too many 502", "too many 503", "too many 504",
-                    "remote end closed", "broken pipe", "reset by peer", "endpointconnectionerror",
-                    "could not connect", "name or service not known", "database is locked",
-                    "slowdown", "503", "502", "504", "500 server error", "status code 500", "error code 50",
-                    "response code 50", "too many retries")
+_TRANSIENT_WORDS = (
+    "connection",
+    "connect timeout",
+    "timed out",
+    "timeout",
+    "max retries exceeded",
+    "temporarily unavailable",
+    "service unavailable",
+    "bad gateway",
+    "gateway timeout",
+    "internal server error",
+    "too many 500",
+    "too many 502",
+    "too many 503",
+    "too many 504",
+    "remote end closed",
+    "broken pipe",
+    "reset by peer",
+    "endpointconnectionerror",
+    "could not connect",
+    "name or service not known",
+    "database is locked",
+    "slowdown",
+    "503",
+    "502",
+    "504",
+    "500 server error",
+    "status code 500",
+    "error code 50",
+    "response code 50",
+    "too many retries",
+)
 
 
 class InfrastructureError(RuntimeError):
@@ -65,7 +91,7 @@ def _transient_by_kind(exc: BaseException) -> bool | None:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     try:
-        import requests
+        import requests  # type: ignore[import-untyped]  # no stubs in the venv (types-requests)
 
         if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
             return True
@@ -74,8 +100,9 @@ def _transient_by_kind(exc: BaseException) -> bool | None:
     try:
         from botocore import exceptions as bx
 
-        if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ReadTimeoutError,
-                            bx.ConnectTimeoutError)):
+        if isinstance(
+            exc, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ReadTimeoutError, bx.ConnectTimeoutError)
+        ):
             return True
         if isinstance(exc, bx.ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -90,8 +117,14 @@ def _transient_by_kind(exc: BaseException) -> bool | None:
             code = getattr(exc, "error_code", "")
             if code in ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"):
                 return True
-            if code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
-                        "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST"):
+            if code in (
+                "INVALID_PARAMETER_VALUE",
+                "RESOURCE_DOES_NOT_EXIST",
+                "RESOURCE_ALREADY_EXISTS",
+                "PERMISSION_DENIED",
+                "UNAUTHENTICATED",
+                "BAD_REQUEST",
+            ):
                 return False
     except ImportError:  # pragma: no cover
         pass
@@ -117,8 +150,9 @@ def is_tag_write_race(exc: BaseException) -> bool:
     return any(w in text for w in _WRITE_RACE_WORDS)
 
 
-def repeat_if_write_race(fn: Callable[[], T], what: str = "tag write", attempts: int = 5,
-                         sleep: Callable[[float], None] = time.sleep) -> T:
+def repeat_if_write_race(
+    fn: Callable[[], T], what: str = "tag write", attempts: int = 5, sleep: Callable[[float], None] = time.sleep
+) -> T:
     """Call ``fn`` (an idempotent tag/alias write) again while it loses the store's first-write race
     (:func:`is_tag_write_race`); any other error, or a race lost ``attempts`` times, is raised."""
     for attempt in range(attempts - 1):
@@ -142,8 +176,7 @@ class RetryPolicy:
     total: float = 120.0
     sleep: Callable[[float], None] = time.sleep
 
-    def call(self, fn: Callable[..., T], *args: Any, what: str = "call", service: str = "MLflow",
-             **kwargs: Any) -> T:
+    def call(self, fn: Callable[..., T], *args: Any, what: str = "call", service: str = "MLflow", **kwargs: Any) -> T:
         first_failure: float | None = None
         attempt = 0
         while True:
@@ -158,22 +191,35 @@ class RetryPolicy:
                 if waited >= self.total:
                     raise InfrastructureError(
                         f"{service} unreachable: {what} kept failing for {waited:.0f} s "
-                        f"({attempt + 1} attempts); last error: {type(exc).__name__}: {str(exc)[:500]}") from exc
-                delay = min(self.max_delay, self.base * 2 ** attempt) * (0.75 + 0.5 * random.random())
+                        f"({attempt + 1} attempts); last error: {type(exc).__name__}: {str(exc)[:500]}"
+                    ) from exc
+                delay = min(self.max_delay, self.base * 2**attempt) * (0.75 + 0.5 * random.random())
                 delay = min(delay, max(0.0, self.total - waited) + 0.01)
-                log.warning("%s: %s failed (%s: %s); retrying in %.1f s", service, what, type(exc).__name__,
-                            str(exc)[:200], delay)
+                log.warning(
+                    "%s: %s failed (%s: %s); retrying in %.1f s",
+                    service,
+                    what,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                    delay,
+                )
                 attempt += 1
                 self.sleep(delay)
                 continue
             if first_failure is not None:
-                log.warning("%s: %s succeeded after %d retries (%.0f s)", service, what, attempt,
-                            time.monotonic() - first_failure)
+                log.warning(
+                    "%s: %s succeeded after %d retries (%.0f s)",
+                    service,
+                    what,
+                    attempt,
+                    time.monotonic() - first_failure,
+                )
             return result
 
 
-def check_reachable(uri: str, window: float = 10.0, timeout: float = 3.0,
-                    sleep: Callable[[float], None] = time.sleep) -> None:
+def check_reachable(
+    uri: str, window: float = 10.0, timeout: float = 3.0, sleep: Callable[[float], None] = time.sleep
+) -> None:
     """Fail fast, with :class:`InfrastructureError`, when an ``http(s)://`` tracking server does
     not answer at all; other URIs (sqlite, file) are not probed.
 
@@ -216,7 +262,8 @@ def check_reachable(uri: str, window: float = 10.0, timeout: float = 3.0,
                 raise InfrastructureError(
                     f"MLflow tracking server {safe_uri(uri)} is not reachable ({attempts} attempts in "
                     f"{waited:.0f} s; last: {reason}). Is it running? Check --tracking-uri or "
-                    f"$MLFLOW_TRACKING_URI.") from None
+                    f"$MLFLOW_TRACKING_URI."
+                ) from None
             sleep(1.0)
 
 
