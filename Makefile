@@ -26,8 +26,18 @@ demo: venv
 test: venv lint bench-peers
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1200 tests
 
+## make lint: import contracts, ruff (lint + format) and mypy. The ruff and mypy lists grow as
+## packages are brought up to the rules (config: [tool.ruff] and [tool.mypy] in pyproject.toml).
+LINT_PATHS := quicktune/optimizer quicktune/space.py quicktune/lct.py quicktune/durations.py quicktune/bench \
+	quicktune/data quicktune/hub quicktune/storage.py tests/optimizer tests/data tests/hub tests/bench \
+	tests/test_space.py tests/test_space_check.py tests/test_lct.py tests/test_roundtrips.py tests/test_durations.py
+MYPY_PATHS := quicktune/optimizer quicktune/space.py quicktune/lct.py quicktune/durations.py quicktune/data quicktune/hub \
+	quicktune/storage.py
 lint: venv
 	$(BIN)/lint-imports
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy $(MYPY_PATHS)
 
 ## make bench: each quick benchmark with small arguments (~7 min; JSON in benchmarks/results/run_all/);
 ## BENCH_ARGS=--all adds the long ones (hours), BENCH_ARGS="--only step" picks (benchmarks/run_all.py)

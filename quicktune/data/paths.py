@@ -5,7 +5,7 @@ Why: an S3 key ``prefix//abs/x.png`` leaves ``rel = "/abs/x.png"`` and ``root / 
 climbs out. A mirror that writes - and later deletes - such paths, or a dataset that reads them,
 touches files outside its root. Every place where an outside name becomes a local path goes
 through :func:`confined`, which either returns a path inside ``root`` or raises
-:class:`UnsafePathError`; there is no third outcome (``tests/test_data_paths.py`` fuzzes it).
+:class:`UnsafePathError`; there is no third outcome (``tests/data/test_data_paths.py`` fuzzes it).
 
 The rule is strict rather than clever: a name must be a *clean* relative POSIX path - no leading
 ``/``, no empty, ``.`` or ``..`` segment, no backslash, no NUL or other control character, at most

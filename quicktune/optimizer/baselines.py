@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from quicktune.optimizer.base import STATUSES, Optimizer, Suggestion
-from quicktune.space import SearchSpace
-from quicktune.space import config_id as make_config_id
+from quicktune.space import SearchSpace, config_id as make_config_id
 
 __all__ = ["RandomSearch", "SuccessiveHalving", "ASHA", "Hyperband", "rung_levels"]
 

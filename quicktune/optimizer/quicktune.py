@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from safetensors.torch import load as st_load, save as st_save
 
 from quicktune.optimizer.acquisition import acquisition
 from quicktune.optimizer.artifact import MetaArtifact, default_artifact

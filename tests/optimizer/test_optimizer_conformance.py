@@ -1,7 +1,7 @@
 """The ask/tell contract (quicktune.optimizer.testing) for every optimizer in the registry.
 
-Replaces the per-optimizer copies that lived in test_optimizer.py and test_baselines.py (pending
-asks, dead configs, state round trip). A new optimizer registered in
+Replaces the per-optimizer copies (pending asks, dead configs, state round trip) that lived in
+tests/test_optimizer.py (now test_quicktune.py) and test_baselines.py. A new optimizer registered in
 ``quicktune.optimizer.registry`` is covered without writing a test.
 """
 

@@ -14,7 +14,7 @@ import pytest
 from quicktune.optimizer.encoding import ColumnSpec, MetaScaler, Schema
 from quicktune.space import builtin_space
 
-MEDQT = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "tables" / "medqt_portfolio.parquet")
+MEDQT = str(__import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "tables" / "medqt_portfolio.parquet")
 
 
 def _by_name(schema: Schema) -> dict[str, ColumnSpec]:

@@ -312,7 +312,7 @@ def test_wilcoxon_helpers_agree_on_small_samples():
         assert abs(exact - approx) < 0.03, (d, exact, approx)
 
 
-MEDQT = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "tables" / "medqt_portfolio.parquet")
+MEDQT = str(__import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "tables" / "medqt_portfolio.parquet")
 
 
 @pytest.mark.skipif(not __import__("os").path.exists(MEDQT), reason="shared MedQuickTune table not present")
