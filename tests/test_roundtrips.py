@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from quicktune.optimizer.base import STATUSES
 from quicktune.optimizer.registry import available, make_optimizer
@@ -31,9 +30,12 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 # --- strategies ---------------------------------------------------------------------------------
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=8)
 # grid-like floats: at most 8 significant digits, no -0.0 (it equals 0.0 and shares its id)
-grid_floats = st.builds(lambda x, k: float(f"{x:.{k}g}") + 0.0,
-                        st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False), st.integers(1, 8))
-scalars = st.one_of(st.text(max_size=6), st.integers(-10**6, 10**6), grid_floats, st.booleans())
+grid_floats = st.builds(
+    lambda x, k: float(f"{x:.{k}g}") + 0.0,
+    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
+    st.integers(1, 8),
+)
+scalars = st.one_of(st.text(max_size=6), st.integers(-(10**6), 10**6), grid_floats, st.booleans())
 
 
 def _unique(values: list[Any]) -> list[Any]:
@@ -126,9 +128,11 @@ def test_space_round_trip_any_key_order_and_sorted_json(doc, data, seed):
         assert all(space.names.index(q) < space.names.index(p.name) for q in p.only_active_with)
     stored = space.to_dict()
     assert json.loads(json.dumps(stored)) == stored  # plain JSON
-    for again in (SearchSpace.from_dict(shuffled(stored, data)),
-                  SearchSpace.from_dict(json.loads(json.dumps(shuffled(stored, data), sort_keys=True))),
-                  SearchSpace.from_dict(numpyfied(shuffled(stored, data)))):
+    for again in (
+        SearchSpace.from_dict(shuffled(stored, data)),
+        SearchSpace.from_dict(json.loads(json.dumps(shuffled(stored, data), sort_keys=True))),
+        SearchSpace.from_dict(numpyfied(shuffled(stored, data))),
+    ):
         assert again == space and again.names == space.names
         assert again.to_dict() == stored
         assert same_stream(again, space, seed)
@@ -177,7 +181,9 @@ def test_config_id_key_order_and_numpy_scalars(config, data):
 def test_config_id_ignores_float_noise_below_1e_10(config, noise):
     """Values written with up to 8 significant digits (every grid value) keep their id under
     relative noise below 1e-10 (arithmetic, a float formatted and parsed again)."""
-    noisy = {k: (v * (1.0 + e) if isinstance(v, float) else v) for (k, v), e in zip(config.items(), noise)}
+    noisy = {
+        k: (v * (1.0 + e) if isinstance(v, float) else v) for (k, v), e in zip(config.items(), noise, strict=False)
+    }
     assert config_id(noisy) == config_id(config)
 
 
@@ -192,16 +198,26 @@ def test_different_sampled_configs_get_different_ids(doc, seed):
 
 
 # --- (c) optimizer state ------------------------------------------------------------------------
-SMALL_QUICKTUNE = dict(n_candidates=12, refit_steps=2, first_fit_steps=3, cost_steps=2, fit_cap=16, predict_cap=32,
-                       refresh_every=3)
-SMALL_SPACE = SearchSpace.from_dict({"params": {
-    "model": {"choices": ["tf_efficientnet_lite0", "resnet10t", "test_vit"]},
-    "lr": {"choices": [0.0001, 0.001, 0.01]},
-    "opt": {"choices": ["sgd", "adamw"]},
-    "momentum": {"choices": [0.0, 0.9], "only_active_with": {"opt": ["sgd"]}},
-    "data_augmentation": {"choices": ["none", "auto_augment"]},
-    "auto_augment": {"choices": ["v0", "original"], "only_active_with": {"data_augmentation": ["auto_augment"]}},
-    "batch_size": {"choices": [16, 32]}}}, source="small")
+SMALL_QUICKTUNE = dict(
+    n_candidates=12, refit_steps=2, first_fit_steps=3, cost_steps=2, fit_cap=16, predict_cap=32, refresh_every=3
+)
+SMALL_SPACE = SearchSpace.from_dict(
+    {
+        "params": {
+            "model": {"choices": ["tf_efficientnet_lite0", "resnet10t", "test_vit"]},
+            "lr": {"choices": [0.0001, 0.001, 0.01]},
+            "opt": {"choices": ["sgd", "adamw"]},
+            "momentum": {"choices": [0.0, 0.9], "only_active_with": {"opt": ["sgd"]}},
+            "data_augmentation": {"choices": ["none", "auto_augment"]},
+            "auto_augment": {
+                "choices": ["v0", "original"],
+                "only_active_with": {"data_augmentation": ["auto_augment"]},
+            },
+            "batch_size": {"choices": [16, 32]},
+        }
+    },
+    source="small",
+)
 
 
 class _MemoryClient:
@@ -285,8 +301,12 @@ def test_optimizer_state_round_trip_gives_the_same_next_asks(name, seed, steps, 
     opt = _optimizer(name, seed)
     pending = _drive(opt, steps)
     run_id = uuid.uuid4().hex
-    payload = {"seq": len(steps), "optimizer": name, "inflight": sorted([c, e] for c, e in pending),
-               "state": opt.state_dict()}
+    payload = {
+        "seq": len(steps),
+        "optimizer": name,
+        "inflight": sorted([c, e] for c, e in pending),
+        "state": opt.state_dict(),
+    }
     state_store.save_optimizer_state(run_id, 1, payload)
     state_store.save_optimizer_state(run_id, 2, payload)  # both slots written; the newest is read
     snap = state_store.load_optimizer_state(run_id)
@@ -305,13 +325,21 @@ def test_controller_reloads_the_space_it_stored(ref, tiny_image_folder, tmp_path
     with spec.json rewritten with sorted keys (as tracking/layout.py wrote it until issue 12),
     and with a spec.json of the old format (sorted, no param_order): it still resumes."""
     from quicktune.backends.local import LocalBackend
-    from quicktune.search import SearchSession as _Search, SearchSpec
+    from quicktune.controller import SearchSpec, _Search
     from quicktune.tracking.layout import SearchTracker
 
-    tracker = SearchTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="spec",
-                            artifact_location=str(tmp_path / "artifacts"))
-    spec = SearchSpec(data_uri=str(tiny_image_folder), budget_seconds=60, space=ref, optimizer="random",
-                      search_id=f"rt-{uuid.uuid4().hex[:8]}", workdir=str(tmp_path / "work"), max_epochs=2)
+    tracker = SearchTracker(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="spec", artifact_location=str(tmp_path / "artifacts")
+    )
+    spec = SearchSpec(
+        data_uri=str(tiny_image_folder),
+        budget_seconds=60,
+        space=ref,
+        optimizer="random",
+        search_id=f"rt-{uuid.uuid4().hex[:8]}",
+        workdir=str(tmp_path / "work"),
+        max_epochs=2,
+    )
 
     def session() -> _Search:
         s = _Search(spec, LocalBackend(spec.workdir, fork_server=False), tracker, None, progress=False)
