@@ -28,11 +28,11 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quicktune.tracking.names import check_search_id, filter_string, tag
+from quicktune.tracking.records import ConfigRecord, Observation, SearchRun
 from quicktune.tracking.retry import InfrastructureError, RetryPolicy, check_reachable, repeat_if_write_race
 from quicktune.tracking.schema import (  # noqa: F401 - TAG_* re-exported for older importers
     ARTIFACT_SPEC,
@@ -96,75 +96,6 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[key] = v if isinstance(v, str) else json.dumps(v, default=str)
     return out
-
-
-@dataclass
-class Observation:
-    """One result told to the optimizer, as recorded in MLflow."""
-
-    seq: int
-    config_id: str
-    epoch: int
-    score: float
-    cost: float
-    status: str = "ok"
-
-
-@dataclass
-class ConfigRecord:
-    """What MLflow knows about one configuration of a search."""
-
-    run_id: str
-    config_id: str
-    config: dict[str, Any]
-    checkpoint_dir: str = ""
-    status: str = "running"
-    pending_epoch: int | None = None
-    epochs: dict[int, dict[str, float]] = field(default_factory=dict)  # epoch -> metrics (incl. tell_seq)
-    failure: Observation | None = None
-    message: str = ""
-
-    @property
-    def last_epoch(self) -> int:
-        return max(self.epochs) if self.epochs else 0
-
-    @property
-    def best_score(self) -> float:
-        scores = [m["score"] for m in self.epochs.values() if "score" in m]
-        return max(scores) if scores else -math.inf
-
-    @property
-    def best_epoch(self) -> int | None:
-        best = self.best_score
-        for e in sorted(self.epochs):
-            if self.epochs[e].get("score") == best:
-                return e
-        return None
-
-    @property
-    def dead(self) -> bool:
-        return self.failure is not None
-
-    def observations(self) -> list[Observation]:
-        out = [
-            Observation(int(m["tell_seq"]), self.config_id, e, m.get("score", math.nan), m.get("cost", math.nan))
-            for e, m in sorted(self.epochs.items())
-            if "tell_seq" in m
-        ]
-        if self.failure is not None:
-            out.append(self.failure)
-        return out
-
-
-@dataclass
-class SearchRun:
-    run_id: str
-    experiment_id: str
-    artifact_uri: str
-    resumed: bool
-    tags: dict[str, str]
-    metrics: dict[str, float]
-    params: dict[str, str]
 
 
 class SearchTracker:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from quicktune.tracking.layout import ConfigRecord
+from quicktune.tracking.records import ConfigRecord
 
 
 def _pyplot():
