@@ -145,7 +145,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from quicktune.metadataset.campaign import CampaignError, export
+    from quicktune.metadataset.plan import CampaignError
+    from quicktune.metadataset.records import export
 
     try:
         prog = export(args.workdir, args.out)
