@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from quicktune.tracking.schema import METRIC_COST as COST, METRIC_SCORE as SCORE, METRIC_TELL_SEQ as TELL_SEQ
+
 
 @dataclass
 class Observation:
@@ -45,14 +47,14 @@ class ConfigRecord:
 
     @property
     def best_score(self) -> float:
-        scores = [m["score"] for m in self.epochs.values() if "score" in m]
+        scores = [m[SCORE] for m in self.epochs.values() if SCORE in m]
         return max(scores) if scores else -math.inf
 
     @property
     def best_epoch(self) -> int | None:
         best = self.best_score
         for e in sorted(self.epochs):
-            if self.epochs[e].get("score") == best:
+            if self.epochs[e].get(SCORE) == best:
                 return e
         return None
 
@@ -62,9 +64,9 @@ class ConfigRecord:
 
     def observations(self) -> list[Observation]:
         out = [
-            Observation(int(m["tell_seq"]), self.config_id, e, m.get("score", math.nan), m.get("cost", math.nan))
+            Observation(int(m[TELL_SEQ]), self.config_id, e, m.get(SCORE, math.nan), m.get(COST, math.nan))
             for e, m in sorted(self.epochs.items())
-            if "tell_seq" in m
+            if TELL_SEQ in m
         ]
         if self.failure is not None:
             out.append(self.failure)
