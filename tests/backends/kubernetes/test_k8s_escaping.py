@@ -458,7 +458,7 @@ def test_names_with_a_secret_reference_reach_mlflow_literally(mlflow_server, tin
         log = (fake.workdir / "pods" / pod["metadata"]["name"] / "container.log").read_text()
         assert pod["status"]["phase"] == "Succeeded", log[-4000:]
         argv = fake.container_argv(pod["metadata"]["name"], ns)
-        assert name in argv and req.experiment in argv
+        assert f"--model-name={name}" in argv and f"--experiment={req.experiment}" in argv  # one token each
         assert len(fake.created_jobs) >= 2, "the controller ran its steps as Jobs in the fake cluster"
         assert fake.admission_denials == [] and fake.rejected == []
 
