@@ -1,13 +1,15 @@
 """What a session checks before it writes anything: a resume's definition and data, the
 checkpoint location for remote workers (in memory; the real MLflow versions are in
-tests/test_search_guards.py)."""
+tests/search/test_guards.py)."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import MemoryTracker, ScriptedBackend  # tests/search/conftest.py
+from search_doubles import MemoryTracker, ScriptedBackend
 
 from quicktune.search import SearchError, SearchSpec, inputs, run_search
+
+pytestmark = pytest.mark.usefixtures("fast_inputs", "no_plots")
 
 
 def spec(**kw) -> SearchSpec:

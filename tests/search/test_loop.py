@@ -7,6 +7,8 @@ import pytest
 
 from quicktune.search import SearchSpec, run_search
 
+pytestmark = pytest.mark.usefixtures("fast_inputs", "no_plots")
+
 
 def spec(search_id: str = "loop", **kw) -> SearchSpec:
     base = dict(

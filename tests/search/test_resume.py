@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import Crash, Killed, MemoryTracker, ScriptedBackend  # tests/search/conftest.py
+from search_doubles import Crash, Killed, MemoryTracker, ScriptedBackend
 
 from quicktune.search import SearchError, SearchSession, SearchSpec, resume as resume_mod, run_search
+
+pytestmark = pytest.mark.usefixtures("fast_inputs", "no_plots")
 
 
 def spec(**kw) -> SearchSpec:

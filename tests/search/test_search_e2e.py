@@ -25,7 +25,7 @@ from quicktune.backends.testing import local_attempts_started_and_rerun
 from quicktune.search import SearchError, SearchSpec, run_search
 from quicktune.tracking import InfrastructureError, RetryPolicy, SearchTracker
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # tests/: the shared spaces
 TINY_SPACE = str(HERE / "tiny_space.yaml")
 DIVERGE_SPACE = str(HERE / "diverge_space.yaml")
 SECRETS = {"MLFLOW_TRACKING_USERNAME": "qt-user", "MLFLOW_TRACKING_PASSWORD": "pw-" + uuid.uuid4().hex,

@@ -19,7 +19,7 @@ import torch
 
 from quicktune.search.promotion import RawImageClassifier
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # tests/: the shared spaces
 
 
 def _test_images(folder):

@@ -31,7 +31,7 @@ from quicktune.search import SearchError, SearchSpec, run_search
 from quicktune.tracking import InfrastructureError, RetryPolicy, SearchTracker
 from quicktune.tracking.names import InvalidNameError, check_search_id, filter_literal, filter_string, tag
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]  # tests/: the shared spaces
 TINY_SPACE = str(HERE / "tiny_space.yaml")
 SEARCH_IDS = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 
@@ -244,7 +244,7 @@ def _closed_port() -> int:
 def test_an_unreachable_tracking_server_fails_fast_and_clearly(tiny_image_folder, tmp_path):
     """It took 2 min 10 s (every call retried for 2 min); the probe answers in seconds, names the
     server and hides its password. (Outages *during* a search are still ridden out: the retry
-    policy is unchanged, see test_controller.py's S3 outage and the MLflow restart tests.)"""
+    policy is unchanged, see test_search_e2e.py's S3 outage and the MLflow restart tests.)"""
     uri = f"http://user:pw-{uuid.uuid4().hex[:6]}@127.0.0.1:{_closed_port()}"
     tracker = SearchTracker(uri, experiment="down")  # the default 120 s retry policy
     t0 = time.monotonic()
