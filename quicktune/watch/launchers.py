@@ -234,8 +234,12 @@ def controller_job(request: SearchRequest, *, tracking_uri: str, namespace: str,
     because the arguments carry names MLflow users chose and the container's env holds the S3 and
     MLflow Secrets. The pod runs under the "restricted" Pod Security Standard and keeps its service
     account token: the controller creates and watches the step Jobs."""
-    from quicktune.backends.kubernetes.manifests import (RESTRICTED_CONTAINER_SECURITY, RESTRICTED_POD_SECURITY,
-                                                         kubelet_literal, sanitize_label_value)
+    from quicktune.backends.kubernetes.manifests import (
+        RESTRICTED_CONTAINER_SECURITY,
+        RESTRICTED_POD_SECURITY,
+        kubelet_literal,
+        sanitize_label_value,
+    )
 
     check_launchable(request)
     args = ["search", "--backend", "kubernetes", *request.search_args(tracking_uri),
@@ -319,8 +323,8 @@ class KubernetesLauncher(Launcher):
         for cond in (job.get("status") or {}).get("conditions") or []:
             ctype = cond.get("type")
             if cond.get("status") == "True" and ctype in ("Complete", "Failed"):
-                return LaunchState(LAUNCH_DONE, f"Job {ctype.lower()}: {cond.get('message') or cond.get('reason') or ''}",
-                                   0 if ctype == "Complete" else 1)
+                why = cond.get("message") or cond.get("reason") or ""
+                return LaunchState(LAUNCH_DONE, f"Job {ctype.lower()}: {why}", 0 if ctype == "Complete" else 1)
         return LaunchState(LAUNCH_RUNNING)
 
     def cancel(self, search_id: str, timeout: float = 60.0) -> None:

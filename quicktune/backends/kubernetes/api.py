@@ -25,8 +25,17 @@ from typing import Any
 
 from quicktune.backends.base import BackendError
 
-__all__ = ["KubernetesApiError", "NotFound", "Conflict", "Gone", "ApiUnavailable", "KubernetesApi",
-           "default_api_client", "own_image", "TRANSIENT_STATUSES"]
+__all__ = [
+    "KubernetesApiError",
+    "NotFound",
+    "Conflict",
+    "Gone",
+    "ApiUnavailable",
+    "KubernetesApi",
+    "default_api_client",
+    "own_image",
+    "TRANSIENT_STATUSES",
+]
 
 TRANSIENT_STATUSES = (0, 429, 500, 502, 503, 504)
 
@@ -88,8 +97,10 @@ def default_api_client() -> Any:
         try:
             config.load_kube_config()
         except Exception as exc:  # noqa: BLE001
-            raise BackendError("no Kubernetes configuration: not running in a cluster and no usable kubeconfig "
-                               f"({exc}); pass api_client= or set KUBECONFIG") from None
+            raise BackendError(
+                "no Kubernetes configuration: not running in a cluster and no usable kubeconfig "
+                f"({exc}); pass api_client= or set KUBECONFIG"
+            ) from None
     return client.ApiClient()
 
 
@@ -102,8 +113,10 @@ def own_image(api_client: Any, namespace: str, pod_name: str | None) -> str | No
         pod = KubernetesApi(api_client, namespace, attempts=1).read_pod(pod_name)
         return str(pod["spec"]["containers"][0]["image"])
     except (KubernetesApiError, ValueError, KeyError, IndexError, TypeError) as exc:
-        raise BackendError(f"cannot read the controller pod {namespace}/{pod_name} to find its image: "
-                           f"{type(exc).__name__}: {exc}; set QUICKTUNE_STEP_IMAGE") from None
+        raise BackendError(
+            f"cannot read the controller pod {namespace}/{pod_name} to find its image: "
+            f"{type(exc).__name__}: {exc}; set QUICKTUNE_STEP_IMAGE"
+        ) from None
 
 
 class KubernetesApi:
@@ -115,14 +128,20 @@ class KubernetesApi:
 
     #: method -> (resource, RBAC verb): what a Role must grant for a caller of that method
     VERBS: Mapping[str, tuple[str, str]] = {
-        "create_job": ("jobs", "create"), "read_job": ("jobs", "get"), "read_job_or_none": ("jobs", "get"),
+        "create_job": ("jobs", "create"),
+        "read_job": ("jobs", "get"),
+        "read_job_or_none": ("jobs", "get"),
         "delete_job": ("jobs", "delete"),
-        "list_jobs": ("jobs", "list"), "watch_jobs": ("jobs", "watch"), "read_pod": ("pods", "get"),
-        "list_pods": ("pods", "list"), "read_pod_log": ("pods/log", "get"),
+        "list_jobs": ("jobs", "list"),
+        "watch_jobs": ("jobs", "watch"),
+        "read_pod": ("pods", "get"),
+        "list_pods": ("pods", "list"),
+        "read_pod_log": ("pods/log", "get"),
     }
 
-    def __init__(self, api_client: Any, namespace: str, *, attempts: int = 4,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self, api_client: Any, namespace: str, *, attempts: int = 4, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         from kubernetes import client
 
         if attempts < 1:
@@ -164,13 +183,15 @@ class KubernetesApi:
     def create_job(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Create a Job; ``Conflict`` if one of that name exists."""
         name = (body.get("metadata") or {}).get("name")
-        return self.call(lambda: self.batch.create_namespaced_job(self.namespace, body, _preload_content=False),
-                         f"create Job {name}")
+        return self.call(
+            lambda: self.batch.create_namespaced_job(self.namespace, body, _preload_content=False), f"create Job {name}"
+        )
 
     def read_job(self, name: str) -> dict[str, Any]:
         """The Job named ``name``; ``NotFound`` if there is none."""
-        return self.call(lambda: self.batch.read_namespaced_job(name, self.namespace, _preload_content=False),
-                         f"read Job {name}")
+        return self.call(
+            lambda: self.batch.read_namespaced_job(name, self.namespace, _preload_content=False), f"read Job {name}"
+        )
 
     def read_job_or_none(self, name: str) -> dict[str, Any] | None:
         """The Job named ``name``, or None if there is none (the common "does it exist" question)."""
@@ -185,17 +206,24 @@ class KubernetesApi:
         from kubernetes import client
 
         body = client.V1DeleteOptions(propagation_policy=propagation)
-        self.call(lambda: self.batch.delete_namespaced_job(name, self.namespace, body=body, _preload_content=False),
-                  f"delete Job {name}")
+        self.call(
+            lambda: self.batch.delete_namespaced_job(name, self.namespace, body=body, _preload_content=False),
+            f"delete Job {name}",
+        )
 
     def list_jobs(self, label_selector: str) -> tuple[list[dict[str, Any]], str | None]:
         """(Jobs matching the selector, the list's resourceVersion to watch from)."""
-        data = self.call(lambda: self.batch.list_namespaced_job(self.namespace, label_selector=label_selector,
-                                                                _preload_content=False), "list step Jobs")
+        data = self.call(
+            lambda: self.batch.list_namespaced_job(
+                self.namespace, label_selector=label_selector, _preload_content=False
+            ),
+            "list step Jobs",
+        )
         return data.get("items") or [], (data.get("metadata") or {}).get("resourceVersion")
 
-    def watch_jobs(self, label_selector: str, resource_version: str | None,
-                   timeout_seconds: int) -> Generator[tuple[str, dict[str, Any]], None, None]:
+    def watch_jobs(
+        self, label_selector: str, resource_version: str | None, timeout_seconds: int
+    ) -> Generator[tuple[str, dict[str, Any]], None, None]:
         """(event type, object) from a watch of Jobs since ``resource_version``, until the server
         ends it (``timeout_seconds``). ``Gone`` when the version expired; other failures raise
         their typed error. No retries: the caller re-lists (an informer's job)."""
@@ -206,27 +234,44 @@ class KubernetesApi:
         # timeout_seconds also disables the client's own 410 retry, which would re-use the expired
         # resourceVersion; the caller re-lists instead.
         try:
-            for event in w.stream(self.batch.list_namespaced_job, self.namespace, label_selector=label_selector,
-                                  resource_version=resource_version, timeout_seconds=timeout_seconds,
-                                  allow_watch_bookmarks=True, _request_timeout=timeout_seconds + 10):
+            for event in w.stream(
+                self.batch.list_namespaced_job,
+                self.namespace,
+                label_selector=label_selector,
+                resource_version=resource_version,
+                timeout_seconds=timeout_seconds,
+                allow_watch_bookmarks=True,
+                _request_timeout=timeout_seconds + 10,
+            ):
                 yield str(event.get("type")), event.get("raw_object") or {}
         except ApiException as exc:
-            raise error_for(exc.status, exc.reason, _status_message(exc), "watch step Jobs",
-                            self.namespace) from None
+            raise error_for(exc.status, exc.reason, _status_message(exc), "watch step Jobs", self.namespace) from None
         finally:
             w.stop()
 
     # ---------------------------------------------------------------------------------- pods
     def read_pod(self, name: str) -> dict[str, Any]:
-        return self.call(lambda: self.core.read_namespaced_pod(name, self.namespace, _preload_content=False),
-                         f"read pod {name}")
+        return self.call(
+            lambda: self.core.read_namespaced_pod(name, self.namespace, _preload_content=False), f"read pod {name}"
+        )
 
     def list_pods(self, label_selector: str, what: str = "list pods") -> list[dict[str, Any]]:
-        data = self.call(lambda: self.core.list_namespaced_pod(self.namespace, label_selector=label_selector,
-                                                               _preload_content=False), what)
+        data = self.call(
+            lambda: self.core.list_namespaced_pod(
+                self.namespace, label_selector=label_selector, _preload_content=False
+            ),
+            what,
+        )
         return (data or {}).get("items") or []
 
     def read_pod_log(self, name: str, container: str, tail_lines: int) -> bytes:
-        return self.call(lambda: self.core.read_namespaced_pod_log(
-            name, self.namespace, container=container, tail_lines=tail_lines, _preload_content=False),
-            f"read logs of pod {name}", raw=True) or b""
+        return (
+            self.call(
+                lambda: self.core.read_namespaced_pod_log(
+                    name, self.namespace, container=container, tail_lines=tail_lines, _preload_content=False
+                ),
+                f"read logs of pod {name}",
+                raw=True,
+            )
+            or b""
+        )

@@ -117,30 +117,73 @@ class KubernetesBackend(TrialBackend):
 
     OPTION_ENV = OPTION_ENV
 
-    def __init__(self, namespace: str, image: str, search_id: str | None = None, max_concurrent: int = 4,
-                 gpu: int = 0, node_selector: Mapping[str, str] | None = None,
-                 tolerations: Sequence[Mapping[str, Any]] | None = None, priority_class: str | None = None,
-                 kueue_queue: str | None = None, secret_names: Sequence[str] = (),
-                 secret_env: Mapping[str, tuple[str, str]] | None = None, env: Mapping[str, str] | None = None,
-                 service_account: str | None = None, owner_pod: Mapping[str, str] | None = None,
-                 active_deadline_seconds: int = 4 * 3600, backoff_limit: int = 3,
-                 ttl_seconds_after_finished: int | None = 24 * 3600, cpu: str | None = "1",
-                 memory: str | None = "4Gi", api_client: Any = None, watch_timeout_seconds: int = 60,
-                 log_tail_lines: int = 400, read_result: Callable[[str], bytes] | None = None,
-                 result_exists: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        image: str,
+        search_id: str | None = None,
+        max_concurrent: int = 4,
+        gpu: int = 0,
+        node_selector: Mapping[str, str] | None = None,
+        tolerations: Sequence[Mapping[str, Any]] | None = None,
+        priority_class: str | None = None,
+        kueue_queue: str | None = None,
+        secret_names: Sequence[str] = (),
+        secret_env: Mapping[str, tuple[str, str]] | None = None,
+        env: Mapping[str, str] | None = None,
+        service_account: str | None = None,
+        owner_pod: Mapping[str, str] | None = None,
+        active_deadline_seconds: int = 4 * 3600,
+        backoff_limit: int = 3,
+        ttl_seconds_after_finished: int | None = 24 * 3600,
+        cpu: str | None = "1",
+        memory: str | None = "4Gi",
+        api_client: Any = None,
+        watch_timeout_seconds: int = 60,
+        log_tail_lines: int = 400,
+        read_result: Callable[[str], bytes] | None = None,
+        result_exists: Callable[[str], bool] | None = None,
+    ) -> None:
         settings = StepJobSettings(
-            namespace=namespace, image=image, gpu=gpu, cpu=cpu, memory=memory, node_selector=node_selector,
-            tolerations=tuple(tolerations) if tolerations is not None else None, priority_class=priority_class,
-            kueue_queue=kueue_queue, secret_names=tuple(secret_names), secret_env=secret_env, env=dict(env or {}),
-            service_account=service_account, owner_pod=dict(owner_pod) if owner_pod else owner_from_env(),
-            active_deadline_seconds=active_deadline_seconds, backoff_limit=backoff_limit,
-            ttl_seconds_after_finished=ttl_seconds_after_finished)
-        self._setup(settings, search_id, max_concurrent, api_client, watch_timeout_seconds=watch_timeout_seconds,
-                    log_tail_lines=log_tail_lines, read_result=read_result, result_exists=result_exists)
+            namespace=namespace,
+            image=image,
+            gpu=gpu,
+            cpu=cpu,
+            memory=memory,
+            node_selector=node_selector,
+            tolerations=tuple(tolerations) if tolerations is not None else None,
+            priority_class=priority_class,
+            kueue_queue=kueue_queue,
+            secret_names=tuple(secret_names),
+            secret_env=secret_env,
+            env=dict(env or {}),
+            service_account=service_account,
+            owner_pod=dict(owner_pod) if owner_pod else owner_from_env(),
+            active_deadline_seconds=active_deadline_seconds,
+            backoff_limit=backoff_limit,
+            ttl_seconds_after_finished=ttl_seconds_after_finished,
+        )
+        self._setup(
+            settings,
+            search_id,
+            max_concurrent,
+            api_client,
+            watch_timeout_seconds=watch_timeout_seconds,
+            log_tail_lines=log_tail_lines,
+            read_result=read_result,
+            result_exists=result_exists,
+        )
 
     @classmethod
-    def from_settings(cls, settings: StepJobSettings, search_id: str | None = None, *, max_concurrent: int = 4,
-                      api_client: Any = None, **runtime: Any) -> KubernetesBackend:
+    def from_settings(
+        cls,
+        settings: StepJobSettings,
+        search_id: str | None = None,
+        *,
+        max_concurrent: int = 4,
+        api_client: Any = None,
+        **runtime: Any,
+    ) -> KubernetesBackend:
         """A backend whose Jobs follow ``settings`` (``runtime``: ``watch_timeout_seconds``,
         ``log_tail_lines``, ``read_result``, ``result_exists``)."""
         unknown = sorted(set(runtime) - set(_RUNTIME_KEYS))
@@ -150,10 +193,18 @@ class KubernetesBackend(TrialBackend):
         backend._setup(settings, search_id, max_concurrent, api_client, **runtime)
         return backend
 
-    def _setup(self, settings: StepJobSettings, search_id: str | None, max_concurrent: int, api_client: Any, *,
-               watch_timeout_seconds: int = 60, log_tail_lines: int = 400,
-               read_result: Callable[[str], bytes] | None = None,
-               result_exists: Callable[[str], bool] | None = None) -> None:
+    def _setup(
+        self,
+        settings: StepJobSettings,
+        search_id: str | None,
+        max_concurrent: int,
+        api_client: Any,
+        *,
+        watch_timeout_seconds: int = 60,
+        log_tail_lines: int = 400,
+        read_result: Callable[[str], bytes] | None = None,
+        result_exists: Callable[[str], bool] | None = None,
+    ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
         self.settings = settings
@@ -174,8 +225,13 @@ class KubernetesBackend(TrialBackend):
         self._steps: dict[str, StepRecord] = {}
         self._queue_seq = itertools.count(1)
         self.result_read_grace_seconds = 120.0
-        self._informer = JobInformer(self._api, selector, self, watch_timeout_seconds=watch_timeout_seconds,
-                                     name=f"qt-k8s-watch-{search_id or settings.namespace}")
+        self._informer = JobInformer(
+            self._api,
+            selector,
+            self,
+            watch_timeout_seconds=watch_timeout_seconds,
+            name=f"qt-k8s-watch-{search_id or settings.namespace}",
+        )
         self.created: list[str] = []  # Jobs this instance created (201), for tests and metrics
 
     @property
@@ -184,15 +240,24 @@ class KubernetesBackend(TrialBackend):
         return self._informer.relists
 
     @classmethod
-    def from_options(cls, *, workers: int, workdir: str | None = None, search_id: str | None = None,
-                     step_timeout: float | None = None, threads_per_worker: int = 1,
-                     api_client: Any = None, **options: Any) -> KubernetesBackend:
+    def from_options(
+        cls,
+        *,
+        workers: int,
+        workdir: str | None = None,
+        search_id: str | None = None,
+        step_timeout: float | None = None,
+        threads_per_worker: int = 1,
+        api_client: Any = None,
+        **options: Any,
+    ) -> KubernetesBackend:
         """What ``quicktune search --backend kubernetes [--backend-option KEY=VALUE ...]`` builds:
         ``QUICKTUNE_*`` env settings, overridden by the options (keys of ``OPTION_ENV``);
         ``--step-timeout`` becomes the Jobs' activeDeadlineSeconds."""
         client = _LazyClient(api_client)
-        settings = StepJobSettings.from_options(options, os.environ, step_timeout=step_timeout,
-                                                own_image=client.own_image)
+        settings = StepJobSettings.from_options(
+            options, os.environ, step_timeout=step_timeout, own_image=client.own_image
+        )
         return cls.from_settings(settings, search_id or None, max_concurrent=workers, api_client=client.get())
 
     # ---------------------------------------------------------------------------------------- API
@@ -321,8 +386,10 @@ class KubernetesBackend(TrialBackend):
         outcome = "oom" if pod_info.get("reason") == "OOMKilled" else "failed"
         message = f"Job {step_id} failed ({status.message or 'no reason given'})"
         if pod_info:
-            message += (f"; last pod {pod_info.get('pod')}: exit code {pod_info.get('exitCode')}"
-                        f" ({pod_info.get('reason') or 'no reason'})")
+            message += (
+                f"; last pod {pod_info.get('pod')}: exit code {pod_info.get('exitCode')}"
+                f" ({pod_info.get('reason') or 'no reason'})"
+            )
         out: dict[str, Any] = {"status": outcome, "message": message, "epochs": []}
         if status.message.startswith("DeadlineExceeded"):
             out["timeout"] = True  # activeDeadlineSeconds: re-running would time out again
@@ -401,8 +468,11 @@ class KubernetesBackend(TrialBackend):
     # ----------------------------------------------------------------------------------- helpers
     def _running_mine(self) -> int:
         with self._lock:
-            return sum(1 for rec in self._steps.values()
-                       if rec.mine and rec.job is not None and not rec.cancelled and not job_state(rec.job).done)
+            return sum(
+                1
+                for rec in self._steps.values()
+                if rec.mine and rec.job is not None and not rec.cancelled and not job_state(rec.job).done
+            )
 
     def _pump(self) -> None:
         """Create queued Jobs while fewer than ``max_concurrent`` of ours are unfinished."""
@@ -467,8 +537,11 @@ class KubernetesBackend(TrialBackend):
                 if transient and time.monotonic() - first < self.result_read_grace_seconds:
                     # S3 briefly unreachable: the result is there, keep the step "running" a little
                     return StepStatus(RUNNING, f"finished; reading its RESULT.json failed ({why}); retrying")
-                res = {"status": "failed", "epochs": [],
-                       "message": f"step {step_id} finished but its RESULT.json at {uri} could not be read: {why}"}
+                res = {
+                    "status": "failed",
+                    "epochs": [],
+                    "message": f"step {step_id} finished but its RESULT.json at {uri} could not be read: {why}",
+                }
             with self._lock:
                 rec.result = res
                 rec.read_error_since = None
@@ -548,8 +621,12 @@ class KubernetesBackend(TrialBackend):
 
         def order(p: Mapping[str, Any]) -> tuple[str, int, str, str]:
             term = pod_termination(p)
-            return (p["metadata"].get("creationTimestamp") or "", 0 if term else 1,
-                    str(term.get("finishedAt", "")), p["metadata"]["name"])
+            return (
+                p["metadata"].get("creationTimestamp") or "",
+                0 if term else 1,
+                str(term.get("finishedAt", "")),
+                p["metadata"]["name"],
+            )
 
         return sorted(pods, key=order)
 
@@ -581,8 +658,9 @@ class _LazyClient:
         return own_image(self.get(), namespace, pod_name) if pod_name else None
 
 
-def backend_from_env(search_id: str | None, max_concurrent: int, environ: Mapping[str, str] | None = None,
-                     **overrides: Any) -> KubernetesBackend:
+def backend_from_env(
+    search_id: str | None, max_concurrent: int, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> KubernetesBackend:
     """A ``KubernetesBackend`` configured from ``QUICKTUNE_*`` env vars (``settings.ENV_SETTINGS``).
 
     This is how ``quicktune search --backend kubernetes`` gets its settings inside a cluster: the
@@ -593,5 +671,6 @@ def backend_from_env(search_id: str | None, max_concurrent: int, environ: Mappin
     client = _LazyClient(overrides.pop("api_client", None))
     runtime = {k: overrides.pop(k) for k in _RUNTIME_KEYS if k in overrides}
     settings = StepJobSettings.from_env(environ, own_image=client.own_image, **overrides)
-    return KubernetesBackend.from_settings(settings, search_id, max_concurrent=max_concurrent,
-                                           api_client=client.get(), **runtime)
+    return KubernetesBackend.from_settings(
+        settings, search_id, max_concurrent=max_concurrent, api_client=client.get(), **runtime
+    )

@@ -46,8 +46,15 @@ class JobInformer:
     ``start()`` is idempotent and restarts a thread that died; ``stop()`` ends it; ``synced``
     is set once the first list arrived (until then callers should list themselves)."""
 
-    def __init__(self, api: KubernetesApi, selector: str, sink: JobSink, *, watch_timeout_seconds: int = 60,
-                 name: str = "qt-k8s-watch") -> None:
+    def __init__(
+        self,
+        api: KubernetesApi,
+        selector: str,
+        sink: JobSink,
+        *,
+        watch_timeout_seconds: int = 60,
+        name: str = "qt-k8s-watch",
+    ) -> None:
         self.api = api
         self.selector = selector
         self.sink = sink

@@ -61,9 +61,11 @@ WORKDIR = "/tmp/quicktune"
 
 # The step reads its configuration from a file; the pod gets it through an env var and a tiny
 # POSIX shell wrapper writes it into the emptyDir-backed /tmp (the root filesystem is read-only).
-STEP_SCRIPT = ('set -eu; mkdir -p "$QUICKTUNE_WORKDIR"; '
-               'printf "%s" "$QUICKTUNE_STEP_CONFIG" > "$QUICKTUNE_WORKDIR/config.json"; '
-               'exec quicktune step --config "$QUICKTUNE_WORKDIR/config.json" "$@"')
+STEP_SCRIPT = (
+    'set -eu; mkdir -p "$QUICKTUNE_WORKDIR"; '
+    'printf "%s" "$QUICKTUNE_STEP_CONFIG" > "$QUICKTUNE_WORKDIR/config.json"; '
+    'exec quicktune step --config "$QUICKTUNE_WORKDIR/config.json" "$@"'
+)
 
 _SECRET_NAME_RE = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_KEY|CREDENTIAL|PRIVATE|API_KEY", re.I)
 _LABEL_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -74,12 +76,20 @@ _LABEL_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 # capabilities, the runtime's default seccomp profile, and a read-only root filesystem (not required
 # by the profile; /tmp is an emptyDir).
 RESTRICTED_POD_SECURITY: dict[str, Any] = {
-    "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 RESTRICTED_CONTAINER_SECURITY: dict[str, Any] = {
-    "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
 }
 
 
@@ -136,25 +146,43 @@ def result_uri(request: StepRequest) -> str:
     return join(request.checkpoint_dir, "results", f"{request.id}.json")
 
 
-def build_job(request: StepRequest, *, namespace: str, image: str, gpu: int = 0, cpu: str | None = "1",
-              memory: str | None = "4Gi", node_selector: Mapping[str, str] | None = None,
-              tolerations: Sequence[Mapping[str, Any]] | None = None, priority_class: str | None = None,
-              kueue_queue: str | None = None, secret_names: Sequence[str] = (),
-              secret_env: Mapping[str, tuple[str, str]] | None = None, env: Mapping[str, str] | None = None,
-              service_account: str | None = None, owner_pod: Mapping[str, str] | None = None,
-              active_deadline_seconds: int = 4 * 3600, backoff_limit: int = 3,
-              ttl_seconds_after_finished: int | None = 24 * 3600, image_pull_policy: str = "IfNotPresent",
-              shm_size: str = "1Gi") -> dict[str, Any]:
+def build_job(
+    request: StepRequest,
+    *,
+    namespace: str,
+    image: str,
+    gpu: int = 0,
+    cpu: str | None = "1",
+    memory: str | None = "4Gi",
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Mapping[str, Any]] | None = None,
+    priority_class: str | None = None,
+    kueue_queue: str | None = None,
+    secret_names: Sequence[str] = (),
+    secret_env: Mapping[str, tuple[str, str]] | None = None,
+    env: Mapping[str, str] | None = None,
+    service_account: str | None = None,
+    owner_pod: Mapping[str, str] | None = None,
+    active_deadline_seconds: int = 4 * 3600,
+    backoff_limit: int = 3,
+    ttl_seconds_after_finished: int | None = 24 * 3600,
+    image_pull_policy: str = "IfNotPresent",
+    shm_size: str = "1Gi",
+) -> dict[str, Any]:
     """The Job manifest (a plain dict, as sent to the API server) for one step."""
     if not request.checkpoint_dir.startswith("s3://"):
-        raise ValueError(f"checkpoint dir {request.checkpoint_dir!r}: the Kubernetes backend needs an s3:// "
-                         "checkpoint dir (step pods share no filesystem with the controller)")
+        raise ValueError(
+            f"checkpoint dir {request.checkpoint_dir!r}: the Kubernetes backend needs an s3:// "
+            "checkpoint dir (step pods share no filesystem with the controller)"
+        )
     plain_env: dict[str, str] = {}
     for source in (env or {}), request.extra_env:
         for key, value in source.items():
             if looks_secret(key):
-                raise ValueError(f"env var {key!r} looks like a credential; pass it through a Kubernetes Secret "
-                                 "(secret_names / secret_env), never as an inline value")
+                raise ValueError(
+                    f"env var {key!r} looks like a credential; pass it through a Kubernetes Secret "
+                    "(secret_names / secret_env), never as an inline value"
+                )
             plain_env[key] = str(value)
     name = request.id
     labels = {
@@ -239,19 +267,34 @@ def build_job(request: StepRequest, *, namespace: str, image: str, gpu: int = 0,
         },
     }
     if owner_pod and owner_pod.get("name") and owner_pod.get("uid"):
-        metadata["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": owner_pod["name"],
-                                        "uid": owner_pod["uid"], "blockOwnerDeletion": False,
-                                        "controller": False}]
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": owner_pod["name"],
+                "uid": owner_pod["uid"],
+                "blockOwnerDeletion": False,
+                "controller": False,
+            }
+        ]
     spec: dict[str, Any] = {
         "backoffLimit": int(backoff_limit),
         "activeDeadlineSeconds": int(active_deadline_seconds),
         "completions": 1,
         "parallelism": 1,
-        "podFailurePolicy": {"rules": [
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            {"action": "FailJob", "onExitCodes": {"containerName": STEP_CONTAINER, "operator": "In",
-                                                  "values": list(FAIL_FAST_EXIT_CODES)}},
-        ]},
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": STEP_CONTAINER,
+                        "operator": "In",
+                        "values": list(FAIL_FAST_EXIT_CODES),
+                    },
+                },
+            ]
+        },
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
     if ttl_seconds_after_finished is not None:

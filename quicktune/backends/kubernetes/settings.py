@@ -44,18 +44,25 @@ ENV_SETTINGS = {
 }
 
 OPTION_ENV = {  # ``--backend-option KEY=VALUE`` -> the env setting it overrides
-    "namespace": "QUICKTUNE_K8S_NAMESPACE", "image": "QUICKTUNE_STEP_IMAGE", "gpu": "QUICKTUNE_STEP_GPU",
-    "cpu": "QUICKTUNE_STEP_CPU", "memory": "QUICKTUNE_STEP_MEMORY",
-    "node_selector": "QUICKTUNE_STEP_NODE_SELECTOR", "tolerations": "QUICKTUNE_STEP_TOLERATIONS",
-    "priority_class": "QUICKTUNE_STEP_PRIORITY_CLASS", "kueue_queue": "QUICKTUNE_KUEUE_QUEUE",
-    "secrets": "QUICKTUNE_STEP_SECRETS", "service_account": "QUICKTUNE_STEP_SERVICE_ACCOUNT",
-    "env": "QUICKTUNE_STEP_ENV", "active_deadline_seconds": "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS",
-    "backoff_limit": "QUICKTUNE_STEP_BACKOFF_LIMIT", "ttl_seconds": "QUICKTUNE_STEP_TTL_SECONDS",
+    "namespace": "QUICKTUNE_K8S_NAMESPACE",
+    "image": "QUICKTUNE_STEP_IMAGE",
+    "gpu": "QUICKTUNE_STEP_GPU",
+    "cpu": "QUICKTUNE_STEP_CPU",
+    "memory": "QUICKTUNE_STEP_MEMORY",
+    "node_selector": "QUICKTUNE_STEP_NODE_SELECTOR",
+    "tolerations": "QUICKTUNE_STEP_TOLERATIONS",
+    "priority_class": "QUICKTUNE_STEP_PRIORITY_CLASS",
+    "kueue_queue": "QUICKTUNE_KUEUE_QUEUE",
+    "secrets": "QUICKTUNE_STEP_SECRETS",
+    "service_account": "QUICKTUNE_STEP_SERVICE_ACCOUNT",
+    "env": "QUICKTUNE_STEP_ENV",
+    "active_deadline_seconds": "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS",
+    "backoff_limit": "QUICKTUNE_STEP_BACKOFF_LIMIT",
+    "ttl_seconds": "QUICKTUNE_STEP_TTL_SECONDS",
 }
 
 # Non-secret S3 settings the controller passes on to the steps when QUICKTUNE_STEP_ENV does not.
-PASS_THROUGH = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION",
-                "AWS_REGION")
+PASS_THROUGH = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
 
 
 def owner_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
@@ -78,8 +85,10 @@ def in_cluster_namespace() -> str | None:
 def _refuse_inline_secrets(env: Mapping[str, str]) -> None:
     for key in env:
         if looks_secret(key):
-            raise ValueError(f"env var {key!r} looks like a credential; pass it through a Kubernetes Secret "
-                             "(secret_names / secret_env), never as an inline value")
+            raise ValueError(
+                f"env var {key!r} looks like a credential; pass it through a Kubernetes Secret "
+                "(secret_names / secret_env), never as an inline value"
+            )
 
 
 @dataclass(frozen=True)
@@ -131,19 +140,35 @@ class StepJobSettings:
 
     def job_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``build_job`` these settings stand for."""
-        return dict(namespace=self.namespace, image=self.image, gpu=self.gpu, cpu=self.cpu, memory=self.memory,
-                    node_selector=self.node_selector, tolerations=self.tolerations,
-                    priority_class=self.priority_class, kueue_queue=self.kueue_queue,
-                    secret_names=self.secret_names, secret_env=self.secret_env, env=self.env,
-                    service_account=self.service_account, owner_pod=self.owner_pod,
-                    active_deadline_seconds=self.active_deadline_seconds, backoff_limit=self.backoff_limit,
-                    ttl_seconds_after_finished=self.ttl_seconds_after_finished)
+        return dict(
+            namespace=self.namespace,
+            image=self.image,
+            gpu=self.gpu,
+            cpu=self.cpu,
+            memory=self.memory,
+            node_selector=self.node_selector,
+            tolerations=self.tolerations,
+            priority_class=self.priority_class,
+            kueue_queue=self.kueue_queue,
+            secret_names=self.secret_names,
+            secret_env=self.secret_env,
+            env=self.env,
+            service_account=self.service_account,
+            owner_pod=self.owner_pod,
+            active_deadline_seconds=self.active_deadline_seconds,
+            backoff_limit=self.backoff_limit,
+            ttl_seconds_after_finished=self.ttl_seconds_after_finished,
+        )
 
     # ------------------------------------------------------------------------------- parsing
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, *,
-                 own_image: Callable[[str, str | None], str | None] | None = None,
-                 **overrides: Any) -> StepJobSettings:
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        own_image: Callable[[str, str | None], str | None] | None = None,
+        **overrides: Any,
+    ) -> StepJobSettings:
         """Settings from ``QUICKTUNE_*`` env vars (``ENV_SETTINGS``), then ``overrides`` (field
         names). Bad values raise ValueError naming the variable. ``own_image(namespace, pod_name)``
         finds the controller's image when ``QUICKTUNE_STEP_IMAGE`` is unset."""
@@ -170,16 +195,22 @@ class StepJobSettings:
             except ValueError:
                 raise ValueError(f"{name}: expected an integer, got {raw!r}") from None
 
-        namespace = overrides.pop("namespace", None) or env.get("QUICKTUNE_K8S_NAMESPACE") \
-            or env.get("POD_NAMESPACE") or in_cluster_namespace()
+        namespace = (
+            overrides.pop("namespace", None)
+            or env.get("QUICKTUNE_K8S_NAMESPACE")
+            or env.get("POD_NAMESPACE")
+            or in_cluster_namespace()
+        )
         if not namespace:
             raise ValueError("no namespace: set QUICKTUNE_K8S_NAMESPACE (or run in a pod with POD_NAMESPACE)")
         image = overrides.pop("image", None) or env.get("QUICKTUNE_STEP_IMAGE")
         if not image and own_image is not None:
             image = own_image(namespace, env.get("POD_NAME"))
         if not image:
-            raise ValueError("QUICKTUNE_STEP_IMAGE is not set and the controller's own image is unknown "
-                             "(POD_NAME unset): the Kubernetes backend needs the step image")
+            raise ValueError(
+                "QUICKTUNE_STEP_IMAGE is not set and the controller's own image is unknown "
+                "(POD_NAME unset): the Kubernetes backend needs the step image"
+            )
         step_env = {k: env[k] for k in PASS_THROUGH if env.get(k)}
         step_env.update(get_json("QUICKTUNE_STEP_ENV", dict) or {})
         kwargs: dict[str, Any] = dict(
@@ -205,9 +236,14 @@ class StepJobSettings:
         return cls(namespace=namespace, image=image, **kwargs)
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any], environ: Mapping[str, str] | None = None, *,
-                     step_timeout: float | None = None,
-                     own_image: Callable[[str, str | None], str | None] | None = None) -> StepJobSettings:
+    def from_options(
+        cls,
+        options: Mapping[str, Any],
+        environ: Mapping[str, str] | None = None,
+        *,
+        step_timeout: float | None = None,
+        own_image: Callable[[str, str | None], str | None] | None = None,
+    ) -> StepJobSettings:
         """``--backend-option KEY=VALUE`` values (keys of ``OPTION_ENV``) laid over the env
         settings; ``step_timeout`` (``--step-timeout``) becomes activeDeadlineSeconds."""
         unknown = sorted(set(options) - set(OPTION_ENV))

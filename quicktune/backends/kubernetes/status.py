@@ -15,8 +15,15 @@ from typing import Any
 from quicktune.backends.base import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, StepStatus
 from quicktune.backends.kubernetes.manifests import STEP_CONTAINER
 
-__all__ = ["job_state", "job_condition", "being_deleted", "resource_version", "pod_has_condition", "pod_termination",
-           "iter_labels"]
+__all__ = [
+    "job_state",
+    "job_condition",
+    "being_deleted",
+    "resource_version",
+    "pod_has_condition",
+    "pod_termination",
+    "iter_labels",
+]
 
 
 def job_condition(job: Mapping[str, Any], ctype: str) -> dict[str, Any] | None:
@@ -55,8 +62,9 @@ def being_deleted(job: Mapping[str, Any]) -> bool:
 
 
 def pod_has_condition(pod: Mapping[str, Any], ctype: str) -> bool:
-    return any(c.get("type") == ctype and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") == ctype and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or []
+    )
 
 
 def pod_termination(pod: Mapping[str, Any]) -> dict[str, Any]:

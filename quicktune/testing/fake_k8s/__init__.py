@@ -33,5 +33,12 @@ from quicktune.testing.fake_k8s.cluster import FakeCluster, cleanup_pod_folders
 from quicktune.testing.fake_k8s.kubelet import PodRuntime, expand
 from quicktune.testing.fake_k8s.store import FakeClusterError
 
-__all__ = ["FakeCluster", "FakeClusterError", "expand", "pod_security_violations", "semantic_checks", "PodRuntime",
-           "cleanup_pod_folders"]
+__all__ = [
+    "FakeCluster",
+    "FakeClusterError",
+    "expand",
+    "pod_security_violations",
+    "semantic_checks",
+    "PodRuntime",
+    "cleanup_pod_folders",
+]

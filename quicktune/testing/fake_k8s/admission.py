@@ -28,19 +28,49 @@ _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
 # Pod Security Standards (https://kubernetes.io/docs/concepts/security/pod-security-standards/), the
 # checks of k8s.io/pod-security-admission for the levels "baseline" and "restricted" (latest).
-_BASELINE_CAPS = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
-                  "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
-_SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-                 "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-                 "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
-                 "net.ipv4.tcp_keepalive_probes"}
+_BASELINE_CAPS = {
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+}
+_SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
 _SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
-_RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                       "projected", "secret"}
+_RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
-def pod_security_violations(spec: Mapping[str, Any], level: str = "restricted",
-                            metadata: Mapping[str, Any] | None = None) -> list[str]:
+def pod_security_violations(
+    spec: Mapping[str, Any], level: str = "restricted", metadata: Mapping[str, Any] | None = None
+) -> list[str]:
     """The ways a pod spec breaks the Pod Security Standard ``level`` ("baseline" or "restricted";
     "privileged" allows everything), one readable line each; empty when the pod is admitted.
 
@@ -51,8 +81,9 @@ def pod_security_violations(spec: Mapping[str, Any], level: str = "restricted",
     if level == "privileged":
         return []
     out: list[str] = []
-    containers = [(kind, c) for kind in ("initContainers", "containers", "ephemeralContainers")
-                  for c in spec.get(kind) or []]
+    containers = [
+        (kind, c) for kind in ("initContainers", "containers", "ephemeralContainers") for c in spec.get(kind) or []
+    ]
     psc = spec.get("securityContext") or {}
     # --- baseline
     for key in ("hostNetwork", "hostPID", "hostIPC"):
@@ -68,8 +99,11 @@ def pod_security_violations(spec: Mapping[str, Any], level: str = "restricted",
             out.append(f"forbidden sysctls ({sysctl.get('name')})")
     annotations = (metadata or {}).get("annotations") or {}
     for key, value in annotations.items():
-        if key.startswith("container.apparmor.security.beta.kubernetes.io/") and value != "runtime/default" \
-                and not str(value).startswith("localhost/"):
+        if (
+            key.startswith("container.apparmor.security.beta.kubernetes.io/")
+            and value != "runtime/default"
+            and not str(value).startswith("localhost/")
+        ):
             out.append(f"forbidden AppArmor profile ({key}={value})")
 
     def selinux(where: str, opts: Mapping[str, Any] | None) -> None:
@@ -153,8 +187,10 @@ def semantic_checks(obj: Mapping[str, Any]) -> None:
             if len(lname) > 63 or not _LABEL_NAME.match(lname) or (prefix and not _DNS_SUBDOMAIN.match(prefix)):
                 errors.append(f"{where}: Invalid value: {k!r}: not a valid label key")
             if not isinstance(v, str) or len(v) > 63 or not _LABEL_VALUE.match(v):
-                errors.append(f"{where}: Invalid value: {v!r}: a valid label value must be 63 characters or less, "
-                              "and begin and end with an alphanumeric character")
+                errors.append(
+                    f"{where}: Invalid value: {v!r}: a valid label value must be 63 characters or less, "
+                    "and begin and end with an alphanumeric character"
+                )
 
     check_labels("metadata.labels", meta.get("labels") or {})
     pod_spec = None
@@ -163,7 +199,7 @@ def semantic_checks(obj: Mapping[str, Any]) -> None:
         check_labels("spec.template.metadata.labels", (spec.get("template", {}).get("metadata") or {}).get("labels"))
         pod_spec = spec.get("template", {}).get("spec") or {}
         if pod_spec.get("restartPolicy") not in ("Never", "OnFailure"):
-            errors.append("spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\"")
+            errors.append('spec.template.spec.restartPolicy: Required value: valid values: "OnFailure", "Never"')
         if spec.get("podFailurePolicy") and pod_spec.get("restartPolicy") != "Never":
             errors.append("spec.podFailurePolicy: Invalid value: only allowed with restartPolicy Never")
         names = {c.get("name") for c in pod_spec.get("containers") or []}
@@ -188,10 +224,14 @@ def semantic_checks(obj: Mapping[str, Any]) -> None:
                     errors.append(f"volumeMounts.name: Not found: {m.get('name')!r}")
     for o in meta.get("ownerReferences") or []:
         if not o.get("uid"):
-            errors.append("metadata.ownerReferences.uid: Invalid value: \"\": uid must not be empty")
+            errors.append('metadata.ownerReferences.uid: Invalid value: "": uid must not be empty')
     if errors:
-        raise Reject(422, "Invalid", f"{kind}.{'batch' if kind == 'Job' else ''} {name!r} is invalid: "
-                      + "; ".join(errors), {"name": name, "kind": kind})
+        raise Reject(
+            422,
+            "Invalid",
+            f"{kind}.{'batch' if kind == 'Job' else ''} {name!r} is invalid: " + "; ".join(errors),
+            {"name": name, "kind": kind},
+        )
 
 
 class Admission:
@@ -218,8 +258,12 @@ class Admission:
                 kubernetes_validate.validate(dict(obj), version, strict=True)
             except kubernetes_validate.ValidationError as exc:
                 path = "/".join(str(p) for p in exc.path)
-                raise Reject(422, "Invalid", f"{obj.get('kind')} {obj.get('metadata', {}).get('name')!r} "
-                                              f"is invalid (schema {version}, at /{path}): {exc.message}") from None
+                raise Reject(
+                    422,
+                    "Invalid",
+                    f"{obj.get('kind')} {obj.get('metadata', {}).get('name')!r} "
+                    f"is invalid (schema {version}, at /{path}): {exc.message}",
+                ) from None
             except Exception as exc:  # noqa: BLE001 - unknown kinds etc.
                 raise Reject(422, "Invalid", f"cannot validate against schema {version}: {exc}") from None
         self.validated_objects += 1

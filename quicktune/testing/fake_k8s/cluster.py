@@ -39,16 +39,29 @@ class FakeCluster(ObjectStore, Admission, JobController, GarbageCollector, Kubel
     and unsuspend suspended Jobs that carry a queue-name label.
     """
 
-    def __init__(self, workdir: str | os.PathLike[str], *, versions: Sequence[str] = ("1.30",),
-                 node_labels: Mapping[str, str] | None = None,
-                 node_taints: Sequence[Mapping[str, str]] = (), gpus: int = 0,
-                 node_env: Mapping[str, str] | None = None, entrypoints: Mapping[str, Sequence[str]] | None = None,
-                 admit_suspended: bool = False, tick: float = 0.05, retry_delay: float = 0.2,
-                 grace_seconds: float = 2.0, bin_dirs: Sequence[str | os.PathLike[str]] = ()) -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        *,
+        versions: Sequence[str] = ("1.30",),
+        node_labels: Mapping[str, str] | None = None,
+        node_taints: Sequence[Mapping[str, str]] = (),
+        gpus: int = 0,
+        node_env: Mapping[str, str] | None = None,
+        entrypoints: Mapping[str, Sequence[str]] | None = None,
+        admit_suspended: bool = False,
+        tick: float = 0.05,
+        retry_delay: float = 0.2,
+        grace_seconds: float = 2.0,
+        bin_dirs: Sequence[str | os.PathLike[str]] = (),
+    ) -> None:
         self.workdir = Path(workdir)
         self.versions = tuple(versions)
-        self.node_labels = {"kubernetes.io/hostname": "fake-node", "kubernetes.io/os": "linux",
-                            **dict(node_labels or {})}
+        self.node_labels = {
+            "kubernetes.io/hostname": "fake-node",
+            "kubernetes.io/os": "linux",
+            **dict(node_labels or {}),
+        }
         self.node_taints = [dict(t) for t in node_taints]
         self.gpus = int(gpus)
         self.node_env = dict(node_env or {})
@@ -146,11 +159,19 @@ class FakeCluster(ObjectStore, Admission, JobController, GarbageCollector, Kubel
     def add_pod(self, name: str, namespace: str = "default", labels: Mapping[str, str] | None = None) -> str:
         """Register a pod with no process (e.g. the controller's own pod, an owner); returns its uid."""
         with self._lock:
-            pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4()),
-                                "labels": dict(labels or {}), "creationTimestamp": now()},
-                   "spec": {"containers": [{"name": "main", "image": "external"}]},
-                   "status": {"phase": "Running"}}
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "uid": str(uuid.uuid4()),
+                    "labels": dict(labels or {}),
+                    "creationTimestamp": now(),
+                },
+                "spec": {"containers": [{"name": "main", "image": "external"}]},
+                "status": {"phase": "Running"},
+            }
             self._bump(pod)
             self.pods[(namespace, name)] = pod
             return pod["metadata"]["uid"]

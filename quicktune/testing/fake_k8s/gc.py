@@ -28,8 +28,11 @@ class GarbageCollector:
                 raise KeyError(name)
             uid = pod["metadata"]["uid"]
             rt = self._runtime.get((namespace, name))
-            owned = [key for key, job in self.jobs.items()
-                     if any(o.get("uid") == uid for o in job["metadata"].get("ownerReferences") or [])]
+            owned = [
+                key
+                for key, job in self.jobs.items()
+                if any(o.get("uid") == uid for o in job["metadata"].get("ownerReferences") or [])
+            ]
         if rt is not None:
             self._kill(rt, "deleted")
         for key in owned:
@@ -56,8 +59,11 @@ class GarbageCollector:
 
     def _pod_keys(self, job_key: tuple[str, str]) -> list[tuple[str, str]]:
         ns, name = job_key
-        return [k for k, p in self.pods.items()
-                if k[0] == ns and p["metadata"].get("labels", {}).get("batch.kubernetes.io/job-name") == name]
+        return [
+            k
+            for k, p in self.pods.items()
+            if k[0] == ns and p["metadata"].get("labels", {}).get("batch.kubernetes.io/job-name") == name
+        ]
 
     def _delete_pod_object(self, key: tuple[str, str]) -> None:
         rt = self._runtime.get(key)

@@ -70,8 +70,12 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = self._body() if method in ("POST", "PUT", "PATCH", "DELETE") else None
             # /apis/batch/v1/namespaces/{ns}/jobs[/{name}]
-            if parts[:3] == ["apis", "batch", "v1"] and len(parts) in (6, 7) and parts[3] == "namespaces" \
-                    and parts[5] == "jobs":
+            if (
+                parts[:3] == ["apis", "batch", "v1"]
+                and len(parts) in (6, 7)
+                and parts[3] == "namespaces"
+                and parts[5] == "jobs"
+            ):
                 ns = parts[4]
                 if len(parts) == 6 and method == "GET":
                     selector = (q.get("labelSelector") or [None])[0]
@@ -94,8 +98,12 @@ class Handler(BaseHTTPRequestHandler):
                 if len(parts) == 7 and method == "GET":
                     job = fake.job(parts[6], ns)
                     if job is None:
-                        raise Reject(404, "NotFound", f'jobs.batch "{parts[6]}" not found',
-                                      {"name": parts[6], "group": "batch", "kind": "jobs"})
+                        raise Reject(
+                            404,
+                            "NotFound",
+                            f'jobs.batch "{parts[6]}" not found',
+                            {"name": parts[6], "group": "batch", "kind": "jobs"},
+                        )
                     return self._send(200, job)
                 if len(parts) == 7 and method == "DELETE":
                     prop = (body or {}).get("propagationPolicy") or (q.get("propagationPolicy") or ["Orphan"])[0]
@@ -105,12 +113,21 @@ class Handler(BaseHTTPRequestHandler):
                         raise Reject(400, "BadRequest", "body must be DeleteOptions")
                     job = fake._delete_job((ns, parts[6]), prop)
                     if job is None:
-                        raise Reject(404, "NotFound", f'jobs.batch "{parts[6]}" not found',
-                                      {"name": parts[6], "group": "batch", "kind": "jobs"})
+                        raise Reject(
+                            404,
+                            "NotFound",
+                            f'jobs.batch "{parts[6]}" not found',
+                            {"name": parts[6], "group": "batch", "kind": "jobs"},
+                        )
                     return self._send(200, job)
             # /api/v1/namespaces/{ns}/pods[/{name}[/log]]
-            if parts[:2] == ["api", "v1"] and len(parts) in (5, 6, 7) and parts[2] == "namespaces" \
-                    and parts[4] == "pods" and method == "GET":
+            if (
+                parts[:2] == ["api", "v1"]
+                and len(parts) in (5, 6, 7)
+                and parts[2] == "namespaces"
+                and parts[4] == "pods"
+                and method == "GET"
+            ):
                 ns = parts[3]
                 if len(parts) == 5:
                     if _flag(q, "watch"):
@@ -120,14 +137,18 @@ class Handler(BaseHTTPRequestHandler):
                     with fake._lock:
                         pod = copy.deepcopy(fake.pods.get((ns, parts[5])))
                     if pod is None:
-                        raise Reject(404, "NotFound", f'pods "{parts[5]}" not found',
-                                      {"name": parts[5], "kind": "pods"})
+                        raise Reject(
+                            404, "NotFound", f'pods "{parts[5]}" not found', {"name": parts[5], "kind": "pods"}
+                        )
                     return self._send(200, pod)
                 if parts[6] == "log":
                     return self._send_raw(200, fake.pod_log(ns, parts[5], q), "text/plain")
             fake.unsupported_requests.append((method, self.path))
-            raise Reject(404, "NotFound", "the server could not find the requested resource (fake cluster: "
-                                           f"{method} {url.path} is not modelled)")
+            raise Reject(
+                404,
+                "NotFound",
+                f"the server could not find the requested resource (fake cluster: {method} {url.path} is not modelled)",
+            )
         except Reject as exc:
             if exc.status["code"] in (400, 422):  # invalid input (404 / 409 are ordinary answers)
                 fake.rejected.append(exc.status)
@@ -177,8 +198,14 @@ class Handler(BaseHTTPRequestHandler):
                     initial = None
         try:
             if initial is None:
-                self._chunk({"type": "ERROR", "object": status_object(
-                    410, "Expired", f"too old resource version: {last} ({fake._compacted_rv})")})
+                self._chunk(
+                    {
+                        "type": "ERROR",
+                        "object": status_object(
+                            410, "Expired", f"too old resource version: {last} ({fake._compacted_rv})"
+                        ),
+                    }
+                )
                 return
             for etype, obj in initial:
                 self._chunk({"type": etype, "object": obj})
@@ -195,18 +222,33 @@ class Handler(BaseHTTPRequestHandler):
                             pending = [(rv, t, o) for rv, t, o in fake._job_events if rv > last]
                         current_rv = fake._rv
                 if gone:
-                    self._chunk({"type": "ERROR", "object": status_object(
-                        410, "Expired", "too old resource version (the fake cluster expired all watches)")})
+                    self._chunk(
+                        {
+                            "type": "ERROR",
+                            "object": status_object(
+                                410, "Expired", "too old resource version (the fake cluster expired all watches)"
+                            ),
+                        }
+                    )
                     return
                 for rv, etype, obj in pending:
                     last = rv
-                    if obj["metadata"]["namespace"] == ns and match_selector(obj["metadata"].get("labels") or {},
-                                                                              selector):
+                    if obj["metadata"]["namespace"] == ns and match_selector(
+                        obj["metadata"].get("labels") or {}, selector
+                    ):
                         self._chunk({"type": etype, "object": obj})
                 if bookmarks and time.monotonic() >= next_bookmark:
                     last = max(last, current_rv)
-                    self._chunk({"type": "BOOKMARK", "object": {"kind": "Job", "apiVersion": "batch/v1",
-                                                                "metadata": {"resourceVersion": str(last)}}})
+                    self._chunk(
+                        {
+                            "type": "BOOKMARK",
+                            "object": {
+                                "kind": "Job",
+                                "apiVersion": "batch/v1",
+                                "metadata": {"resourceVersion": str(last)},
+                            },
+                        }
+                    )
                     next_bookmark = time.monotonic() + 1.0
                 if time.monotonic() >= deadline:
                     return

@@ -23,8 +23,9 @@ from quicktune.testing.fake_k8s.store import Reject, now
 
 
 def _has_condition(obj: Mapping[str, Any], ctype: str) -> bool:
-    return any(c.get("type") == ctype and c.get("status") == "True"
-               for c in obj.get("status", {}).get("conditions", []))
+    return any(
+        c.get("type") == ctype and c.get("status") == "True" for c in obj.get("status", {}).get("conditions", [])
+    )
 
 
 def _container_termination(pod: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -40,8 +41,10 @@ def _pod_failure_action(policy: Mapping[str, Any] | None, pod: Mapping[str, Any]
     for i, rule in enumerate((policy or {}).get("rules") or []):
         if "onPodConditions" in rule:
             for pat in rule["onPodConditions"]:
-                if any(c.get("type") == pat["type"] and c.get("status") == pat.get("status", "True")
-                       for c in pod.get("status", {}).get("conditions", [])):
+                if any(
+                    c.get("type") == pat["type"] and c.get("status") == pat.get("status", "True")
+                    for c in pod.get("status", {}).get("conditions", [])
+                ):
                     return rule["action"], i
         if "onExitCodes" in rule:
             req = rule["onExitCodes"]
@@ -72,8 +75,12 @@ class JobController:
             self.warnings.append(f"Job {namespace}/{name}: {warnings}")
         with self._lock:
             if (namespace, name) in self.jobs:
-                raise Reject(409, "AlreadyExists", f'jobs.batch "{name}" already exists',
-                              {"name": name, "group": "batch", "kind": "jobs"})
+                raise Reject(
+                    409,
+                    "AlreadyExists",
+                    f'jobs.batch "{name}" already exists',
+                    {"name": name, "group": "batch", "kind": "jobs"},
+                )
             job = copy.deepcopy(body)
             uid = str(uuid.uuid4())
             job["metadata"].update(namespace=namespace, uid=uid, creationTimestamp=now(), generation=1)
@@ -87,8 +94,14 @@ class JobController:
             spec.setdefault("suspend", False)
             spec.setdefault("completionMode", "NonIndexed")
             tmpl_labels = spec["template"].setdefault("metadata", {}).setdefault("labels", {})
-            tmpl_labels.update({"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
-                                "controller-uid": uid, "job-name": name})
+            tmpl_labels.update(
+                {
+                    "batch.kubernetes.io/controller-uid": uid,
+                    "batch.kubernetes.io/job-name": name,
+                    "controller-uid": uid,
+                    "job-name": name,
+                }
+            )
             if not job["metadata"].get("labels"):  # an unlabelled Job takes its template's labels
                 job["metadata"]["labels"] = dict(tmpl_labels)
             job["status"] = {}
@@ -145,8 +158,16 @@ class JobController:
             else:
                 conds = status.setdefault("conditions", [])
                 if not any(c["type"] == "Suspended" for c in conds):
-                    conds.append({"type": "Suspended", "status": "True", "reason": "JobSuspended",
-                                  "message": "Job suspended", "lastProbeTime": now(), "lastTransitionTime": now()})
+                    conds.append(
+                        {
+                            "type": "Suspended",
+                            "status": "True",
+                            "reason": "JobSuspended",
+                            "message": "Job suspended",
+                            "lastProbeTime": now(),
+                            "lastTransitionTime": now(),
+                        }
+                    )
                 self._maybe_emit(job, before)
                 return
         status["conditions"] = [c for c in status.get("conditions", []) if c["type"] != "Suspended"]
@@ -173,9 +194,14 @@ class JobController:
             status["failed"] = status.get("failed", 0) + 1
             if action == "FailJob":
                 term = _container_termination(pod) or {}
-                self._finish(key, job, "Failed", "PodFailurePolicy",
-                             f"Container {term.get('name', '?')} for pod {ns}/{pname} failed with exit code "
-                             f"{term.get('exitCode')} matching FailJob rule at index {index}")
+                self._finish(
+                    key,
+                    job,
+                    "Failed",
+                    "PodFailurePolicy",
+                    f"Container {term.get('name', '?')} for pod {ns}/{pname} failed with exit code "
+                    f"{term.get('exitCode')} matching FailJob rule at index {index}",
+                )
                 return
             if status["failed"] > spec.get("backoffLimit", 6):
                 self._finish(key, job, "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
@@ -183,14 +209,18 @@ class JobController:
             internal["next_pod_at"] = time.monotonic() + self.retry_delay * (2 ** (status["failed"] - 1))
         deadline = spec.get("activeDeadlineSeconds")
         if deadline is not None and time.monotonic() - internal.get("started_at", time.monotonic()) > deadline:
-            self._finish(key, job, "Failed", "DeadlineExceeded", "Job was active longer than specified deadline",
-                         kill="deadline")
+            self._finish(
+                key, job, "Failed", "DeadlineExceeded", "Job was active longer than specified deadline", kill="deadline"
+            )
             return
         active = [p for p in pods if p["status"].get("phase") in ("Pending", "Running")]
         if not active and time.monotonic() >= internal["next_pod_at"]:
             self._create_pod(key, job)
-            active = [p for p in (self.pods[k] for k in self._pod_keys(key))
-                      if p["status"].get("phase") in ("Pending", "Running")]
+            active = [
+                p
+                for p in (self.pods[k] for k in self._pod_keys(key))
+                if p["status"].get("phase") in ("Pending", "Running")
+            ]
         status["active"] = len(active)
         status["ready"] = sum(1 for p in pods if p["status"].get("phase") == "Running")
         if not status["active"]:
@@ -202,15 +232,15 @@ class JobController:
         if after != before:
             self._job_event("MODIFIED", job)
 
-    def _finish(self, key: tuple[str, str], job: dict[str, Any], ctype: str, reason: str, message: str,
-                kill: str | None = None) -> None:
+    def _finish(
+        self, key: tuple[str, str], job: dict[str, Any], ctype: str, reason: str, message: str, kill: str | None = None
+    ) -> None:
         status = job["status"]
         for pkey in self._pod_keys(key):
             rt = self._runtime.get(pkey)
             if rt is not None and rt.proc is not None and rt.proc.poll() is None:
                 threading.Thread(target=self._kill, args=(rt, kill or "deleted"), daemon=True).start()
-        cond: dict[str, Any] = {"type": ctype, "status": "True", "lastProbeTime": now(),
-                                "lastTransitionTime": now()}
+        cond: dict[str, Any] = {"type": ctype, "status": "True", "lastProbeTime": now(), "lastTransitionTime": now()}
         if reason:
             cond.update(reason=reason, message=message)
         status["conditions"] = [c for c in status.get("conditions", []) if c["type"] != "Suspended"] + [cond]
@@ -225,15 +255,33 @@ class JobController:
         ns, jname = job_key
         tmpl = copy.deepcopy(job["spec"]["template"])
         pname = f"{jname[:57]}-{uuid.uuid4().hex[:5]}"
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {**tmpl.get("metadata", {}), "name": pname, "namespace": ns,
-                            "uid": str(uuid.uuid4()), "creationTimestamp": now(),
-                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": jname,
-                                                 "uid": job["metadata"]["uid"], "controller": True,
-                                                 "blockOwnerDeletion": True}]},
-               "spec": tmpl["spec"], "status": {"phase": "Pending", "conditions": []}}
-        self.validate({k: v for k, v in pod.items() if k != "status"} | {"metadata": {
-            k: v for k, v in pod["metadata"].items() if k not in ("uid", "creationTimestamp")}})
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                **tmpl.get("metadata", {}),
+                "name": pname,
+                "namespace": ns,
+                "uid": str(uuid.uuid4()),
+                "creationTimestamp": now(),
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": jname,
+                        "uid": job["metadata"]["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": tmpl["spec"],
+            "status": {"phase": "Pending", "conditions": []},
+        }
+        self.validate(
+            {k: v for k, v in pod.items() if k != "status"}
+            | {"metadata": {k: v for k, v in pod["metadata"].items() if k not in ("uid", "creationTimestamp")}}
+        )
         denied = self._pod_security(ns, "enforce", pod)
         if denied:  # the Job controller's create is refused (event FailedCreate); it retries later
             self.admission_denials.append((f"{ns}/{jname}", denied))

@@ -66,7 +66,7 @@ def expand(value: str, env: Mapping[str, str]) -> str:
                     out.append("$(")
                     advance = 1
                 else:
-                    name = value[cursor + 2:close]
+                    name = value[cursor + 2 : close]
                     out.append(env[name] if name in env else f"$({name})")
                     advance = close - cursor
             else:  # not an expression: the operator and the next character
@@ -108,11 +108,13 @@ class Kubelet:
 
     def running_pods(self, namespace: str = "default") -> list[str]:
         with self._lock:
-            return sorted(n for (ns, n), p in self.pods.items()
-                          if ns == namespace and p["status"].get("phase") == "Running" and (ns, n) in self._runtime)
+            return sorted(
+                n
+                for (ns, n), p in self.pods.items()
+                if ns == namespace and p["status"].get("phase") == "Running" and (ns, n) in self._runtime
+            )
 
-    def preempt(self, job_name: str, namespace: str = "default",
-                reason: str = "PreemptionByScheduler") -> str:
+    def preempt(self, job_name: str, namespace: str = "default", reason: str = "PreemptionByScheduler") -> str:
         """Preempt the Job's running pod: add ``DisruptionTarget`` and kill it; returns the pod name."""
         with self._lock:
             for p in self.pods_of(job_name, namespace):
@@ -120,9 +122,15 @@ class Kubelet:
                 pod = self.pods[key]
                 if pod["status"].get("phase") == "Running":
                     conds = pod["status"].setdefault("conditions", [])
-                    conds.append({"type": "DisruptionTarget", "status": "True", "reason": reason,
-                                  "message": "fake-cluster: pod preempted to make room for a higher-priority pod",
-                                  "lastTransitionTime": now()})
+                    conds.append(
+                        {
+                            "type": "DisruptionTarget",
+                            "status": "True",
+                            "reason": reason,
+                            "message": "fake-cluster: pod preempted to make room for a higher-priority pod",
+                            "lastTransitionTime": now(),
+                        }
+                    )
                     self._bump(pod)
                     rt = self._runtime[key]
                     break
@@ -153,14 +161,19 @@ class Kubelet:
             if taint.get("effect") not in ("NoSchedule", "NoExecute"):
                 continue
             if not any(_tolerates(t, taint) for t in spec.get("tolerations") or []):
-                return ("0/1 nodes are available: 1 node(s) had untolerated taint "
-                        f"{{{taint['key']}: {taint.get('value')}}}")
-        want = sum(int((c.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu", 0))
-                   for c in spec["containers"])
+                return (
+                    f"0/1 nodes are available: 1 node(s) had untolerated taint {{{taint['key']}: {taint.get('value')}}}"
+                )
+        want = sum(
+            int((c.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu", 0)) for c in spec["containers"]
+        )
         if want:
-            used = sum(int((c.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu", 0))
-                       for k, p in self.pods.items() if p is not pod and p["status"].get("phase") == "Running"
-                       for c in p["spec"]["containers"])
+            used = sum(
+                int((c.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu", 0))
+                for k, p in self.pods.items()
+                if p is not pod and p["status"].get("phase") == "Running"
+                for c in p["spec"]["containers"]
+            )
             if used + want > self.gpus:
                 return f"0/1 nodes are available: 1 Insufficient nvidia.com/gpu (want {want}, free {self.gpus - used})"
         return None
@@ -186,21 +199,43 @@ class Kubelet:
                 try:
                     cmd, env, cwd = self._container_process(pod, rt)
                 except Reject as exc:
-                    pod["status"]["containerStatuses"] = [{
-                        "name": pod["spec"]["containers"][0]["name"], "ready": False, "restartCount": 0,
-                        "image": pod["spec"]["containers"][0]["image"], "imageID": "",
-                        "state": {"waiting": {"reason": "CreateContainerConfigError",
-                                              "message": exc.status["message"]}}}]
+                    pod["status"]["containerStatuses"] = [
+                        {
+                            "name": pod["spec"]["containers"][0]["name"],
+                            "ready": False,
+                            "restartCount": 0,
+                            "image": pod["spec"]["containers"][0]["image"],
+                            "imageID": "",
+                            "state": {
+                                "waiting": {"reason": "CreateContainerConfigError", "message": exc.status["message"]}
+                            },
+                        }
+                    ]
                     self._bump(pod)
                     return
                 with open(rt.log_path, "ab") as logf:
-                    rt.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=logf, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, start_new_session=True)
+                    rt.proc = subprocess.Popen(
+                        cmd,
+                        env=env,
+                        cwd=cwd,
+                        stdout=logf,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
                 c = pod["spec"]["containers"][0]
                 pod["status"].update(phase="Running", startTime=now(), hostIP="127.0.0.1", podIP="127.0.0.1")
-                pod["status"]["containerStatuses"] = [{
-                    "name": c["name"], "ready": True, "restartCount": 0, "image": c["image"], "imageID": "",
-                    "started": True, "state": {"running": {"startedAt": now()}}}]
+                pod["status"]["containerStatuses"] = [
+                    {
+                        "name": c["name"],
+                        "ready": True,
+                        "restartCount": 0,
+                        "image": c["image"],
+                        "imageID": "",
+                        "started": True,
+                        "state": {"running": {"startedAt": now()}},
+                    }
+                ]
                 _set_pod_condition(pod, "Ready", "True")
                 self._bump(pod)
                 return
@@ -216,9 +251,18 @@ class Kubelet:
                 else:
                     reason = "Error"
                 c = pod["status"]["containerStatuses"][0]
-                c.update(ready=False, started=False, state={"terminated": {
-                    "exitCode": exit_code, "reason": reason, "startedAt": pod["status"]["startTime"],
-                    "finishedAt": now()}})
+                c.update(
+                    ready=False,
+                    started=False,
+                    state={
+                        "terminated": {
+                            "exitCode": exit_code,
+                            "reason": reason,
+                            "startedAt": pod["status"]["startTime"],
+                            "finishedAt": now(),
+                        }
+                    },
+                )
                 pod["status"]["phase"] = "Succeeded" if exit_code == 0 else "Failed"
                 if rt.kill_reason == "deadline":
                     pod["status"]["reason"] = "DeadlineExceeded"
@@ -250,7 +294,7 @@ class Kubelet:
         def rewrite(value: str) -> str:
             for path, host in mounts:
                 if value == path or value.startswith(path + "/"):
-                    return host + value[len(path):]
+                    return host + value[len(path) :]
             return value
 
         # What the kubelet does (pkg/kubelet makeEnvironmentVariables): envFrom first, unexpanded; then
@@ -262,11 +306,17 @@ class Kubelet:
         for src in c.get("envFrom") or []:
             prefix = src.get("prefix", "")
             if "secretRef" in src:
-                data = self._lookup(self.secrets, ns, src["secretRef"]["name"], "secret",
-                                    src["secretRef"].get("optional", False))
+                data = self._lookup(
+                    self.secrets, ns, src["secretRef"]["name"], "secret", src["secretRef"].get("optional", False)
+                )
             else:
-                data = self._lookup(self.configmaps, ns, src["configMapRef"]["name"], "configmap",
-                                    src["configMapRef"].get("optional", False))
+                data = self._lookup(
+                    self.configmaps,
+                    ns,
+                    src["configMapRef"]["name"],
+                    "configmap",
+                    src["configMapRef"].get("optional", False),
+                )
             declared.update({prefix + k: v for k, v in data.items()})
         for e in c.get("env") or []:
             if e.get("value"):
@@ -280,16 +330,23 @@ class Kubelet:
                     if ref["key"] not in data:
                         if ref.get("optional"):
                             continue
-                        raise Reject(422, "Invalid", f"couldn't find key {ref['key']} in {kind.capitalize()} "
-                                                      f"{ns}/{ref['name']}")
+                        raise Reject(
+                            422, "Invalid", f"couldn't find key {ref['key']} in {kind.capitalize()} {ns}/{ref['name']}"
+                        )
                     declared[e["name"]] = data[ref["key"]]
                 elif "fieldRef" in vf:
                     field = vf["fieldRef"]["fieldPath"]
                     labels = pod["metadata"].get("labels") or {}
                     label = re.fullmatch(r"metadata\.labels\['([^']+)'\]", field)
-                    declared[e["name"]] = (labels.get(label.group(1), "") if label else
-                                           {"metadata.name": pod["metadata"]["name"], "metadata.namespace": ns,
-                                            "metadata.uid": pod["metadata"]["uid"]}.get(field, ""))
+                    declared[e["name"]] = (
+                        labels.get(label.group(1), "")
+                        if label
+                        else {
+                            "metadata.name": pod["metadata"]["name"],
+                            "metadata.namespace": ns,
+                            "metadata.uid": pod["metadata"]["uid"],
+                        }.get(field, "")
+                    )
             else:
                 declared[e["name"]] = ""
         args = [expand(a, declared) for a in c.get("args") or []]
@@ -306,8 +363,9 @@ class Kubelet:
         rt.argv, rt.declared_env = list(argv), dict(declared)
         return argv, env, str(rt.folder)
 
-    def _lookup(self, store: Mapping[tuple[str, str], dict[str, str]], ns: str, name: str, kind: str,
-                optional: bool) -> dict[str, str]:
+    def _lookup(
+        self, store: Mapping[tuple[str, str], dict[str, str]], ns: str, name: str, kind: str, optional: bool
+    ) -> dict[str, str]:
         if (ns, name) in store:
             return store[(ns, name)]
         if optional:
@@ -346,8 +404,9 @@ class Kubelet:
         if container not in names:
             raise Reject(400, "BadRequest", f"container {container} is not valid for pod {name}")
         if rt is None or rt.proc is None:
-            raise Reject(400, "BadRequest",
-                          f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating')
+            raise Reject(
+                400, "BadRequest", f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating'
+            )
         data = rt.log_path.read_bytes() if rt.log_path.exists() else b""
         if "tailLines" in query:
             n = int(query["tailLines"][0])

@@ -24,8 +24,15 @@ def now() -> str:
 
 
 def status_object(code: int, reason: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    out = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-           "reason": reason, "code": code}
+    out = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
     if details:
         out["details"] = dict(details)
     return out
@@ -85,9 +92,11 @@ class ObjectStore:
 
     def pods_of(self, job_name: str, namespace: str = "default") -> list[dict[str, Any]]:
         with self._lock:
-            return [copy.deepcopy(p) for (ns, _), p in sorted(self.pods.items())
-                    if ns == namespace and p["metadata"].get("labels", {}).get("batch.kubernetes.io/job-name")
-                    == job_name]
+            return [
+                copy.deepcopy(p)
+                for (ns, _), p in sorted(self.pods.items())
+                if ns == namespace and p["metadata"].get("labels", {}).get("batch.kubernetes.io/job-name") == job_name
+            ]
 
     def expire_watches(self) -> None:
         """Make every open watch end with ``ERROR 410 Gone`` and every resourceVersion seen so far
@@ -110,14 +119,28 @@ class ObjectStore:
 
     def list_jobs(self, ns: str, selector: str | None) -> dict[str, Any]:
         with self._lock:
-            items = [copy.deepcopy(j) for (jns, _), j in sorted(self.jobs.items())
-                     if jns == ns and match_selector(j["metadata"].get("labels") or {}, selector)]
-            return {"kind": "JobList", "apiVersion": "batch/v1", "metadata": {"resourceVersion": str(self._rv)},
-                    "items": items}
+            items = [
+                copy.deepcopy(j)
+                for (jns, _), j in sorted(self.jobs.items())
+                if jns == ns and match_selector(j["metadata"].get("labels") or {}, selector)
+            ]
+            return {
+                "kind": "JobList",
+                "apiVersion": "batch/v1",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": items,
+            }
 
     def list_pods(self, ns: str, selector: str | None) -> dict[str, Any]:
         with self._lock:
-            items = [copy.deepcopy(p) for (pns, _), p in sorted(self.pods.items())
-                     if pns == ns and match_selector(p["metadata"].get("labels") or {}, selector)]
-            return {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": str(self._rv)},
-                    "items": items}
+            items = [
+                copy.deepcopy(p)
+                for (pns, _), p in sorted(self.pods.items())
+                if pns == ns and match_selector(p["metadata"].get("labels") or {}, selector)
+            ]
+            return {
+                "kind": "PodList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": items,
+            }

@@ -11,8 +11,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import ProtocolError
 
@@ -63,11 +62,12 @@ def _script(*answers: Any):
     return fn
 
 
-@pytest.mark.parametrize("status,kind", [(404, NotFound), (409, Conflict), (410, Gone), (422, KubernetesApiError),
-                                         (403, KubernetesApiError)])
+@pytest.mark.parametrize(
+    "status,kind", [(404, NotFound), (409, Conflict), (410, Gone), (422, KubernetesApiError), (403, KubernetesApiError)]
+)
 def test_final_answers_raise_their_type_at_once(status, kind):
     api, slept = _api()
-    fn = _script(_exc(status, "jobs.batch \"x\" says no"))
+    fn = _script(_exc(status, 'jobs.batch "x" says no'))
     with pytest.raises(KubernetesApiError) as err:
         api.call(fn, "read Job x")
     assert type(err.value) is kind and err.value.status == status and isinstance(err.value, BackendError)
@@ -91,8 +91,9 @@ def test_transient_answers_are_retried_then_unavailable():
 @given(st.integers(100, 599))
 def test_every_status_maps_to_exactly_one_type(status):
     err = error_for(status, "R", "m", "do it", "ns")
-    expected = {404: NotFound, 409: Conflict, 410: Gone}.get(status, ApiUnavailable if status in TRANSIENT_STATUSES
-                                                              else KubernetesApiError)
+    expected = {404: NotFound, 409: Conflict, 410: Gone}.get(
+        status, ApiUnavailable if status in TRANSIENT_STATUSES else KubernetesApiError
+    )
     assert type(err) is expected and err.status == status and err.what == "do it"
 
 
@@ -150,8 +151,13 @@ def _backend(max_concurrent: int = 2, results: dict[str, bytes] | None = None) -
 
     results = {} if results is None else results
     backend = KubernetesBackend.from_settings(
-        StepJobSettings(namespace="ns", image="img"), "s-1", max_concurrent=max_concurrent,
-        api_client=client.ApiClient(), read_result=lambda uri: results[uri], result_exists=lambda uri: uri in results)
+        StepJobSettings(namespace="ns", image="img"),
+        "s-1",
+        max_concurrent=max_concurrent,
+        api_client=client.ApiClient(),
+        read_result=lambda uri: results[uri],
+        result_exists=lambda uri: uri in results,
+    )
     stub = _StubApi()
     backend._api = stub  # type: ignore[assignment]
     backend._informer.start = lambda: None  # type: ignore[method-assign]  # events come from the test
@@ -174,8 +180,11 @@ def test_queue_is_fifo_within_max_concurrent_and_409_adopts():
     backend, stub = _backend(max_concurrent=1)
     a, b, c = (backend.start(_req(x)) for x in ("aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"))
     assert stub.created == [a] and backend.poll(b).state == PENDING and "queued" in backend.poll(c).message
-    backend.upsert(_with_status(stub.jobs[a], 10, conditions=[{"type": "Failed", "status": "True",
-                                                               "reason": "BackoffLimitExceeded"}]))
+    backend.upsert(
+        _with_status(
+            stub.jobs[a], 10, conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]
+        )
+    )
     assert backend.poll(a).state == FAILED and stub.created == [a, b], "the next queued step, in order"
     stub.jobs[c] = {"metadata": {"name": c, "uid": "other", "resourceVersion": "3"}, "status": {"active": 1}}
     backend.upsert(_with_status(stub.jobs[b], 11, conditions=[{"type": "Failed", "status": "True"}]))
@@ -234,8 +243,11 @@ def test_own_image_reads_the_pod_and_says_what_to_set(monkeypatch):
 
     from quicktune.backends.kubernetes import own_image
 
-    answers: list[Any] = [_Resp({"spec": {"containers": [{"image": "ghcr.io/x/qt:1"}]}}), _exc(404),
-                          _Resp({"spec": {}})]
+    answers: list[Any] = [
+        _Resp({"spec": {"containers": [{"image": "ghcr.io/x/qt:1"}]}}),
+        _exc(404),
+        _Resp({"spec": {}}),
+    ]
 
     def read(self, name, namespace, **kw):
         answer = answers.pop(0)

@@ -25,8 +25,15 @@ import kubernetes_validate
 import pytest
 
 from quicktune.backends.base import FAILED, PENDING, RUNNING, SUCCEEDED, StepRequest
-from quicktune.backends.kubernetes import (FAIL_FAST_EXIT_CODES, STEP_SCRIPT, KubernetesBackend, build_job,
-                                           escape_kubelet_refs, looks_secret, sanitize_label_value)
+from quicktune.backends.kubernetes import (
+    FAIL_FAST_EXIT_CODES,
+    STEP_SCRIPT,
+    KubernetesBackend,
+    build_job,
+    escape_kubelet_refs,
+    looks_secret,
+    sanitize_label_value,
+)
 from quicktune.backends.testing import BackendConformance, RealStepRequests, wait_done, wait_state
 from quicktune.testing.fake_k8s import FakeCluster
 
@@ -64,19 +71,25 @@ def s3_digits(s3_server, tiny_image_folder) -> str:
 @pytest.fixture
 def fake_cluster(tmp_path, s3_server):
     """A fresh fake cluster per test, with the S3 credentials stored as a Secret."""
-    with FakeCluster(tmp_path / "cluster", versions=SCHEMAS,
-                     node_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                               "AWS_EC2_METADATA_DISABLED": "true"}) as fake:
+    with FakeCluster(
+        tmp_path / "cluster",
+        versions=SCHEMAS,
+        node_env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "AWS_EC2_METADATA_DISABLED": "true"},
+    ) as fake:
         # as k8s/base/namespace.yaml: Pod Security Admission "restricted" checks every step pod
-        fake.add_namespace(NAMESPACE, {"pod-security.kubernetes.io/enforce": "restricted",
-                                       "pod-security.kubernetes.io/warn": "restricted"})
-        fake.add_secret(S3_SECRET, {"AWS_ACCESS_KEY_ID": s3_server.access_key,
-                                    "AWS_SECRET_ACCESS_KEY": s3_server.secret_key})
+        fake.add_namespace(
+            NAMESPACE,
+            {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"},
+        )
+        fake.add_secret(
+            S3_SECRET, {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}
+        )
         yield fake
     assert fake.admission_denials == [] and fake.warnings == [], (fake.admission_denials, fake.warnings)
     assert fake.rejected == [], f"the fake API server rejected objects: {fake.rejected}"
-    assert fake.unsupported_requests == [], f"the backend used endpoints the fake does not model: " \
-                                            f"{fake.unsupported_requests}"
+    assert fake.unsupported_requests == [], (
+        f"the backend used endpoints the fake does not model: {fake.unsupported_requests}"
+    )
 
 
 @pytest.fixture
@@ -88,11 +101,16 @@ def backend_factory(fake_cluster, s3_env):
         kw.setdefault("max_concurrent", 2)
         kw.setdefault("backoff_limit", 1)
         kw.setdefault("memory", "2Gi")
-        b = KubernetesBackend(NAMESPACE, IMAGE, search_id, api_client=fake_cluster.api_client(),
-                              secret_names=[S3_SECRET],
-                              env={"AWS_ENDPOINT_URL": s3_env.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1",
-                                   "AWS_MAX_ATTEMPTS": "2"},
-                              watch_timeout_seconds=5, **kw)
+        b = KubernetesBackend(
+            NAMESPACE,
+            IMAGE,
+            search_id,
+            api_client=fake_cluster.api_client(),
+            secret_names=[S3_SECRET],
+            env={"AWS_ENDPOINT_URL": s3_env.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "2"},
+            watch_timeout_seconds=5,
+            **kw,
+        )
         made.append(b)
         return b
 
@@ -103,8 +121,9 @@ def backend_factory(fake_cluster, s3_env):
 
 @pytest.fixture
 def requests_factory(s3_digits):
-    return RealStepRequests(data_uri=s3_digits, checkpoint_root=f"s3://{s3_digits[5:].split('/')[0]}/ckpt-"
-                                                                + uuid.uuid4().hex[:6])
+    return RealStepRequests(
+        data_uri=s3_digits, checkpoint_root=f"s3://{s3_digits[5:].split('/')[0]}/ckpt-" + uuid.uuid4().hex[:6]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,20 +143,37 @@ class TestKubernetesBackendConformance(BackendConformance):
 # the manifest (no cluster needed)
 # --------------------------------------------------------------------------------------------
 def _request(search_id: str = "s-1", **kw) -> StepRequest:
-    base = dict(search_id=search_id, config_id="0123456789ab", config={"model": "test_vit", "lr": 0.01},
-                data_uri="s3://data/digits", to_epoch=3, checkpoint_dir="s3://ckpt/s-1/0123456789ab")
+    base = dict(
+        search_id=search_id,
+        config_id="0123456789ab",
+        config={"model": "test_vit", "lr": 0.01},
+        data_uri="s3://data/digits",
+        to_epoch=3,
+        checkpoint_dir="s3://ckpt/s-1/0123456789ab",
+    )
     return StepRequest(**{**base, **kw})
 
 
 def test_full_job_manifest_is_valid_and_locked_down():
     owner = {"name": "quicktune-controller-abcde", "uid": "8c1d8a6e-0000-4000-8000-000000000001"}
-    job = build_job(_request(), namespace="ml", image=IMAGE, gpu=1,
-                    node_selector={"nvidia.com/gpu.present": "true"},
-                    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                    priority_class="quicktune-steps", kueue_queue="team-a", secret_names=["s3", "mlflow"],
-                    secret_env={"MLFLOW_TRACKING_PASSWORD": ("mlflow-auth", "password")},
-                    env={"AWS_ENDPOINT_URL": "http://minio:9000"}, service_account="quicktune-step",
-                    owner_pod=owner, active_deadline_seconds=3600, backoff_limit=2, ttl_seconds_after_finished=600)
+    job = build_job(
+        _request(),
+        namespace="ml",
+        image=IMAGE,
+        gpu=1,
+        node_selector={"nvidia.com/gpu.present": "true"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        priority_class="quicktune-steps",
+        kueue_queue="team-a",
+        secret_names=["s3", "mlflow"],
+        secret_env={"MLFLOW_TRACKING_PASSWORD": ("mlflow-auth", "password")},
+        env={"AWS_ENDPOINT_URL": "http://minio:9000"},
+        service_account="quicktune-step",
+        owner_pod=owner,
+        active_deadline_seconds=3600,
+        backoff_limit=2,
+        ttl_seconds_after_finished=600,
+    )
     for version in SCHEMAS:
         kubernetes_validate.validate(job, version, strict=True)
     meta, spec = job["metadata"], job["spec"]
@@ -147,8 +183,9 @@ def test_full_job_manifest_is_valid_and_locked_down():
     assert meta["labels"]["app.kubernetes.io/managed-by"] == "quicktune"
     assert meta["labels"]["quicktune.io/search-id"] == "s-1" and meta["labels"]["quicktune.io/epoch"] == "3"
     assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and spec["suspend"] is True
-    assert meta["ownerReferences"] == [{"apiVersion": "v1", "kind": "Pod", **owner, "blockOwnerDeletion": False,
-                                        "controller": False}]
+    assert meta["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Pod", **owner, "blockOwnerDeletion": False, "controller": False}
+    ]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "--device=cuda" in c["args"] and "--to-epoch=3" in c["args"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["priorityClassName"] == "quicktune-steps"
@@ -166,8 +203,10 @@ def test_full_job_manifest_is_valid_and_locked_down():
     # credentials only by reference
     assert c["envFrom"] == [{"secretRef": {"name": "s3"}}, {"secretRef": {"name": "mlflow"}}]
     by_name = {e["name"]: e for e in c["env"]}
-    assert by_name["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-auth",
-                                                                                "key": "password"}
+    assert by_name["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mlflow-auth",
+        "key": "password",
+    }
     assert not [e for e in c["env"] if looks_secret(e["name"]) and "value" in e]
     assert json.loads(by_name["QUICKTUNE_STEP_CONFIG"]["value"]) == {"model": "test_vit", "lr": 0.01}
     assert meta["annotations"]["quicktune.io/result-uri"] == f"s3://ckpt/s-1/0123456789ab/results/{meta['name']}.json"
@@ -261,8 +300,9 @@ def test_pod_security_admission_refuses_a_non_restricted_pod(fake_cluster, mutat
 # --------------------------------------------------------------------------------------------
 # cluster behaviour, with real steps
 # --------------------------------------------------------------------------------------------
-def test_preempted_pod_is_retried_without_counting_and_watch_survives_410(backend_factory, requests_factory,
-                                                                          fake_cluster):
+def test_preempted_pod_is_retried_without_counting_and_watch_survives_410(
+    backend_factory, requests_factory, fake_cluster
+):
     """A preempted pod is replaced without counting against backoffLimit and the step resumes. Meanwhile
     every watch expires (410 Gone): the backend re-lists and still sees the step finish through its
     watch (the Job is cached, so poll() only learns of completion from watch events)."""
@@ -309,8 +349,11 @@ def test_deleting_the_controller_pod_garbage_collects_its_steps(backend_factory,
     wait_state(backend, sid, (RUNNING,), timeout=60)
     assert fake_cluster.job(sid)["metadata"]["ownerReferences"][0]["uid"] == uid
     fake_cluster.delete_pod("quicktune-controller-x1")
-    fake_cluster.wait_for(lambda: fake_cluster.job(sid) is None and not fake_cluster.running_pods(), timeout=30,
-                          what="the step Job to be garbage-collected")
+    fake_cluster.wait_for(
+        lambda: fake_cluster.job(sid) is None and not fake_cluster.running_pods(),
+        timeout=30,
+        what="the step Job to be garbage-collected",
+    )
     assert wait_state(backend, sid, (FAILED,), timeout=30) == FAILED
     assert "deleted" in backend.poll(sid).message
 
@@ -341,11 +384,18 @@ def test_kueue_admission_then_ttl_cleanup_keeps_the_result(backend_factory, requ
 # a whole search through the Kubernetes backend, with a controller restart, a preemption and an OOM
 # --------------------------------------------------------------------------------------------
 def _kubeconfig(path, url: str):
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": url}}],
-        "users": [{"name": "fake", "user": {}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": url}}],
+                "users": [{"name": "fake", "user": {}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
+            }
+        )
+    )
     return path
 
 
@@ -369,47 +419,107 @@ def test_full_search_with_controller_restart_preemption_and_oom(fake_cluster, ml
     search_id = f"k8s-{uuid.uuid4().hex[:6]}"
     experiment = f"k8s-{uuid.uuid4().hex[:6]}"
     bucket = s3_digits[5:].split("/")[0]
-    env = {**os.environ, **mlflow_server.env, "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", fake_cluster.url)),
-           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        **mlflow_server.env,
+        "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", fake_cluster.url)),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    step_env = json.dumps({"AWS_ENDPOINT_URL": mlflow_server.s3.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1",
-                           "AWS_MAX_ATTEMPTS": "3"})
-    cmd = [sys.executable, "-m", "quicktune.cli", "-v", "search", "--data", s3_digits, "--budget", "10m",
-           "--space", str(TESTS / "tiny_space.yaml"), "--workers", "2", "--max-epochs", "2",
-           "--image-size", "16", "--budget-epochs", "6", "--search-id", search_id, "--experiment", experiment,
-           "--tracking-uri", mlflow_server.tracking_uri, "--checkpoint-uri", f"s3://{bucket}/search-ckpt",
-           "--workdir", str(tmp_path / "work"), "--no-progress", "--backend", "kubernetes",
-           "--backend-option", f"namespace={NAMESPACE}", "--backend-option", f"image={IMAGE}",
-           "--backend-option", f"secrets={S3_SECRET}", "--backend-option", f"env={step_env}",
-           "--backend-option", "memory=2Gi", "--backend-option", "backoff_limit=2"]
+    step_env = json.dumps(
+        {"AWS_ENDPOINT_URL": mlflow_server.s3.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "3"}
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "quicktune.cli",
+        "-v",
+        "search",
+        "--data",
+        s3_digits,
+        "--budget",
+        "10m",
+        "--space",
+        str(TESTS / "tiny_space.yaml"),
+        "--workers",
+        "2",
+        "--max-epochs",
+        "2",
+        "--image-size",
+        "16",
+        "--budget-epochs",
+        "6",
+        "--search-id",
+        search_id,
+        "--experiment",
+        experiment,
+        "--tracking-uri",
+        mlflow_server.tracking_uri,
+        "--checkpoint-uri",
+        f"s3://{bucket}/search-ckpt",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--no-progress",
+        "--backend",
+        "kubernetes",
+        "--backend-option",
+        f"namespace={NAMESPACE}",
+        "--backend-option",
+        f"image={IMAGE}",
+        "--backend-option",
+        f"secrets={S3_SECRET}",
+        "--backend-option",
+        f"env={step_env}",
+        "--backend-option",
+        "memory=2Gi",
+        "--backend-option",
+        "backoff_limit=2",
+    ]
 
     def controller(pod: str, log_name: str) -> subprocess.Popen:
         uid = fake_cluster.add_pod(pod)
-        return subprocess.Popen(cmd, env={**env, "POD_NAME": pod, "POD_UID": uid, "POD_NAMESPACE": NAMESPACE},
-                                stdout=open(tmp_path / log_name, "wb"), stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            cmd,
+            env={**env, "POD_NAME": pod, "POD_UID": uid, "POD_NAMESPACE": NAMESPACE},
+            stdout=open(tmp_path / log_name, "wb"),
+            stderr=subprocess.STDOUT,
+        )
 
     def alive(proc: subprocess.Popen, log_name: str) -> None:
         if proc.poll() is not None:
-            pytest.fail(f"the controller exited early ({proc.returncode}):\n"
-                        + (tmp_path / log_name).read_text()[-4000:])
+            pytest.fail(
+                f"the controller exited early ({proc.returncode}):\n" + (tmp_path / log_name).read_text()[-4000:]
+            )
 
     first = controller("controller-1", "controller-1.log")
     try:
-        fake_cluster.wait_for(lambda: alive(first, "controller-1.log") or (
-            len(fake_cluster.created_jobs) >= 3 and fake_cluster.running_pods()),
-            timeout=300, what="3 step Jobs created, one running")
+        fake_cluster.wait_for(
+            lambda: (
+                alive(first, "controller-1.log")
+                or (len(fake_cluster.created_jobs) >= 3 and fake_cluster.running_pods())
+            ),
+            timeout=300,
+            what="3 step Jobs created, one running",
+        )
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(30)
     running_at_kill = set(fake_cluster.running_pods())
     second = controller("controller-2", "controller-2.log")
     try:
-        fake_cluster.wait_for(lambda: alive(second, "controller-2.log") or fake_cluster.running_pods(), timeout=120,
-                              what="a running step pod")
+        fake_cluster.wait_for(
+            lambda: alive(second, "controller-2.log") or fake_cluster.running_pods(),
+            timeout=120,
+            what="a running step pod",
+        )
         preempted_pod = fake_cluster.preempt(fake_cluster.running_pods()[0].rsplit("-", 1)[0])
         preempted_job = preempted_pod.rsplit("-", 1)[0]
-        fake_cluster.wait_for(lambda: [p for p in fake_cluster.running_pods() if not p.startswith(preempted_job)],
-                              timeout=180, what="another running step pod")
+        fake_cluster.wait_for(
+            lambda: [p for p in fake_cluster.running_pods() if not p.startswith(preempted_job)],
+            timeout=180,
+            what="another running step pod",
+        )
         victim_pod = [p for p in fake_cluster.running_pods() if not p.startswith(preempted_job)][0]
         oom_job = victim_pod.rsplit("-", 1)[0]
         fake_cluster.oom_kill(oom_job)
@@ -465,40 +575,93 @@ def test_default_space_search_survives_a_controller_kill(fake_cluster, mlflow_se
     search_id = f"k8s-cpu-{uuid.uuid4().hex[:6]}"
     experiment = f"k8s-cpu-{uuid.uuid4().hex[:6]}"
     bucket = s3_digits[5:].split("/")[0]
-    env = {**os.environ, **mlflow_server.env, "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", fake_cluster.url)),
-           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        **mlflow_server.env,
+        "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", fake_cluster.url)),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    step_env = json.dumps({"AWS_ENDPOINT_URL": mlflow_server.s3.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1",
-                           "AWS_MAX_ATTEMPTS": "3"})
-    cmd = [sys.executable, "-m", "quicktune.cli", "search", "--data", s3_digits, "--budget", "10m",
-           "--workers", "2", "--max-epochs", "2", "--image-size", "32", "--budget-epochs", "4",
-           "--search-id", search_id, "--experiment", experiment, "--tracking-uri", mlflow_server.tracking_uri,
-           "--checkpoint-uri", f"s3://{bucket}/cpu-ckpt", "--workdir", str(tmp_path / "work"), "--no-progress",
-           "--backend", "kubernetes", "--backend-option", f"namespace={NAMESPACE}",
-           "--backend-option", f"image={IMAGE}", "--backend-option", f"secrets={S3_SECRET}",
-           "--backend-option", f"env={step_env}", "--backend-option", "memory=2Gi"]
+    step_env = json.dumps(
+        {"AWS_ENDPOINT_URL": mlflow_server.s3.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "3"}
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "quicktune.cli",
+        "search",
+        "--data",
+        s3_digits,
+        "--budget",
+        "10m",
+        "--workers",
+        "2",
+        "--max-epochs",
+        "2",
+        "--image-size",
+        "32",
+        "--budget-epochs",
+        "4",
+        "--search-id",
+        search_id,
+        "--experiment",
+        experiment,
+        "--tracking-uri",
+        mlflow_server.tracking_uri,
+        "--checkpoint-uri",
+        f"s3://{bucket}/cpu-ckpt",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--no-progress",
+        "--backend",
+        "kubernetes",
+        "--backend-option",
+        f"namespace={NAMESPACE}",
+        "--backend-option",
+        f"image={IMAGE}",
+        "--backend-option",
+        f"secrets={S3_SECRET}",
+        "--backend-option",
+        f"env={step_env}",
+        "--backend-option",
+        "memory=2Gi",
+    ]
     client = MlflowClient(mlflow_server.tracking_uri)
 
     def runs():
         exp = client.get_experiment_by_name(experiment)
-        return [] if exp is None else client.search_runs(
-            [exp.experiment_id], filter_string=f"tags.`quicktune.search_id` = '{search_id}'")
+        return (
+            []
+            if exp is None
+            else client.search_runs([exp.experiment_id], filter_string=f"tags.`quicktune.search_id` = '{search_id}'")
+        )
 
     def epochs_recorded() -> int:
-        return sum(len(client.get_metric_history(r.info.run_id, "score")) for r in runs()
-                   if r.data.tags.get("quicktune.role") == "config")
+        return sum(
+            len(client.get_metric_history(r.info.run_id, "score"))
+            for r in runs()
+            if r.data.tags.get("quicktune.role") == "config"
+        )
 
     def controller(pod: str, log_name: str) -> subprocess.Popen:
         uid = fake_cluster.add_pod(pod)
-        return subprocess.Popen(cmd, env={**env, "POD_NAME": pod, "POD_UID": uid, "POD_NAMESPACE": NAMESPACE},
-                                stdout=open(tmp_path / log_name, "wb"), stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            cmd,
+            env={**env, "POD_NAME": pod, "POD_UID": uid, "POD_NAMESPACE": NAMESPACE},
+            stdout=open(tmp_path / log_name, "wb"),
+            stderr=subprocess.STDOUT,
+        )
 
     first = controller("controller-1", "controller-1.log")
     try:
+
         def ready() -> bool:
             if first.poll() is not None:
-                pytest.fail(f"the controller exited early ({first.returncode}):\n"
-                            + (tmp_path / "controller-1.log").read_text()[-4000:])
+                pytest.fail(
+                    f"the controller exited early ({first.returncode}):\n"
+                    + (tmp_path / "controller-1.log").read_text()[-4000:]
+                )
             return bool(fake_cluster.running_pods()) and epochs_recorded() >= 1
 
         fake_cluster.wait_for(ready, timeout=300, what="an epoch recorded and a step pod running")
@@ -539,8 +702,14 @@ def test_unreadable_result_is_retried_then_reported(fake_cluster):
             raise ConnectionError("S3 endpoint unreachable")
         return json.dumps({"status": "ok", "message": "", "epochs": [{"epoch": 3, "score": 0.5, "cost": 1.0}]}).encode()
 
-    backend = KubernetesBackend(NAMESPACE, IMAGE, "s-1", api_client=fake_cluster.api_client(),
-                                read_result=flaky_read, result_exists=lambda uri: True)
+    backend = KubernetesBackend(
+        NAMESPACE,
+        IMAGE,
+        "s-1",
+        api_client=fake_cluster.api_client(),
+        read_result=flaky_read,
+        result_exists=lambda uri: True,
+    )
     try:
         sid = backend.start(_request())  # its result already exists: no Job is created
         assert fake_cluster.created_jobs == []
@@ -549,9 +718,14 @@ def test_unreadable_result_is_retried_then_reported(fake_cluster):
         assert backend.result(sid)["epochs"][0]["epoch"] == 3
     finally:
         backend.close()
-    missing = KubernetesBackend(NAMESPACE, IMAGE, "s-2", api_client=fake_cluster.api_client(),
-                                read_result=lambda uri: (_ for _ in ()).throw(FileNotFoundError(uri)),
-                                result_exists=lambda uri: True)
+    missing = KubernetesBackend(
+        NAMESPACE,
+        IMAGE,
+        "s-2",
+        api_client=fake_cluster.api_client(),
+        read_result=lambda uri: (_ for _ in ()).throw(FileNotFoundError(uri)),
+        result_exists=lambda uri: True,
+    )
     try:
         sid = missing.start(_request(search_id="s-2"))
         status = missing.poll(sid)

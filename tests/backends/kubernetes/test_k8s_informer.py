@@ -53,12 +53,14 @@ class _Sink:
 
 
 def test_watch_resumes_from_the_last_version_and_410_relists():
-    api = _ScriptedApi([
-        [("ADDED", _job("b", 11)), ("BOOKMARK", {"metadata": {"resourceVersion": "15"}})],  # ends normally
-        [("DELETED", _job("a", 16))],
-        Gone("too old resource version", status=410),
-        ApiUnavailable("connection refused"),
-    ])
+    api = _ScriptedApi(
+        [
+            [("ADDED", _job("b", 11)), ("BOOKMARK", {"metadata": {"resourceVersion": "15"}})],  # ends normally
+            [("DELETED", _job("a", 16))],
+            Gone("too old resource version", status=410),
+            ApiUnavailable("connection refused"),
+        ]
+    )
     sink = _Sink()
     informer = JobInformer(api, "app=x", sink, watch_timeout_seconds=1)
     informer._stop.wait = lambda t: False  # type: ignore[method-assign]  # no back-off sleeps in the test

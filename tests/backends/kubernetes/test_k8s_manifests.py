@@ -51,8 +51,15 @@ def by_kind(objs: list[dict], kind: str) -> list[dict]:
 @pytest.mark.parametrize("overlay", ["base", "gpu"])
 def test_every_object_validates_strictly(overlay, base, gpu):
     objs = base if overlay == "base" else gpu
-    assert {o["kind"] for o in objs} == {"Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job",
-                                         "Deployment"}
+    assert {o["kind"] for o in objs} == {
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Job",
+        "Deployment",
+    }
     for obj in objs:
         for version in VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
@@ -76,8 +83,11 @@ def test_namespace_enforces_pod_security_restricted(overlay, base, gpu):
 
 
 def _pod_templates(objs: list[dict]) -> list[tuple[str, dict]]:
-    return [(f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"]) for o in objs
-            if o["kind"] in ("Job", "Deployment")]
+    return [
+        (f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"])
+        for o in objs
+        if o["kind"] in ("Job", "Deployment")
+    ]
 
 
 def _generated_pod_templates() -> list[tuple[str, dict]]:
@@ -88,13 +98,28 @@ def _generated_pod_templates() -> list[tuple[str, dict]]:
     from quicktune.watch.launchers import controller_job
     from quicktune.watch.requests import MODEL, SearchRequest, Target
 
-    step = build_job(StepRequest("s-1", "0123456789ab", {"model": "m"}, "s3://d/x", 2, "s3://c/x"), namespace="q",
-                     image="img", gpu=1, node_selector={"a": "b"}, tolerations=[{"key": "k", "operator": "Exists"}],
-                     priority_class="p", kueue_queue="q", secret_names=["s"], secret_env={"T": ("s", "k")},
-                     env={"A": "b"}, service_account="quicktune-step", owner_pod={"name": "o", "uid": "u"})
+    step = build_job(
+        StepRequest("s-1", "0123456789ab", {"model": "m"}, "s3://d/x", 2, "s3://c/x"),
+        namespace="q",
+        image="img",
+        gpu=1,
+        node_selector={"a": "b"},
+        tolerations=[{"key": "k", "operator": "Exists"}],
+        priority_class="p",
+        kueue_queue="q",
+        secret_names=["s"],
+        secret_env={"T": ("s", "k")},
+        env={"A": "b"},
+        service_account="quicktune-step",
+        owner_pod={"name": "o", "uid": "u"},
+    )
     target = Target(MODEL, "m", "m", 1, {})
-    ctl = controller_job(SearchRequest(target=target, search_id="ui-m-1", model_name="m", data_uri="s3://d/x",
-                                       budget_seconds=60.0), tracking_uri="http://m:5000", namespace="q", image="img")
+    ctl = controller_job(
+        SearchRequest(target=target, search_id="ui-m-1", model_name="m", data_uri="s3://d/x", budget_seconds=60.0),
+        tracking_uri="http://m:5000",
+        namespace="q",
+        image="img",
+    )
     return [("step Job", step["spec"]["template"]), ("controller Job (watcher)", ctl["spec"]["template"])]
 
 
@@ -106,8 +131,11 @@ def test_every_pod_template_meets_pod_security_restricted(overlay, base, gpu):
     to check; docs/cluster.md)."""
     from quicktune.testing.fake_k8s import pod_security_violations
 
-    templates = {"base": lambda: _pod_templates(base), "gpu": lambda: _pod_templates(gpu),
-                 "generated": _generated_pod_templates}[overlay]()
+    templates = {
+        "base": lambda: _pod_templates(base),
+        "gpu": lambda: _pod_templates(gpu),
+        "generated": _generated_pod_templates,
+    }[overlay]()
     assert len(templates) == 2
     for what, tmpl in templates:
         assert pod_security_violations(tmpl["spec"], "restricted", tmpl.get("metadata")) == [], what
@@ -131,12 +159,17 @@ def test_pod_security_check_catches_each_rule():
         "allowPrivilegeEscalation": lambda s: c0(s)["securityContext"].pop("allowPrivilegeEscalation"),
         "must drop ALL": lambda s: c0(s)["securityContext"].update(capabilities={"drop": ["NET_RAW"]}),
         "non-default capabilities": lambda s: c0(s)["securityContext"].update(
-            capabilities={"drop": ["ALL"], "add": ["SYS_ADMIN"]}),
-        "runAsNonRoot": lambda s: (s["securityContext"].pop("runAsNonRoot"),
-                                   c0(s)["securityContext"].pop("runAsNonRoot")),
+            capabilities={"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+        ),
+        "runAsNonRoot": lambda s: (
+            s["securityContext"].pop("runAsNonRoot"),
+            c0(s)["securityContext"].pop("runAsNonRoot"),
+        ),
         "runAsUser=0": lambda s: c0(s)["securityContext"].update(runAsUser=0),
-        "seccompProfile": lambda s: (s["securityContext"].pop("seccompProfile"),
-                                     c0(s)["securityContext"].pop("seccompProfile")),
+        "seccompProfile": lambda s: (
+            s["securityContext"].pop("seccompProfile"),
+            c0(s)["securityContext"].pop("seccompProfile"),
+        ),
         "Unconfined": lambda s: c0(s)["securityContext"].update(seccompProfile={"type": "Unconfined"}),
         "host namespaces": lambda s: s.update(hostNetwork=True),
         "hostPath": lambda s: s["volumes"].append({"name": "h", "hostPath": {"path": "/"}}),
@@ -237,10 +270,16 @@ def test_api_verbs_name_the_client_calls_they_make():
 
     from quicktune.backends.kubernetes.api import KubernetesApi
 
-    client_call = {("jobs", "create"): "create_namespaced_job", ("jobs", "get"): "read_namespaced_job",
-                   ("jobs", "delete"): "delete_namespaced_job", ("jobs", "list"): "list_namespaced_job",
-                   ("jobs", "watch"): "w.stream(self.batch.list_namespaced_job", ("pods", "get"): "read_namespaced_pod(",
-                   ("pods", "list"): "list_namespaced_pod", ("pods/log", "get"): "read_namespaced_pod_log"}
+    client_call = {
+        ("jobs", "create"): "create_namespaced_job",
+        ("jobs", "get"): "read_namespaced_job",
+        ("jobs", "delete"): "delete_namespaced_job",
+        ("jobs", "list"): "list_namespaced_job",
+        ("jobs", "watch"): ".stream(",
+        ("pods", "get"): "read_namespaced_pod(",
+        ("pods", "list"): "list_namespaced_pod",
+        ("pods/log", "get"): "read_namespaced_pod_log",
+    }
     for method, rv in KubernetesApi.VERBS.items():
         src = inspect.getsource(getattr(KubernetesApi, method))
         assert client_call[rv] in src or f"self.{_reader(rv)}(" in src, (method, rv)
@@ -280,12 +319,23 @@ def test_only_the_shipped_controller_job_references_env_vars():
 
     objs = kustomize(K8S / "base")
     (cm,) = by_kind(objs, "ConfigMap")
-    meant = {"QUICKTUNE_SEARCH_ID", "QUICKTUNE_DATA", "QUICKTUNE_BUDGET", "QUICKTUNE_SPACE", "QUICKTUNE_WORKERS",
-             "MLFLOW_TRACKING_URI", "QUICKTUNE_MODEL_NAME", "QUICKTUNE_CHECKPOINT_URI"}
+    meant = {
+        "QUICKTUNE_SEARCH_ID",
+        "QUICKTUNE_DATA",
+        "QUICKTUNE_BUDGET",
+        "QUICKTUNE_SPACE",
+        "QUICKTUNE_WORKERS",
+        "MLFLOW_TRACKING_URI",
+        "QUICKTUNE_MODEL_NAME",
+        "QUICKTUNE_CHECKPOINT_URI",
+    }
     for what, tmpl in _pod_templates(objs):
         for c in tmpl["spec"]["containers"]:
-            strings = [*c.get("command", []), *c.get("args", []), *(e["value"] for e in c.get("env", [])
-                                                                    if "value" in e)]
+            strings = [
+                *c.get("command", []),
+                *c.get("args", []),
+                *(e["value"] for e in c.get("env", []) if "value" in e),
+            ]
             refs = {m for s in strings for m in re.findall(r"\$\(([^)]*)\)", s)}
             if what == "Job/quicktune-search":
                 assert refs == meant, refs ^ meant
@@ -294,7 +344,7 @@ def test_only_the_shipped_controller_job_references_env_vars():
                 assert refs == set(), (what, refs)
             # no stray "$" either: expansion in an env where every name is defined changes nothing else
             for s in strings:
-                assert "$" not in re.sub(r"\$\((%s)\)" % "|".join(meant), "", s), (what, s)
+                assert "$" not in re.sub(r"\$\((" + "|".join(meant) + r")\)", "", s), (what, s)
                 assert expand(s, {}) == s
 
 
@@ -336,13 +386,20 @@ def test_gpu_overlay_configures_gpu_steps_and_backend_reads_it(gpu):
     from quicktune.backends.base import StepRequest
     from quicktune.backends.kubernetes import backend_from_env, build_job
 
-    env = {**data, "POD_NAMESPACE": "quicktune", "QUICKTUNE_STEP_IMAGE": "ghcr.io/example/quicktune:0.1.0",
-           "POD_NAME": "ctl", "POD_UID": "uid-1"}
+    env = {
+        **data,
+        "POD_NAMESPACE": "quicktune",
+        "QUICKTUNE_STEP_IMAGE": "ghcr.io/example/quicktune:0.1.0",
+        "POD_NAME": "ctl",
+        "POD_UID": "uid-1",
+    }
     from kubernetes import client
 
     backend = backend_from_env("search-1", 4, environ=env, api_client=client.ApiClient())
-    job = build_job(StepRequest("search-1", "abcdef123456", {"model": "resnet18"}, "s3://d/x", 2, "s3://c/x"),
-                    **backend.settings.job_kwargs())
+    job = build_job(
+        StepRequest("search-1", "abcdef123456", {"model": "resnet18"}, "s3://d/x", 2, "s3://c/x"),
+        **backend.settings.job_kwargs(),
+    )
     for version in VERSIONS:
         kubernetes_validate.validate(job, version, strict=True)
     pod = job["spec"]["template"]["spec"]
@@ -364,8 +421,9 @@ def test_backend_from_env_names_bad_settings():
 
     base = {"POD_NAMESPACE": "q", "QUICKTUNE_STEP_IMAGE": "img"}
     with pytest.raises(ValueError, match="QUICKTUNE_STEP_NODE_SELECTOR"):
-        backend_from_env("s", 1, environ={**base, "QUICKTUNE_STEP_NODE_SELECTOR": "gpu=true"},
-                         api_client=client.ApiClient())
+        backend_from_env(
+            "s", 1, environ={**base, "QUICKTUNE_STEP_NODE_SELECTOR": "gpu=true"}, api_client=client.ApiClient()
+        )
     with pytest.raises(ValueError, match="QUICKTUNE_STEP_GPU"):
         backend_from_env("s", 1, environ={**base, "QUICKTUNE_STEP_GPU": "one"}, api_client=client.ApiClient())
     with pytest.raises(ValueError, match="QUICKTUNE_STEP_IMAGE"):
@@ -382,8 +440,10 @@ def test_controller_args_parse_with_the_real_cli(base):
     (job,) = by_kind(base, "Job")
     (cm,) = by_kind(base, "ConfigMap")
     values = {**cm["data"], "QUICKTUNE_SEARCH_ID": "quicktune-search"}
-    args = [re.sub(r"\$\(([A-Z_]+)\)", lambda m: values[m.group(1)], a)
-            for a in job["spec"]["template"]["spec"]["containers"][0]["args"]]
+    args = [
+        re.sub(r"\$\(([A-Z_]+)\)", lambda m: values[m.group(1)], a)
+        for a in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    ]
     ns = build_parser().parse_args(args)
     assert ns.command == "search" and ns.backend == "kubernetes" and ns.search_id == "quicktune-search"
     assert ns.workdir.startswith("/tmp/"), "the root filesystem is read-only: state must go to the /tmp emptyDir"

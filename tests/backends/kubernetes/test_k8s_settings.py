@@ -11,8 +11,7 @@ import dataclasses
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from quicktune.backends.base import StepRequest
 from quicktune.backends.kubernetes import (
@@ -29,18 +28,27 @@ BASE = {"POD_NAMESPACE": "q", "QUICKTUNE_STEP_IMAGE": "img:1"}
 
 def _env_of(s: StepJobSettings) -> dict[str, str]:
     """The ``QUICKTUNE_*`` env that stands for ``s`` (what a ConfigMap would hold)."""
-    env = {"QUICKTUNE_K8S_NAMESPACE": s.namespace, "QUICKTUNE_STEP_IMAGE": s.image,
-           "QUICKTUNE_STEP_GPU": str(s.gpu), "QUICKTUNE_STEP_CPU": s.cpu or "", "QUICKTUNE_STEP_MEMORY": s.memory or "",
-           "QUICKTUNE_STEP_SECRETS": ",".join(s.secret_names), "QUICKTUNE_STEP_ENV": json.dumps(dict(s.env)),
-           "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS": str(s.active_deadline_seconds),
-           "QUICKTUNE_STEP_BACKOFF_LIMIT": str(s.backoff_limit),
-           "QUICKTUNE_STEP_TTL_SECONDS": str(s.ttl_seconds_after_finished)}
+    env = {
+        "QUICKTUNE_K8S_NAMESPACE": s.namespace,
+        "QUICKTUNE_STEP_IMAGE": s.image,
+        "QUICKTUNE_STEP_GPU": str(s.gpu),
+        "QUICKTUNE_STEP_CPU": s.cpu or "",
+        "QUICKTUNE_STEP_MEMORY": s.memory or "",
+        "QUICKTUNE_STEP_SECRETS": ",".join(s.secret_names),
+        "QUICKTUNE_STEP_ENV": json.dumps(dict(s.env)),
+        "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS": str(s.active_deadline_seconds),
+        "QUICKTUNE_STEP_BACKOFF_LIMIT": str(s.backoff_limit),
+        "QUICKTUNE_STEP_TTL_SECONDS": str(s.ttl_seconds_after_finished),
+    }
     if s.node_selector:
         env["QUICKTUNE_STEP_NODE_SELECTOR"] = json.dumps(dict(s.node_selector))
     if s.tolerations:
         env["QUICKTUNE_STEP_TOLERATIONS"] = json.dumps([dict(t) for t in s.tolerations])
-    for var, value in (("QUICKTUNE_STEP_PRIORITY_CLASS", s.priority_class), ("QUICKTUNE_KUEUE_QUEUE", s.kueue_queue),
-                       ("QUICKTUNE_STEP_SERVICE_ACCOUNT", s.service_account)):
+    for var, value in (
+        ("QUICKTUNE_STEP_PRIORITY_CLASS", s.priority_class),
+        ("QUICKTUNE_KUEUE_QUEUE", s.kueue_queue),
+        ("QUICKTUNE_STEP_SERVICE_ACCOUNT", s.service_account),
+    ):
         if value:
             env[var] = value
     if s.owner_pod:
@@ -53,33 +61,82 @@ plain_keys = st.sampled_from(["AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "QUICKTU
 
 
 @settings(max_examples=60, deadline=None)
-@given(namespace=names, image=names, gpu=st.integers(0, 8), cpu=st.sampled_from(["1", "500m", "2"]),
-       memory=st.sampled_from(["4Gi", "512Mi"]), selector=st.dictionaries(names, names, max_size=2),
-       tolerations=st.lists(st.fixed_dictionaries({"key": names, "operator": st.just("Exists")}), max_size=2),
-       priority=st.none() | names, queue=st.none() | names, secrets=st.lists(names, max_size=3, unique=True),
-       env=st.dictionaries(plain_keys, st.text(max_size=20), max_size=3), sa=st.none() | names,
-       owner=st.none() | st.fixed_dictionaries({"name": names, "uid": names}),
-       deadline=st.integers(1, 10**6), backoff=st.integers(0, 20), ttl=st.integers(0, 10**6))
-def test_env_settings_round_trip(namespace, image, gpu, cpu, memory, selector, tolerations, priority, queue,
-                                 secrets, env, sa, owner, deadline, backoff, ttl):
-    s = StepJobSettings(namespace=namespace, image=image, gpu=gpu, cpu=cpu, memory=memory,
-                        node_selector=selector or None, tolerations=tuple(tolerations) or None,
-                        priority_class=priority, kueue_queue=queue, secret_names=tuple(secrets), env=env,
-                        service_account=sa, owner_pod=owner, active_deadline_seconds=deadline,
-                        backoff_limit=backoff, ttl_seconds_after_finished=ttl)
+@given(
+    namespace=names,
+    image=names,
+    gpu=st.integers(0, 8),
+    cpu=st.sampled_from(["1", "500m", "2"]),
+    memory=st.sampled_from(["4Gi", "512Mi"]),
+    selector=st.dictionaries(names, names, max_size=2),
+    tolerations=st.lists(st.fixed_dictionaries({"key": names, "operator": st.just("Exists")}), max_size=2),
+    priority=st.none() | names,
+    queue=st.none() | names,
+    secrets=st.lists(names, max_size=3, unique=True),
+    env=st.dictionaries(plain_keys, st.text(max_size=20), max_size=3),
+    sa=st.none() | names,
+    owner=st.none() | st.fixed_dictionaries({"name": names, "uid": names}),
+    deadline=st.integers(1, 10**6),
+    backoff=st.integers(0, 20),
+    ttl=st.integers(0, 10**6),
+)
+def test_env_settings_round_trip(
+    namespace,
+    image,
+    gpu,
+    cpu,
+    memory,
+    selector,
+    tolerations,
+    priority,
+    queue,
+    secrets,
+    env,
+    sa,
+    owner,
+    deadline,
+    backoff,
+    ttl,
+):
+    s = StepJobSettings(
+        namespace=namespace,
+        image=image,
+        gpu=gpu,
+        cpu=cpu,
+        memory=memory,
+        node_selector=selector or None,
+        tolerations=tuple(tolerations) or None,
+        priority_class=priority,
+        kueue_queue=queue,
+        secret_names=tuple(secrets),
+        env=env,
+        service_account=sa,
+        owner_pod=owner,
+        active_deadline_seconds=deadline,
+        backoff_limit=backoff,
+        ttl_seconds_after_finished=ttl,
+    )
     assert StepJobSettings.from_env(_env_of(s)) == s
 
 
 def test_every_documented_variable_is_read():
     """Each ENV_SETTINGS variable changes the parsed settings (none is documented but ignored)."""
-    values = {"QUICKTUNE_K8S_NAMESPACE": "other", "QUICKTUNE_STEP_IMAGE": "img:2", "QUICKTUNE_STEP_GPU": "2",
-              "QUICKTUNE_STEP_CPU": "3", "QUICKTUNE_STEP_MEMORY": "1Gi",
-              "QUICKTUNE_STEP_NODE_SELECTOR": '{"a": "b"}', "QUICKTUNE_STEP_TOLERATIONS": '[{"key": "k"}]',
-              "QUICKTUNE_STEP_PRIORITY_CLASS": "p", "QUICKTUNE_KUEUE_QUEUE": "team",
-              "QUICKTUNE_STEP_SECRETS": "s1, s2", "QUICKTUNE_STEP_SERVICE_ACCOUNT": "sa",
-              "QUICKTUNE_STEP_ENV": '{"AWS_ENDPOINT_URL": "http://s3"}',
-              "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS": "60", "QUICKTUNE_STEP_BACKOFF_LIMIT": "0",
-              "QUICKTUNE_STEP_TTL_SECONDS": "5"}
+    values = {
+        "QUICKTUNE_K8S_NAMESPACE": "other",
+        "QUICKTUNE_STEP_IMAGE": "img:2",
+        "QUICKTUNE_STEP_GPU": "2",
+        "QUICKTUNE_STEP_CPU": "3",
+        "QUICKTUNE_STEP_MEMORY": "1Gi",
+        "QUICKTUNE_STEP_NODE_SELECTOR": '{"a": "b"}',
+        "QUICKTUNE_STEP_TOLERATIONS": '[{"key": "k"}]',
+        "QUICKTUNE_STEP_PRIORITY_CLASS": "p",
+        "QUICKTUNE_KUEUE_QUEUE": "team",
+        "QUICKTUNE_STEP_SECRETS": "s1, s2",
+        "QUICKTUNE_STEP_SERVICE_ACCOUNT": "sa",
+        "QUICKTUNE_STEP_ENV": '{"AWS_ENDPOINT_URL": "http://s3"}',
+        "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS": "60",
+        "QUICKTUNE_STEP_BACKOFF_LIMIT": "0",
+        "QUICKTUNE_STEP_TTL_SECONDS": "5",
+    }
     assert set(values) == set(ENV_SETTINGS)
     default = StepJobSettings.from_env(BASE)
     for var, value in values.items():
@@ -88,15 +145,18 @@ def test_every_documented_variable_is_read():
     assert set(OPTION_ENV.values()) == set(ENV_SETTINGS)
 
 
-@pytest.mark.parametrize("var,value,words", [
-    ("QUICKTUNE_STEP_NODE_SELECTOR", "gpu=true", "QUICKTUNE_STEP_NODE_SELECTOR: not valid JSON"),
-    ("QUICKTUNE_STEP_TOLERATIONS", '{"key": "k"}', "QUICKTUNE_STEP_TOLERATIONS: expected a JSON list"),
-    ("QUICKTUNE_STEP_GPU", "one", "QUICKTUNE_STEP_GPU: expected an integer"),
-    ("QUICKTUNE_STEP_GPU", "-1", "gpu must be an integer >= 0"),
-    ("QUICKTUNE_STEP_BACKOFF_LIMIT", "-2", "backoff_limit must be an integer >= 0"),
-    ("QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS", "0", "active_deadline_seconds must be an integer >= 1"),
-    ("QUICKTUNE_STEP_TTL_SECONDS", "-1", "ttl_seconds_after_finished must be None or an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "var,value,words",
+    [
+        ("QUICKTUNE_STEP_NODE_SELECTOR", "gpu=true", "QUICKTUNE_STEP_NODE_SELECTOR: not valid JSON"),
+        ("QUICKTUNE_STEP_TOLERATIONS", '{"key": "k"}', "QUICKTUNE_STEP_TOLERATIONS: expected a JSON list"),
+        ("QUICKTUNE_STEP_GPU", "one", "QUICKTUNE_STEP_GPU: expected an integer"),
+        ("QUICKTUNE_STEP_GPU", "-1", "gpu must be an integer >= 0"),
+        ("QUICKTUNE_STEP_BACKOFF_LIMIT", "-2", "backoff_limit must be an integer >= 0"),
+        ("QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS", "0", "active_deadline_seconds must be an integer >= 1"),
+        ("QUICKTUNE_STEP_TTL_SECONDS", "-1", "ttl_seconds_after_finished must be None or an integer >= 0"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_setting(var, value, words):
     with pytest.raises(ValueError, match=words):
         StepJobSettings.from_env({**BASE, var: value})
@@ -132,8 +192,9 @@ def test_namespace_and_image_are_required_and_own_image_is_asked_only_when_neede
 
 
 def test_options_override_the_env_and_unknown_options_are_refused():
-    s = StepJobSettings.from_options({"gpu": "1", "secrets": "a,b", "namespace": "ns2"},
-                                     {**BASE, "QUICKTUNE_STEP_GPU": "0"}, step_timeout=90.5)
+    s = StepJobSettings.from_options(
+        {"gpu": "1", "secrets": "a,b", "namespace": "ns2"}, {**BASE, "QUICKTUNE_STEP_GPU": "0"}, step_timeout=90.5
+    )
     assert (s.gpu, s.secret_names, s.namespace, s.active_deadline_seconds) == (1, ("a", "b"), "ns2", 90)
     with pytest.raises(ValueError, match=r"unknown Kubernetes backend option\(s\) \['gpus'\]"):
         StepJobSettings.from_options({"gpus": "1"}, BASE)
@@ -154,10 +215,24 @@ def test_settings_are_frozen_and_feed_build_job():
 def test_backend_constructor_and_settings_agree():
     from kubernetes import client
 
-    b = KubernetesBackend("q", "img:1", "s", gpu=1, secret_names=["x"], env={"AWS_REGION": "r"},
-                          owner_pod={"name": "p", "uid": "u"}, api_client=client.ApiClient())
-    same = StepJobSettings(namespace="q", image="img:1", gpu=1, secret_names=("x",), env={"AWS_REGION": "r"},
-                           owner_pod={"name": "p", "uid": "u"})
+    b = KubernetesBackend(
+        "q",
+        "img:1",
+        "s",
+        gpu=1,
+        secret_names=["x"],
+        env={"AWS_REGION": "r"},
+        owner_pod={"name": "p", "uid": "u"},
+        api_client=client.ApiClient(),
+    )
+    same = StepJobSettings(
+        namespace="q",
+        image="img:1",
+        gpu=1,
+        secret_names=("x",),
+        env={"AWS_REGION": "r"},
+        owner_pod={"name": "p", "uid": "u"},
+    )
     assert b.settings == same and b.namespace == "q" and b.owner_pod == {"name": "p", "uid": "u"}
     with pytest.raises(ValueError, match="max_concurrent"):
         KubernetesBackend("q", "img:1", max_concurrent=0, api_client=client.ApiClient())
