@@ -17,7 +17,7 @@ from typing import Any
 from quicktune.backends.base import StepRequest, TrialBackend
 from quicktune.optimizer.base import Optimizer
 from quicktune.search.inputs import checkpoint_dir_for
-from quicktune.search.report import Progress
+from quicktune.search.progress import Progress
 from quicktune.search.spec import SearchSpec
 from quicktune.space import SearchSpace
 from quicktune.tracking.layout import ConfigRecord, SearchRun, SearchTracker
