@@ -325,7 +325,7 @@ def test_controller_reloads_the_space_it_stored(ref, tiny_image_folder, tmp_path
     with spec.json rewritten with sorted keys (as tracking/layout.py wrote it until issue 12),
     and with a spec.json of the old format (sorted, no param_order): it still resumes."""
     from quicktune.backends.local import LocalBackend
-    from quicktune.controller import SearchSpec, _Search
+    from quicktune.search import SearchSession as _Search, SearchSpec
     from quicktune.tracking.layout import SearchTracker
 
     tracker = SearchTracker(

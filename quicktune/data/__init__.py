@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 
 from quicktune import storage
-from quicktune.data.dataset import IMAGE_EXTENSIONS, ImageDataset, is_image_file
+from quicktune.data.dataset import ImageDataset
 from quicktune.data.errors import DatasetError
+from quicktune.data.images import IMAGE_EXTENSIONS, is_image_file
 from quicktune.data.splits import SPLIT_NAMES
 
 __all__ = ["open_dataset", "ImageDataset", "DatasetError", "IMAGE_EXTENSIONS", "SPLIT_NAMES", "is_image_file"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,20 +30,14 @@ import numpy as np
 
 from quicktune.data import images
 from quicktune.data.errors import BadImageError, DatasetError, InvalidDatasetError, UnsafePathError
+from quicktune.data.images import is_image_file
 from quicktune.data.paths import path_problem, safe_form, shown
 from quicktune.data.splits import SPLIT_NAMES, read_split_files, stratified_split
 
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-)
 META_FILE = ".quicktune-meta.json"
 META_VERSION = 2  # 2: bad files reported without Pillow's text; full-decode verification recorded
 _GRAY_MODES = images.GRAY_MODES
 MAX_LISTED = 10  # offending files named in one message, at most
-
-
-def is_image_file(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
 
 
 def _hidden(rel: str) -> bool:

@@ -44,6 +44,16 @@ import numpy as np
 from quicktune.data.errors import BadImageError, DatasetError
 from quicktune.data.paths import shown
 
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
+
+
+def is_image_file(name: str) -> bool:
+    """A file name the datasets read as an image (by extension; hidden files never)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+
+
 __all__ = [
     "GRAY_MODES",
     "DECODE_ERRORS",

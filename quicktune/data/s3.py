@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from quicktune import storage
-from quicktune.data.dataset import is_image_file
 from quicktune.data.errors import DatasetError, UnsafePathError
+from quicktune.data.images import is_image_file
 from quicktune.data.paths import confined, path_problem, safe_form
 
 MANIFEST = ".quicktune-etags.json"

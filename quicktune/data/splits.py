@@ -48,7 +48,7 @@ def stratified_split(labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]
 def _shown(entry: str) -> str:
     """A split-file entry as it may appear in a message: quoted when it looks like an image path
     (the offending file), else only as "an entry" - the line could be anything (file contents)."""
-    from quicktune.data.dataset import is_image_file
+    from quicktune.data.images import is_image_file
     from quicktune.data.paths import path_problem, safe_form
 
     if len(entry) <= 200 and path_problem(entry) is None and is_image_file(entry.rsplit("/", 1)[-1]):
