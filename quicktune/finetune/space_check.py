@@ -96,6 +96,8 @@ def _knob_problems(p: Param) -> Iterator[str]:
         yield "a float range for an integer knob (use type int or a list of choices)"
         return
     for end, v in (("low", p.low), ("high", p.high)):
+        if v is None:  # a numeric Param always has both ends (SearchSpace.from_dict); typed as optional
+            continue
         why = _step_says(check, p.name, int(v) if p.type == "int" else float(v))
         if why:
             yield f"'{end}' {why}"
