@@ -12,7 +12,8 @@ wall-clock budget. The controller measures where its own time goes:
 * the controller's CPU time (``time.process_time``, children excluded): on a shared, overloaded
   machine busy *wall* time inflates with the load, CPU time does not.
 
-    .venv/bin/python benchmarks/bench_controller_overhead.py --budget 90 --out benchmarks/results/controller_overhead.json
+    .venv/bin/python benchmarks/bench_controller_overhead.py --budget 90 \
+        --out benchmarks/results/controller_overhead.json
 
 The machine's 1-minute load average is recorded (the development machine is shared).
 """
@@ -59,12 +60,35 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data
     if data is None:
         data = str(tmp / "digits")
-        subprocess.run([sys.executable, "-m", "quicktune.cli", "data", "import", "digits", data,
-                        "--max-per-class", "30", "--size", "16"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "quicktune.cli",
+                "data",
+                "import",
+                "digits",
+                data,
+                "--max-per-class",
+                "30",
+                "--size",
+                "16",
+            ],
+            check=True,
+            capture_output=True,
+        )
     tracking = args.tracking_uri or f"sqlite:///{tmp / 'mlflow.db'}"
-    spec = SearchSpec(data_uri=data, budget_seconds=args.budget, space=args.space, workers=args.workers,
-                      max_epochs=args.max_epochs, image_size=args.image_size, optimizer=args.optimizer,
-                      search_id=f"bench-{uuid.uuid4().hex[:6]}", workdir=str(tmp / "work"))
+    spec = SearchSpec(
+        data_uri=data,
+        budget_seconds=args.budget,
+        space=args.space,
+        workers=args.workers,
+        max_epochs=args.max_epochs,
+        image_size=args.image_size,
+        optimizer=args.optimizer,
+        search_id=f"bench-{uuid.uuid4().hex[:6]}",
+        workdir=str(tmp / "work"),
+    )
     backend = LocalBackend(tmp / "work", max_workers=args.workers)
     backend.warm_up()  # as `quicktune search` does: the fork server starts while MLflow connects
     tracker = SearchTracker(tracking, experiment="bench-controller", artifact_location=str(tmp / "artifacts"))
@@ -76,30 +100,44 @@ def main(argv: list[str] | None = None) -> int:
     busy = s["controller_busy_seconds"]
     doc = {
         "what": "controller overhead = wall time not spent waiting for steps / search wall time",
-        "status": result.status, "message": result.message,
-        "budget_seconds": args.budget, "wall_seconds": wall, "session_seconds": s["session_seconds"],
-        "controller_busy_seconds": busy, "overhead_fraction_of_wall": busy / s["session_seconds"],
+        "status": result.status,
+        "message": result.message,
+        "budget_seconds": args.budget,
+        "wall_seconds": wall,
+        "session_seconds": s["session_seconds"],
+        "controller_busy_seconds": busy,
+        "overhead_fraction_of_wall": busy / s["session_seconds"],
         "controller_cpu_seconds": s["controller_cpu_seconds"],
         "cpu_overhead_fraction_of_wall": s["controller_cpu_seconds"] / s["session_seconds"],
         "overhead_fraction_of_budget": busy / args.budget,
-        "optimizer_seconds": s["optimizer_seconds"], "tracking_seconds": s["tracking_seconds"],
-        "tracking_calls": s["tracking_calls"], "other_seconds": busy - s["optimizer_seconds"] - s["tracking_seconds"],
-        "steps_finished": s["steps_finished"], "epochs_done": result.epochs_done, "configs_tried": result.configs_tried,
+        "optimizer_seconds": s["optimizer_seconds"],
+        "tracking_seconds": s["tracking_seconds"],
+        "tracking_calls": s["tracking_calls"],
+        "other_seconds": busy - s["optimizer_seconds"] - s["tracking_seconds"],
+        "steps_finished": s["steps_finished"],
+        "epochs_done": result.epochs_done,
+        "configs_tried": result.configs_tried,
         "step_seconds": s["step_seconds"],
         "worker_utilisation": s["step_seconds"] / (args.workers * s["session_seconds"]),
-        "optimizer": args.optimizer, "workers": args.workers, "tracking": "sqlite" if args.tracking_uri is None
-        else "given", "load_average_1m_before": load_before, "load_average_1m_after": os.getloadavg()[0],
-        "python": platform.python_version(), "cpus": os.cpu_count(),
+        "optimizer": args.optimizer,
+        "workers": args.workers,
+        "tracking": "sqlite" if args.tracking_uri is None else "given",
+        "load_average_1m_before": load_before,
+        "load_average_1m_after": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc, indent=2))
-    print(f"\ncontroller overhead: {busy:.1f} s busy of {s['session_seconds']:.1f} s "
-          f"= {100 * doc['overhead_fraction_of_wall']:.1f}% (target < 5%); its CPU time "
-          f"{s['controller_cpu_seconds']:.1f} s = {100 * doc['cpu_overhead_fraction_of_wall']:.1f}%; "
-          f"optimizer {s['optimizer_seconds']:.1f} s, "
-          f"MLflow {s['tracking_seconds']:.1f} s in {s['tracking_calls']} calls; "
-          f"{s['steps_finished']} steps, worker utilisation {100 * doc['worker_utilisation']:.0f}%")
+    print(
+        f"\ncontroller overhead: {busy:.1f} s busy of {s['session_seconds']:.1f} s "
+        f"= {100 * doc['overhead_fraction_of_wall']:.1f}% (target < 5%); its CPU time "
+        f"{s['controller_cpu_seconds']:.1f} s = {100 * doc['cpu_overhead_fraction_of_wall']:.1f}%; "
+        f"optimizer {s['optimizer_seconds']:.1f} s, "
+        f"MLflow {s['tracking_seconds']:.1f} s in {s['tracking_calls']} calls; "
+        f"{s['steps_finished']} steps, worker utilisation {100 * doc['worker_utilisation']:.0f}%"
+    )
     return 0 if result.status == "succeeded" else 1
 
 

@@ -61,13 +61,18 @@ def main() -> None:
         decode_s = time.perf_counter() - t
 
     result = {
-        "dataset": name, "classes": classes, "images": summary["num_images"], "size_px": args.size,
+        "dataset": name,
+        "classes": classes,
+        "images": summary["num_images"],
+        "size_px": args.size,
         "workers": args.workers,
         "import_to_s3_s": round(upload_s, 2),
-        "cold_open_s": round(cold_s, 2), "cold_downloaded": cold.sync_stats["downloaded"],
+        "cold_open_s": round(cold_s, 2),
+        "cold_downloaded": cold.sync_stats["downloaded"],
         "cold_images_per_s": round(cold.sync_stats["downloaded"] / cold_s, 1),
         "meta_features_scan_s": round(meta_s, 2),
-        "warm_open_s": round(warm_s, 2), "warm_downloaded": warm.sync_stats["downloaded"],
+        "warm_open_s": round(warm_s, 2),
+        "warm_downloaded": warm.sync_stats["downloaded"],
         "decode_all_s": round(decode_s, 2),
         "num_channels": feats["num_channels"],
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}",

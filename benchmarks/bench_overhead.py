@@ -25,9 +25,9 @@ from pathlib import Path
 def measure(name: str, at: list[int], window: int, seed: int, meta_epochs: int) -> dict:
     import torch
 
+    from quicktune.bench.runner import is_meta_trained
     from quicktune.bench.simulator import DatasetCurves, _lookup, make_candidates
     from quicktune.bench.synthetic import make_synthetic_table
-    from quicktune.bench.runner import is_meta_trained
     from quicktune.optimizer.registry import make_optimizer
 
     torch.set_num_threads(1)
@@ -65,10 +65,14 @@ def measure(name: str, at: list[int], window: int, seed: int, meta_epochs: int) 
             print(f"  {name}: {n_obs} observations, last ask+tell {wall[-1]:.3f} s", file=sys.stderr, flush=True)
     out = {}
     for n in at:
-        ws, cs = wall[n:n + window], cpu[n:n + window]
-        out[str(n)] = {"median_wall_s": statistics.median(ws), "median_cpu_s": statistics.median(cs),
-                       "median_process_cpu_s": statistics.median(pcpu[n:n + window]),
-                       "max_wall_s": max(ws), "n_timed": len(ws)}
+        ws, cs = wall[n : n + window], cpu[n : n + window]
+        out[str(n)] = {
+            "median_wall_s": statistics.median(ws),
+            "median_cpu_s": statistics.median(cs),
+            "median_process_cpu_s": statistics.median(pcpu[n : n + window]),
+            "max_wall_s": max(ws),
+            "n_timed": len(ws),
+        }
     return out
 
 
@@ -88,9 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         results[name] = measure(name, at, args.window, args.seed, args.meta_train_epochs)
         results[name]["total_seconds"] = time.perf_counter() - t0
-    doc = {"command": " ".join([".venv/bin/python", "benchmarks/bench_overhead.py", *(argv or sys.argv[1:])]),
-           "threads": 1, "machine": platform.platform(), "processor": platform.processor(),
-           "window": args.window, "results": results}
+    doc = {
+        "command": " ".join([".venv/bin/python", "benchmarks/bench_overhead.py", *(argv or sys.argv[1:])]),
+        "threads": 1,
+        "machine": platform.platform(),
+        "processor": platform.processor(),
+        "window": args.window,
+        "results": results,
+    }
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2))

@@ -51,18 +51,29 @@ def summarize(rows: list[dict]) -> list[dict]:
         mine = [r for r in rows if r["dataset"] == ds and r["optimizer"] == opt]
         wins = 0
         for r in mine:
-            others = [o["best_val"] for o in rows if o["dataset"] == ds and o["seed"] == r["seed"]
-                      and o["optimizer"] != opt and o["best_val"] is not None]
+            others = [
+                o["best_val"]
+                for o in rows
+                if o["dataset"] == ds and o["seed"] == r["seed"] and o["optimizer"] != opt and o["best_val"] is not None
+            ]
             if r["best_val"] is not None and others and r["best_val"] > max(others):
                 wins += 1
 
-        def mean(k: str) -> float | None:
+        def mean(k: str, mine: list = mine) -> float | None:
             vals = [r[k] for r in mine if r.get(k) is not None]
             return statistics.fmean(vals) if vals else None
 
-        out.append({"dataset": ds, "optimizer": opt, "seeds": len(mine), "wins": wins,
-                    **{k: mean(k) for k in ("best_val", "test_accuracy", "seconds_to_best", "configs_tried",
-                                             "epochs_done")}})
+        out.append(
+            {
+                "dataset": ds,
+                "optimizer": opt,
+                "seeds": len(mine),
+                "wins": wins,
+                **{
+                    k: mean(k) for k in ("best_val", "test_accuracy", "seconds_to_best", "configs_tried", "epochs_done")
+                },
+            }
+        )
     return out
 
 
@@ -70,18 +81,28 @@ def markdown(rows: list[dict], summary: list[dict]) -> str:
     def f(x: float | None, fmt: str) -> str:
         return "n/a" if x is None else format(x, fmt)
 
-    lines = ["| dataset | optimizer | seed | best val acc | test acc | reached at (s) | configs | epochs | best model |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | optimizer | seed | best val acc | test acc | reached at (s) | configs | epochs | best model |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['optimizer']} | {r['seed']} | {f(r['best_val'], '.3f')} | "
-                     f"{f(r['test_accuracy'], '.3f')} | {f(r['seconds_to_best'], '.0f')} | {r['configs_tried']} | "
-                     f"{r['epochs_done']} | {r['best_model']} |")
-    lines += ["", "| dataset | optimizer | seeds won | mean best val | mean test acc | mean reached at (s) | "
-                  "mean configs | mean epochs |", "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['dataset']} | {r['optimizer']} | {r['seed']} | {f(r['best_val'], '.3f')} | "
+            f"{f(r['test_accuracy'], '.3f')} | {f(r['seconds_to_best'], '.0f')} | {r['configs_tried']} | "
+            f"{r['epochs_done']} | {r['best_model']} |"
+        )
+    lines += [
+        "",
+        "| dataset | optimizer | seeds won | mean best val | mean test acc | mean reached at (s) | "
+        "mean configs | mean epochs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m in summary:
-        lines.append(f"| {m['dataset']} | {m['optimizer']} | {m['wins']}/{m['seeds']} | {f(m['best_val'], '.3f')} | "
-                     f"{f(m['test_accuracy'], '.3f')} | {f(m['seconds_to_best'], '.0f')} | "
-                     f"{f(m['configs_tried'], '.1f')} | {f(m['epochs_done'], '.1f')} |")
+        lines.append(
+            f"| {m['dataset']} | {m['optimizer']} | {m['wins']}/{m['seeds']} | {f(m['best_val'], '.3f')} | "
+            f"{f(m['test_accuracy'], '.3f')} | {f(m['seconds_to_best'], '.0f')} | "
+            f"{f(m['configs_tried'], '.1f')} | {f(m['epochs_done'], '.1f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -104,27 +125,69 @@ def main() -> int:
         for opt in args.optimizers.split(","):
             tag = f"{name}-{opt}-s{seed}"
             tracking = f"sqlite:///{work / f'{tag}.db'}"
-            cmd = [sys.executable, "-m", "quicktune.cli", "search", "--data", path, "--budget", args.budget,
-                   "--space", "builtin:cpu", "--workers", "1", "--optimizer", opt, "--max-epochs",
-                   str(args.max_epochs), "--image-size", str(args.image_size), "--tracking-uri", tracking,
-                   "--workdir", str(work / tag), "--model-name", tag, "--json", "--no-progress",
-                   "--seed", str(seed)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "quicktune.cli",
+                "search",
+                "--data",
+                path,
+                "--budget",
+                args.budget,
+                "--space",
+                "builtin:cpu",
+                "--workers",
+                "1",
+                "--optimizer",
+                opt,
+                "--max-epochs",
+                str(args.max_epochs),
+                "--image-size",
+                str(args.image_size),
+                "--tracking-uri",
+                tracking,
+                "--workdir",
+                str(work / tag),
+                "--model-name",
+                tag,
+                "--json",
+                "--no-progress",
+                "--seed",
+                str(seed),
+            ]
             procs[opt] = (tracking, subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
         for opt, (tracking, proc) in procs.items():
             out, _ = proc.communicate()
-            res = json.loads(out[out.index("{"):])
-            row = {"dataset": name, "optimizer": opt, "seed": seed, "best_val": res.get("best_score"),
-                   "test_accuracy": res.get("test_accuracy"), "best_model": (res.get("best_config") or {}).get("model"),
-                   "configs_tried": res.get("configs_tried"), "epochs_done": res.get("epochs_done"),
-                   "seconds_to_best": _time_to_best(tracking, res["parent_run_id"]),
-                   "elapsed_seconds": res.get("elapsed_seconds")}
+            res = json.loads(out[out.index("{") :])
+            row = {
+                "dataset": name,
+                "optimizer": opt,
+                "seed": seed,
+                "best_val": res.get("best_score"),
+                "test_accuracy": res.get("test_accuracy"),
+                "best_model": (res.get("best_config") or {}).get("model"),
+                "configs_tried": res.get("configs_tried"),
+                "epochs_done": res.get("epochs_done"),
+                "seconds_to_best": _time_to_best(tracking, res["parent_run_id"]),
+                "elapsed_seconds": res.get("elapsed_seconds"),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
-    Path(args.out).write_text(json.dumps({"budget": args.budget, "max_epochs": args.max_epochs,
-                                          "image_size": args.image_size, "seeds": seeds, "rows": rows,
-                                          "summary": summary}, indent=1))
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "budget": args.budget,
+                "max_epochs": args.max_epochs,
+                "image_size": args.image_size,
+                "seeds": seeds,
+                "rows": rows,
+                "summary": summary,
+            },
+            indent=1,
+        )
+    )
     print(markdown(rows, summary))
     return 0
 

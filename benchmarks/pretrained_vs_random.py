@@ -43,16 +43,44 @@ def main() -> int:
     for name in args.datasets.split(","):
         data = work / f"{name}-{args.per_class}"
         if not data.exists():
-            subprocess.run([sys.executable, "-m", "quicktune.cli", "data", "import", name, str(data),
-                            "--max-per-class", str(args.per_class)], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "quicktune.cli",
+                    "data",
+                    "import",
+                    name,
+                    str(data),
+                    "--max-per-class",
+                    str(args.per_class),
+                ],
+                check=True,
+                capture_output=True,
+            )
         for init, wc in (("pretrained", None), ("random", RANDOM)):
             t0 = time.perf_counter()
-            res = run_step(cfg, str(data), args.epochs, str(work / f"ck-{name}-{init}"), image_size=args.image_size,
-                           max_epochs=args.epochs, weights_config=wc, cache_dir=str(work / "cache"))
+            res = run_step(
+                cfg,
+                str(data),
+                args.epochs,
+                str(work / f"ck-{name}-{init}"),
+                image_size=args.image_size,
+                max_epochs=args.epochs,
+                weights_config=wc,
+                cache_dir=str(work / "cache"),
+            )
             assert res["status"] == "ok", res["message"]
             curve = [round(e["score"], 4) for e in res["history"]]
-            rows.append({"dataset": name, "init": init, "val_top1": curve, "train_images": res["epochs"][0]["train_images"]
-                         if res["epochs"] else None, "seconds": round(time.perf_counter() - t0, 1)})
+            rows.append(
+                {
+                    "dataset": name,
+                    "init": init,
+                    "val_top1": curve,
+                    "train_images": res["epochs"][0]["train_images"] if res["epochs"] else None,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
             print(f"{name:14s} {init:10s} {curve}", flush=True)
     header = "| dataset | init | " + " | ".join(f"epoch {i}" for i in range(1, args.epochs + 1)) + " |"
     print()
@@ -61,8 +89,18 @@ def main() -> int:
     for r in rows:
         print(f"| {r['dataset']} | {r['init']} | " + " | ".join(f"{s:.3f}" for s in r["val_top1"]) + " |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"config": cfg, "image_size": args.image_size, "per_class": args.per_class,
-                                          "epochs": args.epochs, "rows": rows}, indent=1))
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "config": cfg,
+                "image_size": args.image_size,
+                "per_class": args.per_class,
+                "epochs": args.epochs,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

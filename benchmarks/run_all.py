@@ -81,30 +81,87 @@ def _heldout_args(out: Path, scratch: Path) -> list[str]:
 
 
 BENCHES: tuple[Bench, ...] = (
-    Bench("overhead", "bench_overhead.py",
-          lambda out, _: ["--at", "20", "--window", "5", "--meta-train-epochs", "2", "--out", str(out)],
-          timeout_s=600, about="53 s"),
-    Bench("step", "bench_step.py",
-          lambda out, scratch: ["--model", "test_vit", "--dataset", "digits", "--per-class", "30", "--repeats", "1",
-                                "--workdir", str(scratch / "step"), "--out", str(out)],
-          timeout_s=900, about="200 s"),
-    Bench("controller_overhead", "bench_controller_overhead.py",
-          lambda out, _: ["--budget", "30", "--workers", "1", "--max-epochs", "2", "--out", str(out)],
-          timeout_s=600, about="116 s"),
-    Bench("data_s3", "bench_data_s3.py",
-          lambda out, _: ["--per-class", "20", "--size", "16", "--workers", "4", "--out", str(out)],
-          timeout_s=600, about="20 s"),
-    Bench("pretrained_vs_random", "pretrained_vs_random.py",
-          lambda out, scratch: ["--datasets", "digits", "--per-class", "20", "--epochs", "1", "--image-size", "32",
-                                "--workdir", str(scratch / "pvr"), "--out", str(out)],
-          timeout_s=900, about="52 s"),
-    Bench("heldout_searches", "heldout_searches.py", _heldout_args, long=True, timeout_s=3 * 3600,
-          about="35 min"),
-    Bench("regret", "bench_regret.py",
-          lambda out, _: ["--seeds", "10", "--jobs", "2", "--out", str(out.with_suffix("")),
-                          "--docs", str(out.with_suffix("") / "benchmarks.md"),
-                          "--img", str(out.with_suffix("") / "img")],
-          long=True, timeout_s=12 * 3600, about="hours"),
+    Bench(
+        "overhead",
+        "bench_overhead.py",
+        lambda out, _: ["--at", "20", "--window", "5", "--meta-train-epochs", "2", "--out", str(out)],
+        timeout_s=600,
+        about="53 s",
+    ),
+    Bench(
+        "step",
+        "bench_step.py",
+        lambda out, scratch: [
+            "--model",
+            "test_vit",
+            "--dataset",
+            "digits",
+            "--per-class",
+            "30",
+            "--repeats",
+            "1",
+            "--workdir",
+            str(scratch / "step"),
+            "--out",
+            str(out),
+        ],
+        timeout_s=900,
+        about="200 s",
+    ),
+    Bench(
+        "controller_overhead",
+        "bench_controller_overhead.py",
+        lambda out, _: ["--budget", "30", "--workers", "1", "--max-epochs", "2", "--out", str(out)],
+        timeout_s=600,
+        about="116 s",
+    ),
+    Bench(
+        "data_s3",
+        "bench_data_s3.py",
+        lambda out, _: ["--per-class", "20", "--size", "16", "--workers", "4", "--out", str(out)],
+        timeout_s=600,
+        about="20 s",
+    ),
+    Bench(
+        "pretrained_vs_random",
+        "pretrained_vs_random.py",
+        lambda out, scratch: [
+            "--datasets",
+            "digits",
+            "--per-class",
+            "20",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--workdir",
+            str(scratch / "pvr"),
+            "--out",
+            str(out),
+        ],
+        timeout_s=900,
+        about="52 s",
+    ),
+    Bench("heldout_searches", "heldout_searches.py", _heldout_args, long=True, timeout_s=3 * 3600, about="35 min"),
+    Bench(
+        "regret",
+        "bench_regret.py",
+        lambda out, _: [
+            "--seeds",
+            "10",
+            "--jobs",
+            "2",
+            "--out",
+            str(out.with_suffix("")),
+            "--docs",
+            str(out.with_suffix("") / "benchmarks.md"),
+            "--img",
+            str(out.with_suffix("") / "img"),
+        ],
+        long=True,
+        timeout_s=12 * 3600,
+        about="hours",
+    ),
 )
 
 
@@ -112,7 +169,7 @@ def _shown(arg: str) -> str:
     """An argument as the summary shows it: the interpreter by name, paths of this checkout relative."""
     if arg == PY:
         return "python"
-    return arg[len(str(ROOT)) + 1:] if arg.startswith(str(ROOT) + "/") else arg
+    return arg[len(str(ROOT)) + 1 :] if arg.startswith(str(ROOT) + "/") else arg
 
 
 def select(only: list[str], run_all: bool) -> list[Bench]:
@@ -140,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{b.name:22} {b.script:32} {'long' if b.long else 'quick':5} ~{b.about}")
         return 0
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, object] = {"machine": platform.platform(), "python": platform.python_version(),
-                                  "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": {}}
+    summary: dict[str, object] = {
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runs": {},
+    }
     runs: dict[str, dict[str, object]] = summary["runs"]  # type: ignore[assignment]
     failed = []
     with tempfile.TemporaryDirectory(prefix="qt-bench-") as tmp:
@@ -158,15 +219,21 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.CalledProcessError as exc:  # preparing its data failed
                 rc, cmd = exc.returncode or 1, [PY, str(HERE / b.script)]
             wall = round(time.perf_counter() - t0, 1)
-            runs[b.name] = {"command": " ".join(_shown(c) for c in cmd), "rc": rc,
-                            "wall_seconds": wall, "out": str(out) if out.exists() else None,
-                            "long": b.long}
+            runs[b.name] = {
+                "command": " ".join(_shown(c) for c in cmd),
+                "rc": rc,
+                "wall_seconds": wall,
+                "out": str(out) if out.exists() else None,
+                "long": b.long,
+            }
             print(f"== {b.name}: exit {rc} in {wall:.0f} s", flush=True)
             if rc != 0:
                 failed.append(b.name)
             (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"ran {len(benches)} benchmark(s), {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}; "
-          f"JSON in {out_dir}")
+    print(
+        f"ran {len(benches)} benchmark(s), {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}; "
+        f"JSON in {out_dir}"
+    )
     return 1 if failed else 0
 
 

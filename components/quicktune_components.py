@@ -38,9 +38,9 @@ HERE = Path(__file__).resolve().parent
 
 
 @dsl.component(base_image=IMAGE, packages_to_install=[])
-def validate_dataset(data_uri: str, min_classes: int = 2, min_images_per_class: int = 5,
-                     s3_endpoint_url: str = "") -> NamedTuple("Outputs", [("num_classes", int), ("num_images", int),
-                                                                          ("info_json", str)]):
+def validate_dataset(
+    data_uri: str, min_classes: int = 2, min_images_per_class: int = 5, s3_endpoint_url: str = ""
+) -> NamedTuple("Outputs", [("num_classes", int), ("num_images", int), ("info_json", str)]):
     """Check that a dataset opens and is big enough to search on (fails the run otherwise)."""
     import json
     import os
@@ -51,8 +51,12 @@ def validate_dataset(data_uri: str, min_classes: int = 2, min_images_per_class: 
     env = dict(os.environ)
     if s3_endpoint_url:
         env.update(AWS_ENDPOINT_URL=s3_endpoint_url, MLFLOW_S3_ENDPOINT_URL=s3_endpoint_url)
-    proc = subprocess.run([sys.executable, "-m", "quicktune.cli", "data", "info", data_uri, "--json"],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "quicktune.cli", "data", "info", data_uri, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"dataset {data_uri} cannot be read: {proc.stderr.strip()[-2000:]}")
     info = json.loads(proc.stdout)
@@ -67,14 +71,41 @@ def validate_dataset(data_uri: str, min_classes: int = 2, min_images_per_class: 
 
 
 @dsl.component(base_image=IMAGE, packages_to_install=[])
-def search(data_uri: str, budget: str, tracking_uri: str, search_id: str = "", run_id: str = "",
-           space: str = "builtin:cpu", workers: int = 2, backend: str = "kubernetes",
-           backend_options: dict = {}, max_epochs: int = 10, budget_epochs: int = 0,  # noqa: B006 - KFP default
-           checkpoint_uri: str = "", experiment: str = "quicktune", model_name: str = "", alias: str = "champion",
-           optimizer: str = "quicktune", device: str = "cpu", image_size: int = 0, seed: int = 0,
-           s3_endpoint_url: str = "", workdir: str = "/tmp/quicktune", meta_artifact: str = "") -> NamedTuple(
-        "Outputs", [("search_id", str), ("parent_run_id", str), ("best_config", str), ("best_score", float),
-                    ("best_checkpoint_dir", str), ("model_uri", str), ("registered_version", str)]):
+def search(
+    data_uri: str,
+    budget: str,
+    tracking_uri: str,
+    search_id: str = "",
+    run_id: str = "",
+    space: str = "builtin:cpu",
+    workers: int = 2,
+    backend: str = "kubernetes",
+    backend_options: dict = {},  # noqa: B006 - a KFP parameter default must be a literal; never mutated
+    max_epochs: int = 10,
+    budget_epochs: int = 0,  # noqa: B006 - KFP default
+    checkpoint_uri: str = "",
+    experiment: str = "quicktune",
+    model_name: str = "",
+    alias: str = "champion",
+    optimizer: str = "quicktune",
+    device: str = "cpu",
+    image_size: int = 0,
+    seed: int = 0,
+    s3_endpoint_url: str = "",
+    workdir: str = "/tmp/quicktune",
+    meta_artifact: str = "",
+) -> NamedTuple(
+    "Outputs",
+    [
+        ("search_id", str),
+        ("parent_run_id", str),
+        ("best_config", str),
+        ("best_score", float),
+        ("best_checkpoint_dir", str),
+        ("model_uri", str),
+        ("registered_version", str),
+    ],
+):
     """Run (or, on a retry, resume) a search; ``search_id`` defaults to one derived from the KFP run
     id, so a retried task continues the same search instead of starting over."""
     import json
@@ -89,12 +120,44 @@ def search(data_uri: str, budget: str, tracking_uri: str, search_id: str = "", r
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
     if s3_endpoint_url:
         env.update(AWS_ENDPOINT_URL=s3_endpoint_url, MLFLOW_S3_ENDPOINT_URL=s3_endpoint_url)
-    cmd = [sys.executable, "-m", "quicktune.cli", "search", "--data", data_uri, "--budget", budget,
-           "--tracking-uri", tracking_uri, "--space", space, "--workers", str(workers), "--backend", backend,
-           "--max-epochs", str(max_epochs), "--experiment", experiment, "--optimizer", optimizer,
-           "--device", device, "--seed", str(seed), "--workdir", workdir, "--no-progress", "--json"]
-    for flag, value in (("--search-id", sid), ("--checkpoint-uri", checkpoint_uri), ("--model-name", model_name),
-                        ("--meta-artifact", meta_artifact)):
+    cmd = [
+        sys.executable,
+        "-m",
+        "quicktune.cli",
+        "search",
+        "--data",
+        data_uri,
+        "--budget",
+        budget,
+        "--tracking-uri",
+        tracking_uri,
+        "--space",
+        space,
+        "--workers",
+        str(workers),
+        "--backend",
+        backend,
+        "--max-epochs",
+        str(max_epochs),
+        "--experiment",
+        experiment,
+        "--optimizer",
+        optimizer,
+        "--device",
+        device,
+        "--seed",
+        str(seed),
+        "--workdir",
+        workdir,
+        "--no-progress",
+        "--json",
+    ]
+    for flag, value in (
+        ("--search-id", sid),
+        ("--checkpoint-uri", checkpoint_uri),
+        ("--model-name", model_name),
+        ("--meta-artifact", meta_artifact),
+    ):
         if value:
             cmd += [flag, value]
     if model_name:
@@ -112,11 +175,15 @@ def search(data_uri: str, budget: str, tracking_uri: str, search_id: str = "", r
     try:
         result = json.loads(text[start:])
     except ValueError:
-        raise RuntimeError(f"quicktune search exited {proc.returncode} without a JSON result:\n{text[-3000:]}") from None
+        raise RuntimeError(
+            f"quicktune search exited {proc.returncode} without a JSON result:\n{text[-3000:]}"
+        ) from None
     print(json.dumps(result, indent=1, default=str))
     if proc.returncode != 0 or result.get("status") != "succeeded":
-        raise RuntimeError(f"search {result.get('search_id')} {result.get('status')}: {result.get('message')} "
-                           f"{result.get('promotion_error', '')}".strip())
+        raise RuntimeError(
+            f"search {result.get('search_id')} {result.get('status')}: {result.get('message')} "
+            f"{result.get('promotion_error', '')}".strip()
+        )
     ckpt = ""
     from quicktune.search import best_record
     from quicktune.tracking import SearchTracker
@@ -125,18 +192,39 @@ def search(data_uri: str, budget: str, tracking_uri: str, search_id: str = "", r
     parent = tracker.find_search(result["search_id"])
     if parent is not None:
         ckpt = best_record(tracker.load_configs(parent.info.run_id)).checkpoint_dir
-    out = namedtuple("Outputs", ["search_id", "parent_run_id", "best_config", "best_score", "best_checkpoint_dir",
-                                 "model_uri", "registered_version"])
-    return out(result["search_id"], result.get("parent_run_id") or "",
-               json.dumps(result.get("best_config") or {}, sort_keys=True), float(result.get("best_score") or 0.0),
-               ckpt, result.get("model_uri") or "", str(result.get("model_version") or ""))
+    out = namedtuple(
+        "Outputs",
+        [
+            "search_id",
+            "parent_run_id",
+            "best_config",
+            "best_score",
+            "best_checkpoint_dir",
+            "model_uri",
+            "registered_version",
+        ],
+    )
+    return out(
+        result["search_id"],
+        result.get("parent_run_id") or "",
+        json.dumps(result.get("best_config") or {}, sort_keys=True),
+        float(result.get("best_score") or 0.0),
+        ckpt,
+        result.get("model_uri") or "",
+        str(result.get("model_version") or ""),
+    )
 
 
 @dsl.component(base_image=IMAGE, packages_to_install=[])
-def evaluate_winner(data_uri: str, checkpoint_dir: str, metrics: Output[Metrics], split: str = "test",
-                    min_test_accuracy: float = 0.0, device: str = "cpu",
-                    s3_endpoint_url: str = "") -> NamedTuple("Outputs", [("test_accuracy", float),
-                                                                         ("metrics_json", str)]):
+def evaluate_winner(
+    data_uri: str,
+    checkpoint_dir: str,
+    metrics: Output[Metrics],
+    split: str = "test",
+    min_test_accuracy: float = 0.0,
+    device: str = "cpu",
+    s3_endpoint_url: str = "",
+) -> NamedTuple("Outputs", [("test_accuracy", float), ("metrics_json", str)]):
     """Score the winner's best checkpoint on the held-out split; fail below ``min_test_accuracy``."""
     import json
     import os
@@ -152,9 +240,30 @@ def evaluate_winner(data_uri: str, checkpoint_dir: str, metrics: Output[Metrics]
         config, out_path = os.path.join(tmp, "config.json"), os.path.join(tmp, "eval.json")
         with open(config, "w") as fh:
             fh.write("{}")
-        proc = subprocess.run([sys.executable, "-m", "quicktune.cli", "step", "--evaluate-test", "--config", config,
-                               "--data", data_uri, "--checkpoint-dir", checkpoint_dir, "--split", split,
-                               "--device", device, "--out", out_path], capture_output=True, text=True, env=env)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "quicktune.cli",
+                "step",
+                "--evaluate-test",
+                "--config",
+                config,
+                "--data",
+                data_uri,
+                "--checkpoint-dir",
+                checkpoint_dir,
+                "--split",
+                split,
+                "--device",
+                device,
+                "--out",
+                out_path,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         if proc.returncode != 0 or not os.path.exists(out_path):
             raise RuntimeError(f"evaluation failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-3000:]}")
         with open(out_path) as fh:
@@ -172,9 +281,14 @@ def evaluate_winner(data_uri: str, checkpoint_dir: str, metrics: Output[Metrics]
 
 
 @dsl.component(base_image=IMAGE, packages_to_install=[])
-def promote(search_id: str, tracking_uri: str, model_name: str, alias: str = "champion",
-            experiment: str = "quicktune", s3_endpoint_url: str = "") -> NamedTuple(
-        "Outputs", [("model_uri", str), ("registered_version", str), ("test_accuracy", float)]):
+def promote(
+    search_id: str,
+    tracking_uri: str,
+    model_name: str,
+    alias: str = "champion",
+    experiment: str = "quicktune",
+    s3_endpoint_url: str = "",
+) -> NamedTuple("Outputs", [("model_uri", str), ("registered_version", str), ("test_accuracy", float)]):
     """Register the search's best configuration as an MLflow model and give it the alias."""
     import json
     import os
@@ -185,12 +299,30 @@ def promote(search_id: str, tracking_uri: str, model_name: str, alias: str = "ch
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
     if s3_endpoint_url:
         env.update(AWS_ENDPOINT_URL=s3_endpoint_url, MLFLOW_S3_ENDPOINT_URL=s3_endpoint_url)
-    proc = subprocess.run([sys.executable, "-m", "quicktune.cli", "promote", search_id, "--tracking-uri",
-                           tracking_uri, "--experiment", experiment, "--model-name", model_name, "--alias", alias,
-                           "--json"], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quicktune.cli",
+            "promote",
+            search_id,
+            "--tracking-uri",
+            tracking_uri,
+            "--experiment",
+            experiment,
+            "--model-name",
+            model_name,
+            "--alias",
+            alias,
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     text = proc.stdout
     start = text.rfind("\n{")
-    result = json.loads(text[max(start, 0):]) if "{" in text else {}
+    result = json.loads(text[max(start, 0) :]) if "{" in text else {}
     if proc.returncode != 0 or not result.get("model_version"):
         raise RuntimeError(f"promotion of {search_id} failed ({proc.returncode}): {text[-3000:]}")
     print(json.dumps(result, indent=1, default=str))
@@ -198,8 +330,12 @@ def promote(search_id: str, tracking_uri: str, model_name: str, alias: str = "ch
     return out(result["model_uri"], str(result["model_version"]), float(result.get("test_accuracy") or 0.0))
 
 
-COMPONENTS = {"validate_dataset": validate_dataset, "search": search, "evaluate_winner": evaluate_winner,
-              "promote": promote}
+COMPONENTS = {
+    "validate_dataset": validate_dataset,
+    "search": search,
+    "evaluate_winner": evaluate_winner,
+    "promote": promote,
+}
 
 
 def compile_components(out_dir: str | os.PathLike[str] = HERE) -> list[Path]:
@@ -214,8 +350,9 @@ def compile_components(out_dir: str | os.PathLike[str] = HERE) -> list[Path]:
 
 if __name__ == "__main__":  # pragma: no cover - thin CLI
     parser = argparse.ArgumentParser(description="compile the quicktune KFP components to YAML")
-    parser.add_argument("--image", default=None, help=f"component image (default {DEFAULT_IMAGE}; "
-                                                      "or set QUICKTUNE_COMPONENT_IMAGE)")
+    parser.add_argument(
+        "--image", default=None, help=f"component image (default {DEFAULT_IMAGE}; or set QUICKTUNE_COMPONENT_IMAGE)"
+    )
     parser.add_argument("--out", default=str(HERE))
     args = parser.parse_args()
     if args.image and args.image != IMAGE:

@@ -40,12 +40,20 @@ OUTPUTS = {"cpu": HERE / "quicktune_pipeline.yaml", "gpu": HERE / "quicktune_pip
 
 
 def _secrets(task: dsl.PipelineTask) -> None:
-    kubernetes.use_secret_as_env(task, secret_name=S3_SECRET,
-                                 secret_key_to_env={"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-                                                    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
-    kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET, optional=True,
-                                 secret_key_to_env={"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-                                                    "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"})
+    kubernetes.use_secret_as_env(
+        task,
+        secret_name=S3_SECRET,
+        secret_key_to_env={"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+    )
+    kubernetes.use_secret_as_env(
+        task,
+        secret_name=MLFLOW_SECRET,
+        optional=True,
+        secret_key_to_env={
+            "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+        },
+    )
     kubernetes.add_pod_label(task, "app.kubernetes.io/name", "quicktune")
 
 
@@ -58,39 +66,82 @@ def _on_gpu(task: dsl.PipelineTask) -> None:
 def build_pipeline(gpu: bool = False):
     """The pipeline function; ``gpu=True`` places the evaluation on a GPU node."""
 
-    @dsl.pipeline(name="quicktune-gpu" if gpu else "quicktune",
-                  description="Quick-Tune: find which pretrained timm model to finetune and how, "
-                              "then register the winner in MLflow")
-    def quicktune_pipeline(data_uri: str, tracking_uri: str, model_name: str, budget: str = "2h",
-                           space: str = "builtin:paper", workers: int = 4, backend: str = "kubernetes",
-                           backend_options: dict = {}, max_epochs: int = 10,  # noqa: B006 - KFP default
-                           budget_epochs: int = 0, checkpoint_uri: str = "", experiment: str = "quicktune",
-                           alias: str = "champion", min_test_accuracy: float = 0.0,
-                           device: str = "cuda" if gpu else "cpu", step_device: str = "cpu",
-                           image_size: int = 0, seed: int = 0, s3_endpoint_url: str = "", search_id: str = "",
-                           meta_artifact: str = ""):
+    @dsl.pipeline(
+        name="quicktune-gpu" if gpu else "quicktune",
+        description="Quick-Tune: find which pretrained timm model to finetune and how, "
+        "then register the winner in MLflow",
+    )
+    def quicktune_pipeline(
+        data_uri: str,
+        tracking_uri: str,
+        model_name: str,
+        budget: str = "2h",
+        space: str = "builtin:paper",
+        workers: int = 4,
+        backend: str = "kubernetes",
+        backend_options: dict = {},  # noqa: B006 - a KFP parameter default must be a literal; never mutated
+        max_epochs: int = 10,  # noqa: B006 - KFP default
+        budget_epochs: int = 0,
+        checkpoint_uri: str = "",
+        experiment: str = "quicktune",
+        alias: str = "champion",
+        min_test_accuracy: float = 0.0,
+        device: str = "cuda" if gpu else "cpu",
+        step_device: str = "cpu",
+        image_size: int = 0,
+        seed: int = 0,
+        s3_endpoint_url: str = "",
+        search_id: str = "",
+        meta_artifact: str = "",
+    ):
         validate = qc.validate_dataset(data_uri=data_uri, s3_endpoint_url=s3_endpoint_url)
         validate.set_display_name("validate dataset")
-        search = qc.search(data_uri=data_uri, budget=budget, tracking_uri=tracking_uri, search_id=search_id,
-                           run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, space=space, workers=workers, backend=backend,
-                           backend_options=backend_options, max_epochs=max_epochs, budget_epochs=budget_epochs,
-                           checkpoint_uri=checkpoint_uri, experiment=experiment, device=step_device,
-                           image_size=image_size, seed=seed, s3_endpoint_url=s3_endpoint_url,
-                           meta_artifact=meta_artifact).after(validate)
+        search = qc.search(
+            data_uri=data_uri,
+            budget=budget,
+            tracking_uri=tracking_uri,
+            search_id=search_id,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            space=space,
+            workers=workers,
+            backend=backend,
+            backend_options=backend_options,
+            max_epochs=max_epochs,
+            budget_epochs=budget_epochs,
+            checkpoint_uri=checkpoint_uri,
+            experiment=experiment,
+            device=step_device,
+            image_size=image_size,
+            seed=seed,
+            s3_endpoint_url=s3_endpoint_url,
+            meta_artifact=meta_artifact,
+        ).after(validate)
         search.set_display_name("search").set_caching_options(False)
         search.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
         search.set_cpu_request("1").set_memory_request("3G").set_memory_limit("3G")
-        for env_name, field in (("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid"),
-                                ("POD_NAMESPACE", "metadata.namespace")):
+        for env_name, field in (
+            ("POD_NAME", "metadata.name"),
+            ("POD_UID", "metadata.uid"),
+            ("POD_NAMESPACE", "metadata.namespace"),
+        ):
             kubernetes.use_field_path_as_env(search, env_name=env_name, field_path=field)
-        evaluate = qc.evaluate_winner(data_uri=data_uri, checkpoint_dir=search.outputs["best_checkpoint_dir"],
-                                      min_test_accuracy=min_test_accuracy, device=device,
-                                      s3_endpoint_url=s3_endpoint_url)
+        evaluate = qc.evaluate_winner(
+            data_uri=data_uri,
+            checkpoint_dir=search.outputs["best_checkpoint_dir"],
+            min_test_accuracy=min_test_accuracy,
+            device=device,
+            s3_endpoint_url=s3_endpoint_url,
+        )
         evaluate.set_display_name("evaluate winner on the test split").set_caching_options(False)
         evaluate.set_retry(num_retries=2, backoff_duration="30s")
-        promote = qc.promote(search_id=search.outputs["search_id"], tracking_uri=tracking_uri,
-                             model_name=model_name, alias=alias, experiment=experiment,
-                             s3_endpoint_url=s3_endpoint_url).after(evaluate)
+        promote = qc.promote(
+            search_id=search.outputs["search_id"],
+            tracking_uri=tracking_uri,
+            model_name=model_name,
+            alias=alias,
+            experiment=experiment,
+            s3_endpoint_url=s3_endpoint_url,
+        ).after(evaluate)
         promote.set_display_name("promote to the MLflow registry").set_caching_options(False)
         promote.set_retry(num_retries=2, backoff_duration="30s")
         for task in (validate, search, evaluate, promote):

@@ -47,8 +47,9 @@ def s3_server(tmp_path_factory):
     """A SeaweedFS S3 server for the whole session; credentials are random per session."""
     from quicktune.testing import SeaweedS3
 
-    with SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), access_key="qt-" + secrets.token_hex(4),
-                   secret_key=secrets.token_hex(16)) as server:
+    with SeaweedS3(
+        tmp_path_factory.mktemp("seaweedfs"), access_key="qt-" + secrets.token_hex(4), secret_key=secrets.token_hex(16)
+    ) as server:
         yield server
 
 
@@ -84,7 +85,6 @@ def tiny_image_folder(tmp_path_factory) -> Path:
     from quicktune.cli import main
 
     dest = tmp_path_factory.mktemp("data") / "digits"
-    rc = main(["data", "import", "digits", str(dest), "--max-per-class", str(TINY_PER_CLASS),
-               "--size", str(TINY_SIZE)])
+    rc = main(["data", "import", "digits", str(dest), "--max-per-class", str(TINY_PER_CLASS), "--size", str(TINY_SIZE)])
     assert rc == 0
     return dest

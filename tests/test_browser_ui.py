@@ -44,8 +44,9 @@ def browser_tools():
     if node is None or npm is None:
         pytest.skip("node/npm not installed (apt-get install -y nodejs npm)")
     if not (BROWSER / "node_modules" / "playwright-core").exists():
-        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=BROWSER, capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=BROWSER, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, f"npm ci in {BROWSER} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     return node
 
@@ -66,22 +67,39 @@ def _events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_start_a_search_from_the_mlflow_ui_and_find_the_champion(browser_tools, artifacts, mlflow_server,
-                                                                  tiny_image_folder, tmp_path):
+def test_start_a_search_from_the_mlflow_ui_and_find_the_champion(
+    browser_tools, artifacts, mlflow_server, tiny_image_folder, tmp_path
+):
     from mlflow import MlflowClient
 
     model = f"ui-digits-{uuid.uuid4().hex[:6]}"
     progress = tmp_path / "progress.jsonl"
-    cfg = {"url": mlflow_server.tracking_uri.rstrip("/"), "model": model, "shots": str(artifacts),
-           "progress_file": str(progress), "timeout_s": 420, "chromium": CHROMIUM,
-           "tags": [["quicktune.data", str(tiny_image_folder)], ["quicktune.budget", "10m"],
-                    ["quicktune.max_epochs", "1"], ["quicktune.budget_epochs", "1"],
-                    ["quicktune.image_size", "32"], ["quicktune.request", "start"]]}
+    cfg = {
+        "url": mlflow_server.tracking_uri.rstrip("/"),
+        "model": model,
+        "shots": str(artifacts),
+        "progress_file": str(progress),
+        "timeout_s": 420,
+        "chromium": CHROMIUM,
+        "tags": [
+            ["quicktune.data", str(tiny_image_folder)],
+            ["quicktune.budget", "10m"],
+            ["quicktune.max_epochs", "1"],
+            ["quicktune.budget_epochs", "1"],
+            ["quicktune.image_size", "32"],
+            ["quicktune.request", "start"],
+        ],
+    }
     cfg_file = tmp_path / "browser.json"
     cfg_file.write_text(json.dumps(cfg))
     env = {**os.environ, **mlflow_server.env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
-    browser = subprocess.Popen([browser_tools, str(BROWSER / "request_search.js"), str(cfg_file)], cwd=BROWSER,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    browser = subprocess.Popen(
+        [browser_tools, str(BROWSER / "request_search.js"), str(cfg_file)],
+        cwd=BROWSER,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     watcher = None
     try:
         deadline = time.monotonic() + 180
@@ -92,12 +110,33 @@ def test_start_a_search_from_the_mlflow_ui_and_find_the_champion(browser_tools, 
         client = MlflowClient(mlflow_server.tracking_uri)
         tags = client.get_registered_model(model).tags  # what the person typed reached MLflow
         assert tags["quicktune.request"] == "start" and tags["quicktune.data"] == str(tiny_image_folder)
-        watcher = subprocess.Popen([sys.executable, "-m", "quicktune.cli", "watch", "--tracking-uri",
-                                    mlflow_server.tracking_uri, "--once", "--poll", "2", "--timeout", "400",
-                                    "--experiment", f"ui-{uuid.uuid4().hex[:6]}", "--watcher-id", "browser-test",
-                                    "--state-dir", str(tmp_path / "watch"),
-                                    "--allowed-data-root", str(tiny_image_folder)],
-                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        watcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "quicktune.cli",
+                "watch",
+                "--tracking-uri",
+                mlflow_server.tracking_uri,
+                "--once",
+                "--poll",
+                "2",
+                "--timeout",
+                "400",
+                "--experiment",
+                f"ui-{uuid.uuid4().hex[:6]}",
+                "--watcher-id",
+                "browser-test",
+                "--state-dir",
+                str(tmp_path / "watch"),
+                "--allowed-data-root",
+                str(tiny_image_folder),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         w_out, _ = watcher.communicate(timeout=460)
         b_out, _ = browser.communicate(timeout=120)
     finally:
@@ -123,8 +162,11 @@ def test_start_a_search_from_the_mlflow_ui_and_find_the_champion(browser_tools, 
     assert float(final["incumbent"]) == pytest.approx(parent.data.metrics["incumbent"], abs=1e-4)
     assert client.get_registered_model(model).tags["quicktune.champion_version"] == str(mv.version)
     # what users run: the default space, the meta-learned optimizer with the artifact shipped in the package
-    assert (parent.data.params["space"], parent.data.params["optimizer"], parent.data.params["meta_artifact"]) == \
-        ("builtin:cpu", "quicktune", "null"), parent.data.params
+    assert (parent.data.params["space"], parent.data.params["optimizer"], parent.data.params["meta_artifact"]) == (
+        "builtin:cpu",
+        "quicktune",
+        "null",
+    ), parent.data.params
     assert mv.tags["quicktune.search_id"] == client.get_registered_model(model).tags["quicktune.search_id"]
     for shot in ("01-create-model", "02-request-tags", "03-status-succeeded", "04-champion"):
         assert (artifacts / f"{shot}.png").stat().st_size > 10_000, shot

@@ -23,8 +23,9 @@ def _hadolint() -> str:
 
 
 def test_hadolint_clean():
-    out = subprocess.run([_hadolint(), "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [_hadolint(), "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -66,15 +66,19 @@ def test_pipeline_structure_secrets_caching_retries_gpu(qp):
     assert set(tasks) == {"validate-dataset", "search", "evaluate-winner", "promote"}
     assert tasks["search"]["dependentTasks"] == ["validate-dataset"]
     assert tasks["promote"]["dependentTasks"] == ["evaluate-winner"] or set(tasks["promote"]["dependentTasks"]) == {
-        "evaluate-winner", "search"}
+        "evaluate-winner",
+        "search",
+    }
     for name in ("search", "evaluate-winner", "promote"):
         assert not tasks[name].get("cachingOptions", {}).get("enableCache"), f"{name} must not be cached"
     assert tasks["search"]["retryPolicy"]["maxRetryCount"] == 2
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for ex in executors.values():
         secrets = {s["secretName"]: s for s in ex["secretAsEnv"]}
-        assert {e["envVar"] for e in secrets["quicktune-s3"]["keyToEnv"]} == {"AWS_ACCESS_KEY_ID",
-                                                                            "AWS_SECRET_ACCESS_KEY"}
+        assert {e["envVar"] for e in secrets["quicktune-s3"]["keyToEnv"]} == {
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        }
         assert secrets["quicktune-mlflow"]["optional"] is True
     search_ex = executors["exec-search"]
     assert {f["name"] for f in search_ex["fieldPathAsEnv"]} == {"POD_NAME", "POD_UID", "POD_NAMESPACE"}
@@ -123,10 +127,21 @@ def test_pipeline_runs_end_to_end_with_kfp_local(qp, mlflow_server, tiny_image_f
     experiment = f"kfp-{uuid.uuid4().hex[:6]}"
     # kfp.local raises if any task fails (raise_on_error defaults to True)
     qp.quicktune_pipeline(
-        data_uri=str(tiny_image_folder), tracking_uri=mlflow_server.tracking_uri, model_name=model_name,
-        budget="8m", space=TINY_SPACE, workers=1, backend="local", max_epochs=2, budget_epochs=3,
-        experiment=experiment, image_size=16, min_test_accuracy=0.0, device="cpu",
-        search_id=f"kfp-{uuid.uuid4().hex[:6]}")
+        data_uri=str(tiny_image_folder),
+        tracking_uri=mlflow_server.tracking_uri,
+        model_name=model_name,
+        budget="8m",
+        space=TINY_SPACE,
+        workers=1,
+        backend="local",
+        max_epochs=2,
+        budget_epochs=3,
+        experiment=experiment,
+        image_size=16,
+        min_test_accuracy=0.0,
+        device="cpu",
+        search_id=f"kfp-{uuid.uuid4().hex[:6]}",
+    )
     mlflow.set_tracking_uri(mlflow_server.tracking_uri)
     client = MlflowClient()
     version = client.get_model_version_by_alias(model_name, "champion")
@@ -139,8 +154,10 @@ def test_pipeline_runs_end_to_end_with_kfp_local(qp, mlflow_server, tiny_image_f
     with torch.no_grad():
         logits = model(torch.from_numpy(images))
     assert tuple(logits.shape) == (2, 10)
-    parent = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
-                                filter_string="tags.`quicktune.search_id` LIKE 'kfp-%'")
+    parent = client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id],
+        filter_string="tags.`quicktune.search_id` LIKE 'kfp-%'",
+    )
     assert parent, "the search's parent run must be in MLflow"
     # the test-split evaluation reported its metrics to KFP (a Metrics artifact in the executor output)
     outputs = list((tmp_path / "kfp-root").rglob("evaluate-winner/executor_output.json"))

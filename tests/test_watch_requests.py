@@ -15,12 +15,24 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from quicktune.watch.requests import (
-    EXPERIMENT, MAX_MODEL_NAME_LENGTH, MODEL, TAG_BUDGET, TAG_DATA, TAG_MODEL_NAME, TAG_REQUEST, TAG_SPACE,
-    TAG_STATUS, RequestError, Target, check_name, parse_request, search_id_for)
+    EXPERIMENT,
+    MAX_MODEL_NAME_LENGTH,
+    MODEL,
+    TAG_BUDGET,
+    TAG_DATA,
+    TAG_MODEL_NAME,
+    TAG_REQUEST,
+    TAG_SPACE,
+    TAG_STATUS,
+    RequestError,
+    Target,
+    check_name,
+    parse_request,
+    search_id_for,
+)
 from quicktune.watch.roots import ENV_ALLOWED_ROOTS, AllowedRoots, RootError
 
 K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -35,23 +47,26 @@ def s3_request(name: str = "digits-clf", kind: str = MODEL, **tags: str) -> Targ
 
 
 # --- allowed data roots -------------------------------------------------------------------------
-@pytest.mark.parametrize("root, uri, allowed", [
-    ("s3://", "s3://any-bucket/x", True),
-    ("s3://datasets", "s3://datasets/team/digits", True),
-    ("s3://datasets/team", "s3://datasets/team", True),
-    ("s3://datasets/team/", "s3://datasets/team/digits/", True),
-    ("s3://datasets/team", "s3://datasets/team-b/digits", False),  # a '/' boundary, not a string prefix
-    ("s3://datasets/team", "s3://datasets/teams", False),
-    ("s3://datasets/team", "s3://datasets-2/team/digits", False),
-    ("s3://datasets/team", "s3://datasets", False),
-    ("s3://datasets/team", "s3://datasets/team/../secret", False),  # refused outright, never compared
-    ("s3://datasets/team", "s3://datasets/team//abs/x", False),
-    ("s3://datasets/team", "s3://datasets/team/./x", False),
-    ("s3://", "s3://../x", False),
-    ("s3://", "s3://Bad_Bucket/x", False),
-    ("s3://", "/data/digits", False),  # the default: local paths refused
-    ("s3://", "S3://datasets/x", False),
-])
+@pytest.mark.parametrize(
+    "root, uri, allowed",
+    [
+        ("s3://", "s3://any-bucket/x", True),
+        ("s3://datasets", "s3://datasets/team/digits", True),
+        ("s3://datasets/team", "s3://datasets/team", True),
+        ("s3://datasets/team/", "s3://datasets/team/digits/", True),
+        ("s3://datasets/team", "s3://datasets/team-b/digits", False),  # a '/' boundary, not a string prefix
+        ("s3://datasets/team", "s3://datasets/teams", False),
+        ("s3://datasets/team", "s3://datasets-2/team/digits", False),
+        ("s3://datasets/team", "s3://datasets", False),
+        ("s3://datasets/team", "s3://datasets/team/../secret", False),  # refused outright, never compared
+        ("s3://datasets/team", "s3://datasets/team//abs/x", False),
+        ("s3://datasets/team", "s3://datasets/team/./x", False),
+        ("s3://", "s3://../x", False),
+        ("s3://", "s3://Bad_Bucket/x", False),
+        ("s3://", "/data/digits", False),  # the default: local paths refused
+        ("s3://", "S3://datasets/x", False),
+    ],
+)
 def test_s3_roots_match_bucket_and_prefix_on_slash_boundaries(root, uri, allowed):
     roots = AllowedRoots.parse([root])
     if allowed:
@@ -71,8 +86,14 @@ def test_local_roots_resolve_dotdot_and_symlinks(tmp_path):
     assert roots.check_data(str(allowed / "digits")) == str((allowed / "digits").resolve())
     assert roots.check_data(str(allowed / "x" / ".." / "digits")) == str((allowed / "digits").resolve())
     assert roots.check_data(str(tmp_path / "alias")) == str((allowed / "digits").resolve())
-    for bad in (allowed / ".." / "outside", allowed / "escape", allowed / "escape" / "x", tmp_path / "allowed2",
-                Path("/etc"), Path("/")):
+    for bad in (
+        allowed / ".." / "outside",
+        allowed / "escape",
+        allowed / "escape" / "x",
+        tmp_path / "allowed2",
+        Path("/etc"),
+        Path("/"),
+    ):
         with pytest.raises(RootError, match="not under a data root"):
             roots.check_data(str(bad))
     for bad in ("digits", "./digits", "~/digits", "-digits", "file:///etc", f"{allowed}/digits\n"):
@@ -81,8 +102,7 @@ def test_local_roots_resolve_dotdot_and_symlinks(tmp_path):
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(parts=st.lists(st.sampled_from(["a", "b", "..", ".", "", "in-link", "out-link", "a/..", "..."]),
-                      max_size=8))
+@given(parts=st.lists(st.sampled_from(["a", "b", "..", ".", "", "in-link", "out-link", "a/..", "..."]), max_size=8))
 def test_a_local_path_is_allowed_only_if_it_really_lies_under_the_root(tmp_path_factory, parts):
     """Whatever the '..', '.', empty segments and symlinks: an allowed path is the resolved one and
     lies under the resolved root; a refused one does not."""
@@ -139,8 +159,10 @@ def test_a_rejected_data_path_never_lists_folders(tmp_path, caplog, monkeypatch)
     with pytest.raises(RequestError) as exc:
         parse_request(target({TAG_DATA: str(share), TAG_BUDGET: "1h"}), roots=AllowedRoots.parse([str(tmp_path)]))
     msg = str(exc.value)
-    assert msg == f"dataset cannot be read: {share}: not a dataset: expected one sub-folder per class " \
-                  f"(or labels.csv + images/), with readable images"
+    assert (
+        msg == f"dataset cannot be read: {share}: not a dataset: expected one sub-folder per class "
+        f"(or labels.csv + images/), with readable images"
+    )
     assert not any(n in msg for n in names) and secret not in msg
     assert "payroll-2026" in caplog.text or "empty" in caplog.text  # the detail is in the watcher's log
     assert secret not in caplog.text
@@ -161,8 +183,11 @@ def test_a_credentials_file_as_space_is_never_echoed(tmp_path, caplog, monkeypat
     # inside an allowed root: loaded, fails, and the message is generic
     for ref in (creds, tmp_path / "x" / ".." / "credentials"):
         with pytest.raises(RequestError) as exc:
-            parse_request(target({TAG_DATA: data, TAG_BUDGET: "1h", TAG_SPACE: str(ref)}), check_data=False,
-                          roots=AllowedRoots.parse(["s3://", str(tmp_path)]))
+            parse_request(
+                target({TAG_DATA: data, TAG_BUDGET: "1h", TAG_SPACE: str(ref)}),
+                check_data=False,
+                roots=AllowedRoots.parse(["s3://", str(tmp_path)]),
+            )
         assert str(exc.value) == "quicktune.space: not a valid search-space file (details in the watcher's log)"
     assert secret not in caplog.text and "AKIAEXAMPLE" not in str(exc.value)
     for bad in ("builtin:../../etc/passwd", "builtin:", "builtin:CPU x"):
@@ -174,19 +199,22 @@ def test_a_credentials_file_as_space_is_never_echoed(tmp_path, caplog, monkeypat
 
 
 # --- names --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind, name, tags, reason", [
-    (MODEL, "-clf", {}, "the model name must not start with '-'"),
-    (MODEL, "--help", {}, "the model name must not start with '-'"),
-    (MODEL, "clf\nquicktune.status=succeeded", {}, "the model name contains control characters or line breaks"),
-    (MODEL, "clf\x00", {}, "control characters"),
-    (MODEL, "clf\u202egnp.exe", {}, "control characters"),  # a bidi override disguises the name
-    (MODEL, "clf\u2028x", {}, "control characters"),
-    (MODEL, "x" * (MAX_MODEL_NAME_LENGTH + 1), {}, "the model name is too long"),
-    (MODEL, "   ", {}, "the model name is empty"),
-    (EXPERIMENT, "-exp", {}, "the experiment name must not start with '-'"),
-    (EXPERIMENT, "exp", {TAG_MODEL_NAME: "-m"}, "quicktune.model_name must not start with '-'"),
-    (EXPERIMENT, "exp", {TAG_MODEL_NAME: "m\r\nx"}, "quicktune.model_name contains control characters"),
-])
+@pytest.mark.parametrize(
+    "kind, name, tags, reason",
+    [
+        (MODEL, "-clf", {}, "the model name must not start with '-'"),
+        (MODEL, "--help", {}, "the model name must not start with '-'"),
+        (MODEL, "clf\nquicktune.status=succeeded", {}, "the model name contains control characters or line breaks"),
+        (MODEL, "clf\x00", {}, "control characters"),
+        (MODEL, "clf\u202egnp.exe", {}, "control characters"),  # a bidi override disguises the name
+        (MODEL, "clf\u2028x", {}, "control characters"),
+        (MODEL, "x" * (MAX_MODEL_NAME_LENGTH + 1), {}, "the model name is too long"),
+        (MODEL, "   ", {}, "the model name is empty"),
+        (EXPERIMENT, "-exp", {}, "the experiment name must not start with '-'"),
+        (EXPERIMENT, "exp", {TAG_MODEL_NAME: "-m"}, "quicktune.model_name must not start with '-'"),
+        (EXPERIMENT, "exp", {TAG_MODEL_NAME: "m\r\nx"}, "quicktune.model_name contains control characters"),
+    ],
+)
 def test_bad_names_are_rejected_with_a_reason(kind, name, tags, reason):
     with pytest.raises(RequestError, match=re.escape(reason)) as exc:
         parse_request(s3_request(name, kind, **tags), check_data=False)
@@ -204,8 +232,11 @@ def test_a_bad_name_ends_rejected_and_nothing_is_launched(tmp_path):
             self.tags.append((name, key, value))
 
     client = Client()
-    w = Watcher(WatcherConfig(tracking_uri="http://unused", watcher_id="w", claim_delay=0),
-                LocalLauncher(tmp_path / "state", "http://unused"), client=client)
+    w = Watcher(
+        WatcherConfig(tracking_uri="http://unused", watcher_id="w", claim_delay=0),
+        LocalLauncher(tmp_path / "state", "http://unused"),
+        client=client,
+    )
     t = s3_request("-clf", MODEL, **{TAG_REQUEST: "start"})
     assert w.handle(t) is False
     assert client.tags == [("-clf", TAG_STATUS, "rejected: the model name must not start with '-'")]
@@ -237,8 +268,9 @@ def test_a_launcher_refusal_ends_rejected_and_is_not_retried(tmp_path, tiny_imag
             raise RequestError("the dataset URI contains '$', which this launcher does not pass on")
 
     client = Client()
-    cfg = WatcherConfig(tracking_uri="http://unused", watcher_id="w", claim_delay=0,
-                        roots=AllowedRoots.parse([str(tiny_image_folder)]))
+    cfg = WatcherConfig(
+        tracking_uri="http://unused", watcher_id="w", claim_delay=0, roots=AllowedRoots.parse([str(tiny_image_folder)])
+    )
     w = Watcher(cfg, RefusingLauncher(tmp_path / "state", "http://unused"), client=client)
     t = target({TAG_DATA: str(tiny_image_folder), TAG_BUDGET: "1h", TAG_REQUEST: "start"}, name="clf", kind=MODEL)
     assert w.handle(t) is False
@@ -251,8 +283,7 @@ NAMES = st.text(st.characters(codec="utf-8"), min_size=1, max_size=300)
 
 
 @settings(max_examples=300, deadline=None)
-@given(name=NAMES, kind=st.sampled_from([MODEL, EXPERIMENT]), created=st.integers(0, 2**53),
-       done=st.integers(0, 10**6))
+@given(name=NAMES, kind=st.sampled_from([MODEL, EXPERIMENT]), created=st.integers(0, 2**53), done=st.integers(0, 10**6))
 def test_search_ids_are_kubernetes_names_for_any_name(name, kind, created, done):
     t = Target(kind, name, name, created, {"quicktune.searches_done": str(done)})
     sid = search_id_for(t)
@@ -342,8 +373,11 @@ def test_a_hostile_search_id_tag_is_rejected_not_searched_or_launched(tmp_path, 
     client = Client()
     launcher = LocalLauncher(tmp_path / "state", "http://unused")
     w = Watcher(WatcherConfig(tracking_uri="http://unused", watcher_id="w", claim_delay=0), launcher, client=client)
-    t = s3_request("clf", MODEL, **{TAG_REQUEST: "start", TAG_STATUS: "running", "quicktune.claim": "w:abc",
-                                    "quicktune.search_id": hostile})
+    t = s3_request(
+        "clf",
+        MODEL,
+        **{TAG_REQUEST: "start", TAG_STATUS: "running", "quicktune.claim": "w:abc", "quicktune.search_id": hostile},
+    )
     assert w.handle(t) is False
     assert client.tags[-1][1:] == (TAG_STATUS, client.tags[-1][2]) and client.tags[-1][2].startswith("rejected: ")
     assert hostile not in client.tags[-1][2] and w.launched == []

@@ -21,21 +21,24 @@ import time
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from quicktune.watch.webhook import (DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookReceiver,
-                                     sign)
+from quicktune.watch.webhook import DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookReceiver, sign
 
 SECRET = "s3cret-" + uuid.uuid4().hex[:8]
 
 
-def signed_headers(body: str, delivery: str | None = None, stamp: int | None = None,
-                   secret: str = SECRET) -> dict[str, str]:
+def signed_headers(
+    body: str, delivery: str | None = None, stamp: int | None = None, secret: str = SECRET
+) -> dict[str, str]:
     delivery = delivery or uuid.uuid4().hex
     stamp_s = str(int(time.time()) if stamp is None else stamp)
-    return {DELIVERY_ID_HEADER: delivery, TIMESTAMP_HEADER: stamp_s,
-            SIGNATURE_HEADER: sign(secret, delivery, stamp_s, body), "Content-Type": "application/json"}
+    return {
+        DELIVERY_ID_HEADER: delivery,
+        TIMESTAMP_HEADER: stamp_s,
+        SIGNATURE_HEADER: sign(secret, delivery, stamp_s, body),
+        "Content-Type": "application/json",
+    }
 
 
 def post(port: int, body: bytes, headers: dict[str, str], timeout: float = 20) -> int:
@@ -79,7 +82,7 @@ def closed_by_server(s: socket.socket, timeout: float = 30) -> bool:
         return True
     except ConnectionResetError:
         return True
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False
 
 
@@ -90,8 +93,9 @@ def events():
 
 @pytest.fixture
 def rx(events):
-    with WebhookReceiver(SECRET, events.append, port=0, host="127.0.0.1", max_body=64 * 1024,
-                         request_timeout=2.0, max_connections=16) as receiver:
+    with WebhookReceiver(
+        SECRET, events.append, port=0, host="127.0.0.1", max_body=64 * 1024, request_timeout=2.0, max_connections=16
+    ) as receiver:
         yield receiver
 
 
@@ -111,8 +115,9 @@ def test_a_malformed_or_negative_content_length_gets_400_without_reading_a_body(
 
 
 def test_a_declared_body_over_the_cap_is_refused_before_any_of_it_is_sent(rx, events):
-    s = raw(rx.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 805306368\r\n\r\n")  # 768 MiB, as in the issue; not one byte follows
+    s = raw(
+        rx.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 805306368\r\n\r\n"
+    )  # 768 MiB, as in the issue; not one byte follows
     assert read_status(s) == 413
     assert closed_by_server(s)
     assert rx.refused == 1 and events == []
@@ -144,7 +149,7 @@ def test_a_streamed_body_is_counted_and_cut_at_the_cap(rx, events):
 
 
 def test_a_body_that_never_arrives_times_out(rx):
-    s = raw(rx.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\"")
+    s = raw(rx.port, b'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"a"')
     assert read_status(s) == 408
     assert closed_by_server(s)
 
@@ -233,15 +238,27 @@ def test_remembered_deliveries_are_bounded_by_the_freshness_window(events):
 
 # --- fuzz ---------------------------------------------------------------------------------------
 TOLERANCE = 300
-HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
-                      max_size=60)
-RESERVED = {"content-length", "transfer-encoding", "connection", "host", "expect", "upgrade", "te", "trailer",
-            DELIVERY_ID_HEADER.lower(), TIMESTAMP_HEADER.lower(), SIGNATURE_HEADER.lower()}
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=60)
+RESERVED = {
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "host",
+    "expect",
+    "upgrade",
+    "te",
+    "trailer",
+    DELIVERY_ID_HEADER.lower(),
+    TIMESTAMP_HEADER.lower(),
+    SIGNATURE_HEADER.lower(),
+}
 TOKEN = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789-_"), min_size=1, max_size=20)
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                       max_size=4), max_leaves=12)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 bodies = st.one_of(
     st.dictionaries(st.text(max_size=10), json_values, max_size=5).map(lambda d: json.dumps(d).encode()),
     json_values.map(lambda v: json.dumps(v).encode()),  # JSON, not always an object
@@ -254,18 +271,32 @@ bodies = st.one_of(
 @st.composite
 def deliveries(draw):
     body = draw(bodies)
-    delivery = draw(st.one_of(st.sampled_from(["d-a", "d-b", "d-c"]),  # repeats: replays
-                              st.uuids().map(str), HEADER_TEXT, st.none()))
-    offset = draw(st.one_of(st.integers(-TOLERANCE + 60, TOLERANCE - 60),  # fresh, away from the edge
-                            st.integers(TOLERANCE + 60, 10**7), st.integers(-(10**7), -TOLERANCE - 60)))
+    delivery = draw(
+        st.one_of(
+            st.sampled_from(["d-a", "d-b", "d-c"]),  # repeats: replays
+            st.uuids().map(str),
+            HEADER_TEXT,
+            st.none(),
+        )
+    )
+    offset = draw(
+        st.one_of(
+            st.integers(-TOLERANCE + 60, TOLERANCE - 60),  # fresh, away from the edge
+            st.integers(TOLERANCE + 60, 10**7),
+            st.integers(-(10**7), -TOLERANCE - 60),
+        )
+    )
     stamp = draw(st.one_of(st.just(str(int(time.time()) + offset)), HEADER_TEXT, st.none()))
     how = draw(st.sampled_from(["right", "right", "right", "wrong-secret", "other-body", "garbage", "none"]))
     sig = None
     if how != "none" and delivery is not None and stamp is not None:
         text = body.decode("utf-8", "replace")
-        sig = {"right": sign(SECRET, delivery, stamp, text), "wrong-secret": sign("nope", delivery, stamp, text),
-               "other-body": sign(SECRET, delivery, stamp, text + " "),
-               "garbage": draw(HEADER_TEXT)}[how]
+        sig = {
+            "right": sign(SECRET, delivery, stamp, text),
+            "wrong-secret": sign("nope", delivery, stamp, text),
+            "other-body": sign(SECRET, delivery, stamp, text + " "),
+            "garbage": draw(HEADER_TEXT),
+        }[how]
     extra = draw(st.dictionaries(TOKEN, HEADER_TEXT, max_size=4))
     headers = {k: v for k, v in extra.items() if k.lower() not in RESERVED}
     for name, value in ((DELIVERY_ID_HEADER, delivery), (TIMESTAMP_HEADER, stamp), (SIGNATURE_HEADER, sig)):
@@ -278,21 +309,35 @@ def deliveries(draw):
 @pytest.fixture(scope="module")
 def fuzz_rx():
     events: list = []
-    with WebhookReceiver(SECRET, events.append, port=0, host="127.0.0.1", max_body=4096, tolerance=TOLERANCE,
-                         request_timeout=5.0, max_connections=64) as receiver:
+    with WebhookReceiver(
+        SECRET,
+        events.append,
+        port=0,
+        host="127.0.0.1",
+        max_body=4096,
+        tolerance=TOLERANCE,
+        request_timeout=5.0,
+        max_connections=64,
+    ) as receiver:
         yield receiver, events, set()  # the last: delivery ids the receiver must have consumed
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(case=deliveries())
 def test_fuzz_never_a_5xx_and_accepted_only_when_signed_fresh_and_new(fuzz_rx, case):
     rx, events, seen = fuzz_rx
     body, headers, path, signed_right = case
     delivery, stamp = headers.get(DELIVERY_ID_HEADER, ""), headers.get(TIMESTAMP_HEADER, "")
     fresh = bool(re.fullmatch(r"[0-9]{1,12}", stamp)) and abs(time.time() - int(stamp)) <= TOLERANCE
-    authentic = (signed_right and fresh and bool(re.fullmatch(r"[\x21-\x7e]{1,128}", delivery))
-                 and len(body) <= 4096 and _utf8(body))
+    authentic = (
+        signed_right
+        and fresh
+        and bool(re.fullmatch(r"[\x21-\x7e]{1,128}", delivery))
+        and len(body) <= 4096
+        and _utf8(body)
+    )
     try:
         payload = json.loads(body) if authentic else None
     except (ValueError, RecursionError):
@@ -335,8 +380,9 @@ def _utf8(b: bytes) -> bool:
         return False
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(head=st.lists(st.binary(max_size=40), max_size=6), body=st.binary(max_size=100))
 def test_fuzz_raw_request_heads_never_get_a_5xx(fuzz_rx, head, body):
     """Arbitrary header lines and bytes after a POST request line: 4xx or a closed connection."""
@@ -345,7 +391,7 @@ def test_fuzz_raw_request_heads_never_get_a_5xx(fuzz_rx, head, body):
     s = raw(rx.port, b"POST / HTTP/1.1\r\n" + b"\r\n".join(head) + b"\r\n\r\n" + body)
     try:
         status = read_status(s)
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         status = None
     finally:
         s.close()

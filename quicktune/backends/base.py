@@ -50,8 +50,9 @@ class StepRequest:
     max_epochs: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_epochs is not None and (isinstance(self.max_epochs, bool) or not isinstance(self.max_epochs, int)
-                                            or self.max_epochs < 1):
+        if self.max_epochs is not None and (
+            isinstance(self.max_epochs, bool) or not isinstance(self.max_epochs, int) or self.max_epochs < 1
+        ):
             raise ValueError(f"max_epochs must be a positive integer or None, got {self.max_epochs!r}")
 
     @property
@@ -86,9 +87,14 @@ class StepRequest:
         read as an option.
         """
         args = [] if config_path is None else [f"--config={config_path}"]
-        args += [f"--data={self.data_uri}", f"--to-epoch={int(self.to_epoch)}",
-                 f"--checkpoint-dir={self.checkpoint_dir}", f"--out={out}",
-                 f"--device={device or self.device or 'cpu'}", f"--seed={int(self.seed or 0)}"]
+        args += [
+            f"--data={self.data_uri}",
+            f"--to-epoch={int(self.to_epoch)}",
+            f"--checkpoint-dir={self.checkpoint_dir}",
+            f"--out={out}",
+            f"--device={device or self.device or 'cpu'}",
+            f"--seed={int(self.seed or 0)}",
+        ]
         if self.image_size:
             args.append(f"--image-size={int(self.image_size)}")
         if self.max_epochs is not None:

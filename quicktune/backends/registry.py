@@ -40,14 +40,33 @@ def backend_class(name: str) -> type[TrialBackend]:
     return getattr(module, cls_name)
 
 
-def make_backend(name: str, *, workers: int = 1, workdir: str | Path = ".quicktune", search_id: str | None = None,
-                 step_timeout: float | None = None, threads_per_worker: int = 1, **options: Any) -> TrialBackend:
+def make_backend(
+    name: str,
+    *,
+    workers: int = 1,
+    workdir: str | Path = ".quicktune",
+    search_id: str | None = None,
+    step_timeout: float | None = None,
+    threads_per_worker: int = 1,
+    **options: Any,
+) -> TrialBackend:
     cls: Any = backend_class(name)  # constructors differ per backend; from_options maps the common settings
     from_options = getattr(cls, "from_options", None)
     if callable(from_options):
-        return from_options(workers=workers, workdir=str(workdir), search_id=search_id, step_timeout=step_timeout,
-                            threads_per_worker=threads_per_worker, **options)
+        return from_options(
+            workers=workers,
+            workdir=str(workdir),
+            search_id=search_id,
+            step_timeout=step_timeout,
+            threads_per_worker=threads_per_worker,
+            **options,
+        )
     if name == "local":
-        return cls(Path(workdir), max_workers=workers, threads_per_worker=threads_per_worker,
-                   step_timeout=step_timeout, **options)
+        return cls(
+            Path(workdir),
+            max_workers=workers,
+            threads_per_worker=threads_per_worker,
+            step_timeout=step_timeout,
+            **options,
+        )
     return cls(max_concurrent=workers, search_id=search_id, **options)

@@ -71,13 +71,23 @@ class RealStepRequests:
         from quicktune.space import config_id
 
         cid = config_id(config)
-        return StepRequest(search_id=search_id, config_id=cid, config=config, data_uri=self.data_uri,
-                           to_epoch=to_epoch, checkpoint_dir=f"{self.checkpoint_root.rstrip('/')}/{search_id}/{cid}",
-                           seed=0, device="cpu", image_size=self.image_size, extra_env=extra_env)
+        return StepRequest(
+            search_id=search_id,
+            config_id=cid,
+            config=config,
+            data_uri=self.data_uri,
+            to_epoch=to_epoch,
+            checkpoint_dir=f"{self.checkpoint_root.rstrip('/')}/{search_id}/{cid}",
+            seed=0,
+            device="cpu",
+            image_size=self.image_size,
+            extra_env=extra_env,
+        )
 
 
-def wait_done(backend: TrialBackend, step_id: str, timeout: float = DEFAULT_WAIT_SECONDS,
-              check: Callable[[], None] | None = None):
+def wait_done(
+    backend: TrialBackend, step_id: str, timeout: float = DEFAULT_WAIT_SECONDS, check: Callable[[], None] | None = None
+):
     """Poll until the step is terminal; ``check`` runs after every poll (e.g. a capacity check)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -87,8 +97,10 @@ def wait_done(backend: TrialBackend, step_id: str, timeout: float = DEFAULT_WAIT
         if status.done:
             return status
         if time.monotonic() > deadline:
-            raise AssertionError(f"step {step_id} not done after {timeout} s (state {status.state}); "
-                                 f"logs:\n{backend.logs(step_id)[-3000:]}")
+            raise AssertionError(
+                f"step {step_id} not done after {timeout} s (state {status.state}); "
+                f"logs:\n{backend.logs(step_id)[-3000:]}"
+            )
         time.sleep(0.2)
 
 

@@ -12,7 +12,7 @@ import importlib
 import logging
 import re
 import sys
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 # Modules that provide subcommands, in the order they appear in --help.
 _SUBCOMMAND_MODULES = [

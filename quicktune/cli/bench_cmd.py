@@ -32,34 +32,63 @@ Examples:
 def register(subparsers: Any) -> None:
     from quicktune.cli import _Formatter
 
-    p = subparsers.add_parser("bench", help="benchmark optimizers on a learning-curve table (simulated time)",
-                              description=DESCRIPTION, formatter_class=_Formatter)
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark optimizers on a learning-curve table (simulated time)",
+        description=DESCRIPTION,
+        formatter_class=_Formatter,
+    )
     p.add_argument("--table", help="learning-curve table (.parquet or .csv)")
-    p.add_argument("--optimizer", action="append", default=[], metavar="NAME",
-                   help="optimizer to compare (repeatable): quicktune, quicktune-nometa, quicktune-nocost, "
-                        "dyhpo, random, sh, asha, hyperband, and peers such as optuna-tpe, synetune-dyhpo")
+    p.add_argument(
+        "--optimizer",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="optimizer to compare (repeatable): quicktune, quicktune-nometa, quicktune-nocost, "
+        "dyhpo, random, sh, asha, hyperband, and peers such as optuna-tpe, synetune-dyhpo",
+    )
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1) per dataset and optimizer")
-    p.add_argument("--budget-multiple", type=float, default=20.0,
-                   help="budget per dataset = this x the median cost of one full curve")
+    p.add_argument(
+        "--budget-multiple",
+        type=float,
+        default=20.0,
+        help="budget per dataset = this x the median cost of one full curve",
+    )
     p.add_argument("--out", help="output folder")
-    p.add_argument("--meta-train", choices=["loo", "none"], default="loo",
-                   help="meta-train quicktune / quicktune-nocost leaving the evaluated dataset out, or not")
-    p.add_argument("--meta-train-epochs", type=int, default=None,
-                   help="meta-training epochs (default: the meta-trainer's own default)")
+    p.add_argument(
+        "--meta-train",
+        choices=["loo", "none"],
+        default="loo",
+        help="meta-train quicktune / quicktune-nocost leaving the evaluated dataset out, or not",
+    )
+    p.add_argument(
+        "--meta-train-epochs",
+        type=int,
+        default=None,
+        help="meta-training epochs (default: the meta-trainer's own default)",
+    )
     p.add_argument("--datasets", default="", help="comma-separated datasets to evaluate (default: all)")
     p.add_argument("--workers", type=int, default=1, help="parallel simulated workers per run")
     p.add_argument("--jobs", type=int, default=1, help="datasets run in parallel processes")
-    p.add_argument("--overhead-clock", choices=["wall", "cpu"], default="wall",
-                   help="how the optimizer's ask/tell overhead is measured (wall clock or thread CPU time)")
+    p.add_argument(
+        "--overhead-clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="how the optimizer's ask/tell overhead is measured (wall clock or thread CPU time)",
+    )
     p.add_argument("--no-resume", action="store_true", help="rerun runs whose result files already exist")
     p.add_argument("--title", default="", help="title for the result table and plots")
     p.set_defaults(handler=_bench)
 
     sub = p.add_subparsers(dest="bench_command", metavar="{synth}")
-    s = sub.add_parser("synth", help="write a synthetic learning-curve table", formatter_class=_Formatter,
-                       description="Write a synthetic LCT: parametric curves with plateaus, overfitting, "
-                                   "divergence (NaN), noise, per-model costs, conditional hyperparameters "
-                                   "and related datasets with meta-features.")
+    s = sub.add_parser(
+        "synth",
+        help="write a synthetic learning-curve table",
+        formatter_class=_Formatter,
+        description="Write a synthetic LCT: parametric curves with plateaus, overfitting, "
+        "divergence (NaN), noise, per-model costs, conditional hyperparameters "
+        "and related datasets with meta-features.",
+    )
     s.add_argument("--out", required=True, help="output path (.parquet or .csv)")
     s.add_argument("--datasets", type=int, default=6, help="number of datasets")
     s.add_argument("--configs", type=int, default=200, help="configs per dataset")
@@ -108,18 +137,33 @@ def _bench(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        summary = run_benchmark(table, optimizers, args.seeds, args.budget_multiple, args.out,
-                                meta_train=args.meta_train, datasets=datasets, workers=args.workers,
-                                jobs=args.jobs, overhead_clock=args.overhead_clock, resume=not args.no_resume,
-                                title=args.title or str(args.table), on_run=on_run,
-                                meta_train_options=({"epochs": args.meta_train_epochs}
-                                                    if args.meta_train_epochs else None))
+        summary = run_benchmark(
+            table,
+            optimizers,
+            args.seeds,
+            args.budget_multiple,
+            args.out,
+            meta_train=args.meta_train,
+            datasets=datasets,
+            workers=args.workers,
+            jobs=args.jobs,
+            overhead_clock=args.overhead_clock,
+            resume=not args.no_resume,
+            title=args.title or str(args.table),
+            on_run=on_run,
+            meta_train_options=({"epochs": args.meta_train_epochs} if args.meta_train_epochs else None),
+        )
     except ValueError as exc:
         bar.close()
         print(f"quicktune bench: {exc}", file=sys.stderr)
         return 2
     bar.close()
-    print(format_table(summary, "mean normalized regret / mean rank at fractions of the budget "
-                                "(clock with optimizer overhead; lower is better)"))
+    print(
+        format_table(
+            summary,
+            "mean normalized regret / mean rank at fractions of the budget "
+            "(clock with optimizer overhead; lower is better)",
+        )
+    )
     print(f"\nresults in {args.out} (summary.json, summary_table_clock.json, results.md, regret.png, rank.png, runs/)")
     return 0

@@ -26,11 +26,18 @@ look at everything in the MLflow UI. About 3 minutes on 2 CPUs by default.
 def register(subparsers: Any) -> None:
     from quicktune.cli import _Formatter
 
-    p = subparsers.add_parser("demo", help="a real few-minute search on bundled data (digits)",
-                              description=DESCRIPTION, formatter_class=_Formatter)
+    p = subparsers.add_parser(
+        "demo",
+        help="a real few-minute search on bundled data (digits)",
+        description=DESCRIPTION,
+        formatter_class=_Formatter,
+    )
     p.add_argument("--out", default="out/demo", help="output folder (dataset, MLflow store, step state)")
-    p.add_argument("--budget", default=os.environ.get("QUICKTUNE_DEMO_BUDGET", "3m"),
-                   help="wall-clock budget (also $QUICKTUNE_DEMO_BUDGET)")
+    p.add_argument(
+        "--budget",
+        default=os.environ.get("QUICKTUNE_DEMO_BUDGET", "3m"),
+        help="wall-clock budget (also $QUICKTUNE_DEMO_BUDGET)",
+    )
     p.add_argument("--workers", type=int, default=2, help="parallel local step processes")
     p.add_argument("--model-name", default="digits-classifier", help="registered model name")
     p.set_defaults(handler=_demo)
@@ -47,13 +54,38 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"quicktune demo: writing the packaged digits dataset to {data}", flush=True)
         import_dataset("digits", str(data))
     tracking = f"sqlite:///{out / 'mlflow.db'}"
-    print(f"quicktune demo: searching builtin:cpu on {data} for {args.budget} with {args.workers} workers "
-          f"(MLflow store {tracking})", flush=True)
+    print(
+        f"quicktune demo: searching builtin:cpu on {data} for {args.budget} with {args.workers} workers "
+        f"(MLflow store {tracking})",
+        flush=True,
+    )
     t0 = time.monotonic()
-    code = quicktune_main(["search", "--data", str(data), "--budget", args.budget, "--space", "builtin:cpu",
-                           "--workers", str(args.workers), "--max-epochs", "5", "--image-size", "32",
-                           "--model-name", args.model_name, "--tracking-uri", tracking,
-                           "--workdir", str(out / "work")])
-    print(f"quicktune demo: done in {time.monotonic() - t0:.0f} s (exit code {code}); MLflow UI: "
-          f"mlflow ui --backend-store-uri {tracking}", flush=True)
+    code = quicktune_main(
+        [
+            "search",
+            "--data",
+            str(data),
+            "--budget",
+            args.budget,
+            "--space",
+            "builtin:cpu",
+            "--workers",
+            str(args.workers),
+            "--max-epochs",
+            "5",
+            "--image-size",
+            "32",
+            "--model-name",
+            args.model_name,
+            "--tracking-uri",
+            tracking,
+            "--workdir",
+            str(out / "work"),
+        ]
+    )
+    print(
+        f"quicktune demo: done in {time.monotonic() - t0:.0f} s (exit code {code}); MLflow UI: "
+        f"mlflow ui --backend-store-uri {tracking}",
+        flush=True,
+    )
     return code

@@ -7,11 +7,17 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("hub", help="the model catalogue and weight sources",
-                            description="Models quicktune can finetune, their size, ImageNet accuracy and weights.")
+    parser = sub.add_parser(
+        "hub",
+        help="the model catalogue and weight sources",
+        description="Models quicktune can finetune, their size, ImageNet accuracy and weights.",
+    )
     hsub = parser.add_subparsers(dest="hub_command", metavar="ACTION")
-    lst = hsub.add_parser("list", help="list the models of a hub",
-                          description="List the models of the cpu hub (offline), the paper hub (24 models) or all.")
+    lst = hsub.add_parser(
+        "list",
+        help="list the models of a hub",
+        description="List the models of the cpu hub (offline), the paper hub (24 models) or all.",
+    )
     lst.add_argument("--hub", default="cpu", choices=["cpu", "paper", "all"], help="which hub")
     lst.add_argument("--weights-config", help="weights config file (default $QUICKTUNE_WEIGHTS_CONFIG)")
     lst.add_argument("--json", action="store_true", help="print JSON")

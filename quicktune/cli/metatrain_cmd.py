@@ -18,17 +18,24 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("metatrain", help="meta-train the Quick-Tune surrogate on a learning-curve table",
-                              description=__doc__,
-                              formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=100))
+    p = subparsers.add_parser(
+        "metatrain",
+        help="meta-train the Quick-Tune surrogate on a learning-curve table",
+        description=__doc__,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=100),
+    )
     p.add_argument("--table", required=True, metavar="PATH", help="learning-curve table (.parquet or .csv)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for weights.safetensors + artifact.json")
     p.add_argument("--exclude", default="", metavar="A,B", help="comma-separated datasets to leave out")
     p.add_argument("--epochs", type=int, default=20, help="meta-training epochs (default 20)")
     p.add_argument("--steps-per-epoch", type=int, default=50, help="Adam steps per epoch (default 50)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--val-fraction", type=float, default=0.15,
-                   help="fraction of each dataset's configs held out for checkpoint selection (default 0.15)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        help="fraction of each dataset's configs held out for checkpoint selection (default 0.15)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.set_defaults(handler=_handle)
 
@@ -50,12 +57,27 @@ def _handle(args: argparse.Namespace) -> int:
         if missing:
             print(f"quicktune metatrain: --exclude names datasets not in {args.table}: {missing}", file=sys.stderr)
             return 2
-        art = meta_train(df, exclude=exclude, epochs=args.epochs, seed=args.seed, val_fraction=args.val_fraction,
-                         steps_per_epoch=args.steps_per_epoch)
+        art = meta_train(
+            df,
+            exclude=exclude,
+            epochs=args.epochs,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            steps_per_epoch=args.steps_per_epoch,
+        )
     except LCTError as exc:
         print(f"quicktune metatrain: {exc}", file=sys.stderr)
         return 1
     out = art.save(args.out)
-    print(json.dumps({"out": str(out), "datasets": art.datasets, "excluded": art.excluded,
-                      "best_val_nll": art.metrics.get("best_val_nll"), "table_hash": art.table_hash}))
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "datasets": art.datasets,
+                "excluded": art.excluded,
+                "best_val_nll": art.metrics.get("best_val_nll"),
+                "table_hash": art.table_hash,
+            }
+        )
+    )
     return 0

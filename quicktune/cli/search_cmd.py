@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from quicktune.durations import DurationError
-from quicktune.durations import parse_duration as _parse_duration
+from quicktune.durations import DurationError, parse_duration as _parse_duration
 from quicktune.tracking.names import InvalidNameError, check_search_id
 
 
@@ -71,7 +70,7 @@ def _tracking(args: argparse.Namespace) -> tuple[str, str | None]:
     if not uri:
         return default_tracking()
     if uri.startswith("sqlite:///"):
-        return uri, str(Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns")
+        return uri, str(Path(uri[len("sqlite:///") :]).resolve().parent / "mlruns")
     return uri, None
 
 
@@ -87,56 +86,85 @@ def _quiet_clients() -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "search", help="run (or resume) a search and register the winner",
+        "search",
+        help="run (or resume) a search and register the winner",
         description="Run Quick-Tune on a dataset within a budget: each step finetunes one configuration "
-                    "for one more epoch (local worker processes or Kubernetes Jobs); everything is recorded "
-                    "in MLflow (one parent run per search, one child run per configuration). Killed, it "
-                    "resumes with the same --search-id without losing or repeating an epoch. With "
-                    "--model-name the best configuration is tested on the held-out split and registered "
-                    "with the alias 'champion'.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "for one more epoch (local worker processes or Kubernetes Jobs); everything is recorded "
+        "in MLflow (one parent run per search, one child run per configuration). Killed, it "
+        "resumes with the same --search-id without losing or repeating an epoch. With "
+        "--model-name the best configuration is tested on the held-out split and registered "
+        "with the alias 'champion'.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--data", required=True, help="dataset: a local image folder or s3://bucket/prefix")
     p.add_argument("--budget", required=True, type=parse_duration, help="wall-clock budget, e.g. 90s, 20m, 4h")
     p.add_argument("--space", default="builtin:cpu", help="search-space YAML or builtin:NAME (cpu, paper)")
     p.add_argument("--workers", type=_positive_int, default=1, help="steps running at once")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here "
-                        "with artifacts in ./mlruns)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here "
+        "with artifacts in ./mlruns)",
+    )
     p.add_argument("--experiment", default="quicktune", help="MLflow experiment")
     p.add_argument("--model-name", default=None, help="register the winner under this name (skip if omitted)")
     p.add_argument("--alias", default="champion", help="alias given to the registered version")
-    p.add_argument("--search-id", default=None, type=search_id_arg,
-                   help="resume this search, or name a new one (lowercase letters, digits and '-', at most 63)")
+    p.add_argument(
+        "--search-id",
+        default=None,
+        type=search_id_arg,
+        help="resume this search, or name a new one (lowercase letters, digits and '-', at most 63)",
+    )
     p.add_argument("--optimizer", default="quicktune", help="quicktune, random, asha, hyperband, dyhpo, ...")
-    p.add_argument("--meta-artifact", default=None, metavar="DIR_OR_URI",
-                   help="meta-trained surrogate to start from: a folder written by `quicktune metatrain` or an "
-                        "s3://bucket/prefix holding its artifact.json + weights.safetensors (default: the one "
-                        "shipped in the package, meta-trained on quicktune's own meta-dataset)")
+    p.add_argument(
+        "--meta-artifact",
+        default=None,
+        metavar="DIR_OR_URI",
+        help="meta-trained surrogate to start from: a folder written by `quicktune metatrain` or an "
+        "s3://bucket/prefix holding its artifact.json + weights.safetensors (default: the one "
+        "shipped in the package, meta-trained on quicktune's own meta-dataset)",
+    )
     p.add_argument("--max-epochs", type=_positive_int, default=10, help="epochs per configuration at most")
     p.add_argument("--image-size", type=_positive_int, default=None, help="input size in px (default: the step's)")
-    p.add_argument("--checkpoint-uri", default=None,
-                   help="s3://bucket/prefix (or folder) for checkpoints (default: the MLflow artifact store "
-                        "when it is S3, else WORKDIR/checkpoints)")
+    p.add_argument(
+        "--checkpoint-uri",
+        default=None,
+        help="s3://bucket/prefix (or folder) for checkpoints (default: the MLflow artifact store "
+        "when it is S3, else WORKDIR/checkpoints)",
+    )
     p.add_argument("--backend", default="local", help="local or kubernetes")
-    p.add_argument("--backend-option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="extra backend setting (e.g. namespace=ml, image=REGISTRY/quicktune:TAG)")
+    p.add_argument(
+        "--backend-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra backend setting (e.g. namespace=ml, image=REGISTRY/quicktune:TAG)",
+    )
     p.add_argument("--workdir", default=".quicktune", help="local state: step files, local checkpoints")
     p.add_argument("--seed", type=int, default=0, help="optimizer and training seed")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--budget-epochs", type=_positive_int, default=None, help="also stop after this many epochs")
-    p.add_argument("--budget-step-seconds", type=parse_duration, default=None,
-                   help="also stop when the steps' summed cost reaches this (GPU-seconds on GPUs)")
+    p.add_argument(
+        "--budget-step-seconds",
+        type=parse_duration,
+        default=None,
+        help="also stop when the steps' summed cost reaches this (GPU-seconds on GPUs)",
+    )
     p.add_argument("--threads-per-worker", type=_positive_int, default=1, help="CPU threads per local step")
     p.add_argument("--step-timeout", type=parse_duration, default=None, help="kill a step after this long")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_search)
 
-    q = sub.add_parser("promote", help="test and register the best configuration of a finished search",
-                       description="Evaluate a search's best configuration (by validation score) on the held-out "
-                                   "test split, log it as an MLflow model that takes raw uint8 images "
-                                   "[N, H, W, 3], register it and set an alias.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q = sub.add_parser(
+        "promote",
+        help="test and register the best configuration of a finished search",
+        description="Evaluate a search's best configuration (by validation score) on the held-out "
+        "test split, log it as an MLflow model that takes raw uint8 images "
+        "[N, H, W, 3], register it and set an alias.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     q.add_argument("search_id", metavar="SEARCH_ID", type=search_id_arg)
     q.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default as for search)")
     q.add_argument("--experiment", default="quicktune", help="MLflow experiment")
@@ -165,38 +193,68 @@ def _search(args: argparse.Namespace) -> int:
 
     tracking_uri, artifact_location = _tracking(args)
     try:
-        spec = SearchSpec(data_uri=_local_data(args.data), budget_seconds=args.budget, space=args.space,
-                          search_id=args.search_id or "", workers=args.workers, max_epochs=args.max_epochs,
-                          seed=args.seed, optimizer=args.optimizer, meta_artifact=args.meta_artifact,
-                          image_size=args.image_size, device=args.device,
-                          checkpoint_uri=args.checkpoint_uri, workdir=str(Path(args.workdir).resolve()),
-                          budget_epochs=args.budget_epochs, budget_gpu_seconds=args.budget_step_seconds)
-        backend = make_backend(args.backend, workers=args.workers, workdir=spec.workdir, search_id=spec.search_id,
-                               step_timeout=args.step_timeout, threads_per_worker=args.threads_per_worker,
-                               **dict(args.backend_option))
+        spec = SearchSpec(
+            data_uri=_local_data(args.data),
+            budget_seconds=args.budget,
+            space=args.space,
+            search_id=args.search_id or "",
+            workers=args.workers,
+            max_epochs=args.max_epochs,
+            seed=args.seed,
+            optimizer=args.optimizer,
+            meta_artifact=args.meta_artifact,
+            image_size=args.image_size,
+            device=args.device,
+            checkpoint_uri=args.checkpoint_uri,
+            workdir=str(Path(args.workdir).resolve()),
+            budget_epochs=args.budget_epochs,
+            budget_gpu_seconds=args.budget_step_seconds,
+        )
+        backend = make_backend(
+            args.backend,
+            workers=args.workers,
+            workdir=spec.workdir,
+            search_id=spec.search_id,
+            step_timeout=args.step_timeout,
+            threads_per_worker=args.threads_per_worker,
+            **dict(args.backend_option),
+        )
         backend.warm_up()  # overlaps connecting to MLflow (run_search asks again: a no-op by then)
         tracker = SearchTracker(tracking_uri, experiment=args.experiment, artifact_location=artifact_location)
         result = run_search(spec, backend, tracker, progress=not args.no_progress)
     except (SearchError, InfrastructureError, ValueError) as exc:
         print(f"quicktune search: {exc}", file=sys.stderr)
         return 2
-    out: dict[str, Any] = {"search_id": result.search_id, "status": result.status, "message": result.message,
-                           "parent_run_id": result.parent_run_id, "best_config_id": result.best_config_id,
-                           "best_config": result.best_config, "best_score": result.best_score,
-                           "best_epoch": result.best_epoch, "configs_tried": result.configs_tried,
-                           "epochs_done": result.epochs_done, "elapsed_seconds": result.elapsed_seconds,
-                           "tracking_uri": safe_uri(tracking_uri)}
+    out: dict[str, Any] = {
+        "search_id": result.search_id,
+        "status": result.status,
+        "message": result.message,
+        "parent_run_id": result.parent_run_id,
+        "best_config_id": result.best_config_id,
+        "best_config": result.best_config,
+        "best_score": result.best_score,
+        "best_epoch": result.best_epoch,
+        "configs_tried": result.configs_tried,
+        "epochs_done": result.epochs_done,
+        "elapsed_seconds": result.elapsed_seconds,
+        "tracking_uri": safe_uri(tracking_uri),
+    }
     code = 0 if result.status == "succeeded" else 1
     if not args.json:
-        print(f"\nsearch {result.search_id}: {result.status} ({result.message}) after "
-              f"{_fmt_seconds(result.elapsed_seconds)}")
+        print(
+            f"\nsearch {result.search_id}: {result.status} ({result.message}) after "
+            f"{_fmt_seconds(result.elapsed_seconds)}"
+        )
         print(f"  configurations tried: {result.configs_tried}, epochs trained: {result.epochs_done}")
         if result.best_config_id:
-            print(f"  best: validation accuracy {result.best_score:.4f} -- {result.best_config.get('model')} "
-                  f"(config {result.best_config_id}, epoch {result.best_epoch})")
+            print(
+                f"  best: validation accuracy {result.best_score:.4f} -- {result.best_config.get('model')} "
+                f"(config {result.best_config_id}, epoch {result.best_epoch})"
+            )
     if result.status == "succeeded" and args.model_name:
-        code = _do_promote(result.search_id, tracking_uri, args.experiment, args.model_name, args.alias, out,
-                           quiet=args.json)
+        code = _do_promote(
+            result.search_id, tracking_uri, args.experiment, args.model_name, args.alias, out, quiet=args.json
+        )
     if args.json:
         print(json.dumps(out, indent=2, default=str))
     else:
@@ -206,8 +264,15 @@ def _search(args: argparse.Namespace) -> int:
     return code
 
 
-def _do_promote(search_id: str, tracking_uri: str, experiment: str, model_name: str | None, alias: str,
-                out: dict[str, Any], quiet: bool) -> int:
+def _do_promote(
+    search_id: str,
+    tracking_uri: str,
+    experiment: str,
+    model_name: str | None,
+    alias: str,
+    out: dict[str, Any],
+    quiet: bool,
+) -> int:
     from quicktune.search import PromotionError, promote
     from quicktune.tracking import InfrastructureError
 
@@ -217,11 +282,20 @@ def _do_promote(search_id: str, tracking_uri: str, experiment: str, model_name: 
         print(f"quicktune promote: {exc}", file=sys.stderr)
         out["promotion_error"] = str(exc)
         return 3
-    out.update({"model_name": p.model_name, "model_version": p.version, "model_uri": p.model_uri,
-                "test_accuracy": p.test_accuracy, "promoted_config_id": p.config_id})
+    out.update(
+        {
+            "model_name": p.model_name,
+            "model_version": p.version,
+            "model_uri": p.model_uri,
+            "test_accuracy": p.test_accuracy,
+            "promoted_config_id": p.config_id,
+        }
+    )
     if not quiet:
-        print(f"  registered: {p.model_uri} (version {p.version}), test accuracy {p.test_accuracy:.4f} "
-              f"on {int(p.test.get('n', 0))} held-out images")
+        print(
+            f"  registered: {p.model_uri} (version {p.version}), test accuracy {p.test_accuracy:.4f} "
+            f"on {int(p.test.get('n', 0))} held-out images"
+        )
         print(f"  use it: mlflow.pytorch.load_model({p.model_uri!r})(uint8 images [N, H, W, 3]) -> logits")
     return 0
 
@@ -230,8 +304,7 @@ def _promote(args: argparse.Namespace) -> int:
     _quiet_clients()
     tracking_uri, _ = _tracking(args)
     out: dict[str, Any] = {"search_id": args.search_id}
-    code = _do_promote(args.search_id, tracking_uri, args.experiment, args.model_name, args.alias, out,
-                       quiet=args.json)
+    code = _do_promote(args.search_id, tracking_uri, args.experiment, args.model_name, args.alias, out, quiet=args.json)
     if args.json:
         print(json.dumps(out, indent=2, default=str))
     return code

@@ -22,16 +22,26 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("space", help="validate a search-space YAML file or sample configs from it",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "space",
+        help="validate a search-space YAML file or sample configs from it",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="space_command", metavar="ACTION")
     v = sub.add_parser("validate", help="check a space file; exit 1 with the error if it is invalid")
     v.add_argument("file", metavar="FILE", help="space YAML file (or builtin:NAME)")
-    v.add_argument("--syntax-only", action="store_true",
-                   help="check the format only, not that the finetuning step accepts every knob, value and model")
+    v.add_argument(
+        "--syntax-only",
+        action="store_true",
+        help="check the format only, not that the finetuning step accepts every knob, value and model",
+    )
     v.set_defaults(handler=_validate)
-    s = sub.add_parser("sample", help="print N distinct configs sampled from a space, one JSON per line",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s = sub.add_parser(
+        "sample",
+        help="print N distinct configs sampled from a space, one JSON per line",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     s.add_argument("file", metavar="FILE", help="space YAML file or builtin:NAME (builtin:paper, builtin:cpu)")
     s.add_argument("-n", type=int, default=5, help="number of configs")
     s.add_argument("--seed", type=int, default=0, help="sampling seed")
@@ -58,8 +68,10 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"invalid: {exc}", file=sys.stderr)
         return 1
     n_cond = sum(1 for p in space.params if p.only_active_with)
-    print(f"ok: space {space.name!r} from {args.file}: {len(space.params)} parameters "
-          f"({n_cond} conditional), model parameter {space.model_param!r}")
+    print(
+        f"ok: space {space.name!r} from {args.file}: {len(space.params)} parameters "
+        f"({n_cond} conditional), model parameter {space.model_param!r}"
+    )
     return 0
 
 

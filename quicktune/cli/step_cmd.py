@@ -12,7 +12,10 @@ from quicktune.finetune import entry
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "step", help="finetune one config up to an epoch (resuming from its checkpoint)",
-        description=entry.DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "step",
+        help="finetune one config up to an epoch (resuming from its checkpoint)",
+        description=entry.DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     entry.add_step_arguments(p)
     p.set_defaults(handler=entry.run_parsed)

@@ -57,10 +57,18 @@ def seed_everything(value: int) -> None:
     torch.manual_seed(value)
 
 
-def build_training(cfg: Mapping[str, Any], defaults: Mapping[str, Any], num_classes: int, in_chans: int,
-                   image_size: int, dev: torch.device, seed: int, max_epochs: int,
-                   weights_config: str | Mapping[str, Any] | None,
-                   warnings: list[str] | None = None) -> TrainingParts:
+def build_training(
+    cfg: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    num_classes: int,
+    in_chans: int,
+    image_size: int,
+    dev: torch.device,
+    seed: int,
+    max_epochs: int,
+    weights_config: str | Mapping[str, Any] | None,
+    warnings: list[str] | None = None,
+) -> TrainingParts:
     """Network (seeded init), StochNorm, freezing, regularizers, optimizer, scheduler, loss, mixup.
 
     Built the same way on every step of a config (a resumed step then loads the checkpoint's
@@ -84,12 +92,22 @@ def build_training(cfg: Mapping[str, Any], defaults: Mapping[str, Any], num_clas
     warnings = warnings if warnings is not None else []
     seed_everything(epoch_seed_init(seed))
     want_source = cfg["cotuning_reg"] > 0
-    net, source_head = build_network(cfg["model"], num_classes, in_chans, image_size, float(cfg["drop"]),
-                                     pretrained=bool(defaults["pretrained"]), defaults=defaults,
-                                     weights_config=weights_config, keep_source_head=want_source)
+    net, source_head = build_network(
+        cfg["model"],
+        num_classes,
+        in_chans,
+        image_size,
+        float(cfg["drop"]),
+        pretrained=bool(defaults["pretrained"]),
+        defaults=defaults,
+        weights_config=weights_config,
+        keep_source_head=want_source,
+    )
     if want_source and source_head is None:
-        warnings.append(f"cotuning_reg={cfg['cotuning_reg']} ignored: {cfg['model']} has no pretrained source head "
-                        f"(random init in this hub)")
+        warnings.append(
+            f"cotuning_reg={cfg['cotuning_reg']} ignored: {cfg['model']} has no pretrained source head "
+            f"(random init in this hub)"
+        )
     stoch = 0
     if cfg["stoch_norm"]:
         stoch = convert_to_stoch_norm(net)
@@ -123,14 +141,26 @@ def build_training(cfg: Mapping[str, Any], defaults: Mapping[str, Any], num_clas
         kwargs["layer_decay"] = float(cfg["layer_decay"])
     optimizer = create_optimizer_v2(net, **kwargs)
     if regs.source_head is not None:
-        optimizer.add_param_group({"params": list(regs.source_head.parameters()), "lr": float(cfg["lr"]),
-                                   "weight_decay": float(cfg["weight_decay"])})
+        optimizer.add_param_group(
+            {
+                "params": list(regs.source_head.parameters()),
+                "lr": float(cfg["lr"]),
+                "weight_decay": float(cfg["weight_decay"]),
+            }
+        )
     sched_kwargs: dict[str, Any] = dict(
-        sched=cfg["sched"], num_epochs=int(max_epochs), warmup_epochs=int(cfg["warmup_epochs"]),
-        warmup_lr=float(cfg["warmup_lr"]), min_lr=0.0, decay_rate=float(cfg["decay_rate"]),
+        sched=cfg["sched"],
+        num_epochs=int(max_epochs),
+        warmup_epochs=int(cfg["warmup_epochs"]),
+        warmup_lr=float(cfg["warmup_lr"]),
+        min_lr=0.0,
+        decay_rate=float(cfg["decay_rate"]),
         decay_epochs=int(cfg["decay_epochs"]),
         decay_milestones=[int(cfg["decay_epochs"]), 2 * int(cfg["decay_epochs"])],
-        patience_epochs=int(cfg["patience_epochs"]), plateau_mode="max", step_on_epochs=True)
+        patience_epochs=int(cfg["patience_epochs"]),
+        plateau_mode="max",
+        step_on_epochs=True,
+    )
     with warnings_mod.catch_warnings():
         # timm deprecates PlateauLRScheduler because *its* state_dict drops the patience counters;
         # this step saves the full ReduceLROnPlateau state itself (see quicktune.finetune.state.scheduler_state).
@@ -139,8 +169,15 @@ def build_training(cfg: Mapping[str, Any], defaults: Mapping[str, Any], num_clas
 
     mixup = None
     if (cfg["mixup"] > 0 or cfg["cutmix"] > 0) and cfg["mixup_prob"] > 0:
-        mixup = Mixup(mixup_alpha=float(cfg["mixup"]), cutmix_alpha=float(cfg["cutmix"]), prob=float(cfg["mixup_prob"]),
-                      switch_prob=0.5, mode="batch", label_smoothing=float(cfg["smoothing"]), num_classes=num_classes)
+        mixup = Mixup(
+            mixup_alpha=float(cfg["mixup"]),
+            cutmix_alpha=float(cfg["cutmix"]),
+            prob=float(cfg["mixup_prob"]),
+            switch_prob=0.5,
+            mode="batch",
+            label_smoothing=float(cfg["smoothing"]),
+            num_classes=num_classes,
+        )
         loss_fn: Any = SoftTargetCrossEntropy()
     elif cfg["smoothing"] > 0:
         loss_fn = LabelSmoothingCrossEntropy(smoothing=float(cfg["smoothing"]))
@@ -148,9 +185,20 @@ def build_training(cfg: Mapping[str, Any], defaults: Mapping[str, Any], num_clas
         loss_fn = torch.nn.CrossEntropyLoss()
     amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
-    return TrainingParts(net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler, regs=regs, mixup=mixup,
-                         loss_fn=loss_fn, amp=amp, freeze=freeze, stoch_norm_layers=stoch, optimizer_kwargs=kwargs,
-                         scheduler_kwargs=sched_kwargs)
+    return TrainingParts(
+        net=net,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        regs=regs,
+        mixup=mixup,
+        loss_fn=loss_fn,
+        amp=amp,
+        freeze=freeze,
+        stoch_norm_layers=stoch,
+        optimizer_kwargs=kwargs,
+        scheduler_kwargs=sched_kwargs,
+    )
 
 
 def epoch_seed_init(seed: int) -> int:
@@ -161,8 +209,14 @@ def epoch_seed_init(seed: int) -> int:
 
 
 @torch.no_grad()
-def compute_relationship(net: torch.nn.Module, source_head: torch.nn.Module, train_set: Any, num_classes: int,
-                         dev: torch.device, batch_size: int) -> torch.Tensor:
+def compute_relationship(
+    net: torch.nn.Module,
+    source_head: torch.nn.Module,
+    train_set: Any,
+    num_classes: int,
+    dev: torch.device,
+    batch_size: int,
+) -> torch.Tensor:
     """Co-tuning's p(y_source | y_target) from the pretrained model on the (unaugmented) training images."""
     from quicktune.finetune.model import apply_source_head
     from quicktune.finetune.regularizers import category_relationship

@@ -21,16 +21,26 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from quicktune import storage
 
 __all__ = [
-    "CheckpointError", "Checkpoint", "FORMAT", "save_checkpoint", "list_checkpoints", "load_checkpoint",
-    "load_newest", "prune", "optimizer_to_parts", "optimizer_from_parts", "to_jsonable",
+    "CheckpointError",
+    "Checkpoint",
+    "FORMAT",
+    "save_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_newest",
+    "prune",
+    "optimizer_to_parts",
+    "optimizer_from_parts",
+    "to_jsonable",
 ]
 
 FORMAT = "quicktune-checkpoint/1"
@@ -141,7 +151,8 @@ def load_checkpoint(manifest_uri: str, *, tensors: bool = True) -> Checkpoint:
         if digest != manifest.get("sha256") or len(data) != manifest.get("size"):
             raise CheckpointError(
                 f"checkpoint {tensor_uri} is corrupt: SHA-256 {digest[:12]}... ({len(data)} bytes) does not match "
-                f"the manifest's {str(manifest.get('sha256'))[:12]}... ({manifest.get('size')} bytes)")
+                f"the manifest's {str(manifest.get('sha256'))[:12]}... ({manifest.get('size')} bytes)"
+            )
         from safetensors.torch import load
 
         try:
@@ -193,7 +204,9 @@ def prune(directory: str, keep_epochs: set[int]) -> list[int]:
 # --------------------------------------------------------------------------------------------
 # Optimizer state <-> (tensors, JSON)
 # --------------------------------------------------------------------------------------------
-def optimizer_to_parts(state: Mapping[str, Any], prefix: str = "optim/") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_to_parts(
+    state: Mapping[str, Any], prefix: str = "optim/"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split ``optimizer.state_dict()`` into tensors and JSON metadata."""
     tensors: dict[str, torch.Tensor] = {}
     per_param: dict[str, dict[str, Any]] = {}

@@ -11,7 +11,8 @@ validation is instant.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 __all__ = ["InvalidConfigError", "KNOBS", "DEFAULTS", "resolve_config", "parse_betas"]
 
@@ -34,6 +35,7 @@ def _float(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
         if hi is not None and x > hi:
             raise InvalidConfigError(f"knob {name!r}: {v!r} must be <= {hi}")
         return x
+
     return check
 
 
@@ -45,6 +47,7 @@ def _int(lo: int, hi: int | None = None) -> Callable[[str, Any], int]:
         if x < lo or (hi is not None and x > hi):
             raise InvalidConfigError(f"knob {name!r}: {v!r} must be in [{lo}, {hi if hi is not None else 'inf'}]")
         return x
+
     return check
 
 
@@ -59,6 +62,7 @@ def _choice(*choices: str) -> Callable[[str, Any], str]:
         if v not in choices:
             raise InvalidConfigError(f"knob {name!r}: {v!r} is not one of {list(choices)}")
         return str(v)
+
     return check
 
 

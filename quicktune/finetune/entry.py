@@ -29,39 +29,56 @@ MAX_EPOCHS_ENV = "QUICKTUNE_MAX_EPOCHS"
 
 def add_step_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``quicktune step`` (``StepRequest.argv`` emits them as ``--flag=value``)."""
-    p.add_argument("--config", help="CONFIG.json: the config's active knobs (docs/search-space.md); "
-                                    "required unless --evaluate-test")
+    p.add_argument(
+        "--config",
+        help="CONFIG.json: the config's active knobs (docs/search-space.md); required unless --evaluate-test",
+    )
     p.add_argument("--data", help="dataset URI: a local folder or s3://bucket/prefix")
     p.add_argument("--to-epoch", type=int, help="train up to this epoch (1-based); required unless --evaluate-test")
     p.add_argument("--checkpoint-dir", help="this config's checkpoint folder (local or s3://)")
     p.add_argument("--out", help="where to write RESULT.json (local or s3://)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="training seed (data order, init, augmentation)")
-    p.add_argument("--split-seed", type=int, default=0,
-                   help="seed of the 60/20/20 split when the data has no split files")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="input size in px (default: 32 on CPU, the model's on GPU)")
-    p.add_argument("--max-epochs", type=int, default=None,
-                   help="lr schedule length (the search's epoch budget); default $QUICKTUNE_MAX_EPOCHS or 50")
+    p.add_argument(
+        "--split-seed", type=int, default=0, help="seed of the 60/20/20 split when the data has no split files"
+    )
+    p.add_argument(
+        "--image-size", type=int, default=None, help="input size in px (default: 32 on CPU, the model's on GPU)"
+    )
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help="lr schedule length (the search's epoch budget); default $QUICKTUNE_MAX_EPOCHS or 50",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--workers", type=int, default=None, help="data-loader worker processes (default: 0 on CPU)")
     p.add_argument("--cache-dir", default=None, help="dataset cache folder (S3 mirrors)")
-    p.add_argument("--weights-config", default=None,
-                   help="weights-source config (YAML/JSON path; default $QUICKTUNE_WEIGHTS_CONFIG, "
-                        "see quicktune.hub.weights)")
+    p.add_argument(
+        "--weights-config",
+        default=None,
+        help="weights-source config (YAML/JSON path; default $QUICKTUNE_WEIGHTS_CONFIG, see quicktune.hub.weights)",
+    )
     p.add_argument("--deterministic", action="store_true", help="deterministic cuDNN kernels (slower on GPU)")
-    p.add_argument("--evaluate-test", action="store_true",
-                   help="do not train: evaluate the best checkpoint on --split and write the metrics to --out")
+    p.add_argument(
+        "--evaluate-test",
+        action="store_true",
+        help="do not train: evaluate the best checkpoint on --split and write the metrics to --out",
+    )
     p.add_argument("--split", default="test", help="split for --evaluate-test")
-    p.add_argument("--worker", action="store_true",
-                   help="warm worker: read one JSON step request per stdin line, run it in this process, answer "
-                        "one JSON line per request on stdout (saves the ~5 CPU s of imports per step)")
+    p.add_argument(
+        "--worker",
+        action="store_true",
+        help="warm worker: read one JSON step request per stdin line, run it in this process, answer "
+        "one JSON line per request on stdout (saves the ~5 CPU s of imports per step)",
+    )
 
 
 def build_step_parser() -> argparse.ArgumentParser:
     """A stand-alone parser for the step's arguments (what follows ``quicktune step``)."""
-    p = argparse.ArgumentParser(prog="quicktune step", description=DESCRIPTION,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="quicktune step", description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_step_arguments(p)
     return p
 
@@ -116,10 +133,23 @@ def run_parsed(args: argparse.Namespace) -> int:
     from quicktune.finetune.step import run_step
 
     try:
-        result = run_step(config, args.data, args.to_epoch, args.checkpoint_dir, out=args.out, device=args.device,
-                          seed=args.seed, image_size=args.image_size, cache_dir=args.cache_dir, max_epochs=max_epochs,
-                          threads=args.threads, split_seed=args.split_seed, num_workers=args.workers,
-                          deterministic=args.deterministic, weights_config=args.weights_config)
+        result = run_step(
+            config,
+            args.data,
+            args.to_epoch,
+            args.checkpoint_dir,
+            out=args.out,
+            device=args.device,
+            seed=args.seed,
+            image_size=args.image_size,
+            cache_dir=args.cache_dir,
+            max_epochs=max_epochs,
+            threads=args.threads,
+            split_seed=args.split_seed,
+            num_workers=args.workers,
+            deterministic=args.deterministic,
+            weights_config=args.weights_config,
+        )
     except Exception as exc:  # noqa: BLE001 - only writing --out can raise here
         print(f"quicktune step: could not write {args.out}: {exc}", file=sys.stderr)
         return 2
@@ -142,8 +172,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        metrics = evaluate_checkpoint(args.checkpoint_dir, args.data, split=args.split, device=args.device,
-                                      cache_dir=args.cache_dir)
+        metrics = evaluate_checkpoint(
+            args.checkpoint_dir, args.data, split=args.split, device=args.device, cache_dir=args.cache_dir
+        )
         out = {"status": "ok", "message": "", **metrics}
     except Exception as exc:  # noqa: BLE001
         logging.getLogger(__name__).exception("evaluation failed")
@@ -172,8 +203,22 @@ def _fail(args: argparse.Namespace, message: str, status: str = "failed") -> int
     return 0
 
 
-_REQUEST_KEYS = {"config", "data", "to_epoch", "checkpoint_dir", "out", "device", "seed", "image_size", "max_epochs",
-                 "split_seed", "weights_config", "cache_dir", "deterministic", "id"}
+_REQUEST_KEYS = {
+    "config",
+    "data",
+    "to_epoch",
+    "checkpoint_dir",
+    "out",
+    "device",
+    "seed",
+    "image_size",
+    "max_epochs",
+    "split_seed",
+    "weights_config",
+    "cache_dir",
+    "deterministic",
+    "id",
+}
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -186,9 +231,16 @@ def _worker(args: argparse.Namespace) -> int:
     defaults for device, threads, seed, image size, schedule length and cache folder."""
     from quicktune.finetune.step import run_step
 
-    defaults = {"device": args.device, "seed": args.seed, "image_size": args.image_size, "split_seed": args.split_seed,
-                "max_epochs": args.max_epochs or _env_max_epochs(), "weights_config": args.weights_config,
-                "cache_dir": args.cache_dir, "deterministic": args.deterministic}
+    defaults = {
+        "device": args.device,
+        "seed": args.seed,
+        "image_size": args.image_size,
+        "split_seed": args.split_seed,
+        "max_epochs": args.max_epochs or _env_max_epochs(),
+        "weights_config": args.weights_config,
+        "cache_dir": args.cache_dir,
+        "deterministic": args.deterministic,
+    }
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -203,8 +255,16 @@ def _worker(args: argparse.Namespace) -> int:
             if unknown or missing:
                 raise ValueError(f"unknown keys {unknown}, missing keys {missing}")
             kw = {**defaults, **{k: v for k, v in req.items() if k in defaults}}
-            result = run_step(req["config"], req["data"], int(req["to_epoch"]), req["checkpoint_dir"], out=req["out"],
-                              threads=args.threads, num_workers=args.workers, **kw)
+            result = run_step(
+                req["config"],
+                req["data"],
+                int(req["to_epoch"]),
+                req["checkpoint_dir"],
+                out=req["out"],
+                threads=args.threads,
+                num_workers=args.workers,
+                **kw,
+            )
             answer.update(status=result["status"], message=result["message"], out=req["out"])
         except Exception as exc:  # noqa: BLE001 - a bad request must not stop the worker
             answer["error"] = f"{type(exc).__name__}: {exc}"

@@ -38,7 +38,9 @@ def find_checkpoint(checkpoint_dir: str, which: str | int = "best") -> Checkpoin
     return load_checkpoint(by_epoch[epoch])
 
 
-def load_trained_model(checkpoint_dir: str, which: str | int = "best", device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_trained_model(
+    checkpoint_dir: str, which: str | int = "best", device: str = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The trained network in eval mode and its preprocessing (a JSON-serialisable dict:
     ``image_size``, ``in_chans``, ``mean``, ``std``, ``resize`` (``"square-bilinear"``), ``classes``,
     ``model``, ``epoch``, ``val_score``). ``Preprocessing(d).transform(pil_image)`` applies it."""
@@ -49,23 +51,44 @@ def load_trained_model(checkpoint_dir: str, which: str | int = "best", device: s
     m = ck.manifest
     cfg = m["resolved_config"]
     defaults = model_defaults(cfg["model"])
-    net, _ = build_network(cfg["model"], int(m["num_classes"]), int(m["in_chans"]), int(m["image_size"]),
-                           float(cfg.get("drop", 0.0)), pretrained=False, defaults=defaults)
-    state = {k[len("model/"):]: v for k, v in ck.tensors.items() if k.startswith("model/")}
+    net, _ = build_network(
+        cfg["model"],
+        int(m["num_classes"]),
+        int(m["in_chans"]),
+        int(m["image_size"]),
+        float(cfg.get("drop", 0.0)),
+        pretrained=False,
+        defaults=defaults,
+    )
+    state = {k[len("model/") :]: v for k, v in ck.tensors.items() if k.startswith("model/")}
     net.load_state_dict(state, strict=True)
     net.to(device).eval()
     score = next((r["score"] for r in m.get("history", []) if r["epoch"] == ck.epoch), None)
     pre = Preprocessing(
-        image_size=int(m["image_size"]), in_chans=int(m["in_chans"]), mean=list(m["mean"]), std=list(m["std"]),
-        resize="square-bilinear", classes=list(m["classes"]), model=cfg["model"], epoch=ck.epoch, val_score=score,
+        image_size=int(m["image_size"]),
+        in_chans=int(m["in_chans"]),
+        mean=list(m["mean"]),
+        std=list(m["std"]),
+        resize="square-bilinear",
+        classes=list(m["classes"]),
+        model=cfg["model"],
+        epoch=ck.epoch,
+        val_score=score,
         config=m["config"],
     )
     return net, pre
 
 
-def evaluate_checkpoint(checkpoint_dir: str, data_uri: str, split: str = "test", which: str | int = "best",
-                        device: str = "cpu", cache_dir: str | None = None, batch_size: int = 256,
-                        threads: int | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint_dir: str,
+    data_uri: str,
+    split: str = "test",
+    which: str | int = "best",
+    device: str = "cpu",
+    cache_dir: str | None = None,
+    batch_size: int = 256,
+    threads: int | None = None,
+) -> dict[str, Any]:
     """Top-1/top-5/loss of a checkpoint on a split of the dataset it was trained on (the split is
     recomputed with the checkpoint's split seed, so ``test`` is the config's held-out test set)."""
     from quicktune.data import open_dataset
@@ -80,8 +103,15 @@ def evaluate_checkpoint(checkpoint_dir: str, data_uri: str, split: str = "test",
         raise CheckpointError(f"{data_uri}: its classes differ from the ones the checkpoint was trained on")
     data = ImageSet(ds, ds.split(split), pre["image_size"], pre["in_chans"], pre["mean"], pre["std"], None)
     out = evaluate(net, eval_batches(data, batch_size), torch.device(device), amp=str(device).startswith("cuda"))
-    return {"split": split, "epoch": pre["epoch"], "top1": out["top1"], "top5": out["top5"], "loss": out["loss"],
-            "n": out["n"], "val_score": pre["val_score"]}
+    return {
+        "split": split,
+        "epoch": pre["epoch"],
+        "top1": out["top1"],
+        "top5": out["top5"],
+        "loss": out["loss"],
+        "n": out["n"],
+        "val_score": pre["val_score"],
+    }
 
 
 def _split_seed(checkpoint_dir: str) -> int:

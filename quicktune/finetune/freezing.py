@@ -35,7 +35,7 @@ def head_parameter_names(model: nn.Module) -> set[str]:
     ids = {id(p) for h in heads for p in h.parameters()}
     cfg = getattr(model, "pretrained_cfg", None) or {}
     names = cfg.get("classifier") if isinstance(cfg, dict) else getattr(cfg, "classifier", None)
-    for name in ([names] if isinstance(names, str) else list(names or [])):
+    for name in [names] if isinstance(names, str) else list(names or []):
         try:
             module = model.get_submodule(name)
         except AttributeError:

@@ -9,7 +9,8 @@ are precomputed too, so a training batch is a single indexing operation.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,16 @@ def epoch_seed(seed: int, epoch: int, purpose: str = "epoch") -> int:
 class ImageSet(torch.utils.data.Dataset):
     """The images of one split, resized once; ``policy`` (train only) runs per sample."""
 
-    def __init__(self, dataset: Any, indices: Sequence[int], image_size: int, in_chans: int,
-                 mean: Sequence[float], std: Sequence[float], policy: Callable[[Image.Image], Image.Image] | None = None):
+    def __init__(
+        self,
+        dataset: Any,
+        indices: Sequence[int],
+        image_size: int,
+        in_chans: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        policy: Callable[[Image.Image], Image.Image] | None = None,
+    ):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = torch.as_tensor(np.asarray(dataset.labels)[self.indices], dtype=torch.long)
         self.in_chans, self.mean, self.std, self.policy = in_chans, tuple(mean), tuple(std), policy
@@ -39,8 +48,11 @@ class ImageSet(torch.utils.data.Dataset):
         # (a quarter of float32's memory) and normalize per batch.
         self.tensors: torch.Tensor | None = None
         if policy is None:
-            self.tensors = torch.stack([to_uint8(im, in_chans) for im in self.images]) \
-                if self.images else torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8)
+            self.tensors = (
+                torch.stack([to_uint8(im, in_chans) for im in self.images])
+                if self.images
+                else torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8)
+            )
             self.images = []
 
     def __len__(self) -> int:
@@ -77,20 +89,26 @@ def train_order(n: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Gene
     return torch.randperm(n, generator=gen), gen
 
 
-def train_batches(data: ImageSet, batch_size: int, seed: int, epoch: int, num_workers: int = 0,
-                  pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def train_batches(
+    data: ImageSet, batch_size: int, seed: int, epoch: int, num_workers: int = 0, pin_memory: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled full batches of the training split for ``epoch`` (1-based)."""
     n = len(data)
     bs = effective_batch_size(n, batch_size)
     order, _ = train_order(n, seed, epoch)
-    batches = [order[i:i + bs] for i in range(0, n - bs + 1, bs)] if bs > 0 else []
+    batches = [order[i : i + bs] for i in range(0, n - bs + 1, bs)] if bs > 0 else []
     if num_workers <= 0 or data.tensors is not None:
         for ks in batches:
             yield data.batch(ks)
         return
     loader = torch.utils.data.DataLoader(
-        data, batch_sampler=[b.tolist() for b in batches], num_workers=num_workers, pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, "workers")), persistent_workers=False)
+        data,
+        batch_sampler=[b.tolist() for b in batches],
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, "workers")),
+        persistent_workers=False,
+    )
     yield from loader
 
 

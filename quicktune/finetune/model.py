@@ -14,13 +14,20 @@ the step's image size (``img_size=...``); convolutional models need nothing.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["UnknownModelError", "model_defaults", "build_network", "source_head_of", "apply_source_head",
-           "forward_with_features"]
+__all__ = [
+    "UnknownModelError",
+    "model_defaults",
+    "build_network",
+    "source_head_of",
+    "apply_source_head",
+    "forward_with_features",
+]
 
 
 class UnknownModelError(ValueError):
@@ -51,17 +58,31 @@ def model_defaults(name: str, weights_config: Mapping[str, Any] | None = None) -
     }
 
 
-def build_network(name: str, num_classes: int, in_chans: int, image_size: int, drop_rate: float,
-                  pretrained: bool, defaults: Mapping[str, Any], weights_config: Mapping[str, Any] | None = None,
-                  keep_source_head: bool = False) -> tuple[nn.Module, nn.Module | None]:
+def build_network(
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    image_size: int,
+    drop_rate: float,
+    pretrained: bool,
+    defaults: Mapping[str, Any],
+    weights_config: Mapping[str, Any] | None = None,
+    keep_source_head: bool = False,
+) -> tuple[nn.Module, nn.Module | None]:
     """The network with a fresh ``num_classes`` head, and (with ``keep_source_head``) a copy of
     the pretrained classifier head (for co-tuning); the copy is None when there is none."""
     from quicktune import hub
 
     keep = keep_source_head and pretrained
-    net = hub.create_model(name, num_classes=int(defaults.get("source_classes", 1000)) if keep else num_classes,
-                           in_chans=in_chans, pretrained=pretrained, drop_rate=drop_rate,
-                           weights_config=weights_config, image_size=int(image_size))
+    net = hub.create_model(
+        name,
+        num_classes=int(defaults.get("source_classes", 1000)) if keep else num_classes,
+        in_chans=in_chans,
+        pretrained=pretrained,
+        drop_rate=drop_rate,
+        weights_config=weights_config,
+        image_size=int(image_size),
+    )
     source_head = None
     if keep:
         source_head = source_head_of(net)

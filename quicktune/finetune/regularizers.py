@@ -27,15 +27,21 @@ Each weight (``sp_reg`` ...) multiplies its term; 0 switches it off.
 from __future__ import annotations
 
 import functools
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "SPRegularization", "DeltaRegularization", "BatchSpectralShrinkage", "category_relationship",
-    "cotuning_loss", "convert_to_stoch_norm", "StochNorm2d", "StochNorm1d",
+    "SPRegularization",
+    "DeltaRegularization",
+    "BatchSpectralShrinkage",
+    "category_relationship",
+    "cotuning_loss",
+    "convert_to_stoch_norm",
+    "StochNorm2d",
+    "StochNorm1d",
 ]
 
 
@@ -54,7 +60,7 @@ class SPRegularization:
     def penalty(self) -> torch.Tensor:
         """The unweighted ``0.5 * sum ||w - w0||^2``."""
         total = torch.zeros((), device=self.starts[0].device if self.starts else "cpu")
-        for p, p0 in zip(self.params, self.starts):
+        for p, p0 in zip(self.params, self.starts, strict=True):
             total = total + 0.5 * torch.sum((p - p0) ** 2)
         return total
 
@@ -89,7 +95,7 @@ class BatchSpectralShrinkage:
 
     def penalty(self, features: torch.Tensor) -> torch.Tensor:
         s = torch.linalg.svdvals(features.float().flatten(1).t())
-        return torch.sum(s[-self.k:] ** 2)
+        return torch.sum(s[-self.k :] ** 2)
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         return self.weight * self.penalty(features)

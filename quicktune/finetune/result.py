@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 STATUSES = ("ok", "diverged", "oom", "invalid", "failed")
 INVALID_KINDS = ("config", "image_size", "data")
@@ -39,7 +40,9 @@ EPOCH_KEYS = ("epoch", "score", "top5", "val_loss", "train_loss", "train_seconds
 __all__ = ["STATUSES", "INVALID_KINDS", "EPOCH_KEYS", "make_result", "validate_result", "write_result", "read_result"]
 
 
-def make_result(status: str, message: str = "", epochs: list[Mapping[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+def make_result(
+    status: str, message: str = "", epochs: list[Mapping[str, Any]] | None = None, **extra: Any
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "status": status,
         "message": message,
@@ -69,7 +72,9 @@ def validate_result(result: Mapping[str, Any]) -> None:
             raise ValueError(f"RESULT: epoch entry {e} lacks {missing}")
         if not (0.0 <= float(e["score"]) <= 1.0):
             raise ValueError(f"RESULT: epoch {e['epoch']} score {e['score']} outside [0, 1]")
-        if not math.isclose(float(e["cost"]), float(e["train_seconds"]) + float(e["eval_seconds"]), rel_tol=1e-6, abs_tol=1e-6):
+        if not math.isclose(
+            float(e["cost"]), float(e["train_seconds"]) + float(e["eval_seconds"]), rel_tol=1e-6, abs_tol=1e-6
+        ):
             raise ValueError(f"RESULT: epoch {e['epoch']} cost != train_seconds + eval_seconds")
     kind = result.get("invalid_kind")
     if kind is not None and (result.get("status") != "invalid" or kind not in INVALID_KINDS):

@@ -17,7 +17,8 @@ a ``float`` range for an integer knob is refused, since it samples non-integers.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from quicktune.finetune.config import KNOBS, InvalidConfigError
 from quicktune.space import Param, SearchSpace, SpaceError, _short
@@ -47,7 +48,7 @@ def _step_says(check: Callable[[str, Any], Any], name: str, value: Any) -> str |
     except InvalidConfigError as exc:
         text = str(exc)
         prefix = f"knob {name!r}: "
-        return text[len(prefix):] if text.startswith(prefix) else text
+        return text[len(prefix) :] if text.startswith(prefix) else text
     return None
 
 
@@ -65,8 +66,10 @@ def _type_problem(kind: str, value: Any) -> str | None:
     if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
         return f"{_short(value)} is not an integer"
     if kind in ("int", "float") and isinstance(value, str) and _looks_numeric(value):
-        return (f"{_short(value)} is a string, not a number (YAML reads 1e-3 as a string: write 1.0e-3, "
-                f"or {value.strip()} without quotes if it has a dot)")
+        return (
+            f"{_short(value)} is a string, not a number (YAML reads 1e-3 as a string: write 1.0e-3, "
+            f"or {value.strip()} without quotes if it has a dot)"
+        )
     if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
         return f"{_short(value)} is not a number"
     if kind == "bool" and not isinstance(value, bool):
@@ -130,14 +133,14 @@ def space_problems(space: SearchSpace, *, check_models: bool = True) -> list[str
     if MODEL_KNOB not in names:
         problems.append(f"no parameter {MODEL_KNOB!r}: the step needs a timm model name in every config")
     elif space.model_param != MODEL_KNOB:
-        problems.append(f"model_param is {_short(space.model_param)}, but the step reads the model from "
-                        f"{MODEL_KNOB!r}")
+        problems.append(f"model_param is {_short(space.model_param)}, but the step reads the model from {MODEL_KNOB!r}")
     for p in space.params:
         if p.name not in KNOBS:
             close = difflib.get_close_matches(p.name, list(KNOBS), n=3, cutoff=0.7)
             hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-            problems.append(f"parameter {_short(p.name)}: not a knob of the finetuning step ({hint}"
-                            f"knobs: docs/search-space.md)")
+            problems.append(
+                f"parameter {_short(p.name)}: not a knob of the finetuning step ({hint}knobs: docs/search-space.md)"
+            )
             continue
         found = _model_problems(p, check_models) if p.name == MODEL_KNOB else _knob_problems(p)
         problems.extend(f"parameter {p.name!r}: {why}" for why in found)

@@ -23,15 +23,43 @@ from quicktune.finetune.checkpoint import Checkpoint, CheckpointError, optimizer
 if TYPE_CHECKING:  # pragma: no cover
     from quicktune.finetune.build import TrainingParts
 
-__all__ = ["CheckpointMeta", "MANIFEST_KEYS", "checkpoint_tensors", "restore_state", "scheduler_state",
-           "load_scheduler_state"]
+__all__ = [
+    "CheckpointMeta",
+    "MANIFEST_KEYS",
+    "checkpoint_tensors",
+    "restore_state",
+    "scheduler_state",
+    "load_scheduler_state",
+]
 
 #: the keys of a checkpoint manifest written by a step (checkpoint.save_checkpoint adds its own
 #: format/epoch/checksum keys); older checkpoints have the same ones, and resume reads only these
 MANIFEST_KEYS = (
-    "config", "resolved_config", "model", "seed", "split_seed", "image_size", "in_chans", "num_classes", "classes",
-    "mean", "std", "pretrained", "max_epochs", "data_uri", "data_fingerprint", "history", "best_epoch",
-    "best_score", "optimizer", "scheduler", "scaler", "rng", "stoch_norm", "source_head", "versions",
+    "config",
+    "resolved_config",
+    "model",
+    "seed",
+    "split_seed",
+    "image_size",
+    "in_chans",
+    "num_classes",
+    "classes",
+    "mean",
+    "std",
+    "pretrained",
+    "max_epochs",
+    "data_uri",
+    "data_fingerprint",
+    "history",
+    "best_epoch",
+    "best_score",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "rng",
+    "stoch_norm",
+    "source_head",
+    "versions",
 )
 
 
@@ -69,20 +97,38 @@ class CheckpointMeta:
         py_state = random.getstate()
         cfg = self.resolved_config
         return {
-            "config": dict(self.config), "resolved_config": dict(cfg), "model": cfg["model"],
-            "seed": int(self.seed), "split_seed": int(self.split_seed), "image_size": int(self.image_size),
-            "in_chans": int(self.in_chans), "num_classes": len(self.classes), "classes": list(self.classes),
-            "mean": list(self.mean), "std": list(self.std), "pretrained": bool(self.pretrained),
-            "max_epochs": int(self.max_epochs), "data_uri": str(self.data_uri),
+            "config": dict(self.config),
+            "resolved_config": dict(cfg),
+            "model": cfg["model"],
+            "seed": int(self.seed),
+            "split_seed": int(self.split_seed),
+            "image_size": int(self.image_size),
+            "in_chans": int(self.in_chans),
+            "num_classes": len(self.classes),
+            "classes": list(self.classes),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "pretrained": bool(self.pretrained),
+            "max_epochs": int(self.max_epochs),
+            "data_uri": str(self.data_uri),
             "data_fingerprint": self.data_fingerprint,
-            "history": list(self.history), "best_epoch": self.best_epoch, "best_score": self.best_score,
-            "optimizer": opt_meta, "scheduler": scheduler_state(parts.scheduler),
+            "history": list(self.history),
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
+            "optimizer": opt_meta,
+            "scheduler": scheduler_state(parts.scheduler),
             "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
-            "rng": {"python": [py_state[0], list(py_state[1]), py_state[2]],
-                    "numpy": {"pos": int(np_state[2]), "has_gauss": int(np_state[3]),
-                              "cached_gaussian": float(np_state[4])},
-                    "data_order": "torch.Generator seeded per epoch from sha256(seed, epoch) (loader.epoch_seed)"},
-            "stoch_norm": bool(cfg["stoch_norm"]), "source_head": parts.regs.source_head is not None,
+            "rng": {
+                "python": [py_state[0], list(py_state[1]), py_state[2]],
+                "numpy": {
+                    "pos": int(np_state[2]),
+                    "has_gauss": int(np_state[3]),
+                    "cached_gaussian": float(np_state[4]),
+                },
+                "data_order": "torch.Generator seeded per epoch from sha256(seed, epoch) (loader.epoch_seed)",
+            },
+            "stoch_norm": bool(cfg["stoch_norm"]),
+            "source_head": parts.regs.source_head is not None,
             "versions": {"torch": torch.__version__, "timm": timm.__version__},
         }
 
@@ -126,15 +172,16 @@ def checkpoint_tensors(parts: TrainingParts) -> dict[str, torch.Tensor]:
 def restore_state(ckpt: Checkpoint, parts: TrainingParts) -> None:
     """Load a checkpoint's states into freshly built parts and restore the RNGs (exact resume)."""
     t, m = ckpt.tensors, ckpt.manifest
-    model_sd = {k[len("model/"):]: v for k, v in t.items() if k.startswith("model/")}
+    model_sd = {k[len("model/") :]: v for k, v in t.items() if k.startswith("model/")}
     try:
         parts.net.load_state_dict(model_sd, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{ckpt.uri}: model weights do not fit the config's model: {exc}") from exc
     regs = parts.regs
     if regs.source_head is not None:
-        regs.source_head.load_state_dict({k[len("source_head/"):]: v for k, v in t.items()
-                                          if k.startswith("source_head/")})
+        regs.source_head.load_state_dict(
+            {k[len("source_head/") :]: v for k, v in t.items() if k.startswith("source_head/")}
+        )
     if "cotuning/relationship" in t:
         regs.relationship = t["cotuning/relationship"]
     elif regs.cotuning_weight > 0 and regs.source_head is not None:

@@ -102,11 +102,23 @@ class _Report:
 # --------------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------------
-def run_step(config: Mapping[str, Any], data_uri: str, to_epoch: int, checkpoint_dir: str, out: str | None = None,
-             device: str = "cpu", seed: int = 0, image_size: int | None = None, cache_dir: str | None = None,
-             max_epochs: int | None = None, threads: int | None = 1, split_seed: int = 0,
-             num_workers: int | None = None, deterministic: bool = False,
-             weights_config: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run_step(
+    config: Mapping[str, Any],
+    data_uri: str,
+    to_epoch: int,
+    checkpoint_dir: str,
+    out: str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    image_size: int | None = None,
+    cache_dir: str | None = None,
+    max_epochs: int | None = None,
+    threads: int | None = 1,
+    split_seed: int = 0,
+    num_workers: int | None = None,
+    deterministic: bool = False,
+    weights_config: str | Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train ``config`` up to epoch ``to_epoch`` (1-based), resuming from ``checkpoint_dir``.
 
     Returns the RESULT dict and, when ``out`` is given, writes it there atomically (local path or
@@ -120,16 +132,32 @@ def run_step(config: Mapping[str, Any], data_uri: str, to_epoch: int, checkpoint
     report = _Report(device=str(device))
     status, message = "ok", ""
     try:
-        _run(report, config, data_uri, int(to_epoch), checkpoint_dir, device, int(seed), image_size, cache_dir,
-             max_epochs, threads, int(split_seed), num_workers, deterministic, weights_config)
+        _run(
+            report,
+            config,
+            data_uri,
+            int(to_epoch),
+            checkpoint_dir,
+            device,
+            int(seed),
+            image_size,
+            cache_dir,
+            max_epochs,
+            threads,
+            int(split_seed),
+            num_workers,
+            deterministic,
+            weights_config,
+        )
         message = report.message
     except Exception as exc:  # noqa: BLE001 - classified below; the step reports every failure as a status
         status, message = _classify(exc, device, report)
     if status in ("oom",) and torch.cuda.is_available():
-
         torch.cuda.empty_cache()
     result = make_result(
-        status, message, report.epochs,
+        status,
+        message,
+        report.epochs,
         peak_memory_mb=_peak_memory_mb(device),
         meta_features=report.meta_features,
         num_params=report.num_params,
@@ -178,9 +206,23 @@ def _peak_memory_mb(device: str) -> float:
 # --------------------------------------------------------------------------------------------
 # The step
 # --------------------------------------------------------------------------------------------
-def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: int, checkpoint_dir: str, device: str,
-         seed: int, image_size: int | None, cache_dir: str | None, max_epochs: int | None, threads: int | None,
-         split_seed: int, num_workers: int | None, deterministic: bool, weights_config) -> None:
+def _run(
+    report: _Report,
+    config: Mapping[str, Any],
+    data_uri: str,
+    to_epoch: int,
+    checkpoint_dir: str,
+    device: str,
+    seed: int,
+    image_size: int | None,
+    cache_dir: str | None,
+    max_epochs: int | None,
+    threads: int | None,
+    split_seed: int,
+    num_workers: int | None,
+    deterministic: bool,
+    weights_config,
+) -> None:
     from quicktune.data import open_dataset
     from quicktune.finetune import checkpoint as ck
     from quicktune.finetune.loader import ImageSet, effective_batch_size, epoch_seed, eval_batches, train_batches
@@ -217,10 +259,16 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
     if ckpt is not None:
         m = ckpt.manifest
         if m.get("config") != dict(config):
-            raise StepError(f"{checkpoint_dir} holds checkpoints of another config ({m.get('config')}); "
-                            f"use one checkpoint folder per config")
-        for name, asked, stored in (("image_size", image_size, m["image_size"]), ("max_epochs", max_epochs, m["max_epochs"]),
-                                    ("seed", seed, m["seed"]), ("split_seed", split_seed, m["split_seed"])):
+            raise StepError(
+                f"{checkpoint_dir} holds checkpoints of another config ({m.get('config')}); "
+                f"use one checkpoint folder per config"
+            )
+        for name, asked, stored in (
+            ("image_size", image_size, m["image_size"]),
+            ("max_epochs", max_epochs, m["max_epochs"]),
+            ("seed", seed, m["seed"]),
+            ("split_seed", split_seed, m["split_seed"]),
+        ):
             if asked is not None and int(asked) != int(stored) and not (name in ("seed", "split_seed") and asked == 0):
                 report.warnings.append(f"{name}={asked} ignored: this config was started with {name}={stored}")
         image_size, max_epochs, seed, split_seed = m["image_size"], m["max_epochs"], m["seed"], m["split_seed"]
@@ -229,7 +277,9 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
         report.checkpoint = ckpt.uri
         report.best_checkpoint = _best_uri(checkpoint_dir, m)
     else:
-        image_size = int(image_size) if image_size else (CPU_IMAGE_SIZE if dev.type == "cpu" else defaults["input_size"])
+        image_size = (
+            int(image_size) if image_size else (CPU_IMAGE_SIZE if dev.type == "cpu" else defaults["input_size"])
+        )
         max_epochs = int(max_epochs) if max_epochs else DEFAULT_MAX_EPOCHS
     if image_size < 8:
         raise ImageSizeError(f"image size {image_size} px is too small (>= 8)")
@@ -244,17 +294,22 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
     if ckpt is not None:
         m = ckpt.manifest
         if m.get("classes") != classes or m.get("in_chans") != in_chans:
-            raise StepError(f"{data_uri}: classes/channels differ from the ones this config's checkpoint was trained on")
+            raise StepError(
+                f"{data_uri}: classes/channels differ from the ones this config's checkpoint was trained on"
+            )
         if m.get("data_fingerprint") not in (None, getattr(ds, "fingerprint", None)):
-            report.warnings.append(f"{data_uri}: the dataset changed since this config's last checkpoint "
-                                   f"(fingerprint {m.get('data_fingerprint')} -> {ds.fingerprint})")
+            report.warnings.append(
+                f"{data_uri}: the dataset changed since this config's last checkpoint "
+                f"(fingerprint {m.get('data_fingerprint')} -> {ds.fingerprint})"
+            )
     if to_epoch <= start_epoch:
         report.message = f"already trained to epoch {start_epoch} (asked for {to_epoch}); nothing to do"
         return
 
     # --- model, regularizers, optimizer, schedule (built the same way on every step)
-    parts = build_training(cfg, defaults, num_classes, in_chans, image_size, dev, seed, max_epochs, weights_config,
-                           report.warnings)
+    parts = build_training(
+        cfg, defaults, num_classes, in_chans, image_size, dev, seed, max_epochs, weights_config, report.warnings
+    )
     mark("build")
     net, optimizer, scheduler, scaler, regs = parts.net, parts.optimizer, parts.scheduler, parts.scaler, parts.regs
     report.num_params = int(sum(p.numel() for p in net.parameters()))
@@ -267,8 +322,9 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
     train_set = ImageSet(ds, ds.split("train"), image_size, in_chans, mean, std, policy)
     val_set = ImageSet(ds, ds.split("val"), image_size, in_chans, mean, std, None)
     if len(train_set) == 0 or len(val_set) == 0:
-        raise StepError(f"{data_uri}: the train or validation split is empty "
-                        f"(train {len(train_set)}, val {len(val_set)} images)")
+        raise StepError(
+            f"{data_uri}: the train or validation split is empty (train {len(train_set)}, val {len(val_set)} images)"
+        )
     if parts.mixup is not None and effective_batch_size(len(train_set), bs) % 2:
         raise InvalidConfigError(f"knob 'batch_size': mixup/cutmix need an even batch size, got {bs}")
     if num_workers is None:
@@ -285,20 +341,40 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
     mark("checkpoint_load")
 
     # --- epochs
-    run_meta = CheckpointMeta(config=dict(config), resolved_config=dict(cfg), classes=classes, in_chans=in_chans,
-                              image_size=image_size, max_epochs=max_epochs, seed=seed, split_seed=split_seed,
-                              mean=list(defaults["mean"]), std=list(defaults["std"]),
-                              pretrained=bool(defaults["pretrained"]), data_uri=str(data_uri),
-                              data_fingerprint=getattr(ds, "fingerprint", None))
+    run_meta = CheckpointMeta(
+        config=dict(config),
+        resolved_config=dict(cfg),
+        classes=classes,
+        in_chans=in_chans,
+        image_size=image_size,
+        max_epochs=max_epochs,
+        seed=seed,
+        split_seed=split_seed,
+        mean=list(defaults["mean"]),
+        std=list(defaults["std"]),
+        pretrained=bool(defaults["pretrained"]),
+        data_uri=str(data_uri),
+        data_fingerprint=getattr(ds, "fingerprint", None),
+    )
 
     best_epoch, best_score = _best(report.history)
     for epoch in range(start_epoch + 1, to_epoch + 1):
         seed_everything(epoch_seed(seed, epoch))
         lr = float(optimizer.param_groups[0]["lr"]) / float(optimizer.param_groups[0].get("lr_scale", 1.0))
         t0 = time.perf_counter()
-        stats = train_one_epoch(net, train_batches(train_set, bs, seed, epoch, num_workers, pin_memory=dev.type == "cuda"),
-                                optimizer, parts.loss_fn, dev, regs, mixup=parts.mixup, num_classes=num_classes,
-                                clip_grad=float(cfg["clip_grad"]), scaler=scaler, amp=parts.amp)
+        stats = train_one_epoch(
+            net,
+            train_batches(train_set, bs, seed, epoch, num_workers, pin_memory=dev.type == "cuda"),
+            optimizer,
+            parts.loss_fn,
+            dev,
+            regs,
+            mixup=parts.mixup,
+            num_classes=num_classes,
+            clip_grad=float(cfg["clip_grad"]),
+            scaler=scaler,
+            amp=parts.amp,
+        )
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t1 = time.perf_counter()
@@ -310,9 +386,15 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
         mark("eval")
         scheduler.step(epoch, ev["top1"])
         record = {
-            "epoch": epoch, "score": ev["top1"], "top5": ev["top5"], "val_loss": ev["loss"],
-            "train_loss": stats["train_loss"], "train_seconds": round(t1 - t0, 6), "eval_seconds": round(t2 - t1, 6),
-            "lr": lr, "train_images": stats["train_images"],
+            "epoch": epoch,
+            "score": ev["top1"],
+            "top5": ev["top5"],
+            "val_loss": ev["loss"],
+            "train_loss": stats["train_loss"],
+            "train_seconds": round(t1 - t0, 6),
+            "eval_seconds": round(t2 - t1, 6),
+            "lr": lr,
+            "train_images": stats["train_images"],
         }
         record["cost"] = record["train_seconds"] + record["eval_seconds"]
         if best_score is None or record["score"] > best_score:
@@ -328,8 +410,14 @@ def _run(report: _Report, config: Mapping[str, Any], data_uri: str, to_epoch: in
         report.epochs.append(record)
         report.checkpoint = uri
         report.best_checkpoint = _best_uri(checkpoint_dir, {"best_epoch": best_epoch})
-        log.info("epoch %d: val top-1 %.4f, loss %.4f, train loss %.4f, %.1fs", epoch, ev["top1"], ev["loss"],
-                 stats["train_loss"], record["cost"])
+        log.info(
+            "epoch %d: val top-1 %.4f, loss %.4f, train loss %.4f, %.1fs",
+            epoch,
+            ev["top1"],
+            ev["loss"],
+            stats["train_loss"],
+            record["cost"],
+        )
 
 
 @torch.no_grad()
@@ -345,8 +433,10 @@ def _check_input_size(net: torch.nn.Module, model: str, in_chans: int, image_siz
         raise
     except (RuntimeError, AssertionError, ValueError) as exc:
         reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise ImageSizeError(f"model {model} cannot take {image_size} px images ({reason}); "
-                             f"use a larger --image-size or leave this model out of the space") from None
+        raise ImageSizeError(
+            f"model {model} cannot take {image_size} px images ({reason}); "
+            f"use a larger --image-size or leave this model out of the space"
+        ) from None
     finally:
         net.train(was_training)
 

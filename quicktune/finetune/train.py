@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +49,19 @@ def _autocast(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
-def train_one_epoch(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer,
-                    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device,
-                    regs: Regularizers, mixup: Callable | None = None, num_classes: int = 0,
-                    clip_grad: float = 0.0, scaler: torch.amp.GradScaler | None = None, amp: bool = False) -> dict[str, float]:
+def train_one_epoch(
+    net: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+    regs: Regularizers,
+    mixup: Callable | None = None,
+    num_classes: int = 0,
+    clip_grad: float = 0.0,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+) -> dict[str, float]:
     """Train over ``batches``; returns mean loss and image count. Raises DivergedError on NaN/inf."""
     net.train()
     if regs.source_head is not None:
@@ -80,12 +90,16 @@ def train_one_epoch(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
             if regs.cotuning_active:
                 soft = target if target.dim() == 2 else F.one_hot(target, num_classes).float()
                 source_target = soft.float() @ regs.relationship
-                loss = loss + regs.cotuning_weight * _cotuning(apply_source_head(regs.source_head, features), source_target)
+                loss = loss + regs.cotuning_weight * _cotuning(
+                    apply_source_head(regs.source_head, features), source_target
+                )
         # One host sync per batch, as in timm's loop: stop at the first non-finite loss.
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
-            raise DivergedError(f"training loss became {loss_value} at batch {steps + 1} of the epoch "
-                                f"(lr={optimizer.param_groups[0]['lr']:.3g})")
+            raise DivergedError(
+                f"training loss became {loss_value} at batch {steps + 1} of the epoch "
+                f"(lr={optimizer.param_groups[0]['lr']:.3g})"
+            )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -112,8 +126,9 @@ def _cotuning(source_logits: torch.Tensor, source_targets: torch.Tensor) -> torc
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-             amp: bool = False) -> dict[str, float]:
+def evaluate(
+    net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, amp: bool = False
+) -> dict[str, float]:
     """Top-1 (in [0, 1]), top-5 (top-k with k = min(5, classes)) and mean cross-entropy."""
     net.eval()
     correct1 = correct5 = 0

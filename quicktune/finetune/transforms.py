@@ -21,7 +21,8 @@ Policies (knob ``data_augmentation``), as in the Quick-Tune reference finetuning
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -59,7 +60,9 @@ def to_tensor(img: Image.Image, in_chans: int, mean: Sequence[float], std: Seque
     return normalize(to_uint8(img, in_chans), mean, std)
 
 
-def build_policy(cfg: Mapping[str, Any], image_size: int, mean: Sequence[float]) -> Callable[[Image.Image], Image.Image] | None:
+def build_policy(
+    cfg: Mapping[str, Any], image_size: int, mean: Sequence[float]
+) -> Callable[[Image.Image], Image.Image] | None:
     """The training augmentation for a resolved config (None for ``none``)."""
     kind = cfg["data_augmentation"]
     if kind == "none":

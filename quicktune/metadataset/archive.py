@@ -121,8 +121,9 @@ def unpack(workdir: str | os.PathLike[str], archive: str | os.PathLike[str] | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m quicktune.metadataset.archive",
-                                     description="Pack or unpack a meta-dataset campaign's state.")
+    parser = argparse.ArgumentParser(
+        prog="python -m quicktune.metadataset.archive", description="Pack or unpack a meta-dataset campaign's state."
+    )
     parser.add_argument("action", choices=["pack", "unpack"])
     parser.add_argument("workdir", help="campaign work folder")
     parser.add_argument("--archive", default=None, help=f"archive path (default: the shipped {ARCHIVE_NAME})")

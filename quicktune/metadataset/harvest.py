@@ -20,12 +20,20 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from quicktune.metadataset.table import curve_rows, frame_from_rows, write_table_atomic
-from quicktune.tracking.schema import (METRIC_SCORE, PARAM_DATA_URI, PARAM_FINGERPRINT, PARAM_MAX_EPOCHS,
-                                       PARAM_META_FEATURES_PREFIX, TAG_FINGERPRINT, TAG_SEARCH_ID)
+from quicktune.tracking.schema import (
+    METRIC_SCORE,
+    PARAM_DATA_URI,
+    PARAM_FINGERPRINT,
+    PARAM_MAX_EPOCHS,
+    PARAM_META_FEATURES_PREFIX,
+    TAG_FINGERPRINT,
+    TAG_SEARCH_ID,
+)
 
 META_PARAM_PREFIX = PARAM_META_FEATURES_PREFIX
 FINGERPRINT_KEYS = (TAG_FINGERPRINT, PARAM_FINGERPRINT)
@@ -84,7 +92,7 @@ def _dataset_of(run: Any) -> tuple[str, str, dict[str, float]]:
         if k.startswith(META_PARAM_PREFIX):
             f = _parse_float(v)
             if f is not None:
-                meta[k[len(META_PARAM_PREFIX):]] = f
+                meta[k[len(META_PARAM_PREFIX) :]] = f
     fp = next((tags.get(k) or params.get(k) for k in FINGERPRINT_KEYS if tags.get(k) or params.get(k)), None)
     if fp:
         key = f"fp:{fp}"
@@ -154,8 +162,9 @@ def harvest_frame(tracking_uri: str, experiments: Sequence[str] | None = None):
             search_id = parent.data.tags.get(TAG_SEARCH_ID, parent.info.run_id)
             key, uri, meta = _dataset_of(parent)
             if not meta:
-                warnings.append(f"search {search_id}: no meta_features params on its parent run; its curves have "
-                                f"no meta.* values")
+                warnings.append(
+                    f"search {search_id}: no meta_features params on its parent run; its curves have no meta.* values"
+                )
             d = datasets.setdefault(key, _Dataset(key=key, uri=uri, meta=meta))
             d.searches.append(search_id)
             max_epoch = _parse_float(parent.data.params.get(PARAM_MAX_EPOCHS))
@@ -164,9 +173,16 @@ def harvest_frame(tracking_uri: str, experiments: Sequence[str] | None = None):
                 _add_extra_metrics(tracker, rec)
                 eps = [{"epoch": e, **m} for e, m in sorted(rec.epochs.items()) if METRIC_SCORE in m]
                 status = "ok" if rec.failure is None else (rec.failure.status or "failed")
-                c = _Curve(dataset_key=key, config_id=cid, config=rec.config, epochs=eps, status=status,
-                           failed_cost=rec.failure.cost if rec.failure is not None else 0.0,
-                           max_epoch=int(max_epoch) if max_epoch else None, search_id=search_id)
+                c = _Curve(
+                    dataset_key=key,
+                    config_id=cid,
+                    config=rec.config,
+                    epochs=eps,
+                    status=status,
+                    failed_cost=rec.failure.cost if rec.failure is not None else 0.0,
+                    max_epoch=int(max_epoch) if max_epoch else None,
+                    search_id=search_id,
+                )
                 if rec.failure is not None and rec.failure.epoch != c.length + 1:
                     # the failure is recorded at an epoch the curve does not reach contiguously
                     c.status = "ok"
@@ -174,19 +190,36 @@ def harvest_frame(tracking_uri: str, experiments: Sequence[str] | None = None):
                 if prev is None or (c.length, c.status != "ok") > (prev.length, prev.status != "ok"):
                     curves[(key, cid)] = c
     if not curves:
-        raise HarvestError(f"no recorded configurations found on {tracking_uri}"
-                           + (f" in experiments {list(experiments)}" if experiments else ""))
+        raise HarvestError(
+            f"no recorded configurations found on {tracking_uri}"
+            + (f" in experiments {list(experiments)}" if experiments else "")
+        )
     names = _dataset_names(datasets)
     rows: list[dict[str, Any]] = []
     for (key, cid), c in sorted(curves.items(), key=lambda kv: (names[kv[0][0]], kv[0][1])):
-        rows.extend(curve_rows(names[key], cid, c.config, c.epochs, datasets[key].meta, status=c.status,
-                               max_epoch=c.max_epoch, failed_cost=c.failed_cost))
+        rows.extend(
+            curve_rows(
+                names[key],
+                cid,
+                c.config,
+                c.epochs,
+                datasets[key].meta,
+                status=c.status,
+                max_epoch=c.max_epoch,
+                failed_cost=c.failed_cost,
+            )
+        )
     if not rows:
         raise HarvestError(f"the searches on {tracking_uri} recorded no finished epoch yet")
     df = frame_from_rows(rows)
-    summary = {"searches": n_searches, "datasets": len({names[k] for k, _ in curves}), "curves": len(curves),
-               "rows": int(len(df)), "warnings": warnings,
-               "dataset_names": {names[k]: {"uri": d.uri, "key": k, "searches": d.searches} for k, d in datasets.items()}}
+    summary = {
+        "searches": n_searches,
+        "datasets": len({names[k] for k, _ in curves}),
+        "curves": len(curves),
+        "rows": int(len(df)),
+        "warnings": warnings,
+        "dataset_names": {names[k]: {"uri": d.uri, "key": k, "searches": d.searches} for k, d in datasets.items()},
+    }
     return df, summary
 
 

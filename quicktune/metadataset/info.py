@@ -15,6 +15,10 @@ def table_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
 
     p = str(path) if path is not None else str(shipped_table_path())
     df = load_lct(p)
-    return {"datasets": int(df["dataset"].nunique()),
-            "curves": int(df.groupby(["dataset", "config_id"]).ngroups),
-            "rows": int(len(df)), "max_epoch": int(df["epoch"].max()), "path": os.path.abspath(p)}
+    return {
+        "datasets": int(df["dataset"].nunique()),
+        "curves": int(df.groupby(["dataset", "config_id"]).ngroups),
+        "rows": int(len(df)),
+        "max_epoch": int(df["epoch"].max()),
+        "path": os.path.abspath(p),
+    }

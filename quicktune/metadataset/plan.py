@@ -61,9 +61,13 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DatasetSpec:
-        return cls(task=str(d["task"]), source=str(d["source"]), packaged=bool(d["packaged"]),
-                   classes=tuple(int(c) for c in d["classes"]) if d.get("classes") is not None else None,
-                   max_per_class=int(d["max_per_class"]) if d.get("max_per_class") is not None else None)
+        return cls(
+            task=str(d["task"]),
+            source=str(d["source"]),
+            packaged=bool(d["packaged"]),
+            classes=tuple(int(c) for c in d["classes"]) if d.get("classes") is not None else None,
+            max_per_class=int(d["max_per_class"]) if d.get("max_per_class") is not None else None,
+        )
 
 
 def _packaged_names() -> list[str]:
@@ -90,17 +94,20 @@ def parse_dataset_spec(text: str) -> DatasetSpec:
         if m.group(1) in opts:
             raise CampaignError(f"dataset spec {text!r}: option {m.group(1)!r} given twice")
         opts[m.group(1)] = m.group(2)
-        rest = rest[:m.start()]
+        rest = rest[: m.start()]
     if not rest:
         raise CampaignError(f"dataset spec {text!r}: no dataset name or path")
     names = _packaged_names()
     packaged = rest in names
     if not packaged and ":" in rest and not storage.is_s3(rest):
-        raise CampaignError(f"dataset spec {text!r}: unknown option in {rest!r} "
-                            f"(options: classes=, max_per_class=, name=)")
+        raise CampaignError(
+            f"dataset spec {text!r}: unknown option in {rest!r} (options: classes=, max_per_class=, name=)"
+        )
     if not packaged and not (storage.is_s3(rest) or "/" in rest or os.path.isdir(rest)):
-        raise CampaignError(f"dataset spec {text!r}: {rest!r} is neither a packaged dataset ({', '.join(names)}) "
-                            f"nor an existing folder / s3:// URI")
+        raise CampaignError(
+            f"dataset spec {text!r}: {rest!r} is neither a packaged dataset ({', '.join(names)}) "
+            f"nor an existing folder / s3:// URI"
+        )
     classes: tuple[int, ...] | None = None
     max_per_class: int | None = None
     if "classes" in opts:
@@ -160,8 +167,16 @@ def _pool_stream(space: SearchSpace, seed: int, start: int, have: set[str], n: i
     return out
 
 
-def make_or_extend_plan(workdir: Path, specs: Sequence[DatasetSpec], configs: int, epochs: int, seed: int,
-                        space: SearchSpace, space_ref: str, image_size: int | None) -> dict[str, Any]:
+def make_or_extend_plan(
+    workdir: Path,
+    specs: Sequence[DatasetSpec],
+    configs: int,
+    epochs: int,
+    seed: int,
+    space: SearchSpace,
+    space_ref: str,
+    image_size: int | None,
+) -> dict[str, Any]:
     """Create ``workdir/plan.json`` or extend it (new datasets, more configs per dataset).
 
     A plan's seed, epochs, image size and space are fixed once made; asking for different ones is
@@ -171,21 +186,38 @@ def make_or_extend_plan(workdir: Path, specs: Sequence[DatasetSpec], configs: in
         plan = json.loads(path.read_text())
         for key, want in (("seed", seed), ("epochs", epochs), ("image_size", image_size)):
             if plan[key] != want:
-                raise CampaignError(f"{path}: the campaign was planned with {key}={plan[key]!r}, asked for {want!r}; "
-                                    f"use the same value or a new --workdir")
+                raise CampaignError(
+                    f"{path}: the campaign was planned with {key}={plan[key]!r}, asked for {want!r}; "
+                    f"use the same value or a new --workdir"
+                )
         if SearchSpace.from_dict(plan["space"], source=str(path)) != space:  # as spaces: older plans lack param_order
-            raise CampaignError(f"{path}: the campaign was planned with space {plan['space_ref']!r}, "
-                                f"asked for {space_ref!r} (different parameters); use a new --workdir")
+            raise CampaignError(
+                f"{path}: the campaign was planned with space {plan['space_ref']!r}, "
+                f"asked for {space_ref!r} (different parameters); use a new --workdir"
+            )
     else:
-        plan = {"version": PLAN_VERSION, "seed": seed, "epochs": epochs, "image_size": image_size,
-                "space_ref": space_ref, "space": space.to_dict(), "configs_per_dataset": 0,
-                "datasets": [], "pool": [], "pool_draws": 0, "assignments": {}, "order": [],
-                "created_at": time.time()}
+        plan = {
+            "version": PLAN_VERSION,
+            "seed": seed,
+            "epochs": epochs,
+            "image_size": image_size,
+            "space_ref": space_ref,
+            "space": space.to_dict(),
+            "configs_per_dataset": 0,
+            "datasets": [],
+            "pool": [],
+            "pool_draws": 0,
+            "assignments": {},
+            "order": [],
+            "created_at": time.time(),
+        }
     known = {d["task"]: DatasetSpec.from_dict(d) for d in plan["datasets"]}
     for s in specs:
         if s.task in known and known[s.task] != s:
-            raise CampaignError(f"{path}: task {s.task!r} is already planned as {known[s.task].to_dict()}, "
-                                f"asked for {s.to_dict()}; give the new one another name (:name=...)")
+            raise CampaignError(
+                f"{path}: task {s.task!r} is already planned as {known[s.task].to_dict()}, "
+                f"asked for {s.to_dict()}; give the new one another name (:name=...)"
+            )
         if s.task not in known:
             known[s.task] = s
             plan["datasets"].append(s.to_dict())
@@ -204,8 +236,9 @@ def make_or_extend_plan(workdir: Path, specs: Sequence[DatasetSpec], configs: in
             plan["pool_draws"] = k
         pool_ids = [p["config_id"] for p in plan["pool"]]
     if len(pool_ids) < n_target:
-        raise CampaignError(f"space {space.name!r} has only {len(pool_ids)} distinct configs; "
-                            f"cannot assign {n_target} per dataset")
+        raise CampaignError(
+            f"space {space.name!r} has only {len(pool_ids)} distinct configs; cannot assign {n_target} per dataset"
+        )
     new_per_task: dict[str, list[str]] = {}
     for d in plan["datasets"]:
         task = d["task"]

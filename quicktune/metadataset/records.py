@@ -72,8 +72,9 @@ class RecordStore:
         """The planned (task, config) pairs without a record, in run order."""
         return [(t, c) for t, c in self.plan.order if (t, c) not in self.records]
 
-    def record(self, task: str, cid: str, sid: str, result: Mapping[str, Any], state_message: str,
-               cpu_seconds: float | None) -> dict[str, Any]:
+    def record(
+        self, task: str, cid: str, sid: str, result: Mapping[str, Any], state_message: str, cpu_seconds: float | None
+    ) -> dict[str, Any]:
         """Record a finished step's RESULT for (task, config) and return the record."""
         history = list(result.get("history") or [])
         epochs = history if history else list(result.get("epochs") or [])
@@ -82,13 +83,23 @@ class RecordStore:
         failed_cost = 0.0
         if step_seconds is not None:
             failed_cost = max(0.0, float(step_seconds) - sum(float(e.get("cost", 0.0)) for e in trained_now))
-        rec = {"task": task, "config_id": cid, "config": self.plan.pool[cid], "status": result.get("status", "failed"),
-               "message": result.get("message") or state_message, "epochs": epochs,
-               "epochs_trained_by_step": [int(e["epoch"]) for e in trained_now],
-               "meta_features": result.get("meta_features") or {}, "step_id": sid,
-               "step_seconds": step_seconds, "failed_cost": failed_cost, "cpu_seconds": cpu_seconds,
-               "warnings": result.get("warnings") or [], "recorded_at": time.time(),
-               "host": socket.gethostname()}
+        rec = {
+            "task": task,
+            "config_id": cid,
+            "config": self.plan.pool[cid],
+            "status": result.get("status", "failed"),
+            "message": result.get("message") or state_message,
+            "epochs": epochs,
+            "epochs_trained_by_step": [int(e["epoch"]) for e in trained_now],
+            "meta_features": result.get("meta_features") or {},
+            "step_id": sid,
+            "step_seconds": step_seconds,
+            "failed_cost": failed_cost,
+            "cpu_seconds": cpu_seconds,
+            "warnings": result.get("warnings") or [],
+            "recorded_at": time.time(),
+            "host": socket.gethostname(),
+        }
         write_json(self.result_path(task, cid), rec)
         self.records[(task, cid)] = rec
         return rec
@@ -122,9 +133,18 @@ class RecordStore:
             rec = self.records.get((task, cid))
             if rec is None:
                 continue
-            rows.extend(curve_rows(task, cid, rec["config"], rec["epochs"], meta_by_task.get(task, {}),
-                                   status=rec["status"], max_epoch=self.plan.epochs,
-                                   failed_cost=rec.get("failed_cost") or 0.0))
+            rows.extend(
+                curve_rows(
+                    task,
+                    cid,
+                    rec["config"],
+                    rec["epochs"],
+                    meta_by_task.get(task, {}),
+                    status=rec["status"],
+                    max_epoch=self.plan.epochs,
+                    failed_cost=rec.get("failed_cost") or 0.0,
+                )
+            )
         if not rows:
             return None
         return frame_from_rows(rows, hp_names=self.plan.space.names)
@@ -143,9 +163,16 @@ class RecordStore:
         """Per task: planned, done, failed, epochs, seconds (compute, step, CPU) and best score."""
         per: dict[str, dict[str, Any]] = {}
         for task in self.plan.tasks:
-            per[task] = {"planned": len(self.plan.assigned(task)), "done": 0, "failed": 0,
-                         "epochs": 0, "compute_seconds": 0.0, "step_seconds": 0.0, "cpu_seconds": 0.0,
-                         "best_score": None}
+            per[task] = {
+                "planned": len(self.plan.assigned(task)),
+                "done": 0,
+                "failed": 0,
+                "epochs": 0,
+                "compute_seconds": 0.0,
+                "step_seconds": 0.0,
+                "cpu_seconds": 0.0,
+                "best_score": None,
+            }
         for (task, _), rec in self.records.items():
             p = per[task]
             p["done"] += 1

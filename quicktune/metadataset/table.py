@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,9 +30,16 @@ def _num(v: Any) -> float:
     return x
 
 
-def curve_rows(dataset: str, config_id: str, config: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]],
-               meta_features: Mapping[str, Any], status: str = "ok", max_epoch: int | None = None,
-               failed_cost: float = 0.0) -> list[dict[str, Any]]:
+def curve_rows(
+    dataset: str,
+    config_id: str,
+    config: Mapping[str, Any],
+    epochs: Sequence[Mapping[str, Any]],
+    meta_features: Mapping[str, Any],
+    status: str = "ok",
+    max_epoch: int | None = None,
+    failed_cost: float = 0.0,
+) -> list[dict[str, Any]]:
     """The rows of one curve.
 
     ``epochs`` are per-epoch records (``epoch``, ``score``, ``cost``, ...); only the contiguous run
@@ -46,9 +54,13 @@ def curve_rows(dataset: str, config_id: str, config: Mapping[str, Any], epochs: 
     while e in by_epoch:
         rec = by_epoch[e]
         score = _num(rec.get("score"))
-        row = {"dataset": str(dataset), "config_id": str(config_id), "epoch": e,
-               "score": score if math.isfinite(score) else float("nan"),
-               "cost": max(0.0, _num(rec.get("cost"))) if math.isfinite(_num(rec.get("cost"))) else 0.0}
+        row = {
+            "dataset": str(dataset),
+            "config_id": str(config_id),
+            "epoch": e,
+            "score": score if math.isfinite(score) else float("nan"),
+            "cost": max(0.0, _num(rec.get("cost"))) if math.isfinite(_num(rec.get("cost"))) else 0.0,
+        }
         for k in EXTRA_EPOCH_KEYS:
             if k in rec:
                 row[k] = _num(rec[k])
@@ -58,8 +70,13 @@ def curve_rows(dataset: str, config_id: str, config: Mapping[str, Any], epochs: 
         e += 1
     if status != "ok" and (max_epoch is None or e <= int(max_epoch)):
         c = _num(failed_cost)
-        row = {"dataset": str(dataset), "config_id": str(config_id), "epoch": e, "score": float("nan"),
-               "cost": c if math.isfinite(c) and c >= 0 else 0.0}
+        row = {
+            "dataset": str(dataset),
+            "config_id": str(config_id),
+            "epoch": e,
+            "score": float("nan"),
+            "cost": c if math.isfinite(c) and c >= 0 else 0.0,
+        }
         row.update(hp)
         row.update(meta)
         rows.append(row)

@@ -32,8 +32,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["SeaweedS3", "MlflowServer", "ServerError", "free_port_pair"]
 
@@ -104,9 +105,15 @@ class _Process:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=dict(env) if env else None,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=dict(env) if env else None,
+                start_new_session=True,
+            )
         finally:
             log.close()
 
@@ -116,8 +123,9 @@ class _Process:
     def fail(self, why: str, exited_at_once: bool = False) -> ServerError:
         code = None if self.proc is None else self.proc.poll()
         state = "still running" if code is None else f"exited with code {code}"
-        return ServerError(f"{self.name} {why} ({state}); log {self.log_path}:\n{_tail(self.log_path)}",
-                           exited_at_once=exited_at_once)
+        return ServerError(
+            f"{self.name} {why} ({state}); log {self.log_path}:\n{_tail(self.log_path)}", exited_at_once=exited_at_once
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -169,10 +177,15 @@ class SeaweedS3(_RetryingServer):
     (the AWS_* / MLFLOW_S3_ENDPOINT_URL variables a client process needs).
     """
 
-    def __init__(self, workdir: str | os.PathLike[str], access_key: str = "quicktune",
-                 secret_key: str = "quicktune-secret", start_timeout: float = 90.0,
-                 extra_identities: list[dict[str, Any]] | None = None,
-                 min_free_space: str = "64MiB") -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        access_key: str = "quicktune",
+        secret_key: str = "quicktune-secret",
+        start_timeout: float = 90.0,
+        extra_identities: list[dict[str, Any]] | None = None,
+        min_free_space: str = "64MiB",
+    ) -> None:
         self.workdir = Path(workdir)
         self.min_free_space = min_free_space
         # more SeaweedFS identities, e.g. a reader limited to one bucket:
@@ -186,7 +199,7 @@ class SeaweedS3(_RetryingServer):
         self.ports: dict[str, int] = {}
 
     # --- lifecycle ------------------------------------------------------------------------------
-    def __enter__(self) -> "SeaweedS3":
+    def __enter__(self) -> SeaweedS3:
         self.start()
         return self
 
@@ -197,27 +210,51 @@ class SeaweedS3(_RetryingServer):
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "admin",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}, *self.extra_identities]}))
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        },
+                        *self.extra_identities,
+                    ]
+                }
+            )
+        )
         config.chmod(0o600)
         master, volume, filer, s3 = free_port_pair(4)
         self.ports = dict(master=master, volume=volume, filer=filer, s3=s3)
         # -logtostderr: glog's files would otherwise pile up in the system temp folder.
-        cmd = [_executable("weed"), "-logtostderr", "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               "-filer", "-s3", "-iam=false", f"-s3.config={config}", "-master.telemetry=false",
-               "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.preStopSeconds=1",
-               # Capacity must not depend on the machine's free disk: by default the volume count
-               # is free space / volume size, and each bucket (a collection) grows several volumes
-               # on its first write, so on a machine with ~12 GiB free a later bucket got "No
-               # writable volumes" (HTTP 500). Volumes are sparse files; test data is small.
-               "-volume.max=256", "-master.volumeSizeLimitMB=64",
-               # Nor on the disk's size: by default a volume server turns read-only below 1 % free
-               # (2.5 GiB of a 252 GiB disk), and every write fails with HTTP 500 InternalError
-               # (a CI run that started with 2.8 GiB free saw "volume is read only" five minutes in,
-               # and every later S3 test failed). ``weed mini`` has no flag for it: ``weed server``.
-               f"-volume.minFreeSpace={self.min_free_space}"]
+        cmd = [
+            _executable("weed"),
+            "-logtostderr",
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-filer",
+            "-s3",
+            "-iam=false",
+            f"-s3.config={config}",
+            "-master.telemetry=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-volume.preStopSeconds=1",
+            # Capacity must not depend on the machine's free disk: by default the volume count
+            # is free space / volume size, and each bucket (a collection) grows several volumes
+            # on its first write, so on a machine with ~12 GiB free a later bucket got "No
+            # writable volumes" (HTTP 500). Volumes are sparse files; test data is small.
+            "-volume.max=256",
+            "-master.volumeSizeLimitMB=64",
+            # Nor on the disk's size: by default a volume server turns read-only below 1 % free
+            # (2.5 GiB of a 252 GiB disk), and every write fails with HTTP 500 InternalError
+            # (a CI run that started with 2.8 GiB free saw "volume is read only" five minutes in,
+            # and every later S3 test failed). ``weed mini`` has no flag for it: ``weed server``.
+            f"-volume.minFreeSpace={self.min_free_space}",
+        ]
         for name, port in self.ports.items():
             cmd += [f"-{name}.port={port}", f"-{name}.port.grpc={port + 10000}"]
         self.endpoint_url = f"http://127.0.0.1:{s3}"
@@ -252,7 +289,8 @@ class SeaweedS3(_RetryingServer):
             raise self._process.fail(
                 f"answered but could not store an object within {self.start_timeout:.0f} s (last error: {last}); "
                 f"{free:.2f} GiB free on the disk of {self.workdir} (volumes turn read-only below "
-                f"min_free_space={self.min_free_space})")
+                f"min_free_space={self.min_free_space})"
+            )
         raise self._process.fail(f"was not ready within {self.start_timeout:.0f} s (last error: {last})")
 
     def _write_probe(self, client: Any) -> None:
@@ -292,19 +330,31 @@ class SeaweedS3(_RetryingServer):
             "MLFLOW_S3_ENDPOINT_URL": self.endpoint_url,
         }
 
-    def client(self, access_key: str | None = None, secret_key: str | None = None, max_attempts: int = 3,
-               read_timeout: float = 30.0) -> Any:
+    def client(
+        self,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        max_attempts: int = 3,
+        read_timeout: float = 30.0,
+    ) -> Any:
         """A boto3 S3 client for this server (path-style, SigV4)."""
         import boto3
         from botocore.config import Config
 
         return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
             aws_access_key_id=access_key or self.access_key,
             aws_secret_access_key=secret_key or self.secret_key,
-            config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
-                          retries={"max_attempts": max_attempts, "mode": "standard"},
-                          connect_timeout=3, read_timeout=read_timeout))
+            config=Config(
+                s3={"addressing_style": "path"},
+                signature_version="s3v4",
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+                connect_timeout=3,
+                read_timeout=read_timeout,
+            ),
+        )
 
     def create_bucket(self, name: str, client: Any = None) -> str:
         """Create ``name`` if it does not exist yet; returns ``s3://name``."""
@@ -322,8 +372,14 @@ class SeaweedS3(_RetryingServer):
 class MlflowServer(_RetryingServer):
     """``mlflow server`` with a sqlite store and (optionally) S3 artifacts on a ``SeaweedS3``."""
 
-    def __init__(self, workdir: str | os.PathLike[str], s3: SeaweedS3 | None = None, bucket: str = "mlflow",
-                 start_timeout: float = 180.0, extra_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        s3: SeaweedS3 | None = None,
+        bucket: str = "mlflow",
+        start_timeout: float = 180.0,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.workdir = Path(workdir)
         self.s3 = s3
         self.bucket = bucket
@@ -333,7 +389,7 @@ class MlflowServer(_RetryingServer):
         self.port = 0
         self.tracking_uri = ""
 
-    def __enter__(self) -> "MlflowServer":
+    def __enter__(self) -> MlflowServer:
         self.start()
         return self
 
@@ -353,8 +409,18 @@ class MlflowServer(_RetryingServer):
         (self.port,) = free_port_pair(1, offset=0)
         env = dict(os.environ)
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        cmd = [_executable("mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}", "--workers", "1"]
+        cmd = [
+            _executable("mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            f"sqlite:///{self.workdir / 'mlflow.db'}",
+            "--workers",
+            "1",
+        ]
         if self.s3 is not None:
             self.s3.create_bucket(self.bucket)
             env.update(self.s3.env)

@@ -34,9 +34,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from quicktune.watch.requests import MAX_EXPERIMENT_NAME_LENGTH, MAX_MODEL_NAME_LENGTH, RequestError, SearchRequest
 
@@ -71,8 +72,13 @@ class Launcher:
 # --- checks every launcher makes ---------------------------------------------------------------
 # MLflow's name limits (MAX_MODEL_NAME_LENGTH, MAX_EXPERIMENT_NAME_LENGTH) come from requests.py.
 MAX_VALUE_LENGTH = 4096  # dataset URI, space reference, search id: generous, but bounded
-_BAD_CATEGORIES = {"Cc": "a control character", "Cf": "an invisible format character",
-                   "Zl": "a line separator", "Zp": "a paragraph separator", "Cs": "a lone surrogate"}
+_BAD_CATEGORIES = {
+    "Cc": "a control character",
+    "Cf": "an invisible format character",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+    "Cs": "a lone surrogate",
+}
 
 
 def _check_value(what: str, value: str, limit: int) -> None:
@@ -110,7 +116,7 @@ def _proc_start_time(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rfind(")") + 2:].split()
+    fields = stat[stat.rfind(")") + 2 :].split()
     if fields and fields[0] == "Z":  # a zombie is finished
         return None
     return fields[19] if len(fields) > 19 else None
@@ -122,8 +128,14 @@ class LocalLauncher(Launcher):
 
     name = "local"
 
-    def __init__(self, state_dir: str | os.PathLike[str], tracking_uri: str, python: str = sys.executable,
-                 extra_args: list[str] | None = None, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        tracking_uri: str,
+        python: str = sys.executable,
+        extra_args: list[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.tracking_uri = tracking_uri
         self.python = python
@@ -135,8 +147,16 @@ class LocalLauncher(Launcher):
         return self.state_dir / "searches" / search_id
 
     def command(self, request: SearchRequest) -> list[str]:
-        return [self.python, "-m", "quicktune.cli", "search", *request.search_args(self.tracking_uri),
-                "--workdir", str(self.folder(request.search_id) / "work"), *self.extra_args]
+        return [
+            self.python,
+            "-m",
+            "quicktune.cli",
+            "search",
+            *request.search_args(self.tracking_uri),
+            "--workdir",
+            str(self.folder(request.search_id) / "work"),
+            *self.extra_args,
+        ]
 
     def launch(self, request: SearchRequest) -> dict[str, Any]:
         check_launchable(request)
@@ -147,13 +167,24 @@ class LocalLauncher(Launcher):
             return self._record(request.search_id) or {}
         log_file = open(d / "search.log", "ab")  # noqa: SIM115 - handed to the child
         try:
-            proc = subprocess.Popen(self.command(request), stdout=log_file, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, env=self.env)
+            proc = subprocess.Popen(
+                self.command(request),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=self.env,
+            )
         finally:
             log_file.close()
         self._children[request.search_id] = proc
-        record = {"launcher": self.name, "search_id": request.search_id, "pid": proc.pid,
-                  "start_time": _proc_start_time(proc.pid), "launched_at": time.time()}
+        record = {
+            "launcher": self.name,
+            "search_id": request.search_id,
+            "pid": proc.pid,
+            "start_time": _proc_start_time(proc.pid),
+            "launched_at": time.time(),
+        }
         tmp = d / "launch.json.tmp"
         tmp.write_text(json.dumps(record))
         os.replace(tmp, d / "launch.json")
@@ -221,11 +252,20 @@ class LocalLauncher(Launcher):
 
 
 # --- kubernetes --------------------------------------------------------------------------------
-def controller_job(request: SearchRequest, *, tracking_uri: str, namespace: str, image: str,
-                   service_account: str = "quicktune-controller", config_map: str = "quicktune-config",
-                   s3_secret: str = "quicktune-s3", mlflow_secret: str = "quicktune-mlflow",
-                   checkpoint_uri: str | None = None, backend_options: Mapping[str, str] | None = None,
-                   labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+def controller_job(
+    request: SearchRequest,
+    *,
+    tracking_uri: str,
+    namespace: str,
+    image: str,
+    service_account: str = "quicktune-controller",
+    config_map: str = "quicktune-config",
+    s3_secret: str = "quicktune-s3",
+    mlflow_secret: str = "quicktune-mlflow",
+    checkpoint_uri: str | None = None,
+    backend_options: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """The controller Job for one search, in the shape of ``k8s/base/controller-job.yaml`` (same
     security context, secrets, scratch volume) with the request's arguments written out.
 
@@ -242,46 +282,82 @@ def controller_job(request: SearchRequest, *, tracking_uri: str, namespace: str,
     )
 
     check_launchable(request)
-    args = ["search", "--backend", "kubernetes", *request.search_args(tracking_uri),
-            "--workdir", "/tmp/quicktune"]
+    args = ["search", "--backend", "kubernetes", *request.search_args(tracking_uri), "--workdir", "/tmp/quicktune"]
     if checkpoint_uri:
         args.append(f"--checkpoint-uri={checkpoint_uri}")
     for k, v in (backend_options or {}).items():
         args.append(f"--backend-option={k}={v}")
 
-    lab = {"app.kubernetes.io/name": "quicktune", "app.kubernetes.io/component": "controller",
-           "app.kubernetes.io/managed-by": "quicktune-watch",
-           "quicktune.io/search-id": sanitize_label_value(request.search_id), **dict(labels or {})}
-    field_env = [{"name": n, "valueFrom": {"fieldRef": {"fieldPath": p}}}
-                 for n, p in (("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid"),
-                              ("POD_NAMESPACE", "metadata.namespace"))]
-    plain_env = [{"name": n, "value": v} for n, v in (
-        ("HOME", "/tmp/home"), ("XDG_CACHE_HOME", "/tmp/cache"), ("QUICKTUNE_CACHE", "/tmp/cache/quicktune"),
-        ("MPLCONFIGDIR", "/tmp/cache/matplotlib"), ("PYTHONUNBUFFERED", "1"))]
-    container = kubelet_literal({
-        "name": "controller", "image": image, "imagePullPolicy": "IfNotPresent", "args": args,
-        "envFrom": [{"configMapRef": {"name": config_map}}, {"secretRef": {"name": s3_secret}},
-                    {"secretRef": {"name": mlflow_secret, "optional": True}}],
-        "env": field_env + plain_env,
-        "resources": {"requests": {"cpu": "1", "memory": "3Gi"}, "limits": {"memory": "3Gi"}},
-        "securityContext": dict(RESTRICTED_CONTAINER_SECURITY),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]})
+    lab = {
+        "app.kubernetes.io/name": "quicktune",
+        "app.kubernetes.io/component": "controller",
+        "app.kubernetes.io/managed-by": "quicktune-watch",
+        "quicktune.io/search-id": sanitize_label_value(request.search_id),
+        **dict(labels or {}),
+    }
+    field_env = [
+        {"name": n, "valueFrom": {"fieldRef": {"fieldPath": p}}}
+        for n, p in (
+            ("POD_NAME", "metadata.name"),
+            ("POD_UID", "metadata.uid"),
+            ("POD_NAMESPACE", "metadata.namespace"),
+        )
+    ]
+    plain_env = [
+        {"name": n, "value": v}
+        for n, v in (
+            ("HOME", "/tmp/home"),
+            ("XDG_CACHE_HOME", "/tmp/cache"),
+            ("QUICKTUNE_CACHE", "/tmp/cache/quicktune"),
+            ("MPLCONFIGDIR", "/tmp/cache/matplotlib"),
+            ("PYTHONUNBUFFERED", "1"),
+        )
+    ]
+    container = kubelet_literal(
+        {
+            "name": "controller",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "args": args,
+            "envFrom": [
+                {"configMapRef": {"name": config_map}},
+                {"secretRef": {"name": s3_secret}},
+                {"secretRef": {"name": mlflow_secret, "optional": True}},
+            ],
+            "env": field_env + plain_env,
+            "resources": {"requests": {"cpu": "1", "memory": "3Gi"}, "limits": {"memory": "3Gi"}},
+            "securityContext": dict(RESTRICTED_CONTAINER_SECURITY),
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        }
+    )
     return {
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": request.search_id, "namespace": namespace, "labels": lab,
-                     "annotations": {"quicktune.io/model-name": request.model_name}},
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": request.search_id,
+            "namespace": namespace,
+            "labels": lab,
+            "annotations": {"quicktune.io/model-name": request.model_name},
+        },
         "spec": {
-            "backoffLimit": 4, "ttlSecondsAfterFinished": 604800,
-            "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [
-                {"type": "DisruptionTarget", "status": "True"}]}]},
+            "backoffLimit": 4,
+            "ttlSecondsAfterFinished": 604800,
+            "podFailurePolicy": {
+                "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+            },
             "template": {
                 "metadata": {"labels": lab},
                 "spec": {
-                    "serviceAccountName": service_account, "restartPolicy": "Never",
+                    "serviceAccountName": service_account,
+                    "restartPolicy": "Never",
                     "automountServiceAccountToken": True,  # the controller creates and watches step Jobs
                     "securityContext": dict(RESTRICTED_POD_SECURITY),
                     "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}}]}}}}
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}}],
+                },
+            },
+        },
+    }
 
 
 class KubernetesLauncher(Launcher):
@@ -294,8 +370,9 @@ class KubernetesLauncher(Launcher):
 
     name = "kubernetes"
 
-    def __init__(self, tracking_uri: str, namespace: str, image: str, api_client: Any = None,
-                 **job_options: Any) -> None:
+    def __init__(
+        self, tracking_uri: str, namespace: str, image: str, api_client: Any = None, **job_options: Any
+    ) -> None:
         from quicktune.backends.kubernetes.api import KubernetesApi, default_api_client
 
         self.tracking_uri = tracking_uri
@@ -308,8 +385,9 @@ class KubernetesLauncher(Launcher):
         from quicktune.backends.kubernetes.api import Conflict
 
         check_launchable(request)
-        body = controller_job(request, tracking_uri=self.tracking_uri, namespace=self.namespace, image=self.image,
-                              **self.job_options)
+        body = controller_job(
+            request, tracking_uri=self.tracking_uri, namespace=self.namespace, image=self.image, **self.job_options
+        )
         try:
             self.api.create_job(body)
         except Conflict:  # it exists already (a duplicate start): re-attach
@@ -339,11 +417,19 @@ class KubernetesLauncher(Launcher):
 # --- kfp ---------------------------------------------------------------------------------------
 def kfp_arguments(request: SearchRequest, tracking_uri: str, **extra: Any) -> dict[str, Any]:
     """Parameters of ``pipelines/quicktune_pipeline.yaml`` for a request."""
-    args: dict[str, Any] = {"data_uri": request.data_uri, "tracking_uri": tracking_uri,
-                            "model_name": request.model_name, "budget": f"{request.budget_seconds:g}s",
-                            "space": request.space, "workers": request.workers, "max_epochs": request.max_epochs,
-                            "budget_epochs": request.budget_epochs or 0, "image_size": request.image_size or 0,
-                            "experiment": request.experiment, "search_id": request.search_id}
+    args: dict[str, Any] = {
+        "data_uri": request.data_uri,
+        "tracking_uri": tracking_uri,
+        "model_name": request.model_name,
+        "budget": f"{request.budget_seconds:g}s",
+        "space": request.space,
+        "workers": request.workers,
+        "max_epochs": request.max_epochs,
+        "budget_epochs": request.budget_epochs or 0,
+        "image_size": request.image_size or 0,
+        "experiment": request.experiment,
+        "search_id": request.search_id,
+    }
     args.update(extra)
     return args
 
@@ -354,9 +440,16 @@ class KfpLauncher(Launcher):
     name = "kfp"
     _FINAL = {"SUCCEEDED": 0, "FAILED": 1, "SKIPPED": 1, "CANCELED": 1, "CANCELLED": 1}
 
-    def __init__(self, tracking_uri: str, state_dir: str | os.PathLike[str], pipeline_file: str,
-                 host: str | None = None, experiment: str = "quicktune", client: Any = None,
-                 **pipeline_args: Any) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        state_dir: str | os.PathLike[str],
+        pipeline_file: str,
+        host: str | None = None,
+        experiment: str = "quicktune",
+        client: Any = None,
+        **pipeline_args: Any,
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.state_dir = Path(state_dir).resolve()
         self.pipeline_file = pipeline_file
@@ -373,17 +466,27 @@ class KfpLauncher(Launcher):
 
     def launch(self, request: SearchRequest) -> dict[str, Any]:
         check_launchable(request)
-        for what, value in (("model name", request.model_name), ("experiment name", request.experiment),
-                            ("dataset URI", request.data_uri), ("search space", request.space)):
+        for what, value in (
+            ("model name", request.model_name),
+            ("experiment name", request.experiment),
+            ("dataset URI", request.data_uri),
+            ("search space", request.space),
+        ):
             if "$" in value:
-                raise RequestError(f"the {what} contains '$', which the KFP launcher does not pass on: Kubeflow "
-                                   "hands run arguments through the kubelet's $(VAR) expansion")
+                raise RequestError(
+                    f"the {what} contains '$', which the KFP launcher does not pass on: Kubeflow "
+                    "hands run arguments through the kubelet's $(VAR) expansion"
+                )
         path = self._path(request.search_id)
         if path.exists():
             return json.loads(path.read_text())
         run = self.client.create_run_from_pipeline_package(
-            self.pipeline_file, arguments=kfp_arguments(request, self.tracking_uri, **self.pipeline_args),
-            run_name=request.search_id, experiment_name=self.experiment, enable_caching=False)
+            self.pipeline_file,
+            arguments=kfp_arguments(request, self.tracking_uri, **self.pipeline_args),
+            run_name=request.search_id,
+            experiment_name=self.experiment,
+            enable_caching=False,
+        )
         record = {"launcher": self.name, "search_id": request.search_id, "run_id": run.run_id}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))

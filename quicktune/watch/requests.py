@@ -31,15 +31,32 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from quicktune.durations import DurationError, format_duration, parse_duration
-from quicktune.tracking.schema import (TAG_BUDGET, TAG_BUDGET_EPOCHS, TAG_CHAMPION_VERSION,  # noqa: F401
-                                       TAG_CLAIM, TAG_DATA, TAG_HEARTBEAT, TAG_IMAGE_SIZE, TAG_INCUMBENT,
-                                       TAG_LAUNCHER, TAG_MAX_EPOCHS, TAG_MESSAGE, TAG_MODEL_NAME, TAG_PARENT_RUN,
-                                       TAG_REQUEST, TAG_SEARCH_ID, TAG_SEARCHES_DONE, TAG_SPACE, TAG_STATUS,
-                                       TAG_WORKERS)
+from quicktune.tracking.schema import (  # noqa: F401
+    TAG_BUDGET,
+    TAG_BUDGET_EPOCHS,
+    TAG_CHAMPION_VERSION,
+    TAG_CLAIM,
+    TAG_DATA,
+    TAG_HEARTBEAT,
+    TAG_IMAGE_SIZE,
+    TAG_INCUMBENT,
+    TAG_LAUNCHER,
+    TAG_MAX_EPOCHS,
+    TAG_MESSAGE,
+    TAG_MODEL_NAME,
+    TAG_PARENT_RUN,
+    TAG_REQUEST,
+    TAG_SEARCH_ID,
+    TAG_SEARCHES_DONE,
+    TAG_SPACE,
+    TAG_STATUS,
+    TAG_WORKERS,
+)
 from quicktune.watch.roots import AllowedRoots, RootError, has_control_chars
 
 log = logging.getLogger(__name__)
@@ -122,10 +139,18 @@ class SearchRequest:
     def search_args(self, tracking_uri: str) -> list[str]:
         """Arguments of ``quicktune search`` (after the subcommand) for this request."""
         # --flag=value: a value can never be taken for an option, whatever it starts with
-        args = [f"--data={self.data_uri}", f"--budget={format_duration(self.budget_seconds)}",
-                f"--space={self.space}", f"--workers={self.workers}", f"--max-epochs={self.max_epochs}",
-                f"--search-id={self.search_id}", f"--model-name={self.model_name}",
-                f"--tracking-uri={tracking_uri}", f"--experiment={self.experiment}", "--no-progress"]
+        args = [
+            f"--data={self.data_uri}",
+            f"--budget={format_duration(self.budget_seconds)}",
+            f"--space={self.space}",
+            f"--workers={self.workers}",
+            f"--max-epochs={self.max_epochs}",
+            f"--search-id={self.search_id}",
+            f"--model-name={self.model_name}",
+            f"--tracking-uri={tracking_uri}",
+            f"--experiment={self.experiment}",
+            "--no-progress",
+        ]
         if self.budget_epochs:
             args += [f"--budget-epochs={self.budget_epochs}"]
         if self.image_size:
@@ -180,7 +205,7 @@ def check_space(space: str, roots: AllowedRoots) -> str:
     which is how a credentials file would be read back through the MLflow UI."""
     from quicktune.space import load_space
 
-    ref = space[len("builtin:"):] if space.startswith("builtin:") else space
+    ref = space[len("builtin:") :] if space.startswith("builtin:") else space
     if _BUILTIN_SPACE.fullmatch(ref):
         space = f"builtin:{ref}"
     elif space.startswith("builtin:"):
@@ -189,8 +214,9 @@ def check_space(space: str, roots: AllowedRoots) -> str:
         try:
             space = roots.check_local(space)
         except RootError as exc:
-            raise RequestError(f"{TAG_SPACE}: {exc} (use builtin:cpu or builtin:paper, or ask the "
-                               f"watcher's operator)") from None
+            raise RequestError(
+                f"{TAG_SPACE}: {exc} (use builtin:cpu or builtin:paper, or ask the watcher's operator)"
+            ) from None
     try:
         load_space(space)
     except Exception as exc:  # noqa: BLE001 - any failure to load is a bad request
@@ -201,8 +227,14 @@ def check_space(space: str, roots: AllowedRoots) -> str:
     return space
 
 
-def parse_request(target: Target, *, experiment: str = "quicktune", max_workers: int = 16,
-                  check_data: bool = True, roots: AllowedRoots | None = None) -> SearchRequest:
+def parse_request(
+    target: Target,
+    *,
+    experiment: str = "quicktune",
+    max_workers: int = 16,
+    check_data: bool = True,
+    roots: AllowedRoots | None = None,
+) -> SearchRequest:
     """Validate a request's tags; raise :class:`RequestError` with a reason a person can act on.
     The dataset is opened (as the search would) so an unknown or unreadable one is rejected now,
     not minutes later inside a search. ``roots``: where data and space files may lie (default:
@@ -234,10 +266,19 @@ def parse_request(target: Target, *, experiment: str = "quicktune", max_workers:
     if check_data:
         check_dataset(data)
     exp = target.name if target.kind == EXPERIMENT else experiment
-    return SearchRequest(target=target, search_id=search_id_for(target), model_name=target.model_name,
-                         data_uri=data, budget_seconds=budget, space=space, workers=int(workers or 1),
-                         max_epochs=int(max_epochs or 10), budget_epochs=budget_epochs, image_size=image_size,
-                         experiment=exp)
+    return SearchRequest(
+        target=target,
+        search_id=search_id_for(target),
+        model_name=target.model_name,
+        data_uri=data,
+        budget_seconds=budget,
+        space=space,
+        workers=int(workers or 1),
+        max_epochs=int(max_epochs or 10),
+        budget_epochs=budget_epochs,
+        image_size=image_size,
+        experiment=exp,
+    )
 
 
 def check_data_root(uri: str, roots: AllowedRoots) -> str:
@@ -268,8 +309,10 @@ def check_dataset(uri: str) -> None:
         if not os.path.exists(uri):
             raise RequestError(f"dataset cannot be read: {shown}: not found")
         if not os.path.isdir(uri):
-            raise RequestError(f"dataset cannot be read: {shown}: not a dataset: a dataset is a folder "
-                               f"(one sub-folder per class, or labels.csv + images/)")
+            raise RequestError(
+                f"dataset cannot be read: {shown}: not a dataset: a dataset is a folder "
+                f"(one sub-folder per class, or labels.csv + images/)"
+            )
         if not os.access(uri, os.R_OK | os.X_OK):
             raise RequestError(f"dataset cannot be read: {shown}: access denied")
     try:
@@ -311,8 +354,7 @@ def _why_unreadable(exc: BaseException) -> str:
         if isinstance(e, storage.StorageError):
             return "the storage service refused the request"
     if isinstance(exc, DatasetError):
-        return ("not a dataset: expected one sub-folder per class (or labels.csv + images/), "
-                "with readable images")
+        return "not a dataset: expected one sub-folder per class (or labels.csv + images/), with readable images"
     return "it cannot be opened"
 
 

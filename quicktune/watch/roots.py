@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 ENV_ALLOWED_ROOTS = "QUICKTUNE_ALLOWED_DATA_ROOTS"
 DEFAULT_ALLOWED_ROOTS: tuple[str, ...] = ("s3://",)
@@ -51,7 +51,7 @@ def _s3_parts(uri: str) -> tuple[str, str]:
     """``(bucket, key prefix without trailing /)`` of an ``s3://`` URI, refusing anything whose
     meaning could differ between this check and the S3 client: empty, ``.`` or ``..`` segments,
     backslashes, ``?``/``#``, control characters, a bucket name S3 would not accept."""
-    rest = uri[len("s3://"):]
+    rest = uri[len("s3://") :]
     bucket, _, key = rest.partition("/")
     key = key.rstrip("/")
     if not _BUCKET.fullmatch(bucket) or ".." in bucket:
@@ -71,7 +71,7 @@ class AllowedRoots:
     local: tuple[str, ...] = ()  # resolved absolute folders
 
     @classmethod
-    def parse(cls, roots: Iterable[str]) -> "AllowedRoots":
+    def parse(cls, roots: Iterable[str]) -> AllowedRoots:
         """Roots as an operator writes them; :class:`ValueError` for one that is not a root."""
         s3: list[tuple[str, str]] = []
         local: list[str] = []
@@ -98,12 +98,11 @@ class AllowedRoots:
         return cls(tuple(dict.fromkeys(s3)), tuple(dict.fromkeys(local)))
 
     @classmethod
-    def default(cls) -> "AllowedRoots":
+    def default(cls) -> AllowedRoots:
         return cls.parse(DEFAULT_ALLOWED_ROOTS)
 
     @classmethod
-    def from_settings(cls, flags: Iterable[str] | None = None,
-                      env: Mapping[str, str] | None = None) -> "AllowedRoots":
+    def from_settings(cls, flags: Iterable[str] | None = None, env: Mapping[str, str] | None = None) -> AllowedRoots:
         """``--allowed-data-root`` values if any, else ``$QUICKTUNE_ALLOWED_DATA_ROOTS`` if set, else
         the default. Giving roots replaces the default (``s3://`` is then allowed only if listed)."""
         flags = [f for f in (flags or []) if f.strip()]

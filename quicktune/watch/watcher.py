@@ -40,10 +40,35 @@ from quicktune.tracking.retry import repeat_if_write_race
 from quicktune.tracking.schema import METRIC_INCUMBENT, ROLE_SEARCH, TAG_ROLE
 from quicktune.watch.launchers import LAUNCH_RUNNING, LAUNCH_UNKNOWN, Launcher
 from quicktune.watch.requests import (
-    ACTIVE, CANCELLED, EXPERIMENT, FAILED, MODEL, QUEUED, REJECTED, RUNNING, SUCCEEDED, TAG_CHAMPION_VERSION,
-    TAG_CLAIM, TAG_HEARTBEAT, TAG_INCUMBENT, TAG_LAUNCHER, TAG_MESSAGE, TAG_PARENT_RUN, TAG_REQUEST,
-    TAG_SEARCH_ID, TAG_SEARCHES_DONE, TAG_STATUS, TERMINAL, RequestError, SearchRequest, Target, parse_request,
-    search_id_for, target_from_experiment, target_from_model)
+    ACTIVE,
+    CANCELLED,
+    EXPERIMENT,
+    FAILED,
+    MODEL,
+    QUEUED,
+    REJECTED,
+    RUNNING,
+    SUCCEEDED,
+    TAG_CHAMPION_VERSION,
+    TAG_CLAIM,
+    TAG_HEARTBEAT,
+    TAG_INCUMBENT,
+    TAG_LAUNCHER,
+    TAG_MESSAGE,
+    TAG_PARENT_RUN,
+    TAG_REQUEST,
+    TAG_SEARCH_ID,
+    TAG_SEARCHES_DONE,
+    TAG_STATUS,
+    TERMINAL,
+    RequestError,
+    SearchRequest,
+    Target,
+    parse_request,
+    search_id_for,
+    target_from_experiment,
+    target_from_model,
+)
 from quicktune.watch.roots import AllowedRoots
 
 log = logging.getLogger(__name__)
@@ -153,8 +178,9 @@ class Watcher:
             return self._follow(t)
         # a new request (or a stale one): validate before claiming anything
         try:
-            req = parse_request(t, experiment=self.cfg.experiment, max_workers=self.cfg.max_workers,
-                                roots=self.cfg.roots)
+            req = parse_request(
+                t, experiment=self.cfg.experiment, max_workers=self.cfg.max_workers, roots=self.cfg.roots
+            )
         except RequestError as exc:
             self.set_tags(t, {TAG_STATUS: f"{REJECTED}: {exc}"})
             log.warning("%s rejected: %s", t.label, exc)
@@ -162,8 +188,9 @@ class Watcher:
         t = self._claim(t)
         if t is None:
             return False
-        self.set_tags(t, {TAG_SEARCH_ID: req.search_id, TAG_STATUS: QUEUED, TAG_LAUNCHER: self.launcher.name,
-                          TAG_MESSAGE: ""})
+        self.set_tags(
+            t, {TAG_SEARCH_ID: req.search_id, TAG_STATUS: QUEUED, TAG_LAUNCHER: self.launcher.name, TAG_MESSAGE: ""}
+        )
         return self._follow(t, req)
 
     def _mine(self, claim: str) -> bool:
@@ -198,8 +225,13 @@ class Watcher:
             # the controller resumes the search if it exists already
             if req is None:
                 try:
-                    req = parse_request(t, experiment=self.cfg.experiment, max_workers=self.cfg.max_workers,
-                                        check_data=False, roots=self.cfg.roots)
+                    req = parse_request(
+                        t,
+                        experiment=self.cfg.experiment,
+                        max_workers=self.cfg.max_workers,
+                        check_data=False,
+                        roots=self.cfg.roots,
+                    )
                 except RequestError as exc:
                     self.set_tags(t, {TAG_STATUS: f"{REJECTED}: {exc}"})
                     return False
@@ -229,9 +261,11 @@ class Watcher:
         exp = self.client.get_experiment_by_name(exp_name)
         if exp is None:
             return None
-        runs = self.client.search_runs([exp.experiment_id],
-                                       filter_string({tag(TAG_SEARCH_ID): search_id,
-                                                      tag(TAG_ROLE): ROLE_SEARCH}), max_results=1)
+        runs = self.client.search_runs(
+            [exp.experiment_id],
+            filter_string({tag(TAG_SEARCH_ID): search_id, tag(TAG_ROLE): ROLE_SEARCH}),
+            max_results=1,
+        )
         return runs[0] if runs else None
 
     def run_link(self, run: Any) -> str:
@@ -274,8 +308,15 @@ class Watcher:
             return
         ptags = parent.data.tags
         if version is not None:
-            self.set_tags(t, {TAG_CHAMPION_VERSION: version, TAG_STATUS: SUCCEEDED,
-                              TAG_MESSAGE: ptags.get(TAG_MESSAGE, ""), TAG_SEARCHES_DONE: done})
+            self.set_tags(
+                t,
+                {
+                    TAG_CHAMPION_VERSION: version,
+                    TAG_STATUS: SUCCEEDED,
+                    TAG_MESSAGE: ptags.get(TAG_MESSAGE, ""),
+                    TAG_SEARCHES_DONE: done,
+                },
+            )
             return
         if ptags.get(TAG_STATUS) == "succeeded":
             why = f"the search succeeded but no '{self.cfg.alias}' version was registered ({launch_message})"
@@ -295,8 +336,10 @@ class Watcher:
             if parent is not None:
                 self.client.set_tag(parent.info.run_id, TAG_STATUS, "cancelled")
                 self.client.set_tag(parent.info.run_id, TAG_MESSAGE, "cancelled from the MLflow UI")
-            self.set_tags(t, {TAG_STATUS: CANCELLED, TAG_MESSAGE: "cancelled on request",
-                              TAG_SEARCHES_DONE: str(t.generation + 1)})
+            self.set_tags(
+                t,
+                {TAG_STATUS: CANCELLED, TAG_MESSAGE: "cancelled on request", TAG_SEARCHES_DONE: str(t.generation + 1)},
+            )
         else:
             self.set_tags(t, {TAG_STATUS: CANCELLED, TAG_MESSAGE: "cancelled before it started"})
         log.info("%s: cancelled", t.label)

@@ -45,7 +45,8 @@ import re
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +140,20 @@ class WebhookReceiver:
     quick (the watcher's only sets an ``Event``). Use as a context manager; ``port`` is known (and
     the socket bound) as soon as the object exists. ``accepted`` / ``refused`` count deliveries."""
 
-    def __init__(self, secret: str, on_event: Callable[[dict[str, Any]], None], port: int = 0,
-                 host: str = "0.0.0.0", *, max_body: int = MAX_BODY, tolerance: float = 300.0,
-                 request_timeout: float = 10.0, keep_alive: int = 5, max_connections: int = 64,
-                 max_remembered: int = 10_000) -> None:
+    def __init__(
+        self,
+        secret: str,
+        on_event: Callable[[dict[str, Any]], None],
+        port: int = 0,
+        host: str = "0.0.0.0",
+        *,
+        max_body: int = MAX_BODY,
+        tolerance: float = 300.0,
+        request_timeout: float = 10.0,
+        keep_alive: int = 5,
+        max_connections: int = 64,
+        max_remembered: int = 10_000,
+    ) -> None:
         if not secret:
             raise ValueError("a webhook secret is required (QUICKTUNE_WEBHOOK_SECRET)")
         import uvicorn
@@ -167,11 +178,23 @@ class WebhookReceiver:
             raise
         self.port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(
-            self._app(), http=_bounded_h11_protocol(request_timeout), loop="asyncio", lifespan="off",
-            ws="none", interface="asgi3", proxy_headers=False, log_config=None, access_log=False,
-            server_header=False, date_header=False,
-            limit_concurrency=max_connections, timeout_keep_alive=keep_alive, timeout_graceful_shutdown=2,
-            h11_max_incomplete_event_size=MAX_HEAD, backlog=128)
+            self._app(),
+            http=_bounded_h11_protocol(request_timeout),
+            loop="asyncio",
+            lifespan="off",
+            ws="none",
+            interface="asgi3",
+            proxy_headers=False,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            limit_concurrency=max_connections,
+            timeout_keep_alive=keep_alive,
+            timeout_graceful_shutdown=2,
+            h11_max_incomplete_event_size=MAX_HEAD,
+            backlog=128,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="quicktune-webhook", daemon=True)
         self._error: BaseException | None = None
@@ -266,7 +289,7 @@ class WebhookReceiver:
         except BaseException as exc:  # noqa: BLE001 - reported by __enter__ / __exit__
             self._error = exc
 
-    def __enter__(self) -> "WebhookReceiver":
+    def __enter__(self) -> WebhookReceiver:
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._server.started:

@@ -67,8 +67,10 @@ def test_files_state_and_no_secrets_on_disk(tmp_path, tiny_image_folder, monkeyp
     d = backend.step_dir(sid)
     launch = json.loads((d / "launch.json").read_text())
     assert launch["pid"] > 0
-    assert launch["argv"] == [*backend.step_command, *req.argv(out=str(d / "RESULT.json"),
-                                                            config_path=str(d / "config.json"))]
+    assert launch["argv"] == [
+        *backend.step_command,
+        *req.argv(out=str(d / "RESULT.json"), config_path=str(d / "config.json")),
+    ]
     assert "--max-epochs=7" in launch["argv"] and "QUICKTUNE_MAX_EPOCHS" not in json.dumps(launch)
     manifest = json.loads((tmp_path / "ckpt" / "files" / req.config_id / "epoch-0001.json").read_text())
     assert manifest["max_epochs"] == 7
@@ -159,8 +161,9 @@ def test_backend_killed_mid_launch_never_launches_twice(tmp_path, tiny_image_fol
     (d2 / "RESULT.json").unlink()
     (d2 / "runner.json").unlink()
     stale = json.loads((d2 / "launch.json").read_text())
-    (d2 / "launch.json").write_text(json.dumps({**stale, "pid": None, "proc_start": None,
-                                                 "started_at": time.time() - 3600}))
+    (d2 / "launch.json").write_text(
+        json.dumps({**stale, "pid": None, "proc_start": None, "started_at": time.time() - 3600})
+    )
     (d2 / "step.log").write_text("[quicktune local backend] the launch line, and nothing else\n")
     fresh = LocalBackend(tmp_path / "work", max_workers=1, fork_server=fork_server)
     try:

@@ -74,10 +74,12 @@ def test_the_forked_step_runs_the_step_entry_point_not_the_command_line():
 
 
 def test_runner_and_stepdir_load_without_the_backend():
-    code = ("import sys, quicktune.backends.local.runner, quicktune.backends.local.stepdir\n"
-            "bad = [m for m in ('quicktune.backends.local.backend', 'quicktune.backends.local.forkserver') "
-            "if m in sys.modules]\n"
-            "print(bad); sys.exit(1 if bad else 0)\n")
+    code = (
+        "import sys, quicktune.backends.local.runner, quicktune.backends.local.stepdir\n"
+        "bad = [m for m in ('quicktune.backends.local.backend', 'quicktune.backends.local.forkserver') "
+        "if m in sys.modules]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
 

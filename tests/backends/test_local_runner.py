@@ -13,11 +13,16 @@ from quicktune.backends.local import stepdir
 
 
 def _runner(d, argv, timeout=None, env=None):
-    stepdir.write_json_atomic(d / stepdir.RUNNER_SPEC, {"argv": argv, "env_overrides": env or {},
-                                                       "timeout": timeout})
+    stepdir.write_json_atomic(d / stepdir.RUNNER_SPEC, {"argv": argv, "env_overrides": env or {}, "timeout": timeout})
     with open(d / stepdir.LOG, "ab") as log:
-        p = subprocess.run([sys.executable, "-m", "quicktune.backends.local.runner", str(d)], stdout=log,
-                           stderr=subprocess.STDOUT, cwd=str(d), start_new_session=True, timeout=120)
+        p = subprocess.run(
+            [sys.executable, "-m", "quicktune.backends.local.runner", str(d)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(d),
+            start_new_session=True,
+            timeout=120,
+        )
     return p.returncode, json.loads((d / stepdir.EXIT).read_text())
 
 
@@ -42,8 +47,9 @@ def test_timeout_kills_the_group_and_says_so(tmp_path):
 
 
 def test_usage():
-    p = subprocess.run([sys.executable, "-m", "quicktune.backends.local.runner"], capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "quicktune.backends.local.runner"], capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 2 and "usage" in p.stderr
 
 

@@ -12,8 +12,7 @@ import os
 import subprocess
 import sys
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from quicktune.backends.local import stepdir
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import string
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from quicktune.backends.base import StepRequest, TrialBackend
 
@@ -19,10 +18,14 @@ _text = st.text(alphabet=string.ascii_letters + string.digits + "-_./:=$ ", min_
 
 requests = st.builds(
     StepRequest,
-    search_id=_text, config_id=_text,
+    search_id=_text,
+    config_id=_text,
     config=st.dictionaries(st.sampled_from(["model", "lr", "opt"]), st.one_of(st.integers(), _text), max_size=3),
-    data_uri=_text, to_epoch=st.integers(1, 10_000), checkpoint_dir=_text,
-    seed=st.integers(0, 2**31 - 1), device=st.sampled_from(["cpu", "cuda", "cuda:1"]),
+    data_uri=_text,
+    to_epoch=st.integers(1, 10_000),
+    checkpoint_dir=_text,
+    seed=st.integers(0, 2**31 - 1),
+    device=st.sampled_from(["cpu", "cuda", "cuda:1"]),
     image_size=st.one_of(st.none(), st.integers(1, 1024)),
     extra_env=st.dictionaries(st.sampled_from(["A", "B_C"]), _text, max_size=2),
     max_epochs=st.one_of(st.none(), st.integers(1, 1000)),
@@ -36,9 +39,19 @@ def test_to_dict_from_dict_round_trip(req):
 
 
 def test_a_request_recorded_before_max_epochs_existed_still_reads():
-    old = {"search_id": "s", "config_id": "c", "config": {"model": "m"}, "data_uri": "/d", "to_epoch": 2,
-           "checkpoint_dir": "/ck", "seed": 0, "device": "cpu", "image_size": None,
-           "extra_env": {"QUICKTUNE_MAX_EPOCHS": "10"}, "queued_at": 3.0}
+    old = {
+        "search_id": "s",
+        "config_id": "c",
+        "config": {"model": "m"},
+        "data_uri": "/d",
+        "to_epoch": 2,
+        "checkpoint_dir": "/ck",
+        "seed": 0,
+        "device": "cpu",
+        "image_size": None,
+        "extra_env": {"QUICKTUNE_MAX_EPOCHS": "10"},
+        "queued_at": 3.0,
+    }
     req = StepRequest.from_dict(old)
     assert req.max_epochs is None and req.extra_env == {"QUICKTUNE_MAX_EPOCHS": "10"}
 
@@ -59,9 +72,18 @@ def test_argv_parses_back_to_the_request(req, out, config_path):
     argv = req.argv(out="-" + out, config_path=config_path)
     args = build_parser().parse_args(["step", *argv])
     assert (args.config, args.data, args.to_epoch, args.checkpoint_dir, args.out) == (
-        config_path, req.data_uri, req.to_epoch, req.checkpoint_dir, "-" + out)
+        config_path,
+        req.data_uri,
+        req.to_epoch,
+        req.checkpoint_dir,
+        "-" + out,
+    )
     assert (args.device, args.seed, args.image_size, args.max_epochs) == (
-        req.device, req.seed, req.image_size or None, req.max_epochs)
+        req.device,
+        req.seed,
+        req.image_size or None,
+        req.max_epochs,
+    )
     assert all(a.startswith("--") and "=" in a for a in argv)
 
 

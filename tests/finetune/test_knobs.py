@@ -9,12 +9,14 @@ ImageNet weights for co-tuning. One short epoch each. Cost: ~40-80 s on a conten
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from quicktune.finetune import checkpoint as ck
-from quicktune.finetune.config import InvalidConfigError, resolve_config
 from quicktune.finetune.build import build_training
+from quicktune.finetune.config import InvalidConfigError, resolve_config
 from quicktune.finetune.step import run_step
 from quicktune.finetune.train import Regularizers, train_one_epoch
 
@@ -24,8 +26,9 @@ BN_MODEL = {"models": {"test_efficientnet": {"source": "none"}}}
 
 def _train(data, tmp_path_factory, cfg, to_epoch=1, image_size=32, **kw):
     d = tmp_path_factory.mktemp("ck")
-    res = run_step(cfg, str(data), to_epoch, str(d), image_size=image_size, max_epochs=10,
-                   cache_dir=str(d.parent / "cache"), **kw)
+    res = run_step(
+        cfg, str(data), to_epoch, str(d), image_size=image_size, max_epochs=10, cache_dir=str(d.parent / "cache"), **kw
+    )
     assert res["status"] == "ok", res["message"]
     found = dict(ck.list_checkpoints(str(d)))
     t = ck.load_checkpoint(found[max(found)]).tensors
@@ -125,7 +128,7 @@ def test_pct_to_freeze_keeps_first_tensors_fixed(tiny_image_folder, tmp_path_fac
     frozen = [n for n, p in parts.net.named_parameters() if not p.requires_grad]
     assert frozen and parts.freeze["frozen_tensors"] == len(frozen)
     names = [n for n, _ in parts.net.named_parameters()]
-    assert names[:len(frozen)] == frozen  # counted from the input side
+    assert names[: len(frozen)] == frozen  # counted from the input side
     _, trained = _train(tiny_image_folder, tmp_path_factory, {**BASE, "pct_to_freeze": 0.6})
     for n in frozen:
         assert torch.equal(init[n], trained[n]), n
@@ -145,7 +148,7 @@ def test_layer_decay_gives_per_layer_learning_rates():
     _, parts = _parts({"layer_decay": 0.65})
     lrs = sorted({round(g["lr"], 12) for g in parts.optimizer.param_groups})
     assert len(lrs) > 3 and lrs[-1] == pytest.approx(0.001)  # the head gets the full lr
-    assert lrs[0] < 0.001 * 0.65 ** 2
+    assert lrs[0] < 0.001 * 0.65**2
     _, flat = _parts({})
     assert {g["lr"] for g in flat.optimizer.param_groups} == {0.001}
 
@@ -197,8 +200,12 @@ def test_stoch_norm_replaces_batchnorm_and_changes_training(tiny_image_folder, t
     y2 = parts.net(x)
     assert not torch.allclose(y1, y2)
     base = _train(tiny_image_folder, tmp_path_factory, {**BASE, "model": "test_efficientnet"}, weights_config=BN_MODEL)
-    sn = _train(tiny_image_folder, tmp_path_factory, {**BASE, "model": "test_efficientnet", "stoch_norm": True},
-                weights_config=BN_MODEL)
+    sn = _train(
+        tiny_image_folder,
+        tmp_path_factory,
+        {**BASE, "model": "test_efficientnet", "stoch_norm": True},
+        weights_config=BN_MODEL,
+    )
     assert _differs(base[1], sn[1])
 
 
@@ -229,8 +236,13 @@ def test_cotuning_without_pretrained_head_warns(tiny_image_folder, tmp_path_fact
 def test_optimizers_are_timms():
     import timm.optim
 
-    expect = {"sgd": (torch.optim.SGD, True), "momentum": (torch.optim.SGD, False), "adam": (torch.optim.Adam, None),
-              "adamw": (torch.optim.AdamW, None), "adamp": (timm.optim.AdamP, None)}
+    expect = {
+        "sgd": (torch.optim.SGD, True),
+        "momentum": (torch.optim.SGD, False),
+        "adam": (torch.optim.Adam, None),
+        "adamw": (torch.optim.AdamW, None),
+        "adamp": (timm.optim.AdamP, None),
+    }
     for name, (cls, nesterov) in expect.items():
         _, parts = _parts({"opt": name, "momentum": 0.8, "opt_betas": "0.0 0.99"})
         opt = parts.optimizer
@@ -257,9 +269,13 @@ def _lr_trajectory(overrides, metrics, max_epochs=10):
 def test_scheduler_trajectories():
     flat = [0.5] * 8
     cos = _lr_trajectory({"sched": "cosine"}, flat)
-    assert cos[0] == pytest.approx(0.001) and all(a > b for a, b in zip(cos, cos[1:]))
+    assert cos[0] == pytest.approx(0.001) and all(a > b for a, b in itertools.pairwise(cos))
     step = _lr_trajectory({"sched": "step", "decay_epochs": 2, "decay_rate": 0.5}, flat)
-    assert step[:2] == pytest.approx([0.001] * 2) and step[2] == pytest.approx(0.0005) and step[4] == pytest.approx(0.00025)
+    assert (
+        step[:2] == pytest.approx([0.001] * 2)
+        and step[2] == pytest.approx(0.0005)
+        and step[4] == pytest.approx(0.00025)
+    )
     multi = _lr_trajectory({"sched": "multistep", "decay_epochs": 2, "decay_rate": 0.1}, flat)
     # timm's MultiStepLRScheduler counts milestones as bisect_right(milestones, t + 1): with
     # decay_epochs=2 the 2nd epoch already runs decayed, the 4th decayed twice (StepLR: t // d).
@@ -312,7 +328,9 @@ def test_config_defaults_and_errors():
 
         rng = np.random.default_rng(0)
         for _ in range(50):
-            resolve_config(space.sample(rng) if hasattr(space, "sample") else {p.name: p.sample(rng) for p in space.params})
+            resolve_config(
+                space.sample(rng) if hasattr(space, "sample") else {p.name: p.sample(rng) for p in space.params}
+            )
 
 
 def _cpu_models():
@@ -321,11 +339,30 @@ def _cpu_models():
     return list(load_space("builtin:cpu")["model"].choices)
 
 
-ALL_ON = {"pct_to_freeze": 0.2, "layer_decay": 0.75, "sp_reg": 0.01, "delta_reg": 0.01, "bss_reg": 0.01,
-          "cotuning_reg": 1.0, "stoch_norm": True, "mixup": 0.4, "cutmix": 0.5, "mixup_prob": 1.0, "smoothing": 0.1,
-          "drop": 0.2, "clip_grad": 1.0, "opt": "adamp", "opt_betas": "0.9 0.99", "weight_decay": 0.01,
-          "sched": "multistep", "decay_epochs": 2, "decay_rate": 0.5, "warmup_epochs": 1, "warmup_lr": 1e-6,
-          "batch_size": 16}
+ALL_ON = {
+    "pct_to_freeze": 0.2,
+    "layer_decay": 0.75,
+    "sp_reg": 0.01,
+    "delta_reg": 0.01,
+    "bss_reg": 0.01,
+    "cotuning_reg": 1.0,
+    "stoch_norm": True,
+    "mixup": 0.4,
+    "cutmix": 0.5,
+    "mixup_prob": 1.0,
+    "smoothing": 0.1,
+    "drop": 0.2,
+    "clip_grad": 1.0,
+    "opt": "adamp",
+    "opt_betas": "0.9 0.99",
+    "weight_decay": 0.01,
+    "sched": "multistep",
+    "decay_epochs": 2,
+    "decay_rate": 0.5,
+    "warmup_epochs": 1,
+    "warmup_lr": 1e-6,
+    "batch_size": 16,
+}
 
 
 @pytest.mark.parametrize("model", _cpu_models())
@@ -338,8 +375,17 @@ def test_every_cpu_hub_model_takes_every_knob(model):
         assert regs.source_head is not None
     x, y = _batches(1, bs=8)[0]
     regs.relationship = torch.full((10, 1000), 1e-3) if regs.source_head is not None else None
-    stats = train_one_epoch(parts.net, [(x, y)], parts.optimizer, parts.loss_fn, torch.device("cpu"), regs,
-                            mixup=parts.mixup, num_classes=10, clip_grad=1.0)
+    stats = train_one_epoch(
+        parts.net,
+        [(x, y)],
+        parts.optimizer,
+        parts.loss_fn,
+        torch.device("cpu"),
+        regs,
+        mixup=parts.mixup,
+        num_classes=10,
+        clip_grad=1.0,
+    )
     assert stats["train_steps"] == 1 and stats["train_loss"] == stats["train_loss"]  # finite
     parts.scheduler.step(1, 0.5)
 
@@ -353,4 +399,8 @@ def test_every_classifier_timm_resets_stays_trainable():
     net = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=10, img_size=32)
     apply_freezing(net, 1.0, linear_probing=True)
     assert {n for n, p in net.named_parameters() if p.requires_grad} == {
-        "head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
+        "head.weight",
+        "head.bias",
+        "head_dist.weight",
+        "head_dist.bias",
+    }

@@ -26,10 +26,36 @@ from quicktune.finetune.train import train_one_epoch
 #: the manifest keys of a checkpoint written by the step before the split (one epoch of test_vit);
 #: checkpoint.save_checkpoint adds epoch/format/sha256/size/tensors_file
 OLD_MANIFEST_KEYS = {
-    "best_epoch", "best_score", "classes", "config", "data_fingerprint", "data_uri", "epoch", "format", "history",
-    "image_size", "in_chans", "max_epochs", "mean", "model", "num_classes", "optimizer", "pretrained",
-    "resolved_config", "rng", "scaler", "scheduler", "seed", "sha256", "size", "source_head", "split_seed", "std",
-    "stoch_norm", "tensors_file", "versions",
+    "best_epoch",
+    "best_score",
+    "classes",
+    "config",
+    "data_fingerprint",
+    "data_uri",
+    "epoch",
+    "format",
+    "history",
+    "image_size",
+    "in_chans",
+    "max_epochs",
+    "mean",
+    "model",
+    "num_classes",
+    "optimizer",
+    "pretrained",
+    "resolved_config",
+    "rng",
+    "scaler",
+    "scheduler",
+    "seed",
+    "sha256",
+    "size",
+    "source_head",
+    "split_seed",
+    "std",
+    "stoch_norm",
+    "tensors_file",
+    "versions",
 }
 
 
@@ -44,18 +70,38 @@ def _build(overrides: dict, seed: int = 0) -> tuple[dict, TrainingParts]:
 
 def _meta(cfg: dict, parts: TrainingParts, **per_epoch) -> dict:
     defaults = model_defaults(cfg["model"])
-    base = CheckpointMeta(config={"model": cfg["model"]}, resolved_config=cfg, classes=[str(i) for i in range(10)],
-                          in_chans=1, image_size=16, max_epochs=6, seed=0, split_seed=0, mean=defaults["mean"],
-                          std=defaults["std"], pretrained=bool(defaults["pretrained"]), data_uri="/data",
-                          data_fingerprint="abc", **per_epoch)
+    base = CheckpointMeta(
+        config={"model": cfg["model"]},
+        resolved_config=cfg,
+        classes=[str(i) for i in range(10)],
+        in_chans=1,
+        image_size=16,
+        max_epochs=6,
+        seed=0,
+        split_seed=0,
+        mean=defaults["mean"],
+        std=defaults["std"],
+        pretrained=bool(defaults["pretrained"]),
+        data_uri="/data",
+        data_fingerprint="abc",
+        **per_epoch,
+    )
     return base.manifest(parts)
 
 
 def _train_a_little(parts: TrainingParts) -> None:
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(16, 1, 16, 16, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(2)]
-    train_one_epoch(parts.net, batches, parts.optimizer, parts.loss_fn, torch.device("cpu"), parts.regs,
-                    mixup=parts.mixup, num_classes=10)
+    train_one_epoch(
+        parts.net,
+        batches,
+        parts.optimizer,
+        parts.loss_fn,
+        torch.device("cpu"),
+        parts.regs,
+        mixup=parts.mixup,
+        num_classes=10,
+    )
     parts.scheduler.step(1, 0.5)
 
 
@@ -76,8 +122,11 @@ def test_manifest_keys_are_the_ones_old_checkpoints_have(tmp_path):
     assert on_disk["num_classes"] == 10 and on_disk["model"] == "test_vit" and on_disk["best_epoch"] == 1
 
 
-@pytest.mark.parametrize("overrides", [{}, {"sched": "plateau", "sp_reg": 0.01, "opt": "momentum", "momentum": 0.9}],
-                         ids=["cosine-adamw", "plateau-sgd-sp"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"sched": "plateau", "sp_reg": 0.01, "opt": "momentum", "momentum": 0.9}],
+    ids=["cosine-adamw", "plateau-sgd-sp"],
+)
 def test_save_load_restore_gives_back_weights_optimizer_scheduler_and_rng_streams(tmp_path, overrides):
     cfg, parts = _build(overrides)
     _train_a_little(parts)

@@ -48,8 +48,10 @@ def test_result_schema_and_checkpoint_layout(tiny_image_folder, tmp_path):
         assert 0.0 <= e["score"] <= 1.0 and 0.0 <= e["top5"] <= 1.0 and e["score"] <= e["top5"]
         assert e["cost"] == pytest.approx(e["train_seconds"] + e["eval_seconds"])
         assert e["train_seconds"] > 0 and e["eval_seconds"] > 0
-    assert on_disk["num_params"] == sum(p.numel() for p in __import__("timm").create_model(
-        "test_vit", num_classes=10, in_chans=1, img_size=32).parameters())
+    assert on_disk["num_params"] == sum(
+        p.numel()
+        for p in __import__("timm").create_model("test_vit", num_classes=10, in_chans=1, img_size=32).parameters()
+    )
     assert on_disk["meta_features"]["num_classes"] == 10
     assert on_disk["peak_memory_mb"] > 0
     assert on_disk["checkpoint"].endswith("epoch-0002.json")
@@ -68,10 +70,26 @@ def test_result_schema_and_checkpoint_layout(tiny_image_folder, tmp_path):
 
 RANDOM_INIT = {"models": {"test_efficientnet": {"source": "none"}}}  # a test-sized BatchNorm model, offline
 RESUME_CFG = {  # exercises every RNG consumer: mixup/cutmix, augmentation, StochNorm, plateau state
-    "model": "test_efficientnet", "lr": 0.01, "batch_size": 16, "opt": "momentum", "momentum": 0.9,
-    "mixup": 0.4, "cutmix": 0.5, "mixup_prob": 0.75, "smoothing": 0.1, "data_augmentation": "trivial_augment",
-    "stoch_norm": True, "sp_reg": 0.001, "bss_reg": 0.001, "sched": "plateau", "patience_epochs": 1,
-    "warmup_epochs": 1, "warmup_lr": 1e-5, "drop": 0.1, "clip_grad": 1.0, "weight_decay": 1e-4,
+    "model": "test_efficientnet",
+    "lr": 0.01,
+    "batch_size": 16,
+    "opt": "momentum",
+    "momentum": 0.9,
+    "mixup": 0.4,
+    "cutmix": 0.5,
+    "mixup_prob": 0.75,
+    "smoothing": 0.1,
+    "data_augmentation": "trivial_augment",
+    "stoch_norm": True,
+    "sp_reg": 0.001,
+    "bss_reg": 0.001,
+    "sched": "plateau",
+    "patience_epochs": 1,
+    "warmup_epochs": 1,
+    "warmup_lr": 1e-5,
+    "drop": 0.1,
+    "clip_grad": 1.0,
+    "weight_decay": 1e-4,
 }
 
 
@@ -84,7 +102,7 @@ def test_resume_2_plus_2_equals_4(tiny_image_folder, tmp_path):
     assert r1["status"] == r2["status"] == straight["status"] == "ok", (r1["message"], r2["message"])
     assert [e["epoch"] for e in r2["epochs"]] == [3, 4]
     split = r1["epochs"] + r2["epochs"]
-    for x, y in zip(split, straight["epochs"]):
+    for x, y in zip(split, straight["epochs"], strict=True):
         assert x["train_loss"] == y["train_loss"] and x["score"] == y["score"] and x["lr"] == y["lr"]
     ta, tb = _tensors(a), _tensors(b)
     assert set(ta) == set(tb)
@@ -106,16 +124,19 @@ def test_diverged_keeps_last_good_checkpoint(tiny_image_folder, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["status"] == "diverged"
 
 
-@pytest.mark.parametrize("cfg, needle", [
-    ({"model": "test_vit", "lr": 0.001, "not_a_knob": 1}, "not_a_knob"),
-    ({"model": "no_such_model_xyz"}, "no_such_model_xyz"),
-    ({"model": "test_vit", "lr": -1.0}, "lr"),
-    ({"model": "test_vit", "opt": "rmsprop"}, "opt"),
-    ({"model": "test_vit", "pct_to_freeze": 1.5}, "pct_to_freeze"),
-    ({"model": "test_vit", "stoch_norm": "yes"}, "stoch_norm"),
-    ({"model": "test_vit", "opt_betas": "0.9"}, "opt_betas"),
-    ({"lr": 0.001}, "model"),
-])
+@pytest.mark.parametrize(
+    "cfg, needle",
+    [
+        ({"model": "test_vit", "lr": 0.001, "not_a_knob": 1}, "not_a_knob"),
+        ({"model": "no_such_model_xyz"}, "no_such_model_xyz"),
+        ({"model": "test_vit", "lr": -1.0}, "lr"),
+        ({"model": "test_vit", "opt": "rmsprop"}, "opt"),
+        ({"model": "test_vit", "pct_to_freeze": 1.5}, "pct_to_freeze"),
+        ({"model": "test_vit", "stoch_norm": "yes"}, "stoch_norm"),
+        ({"model": "test_vit", "opt_betas": "0.9"}, "opt_betas"),
+        ({"lr": 0.001}, "model"),
+    ],
+)
 def test_invalid_configs(tiny_image_folder, tmp_path, cfg, needle):
     res = _step(cfg, tiny_image_folder, 1, tmp_path / "ck", out=str(tmp_path / "r.json"))
     assert res["status"] == "invalid"
@@ -148,8 +169,14 @@ def test_an_image_size_the_model_cannot_take_is_invalid(tiny_image_folder, tmp_p
     """convnext_atto's stem and downsampling need >= 32 px: at 16 px the step is ``invalid``
     (image_size) at once, before any epoch, and writes no checkpoint."""
     cfg = {"model": "convnext_atto", "lr": 0.001, "batch_size": 32, "opt": "adamw"}
-    res = _step(cfg, tiny_image_folder, 1, tmp_path / "ck", image_size=16,
-                weights_config={"models": {"convnext_atto": {"source": "none"}}})
+    res = _step(
+        cfg,
+        tiny_image_folder,
+        1,
+        tmp_path / "ck",
+        image_size=16,
+        weights_config={"models": {"convnext_atto": {"source": "none"}}},
+    )
     assert res["status"] == "invalid" and res["invalid_kind"] == "image_size", res["message"]
     assert "convnext_atto" in res["message"] and "16 px" in res["message"] and res["epochs"] == []
     assert not (tmp_path / "ck").exists() or not list((tmp_path / "ck").iterdir())
@@ -158,10 +185,9 @@ def test_an_image_size_the_model_cannot_take_is_invalid(tiny_image_folder, tmp_p
 
 
 def test_a_data_error_caused_by_an_s3_outage_is_failed_and_retryable(tiny_image_folder, tmp_path, monkeypatch):
+    import quicktune.data as data_mod
     from quicktune import storage
     from quicktune.data import DatasetError
-
-    import quicktune.data as data_mod
 
     def unreachable(*a, **k):
         raise DatasetError("s3://b/p: S3 endpoint unreachable") from storage.EndpointError("http://s3: refused")
@@ -240,12 +266,31 @@ def test_cli_writes_result(tiny_image_folder, tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(BASE))
     out = tmp_path / "RESULT.json"
-    args = ["step", "--config", str(cfg), "--data", str(tiny_image_folder), "--to-epoch", "1",
-            "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(out), "--image-size", "32",
-            "--cache-dir", str(tmp_path / "cache")]
+    args = [
+        "step",
+        "--config",
+        str(cfg),
+        "--data",
+        str(tiny_image_folder),
+        "--to-epoch",
+        "1",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--out",
+        str(out),
+        "--image-size",
+        "32",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     # one real process: the way backends run it
-    p = subprocess.run([sys.executable, "-m", "quicktune.cli", *args], capture_output=True, text=True,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "quicktune.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     res = json.loads(out.read_text())
     validate_result(res)
@@ -261,8 +306,21 @@ def test_cli_writes_result(tiny_image_folder, tmp_path, capsys):
     assert json.loads(out.read_text())["status"] == "invalid"
     # --evaluate-test on the trained checkpoint
     cfg.write_text(json.dumps(BASE))
-    assert main(args[:5] + ["--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "test.json"),
-                            "--evaluate-test", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (
+        main(
+            args[:5]
+            + [
+                "--checkpoint-dir",
+                str(tmp_path / "ck"),
+                "--out",
+                str(tmp_path / "test.json"),
+                "--evaluate-test",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     t = json.loads((tmp_path / "test.json").read_text())
     assert t["status"] == "ok" and t["split"] == "test" and t["n"] == 60
     # an unwritable --out is the one case without a RESULT: non-zero exit
@@ -291,19 +349,25 @@ def test_checkpoint_dir_on_s3(tiny_image_folder, tmp_path, s3_env):
 
 def test_step_import_path_is_light():
     # `quicktune step` runs once per epoch-step: it must not pay for MLflow, Kubernetes or KFP.
-    code = ("import sys, quicktune.cli.step_cmd, quicktune.finetune.step, quicktune.finetune.export, "
-            "quicktune.finetune.checkpoint; "
-            "bad = [m for m in ('mlflow', 'kubernetes', 'kfp', 'gpytorch', 'pandas') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, quicktune.cli.step_cmd, quicktune.finetune.step, quicktune.finetune.export, "
+        "quicktune.finetune.checkpoint; "
+        "bad = [m for m in ('mlflow', 'kubernetes', 'kfp', 'gpytorch', 'pandas') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
-@pytest.mark.parametrize("exc, status", [(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "oom"),
-                                         (MemoryError(), "oom"),
-                                         (KeyError("boom"), "failed"),
-                                         (__import__("quicktune.data").data.DatasetError("boom: bad image"),
-                                          "invalid")])
+@pytest.mark.parametrize(
+    "exc, status",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "oom"),
+        (MemoryError(), "oom"),
+        (KeyError("boom"), "failed"),
+        (__import__("quicktune.data").data.DatasetError("boom: bad image"), "invalid"),
+    ],
+)
 def test_exceptions_map_to_statuses(tiny_image_folder, tmp_path, monkeypatch, exc, status):
     # OOM cannot be provoked honestly on a shared CPU box: inject it where it would surface.
     import quicktune.finetune.train as train_mod
@@ -328,15 +392,31 @@ def test_worker_mode_runs_steps_like_separate_processes(tiny_image_folder, tmp_p
 
     from quicktune.cli import main
 
-    reqs = [{"id": "1", "config": BASE, "data": str(tiny_image_folder), "to_epoch": 1,
-             "checkpoint_dir": str(tmp_path / "w"), "out": str(tmp_path / "w1.json")},
-            "this is not JSON",
-            {"id": "x", "config": BASE, "to_epoch": 1},
-            {"id": "2", "config": BASE, "data": str(tiny_image_folder), "to_epoch": 2,
-             "checkpoint_dir": str(tmp_path / "w"), "out": str(tmp_path / "w2.json")}]
+    reqs = [
+        {
+            "id": "1",
+            "config": BASE,
+            "data": str(tiny_image_folder),
+            "to_epoch": 1,
+            "checkpoint_dir": str(tmp_path / "w"),
+            "out": str(tmp_path / "w1.json"),
+        },
+        "this is not JSON",
+        {"id": "x", "config": BASE, "to_epoch": 1},
+        {
+            "id": "2",
+            "config": BASE,
+            "data": str(tiny_image_folder),
+            "to_epoch": 2,
+            "checkpoint_dir": str(tmp_path / "w"),
+            "out": str(tmp_path / "w2.json"),
+        },
+    ]
     lines = "\n".join(r if isinstance(r, str) else json.dumps(r) for r in reqs) + "\n"
     monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
-    assert main(["step", "--worker", "--image-size", "32", "--max-epochs", "10", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert (
+        main(["step", "--worker", "--image-size", "32", "--max-epochs", "10", "--cache-dir", str(tmp_path / "c")]) == 0
+    )
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [a.get("status") for a in answers] == ["ok", None, None, "ok"]
     assert "JSONDecodeError" in answers[1]["error"] and "missing keys" in answers[2]["error"]

@@ -14,8 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from quicktune.metadataset.archive import campaign_files, pack, shipped_archive_path, unpack
 from quicktune.metadataset.plan import CampaignError, CampaignPlan
@@ -40,11 +39,13 @@ def test_shipped_archive_resumes_complete_and_exports_the_shipped_table_bit_for_
 
 
 _names = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12).map(lambda s: "t" + s)
-_state = st.fixed_dictionaries({
-    "plan": st.binary(max_size=300),
-    "log": st.one_of(st.none(), st.binary(max_size=300)),
-    "results": st.dictionaries(st.tuples(_names, _names), st.binary(max_size=200), max_size=6),
-})
+_state = st.fixed_dictionaries(
+    {
+        "plan": st.binary(max_size=300),
+        "log": st.one_of(st.none(), st.binary(max_size=300)),
+        "results": st.dictionaries(st.tuples(_names, _names), st.binary(max_size=200), max_size=6),
+    }
+)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -95,15 +96,19 @@ def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarI
 SECRET = b"s3cr3t-contents-never-echoed"
 
 
-@pytest.mark.parametrize("members", [
-    [("plan.json", b"{}"), ("../evil.json", SECRET)],
-    [("plan.json", b"{}"), ("/tmp/evil.json", SECRET)],
-    [("plan.json", b"{}"), ("results/t/../../evil.json", SECRET)],
-    [("plan.json", b"{}"), ("ckpt/t/c/epoch-0001.safetensors", SECRET)],
-    [("plan.json", b"{}"), _link("results/t/c.json", "/etc/passwd")],
-    [("plan.json", b"{}"), _link("progress.log", "plan.json", tarfile.LNKTYPE)],
-    [("results/t/c.json", SECRET)],  # no plan
-], ids=["dotdot", "absolute", "nested-dotdot", "unknown-file", "symlink", "hardlink", "no-plan"])
+@pytest.mark.parametrize(
+    "members",
+    [
+        [("plan.json", b"{}"), ("../evil.json", SECRET)],
+        [("plan.json", b"{}"), ("/tmp/evil.json", SECRET)],
+        [("plan.json", b"{}"), ("results/t/../../evil.json", SECRET)],
+        [("plan.json", b"{}"), ("ckpt/t/c/epoch-0001.safetensors", SECRET)],
+        [("plan.json", b"{}"), _link("results/t/c.json", "/etc/passwd")],
+        [("plan.json", b"{}"), _link("progress.log", "plan.json", tarfile.LNKTYPE)],
+        [("results/t/c.json", SECRET)],  # no plan
+    ],
+    ids=["dotdot", "absolute", "nested-dotdot", "unknown-file", "symlink", "hardlink", "no-plan"],
+)
 def test_unpack_refuses_hostile_archives_and_writes_nothing(tmp_path, members):
     bad = _archive(tmp_path / "bad.tar.gz", members)
     wd = tmp_path / "a" / "wd"

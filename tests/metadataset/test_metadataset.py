@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -77,10 +76,15 @@ def test_dataset_specs(tmp_path):
     s = parse_dataset_spec(str(folder))
     assert (s.task, s.packaged) == ("imgs", False)
     assert parse_dataset_spec("s3://bucket/some/prefix:name=x").source == "s3://bucket/some/prefix"
-    for bad, words in [("nosuchdataset", "neither a packaged"), ("digits:classes=1", "at least 2"),
-                       ("digits:classes=a,b", "integers"), ("digits:max_per_class=0", ">= 1"),
-                       ("digits:colour=red", "unknown option"), (f"{folder}:classes=0,1", "only applies"),
-                       ("digits:name=bad name", "task name")]:
+    for bad, words in [
+        ("nosuchdataset", "neither a packaged"),
+        ("digits:classes=1", "at least 2"),
+        ("digits:classes=a,b", "integers"),
+        ("digits:max_per_class=0", ">= 1"),
+        ("digits:colour=red", "unknown option"),
+        (f"{folder}:classes=0,1", "only applies"),
+        ("digits:name=bad name", "task name"),
+    ]:
         with pytest.raises(CampaignError, match=words):
             parse_dataset_spec(bad)
 
@@ -88,8 +92,9 @@ def test_dataset_specs(tmp_path):
 def test_plan_shares_a_pool_round_robin_and_extends(tmp_path):
     space = SearchSpace.from_yaml(_space(tmp_path))
     specs = [parse_dataset_spec(s) for s in ("digits", "lfw", "mnist5k")]
-    plan = make_or_extend_plan(tmp_path / "wd", specs, configs=6, epochs=3, seed=1, space=space,
-                               space_ref="tiny", image_size=16)
+    plan = make_or_extend_plan(
+        tmp_path / "wd", specs, configs=6, epochs=3, seed=1, space=space, space_ref="tiny", image_size=16
+    )
     pool = {p["config_id"]: p["config"] for p in plan["pool"]}
     assert len(pool) == 9  # 1.5 x 6
     assert all(config_id(c) == cid for cid, c in pool.items())
@@ -103,16 +108,18 @@ def test_plan_shares_a_pool_round_robin_and_extends(tmp_path):
     # the same call again changes nothing; more configs extend without touching what was planned
     again = make_or_extend_plan(tmp_path / "wd", specs, 6, 3, 1, space, "tiny", 16)
     assert again["order"] == plan["order"]
-    more = make_or_extend_plan(tmp_path / "wd", specs + [parse_dataset_spec("digits:classes=0,1:name=d01")],
-                               8, 3, 1, space, "tiny", 16)
+    more = make_or_extend_plan(
+        tmp_path / "wd", specs + [parse_dataset_spec("digits:classes=0,1:name=d01")], 8, 3, 1, space, "tiny", 16
+    )
     assert more["order"][:18] == plan["order"]
     assert all(more["assignments"][t][:6] == plan["assignments"][t] for t in ("digits", "lfw", "mnist5k"))
     assert len(more["assignments"]["d01"]) == 8 and len(more["order"]) == 4 * 8
     with pytest.raises(CampaignError, match="epochs=3"):
         make_or_extend_plan(tmp_path / "wd", specs, 6, 5, 1, space, "tiny", 16)
     with pytest.raises(CampaignError, match="already planned"):
-        make_or_extend_plan(tmp_path / "wd", [parse_dataset_spec("digits:classes=0,1,2:name=lfw")],
-                            6, 3, 1, space, "tiny", 16)
+        make_or_extend_plan(
+            tmp_path / "wd", [parse_dataset_spec("digits:classes=0,1,2:name=lfw")], 6, 3, 1, space, "tiny", 16
+        )
 
 
 def test_curve_rows_record_failures_and_types():
@@ -149,11 +156,35 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -
 @pytest.mark.slow
 def test_campaign_killed_and_resumed_trains_nothing_twice(tmp_path, tiny_image_folder):
     wd, out = tmp_path / "wd", tmp_path / "table.parquet"
-    args = ["metadataset", "build", "--datasets", f"{tiny_image_folder}:name=tiny",
-            "--configs", "3", "--epochs", "2", "--image-size", "16", "--space", str(_space(tmp_path)),
-            "--workdir", str(wd), "--out", str(out), "--poll", "0.2", "--seed", "3"]
-    proc = subprocess.Popen([sys.executable, "-m", "quicktune.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        "metadataset",
+        "build",
+        "--datasets",
+        f"{tiny_image_folder}:name=tiny",
+        "--configs",
+        "3",
+        "--epochs",
+        "2",
+        "--image-size",
+        "16",
+        "--space",
+        str(_space(tmp_path)),
+        "--workdir",
+        str(wd),
+        "--out",
+        str(out),
+        "--poll",
+        "0.2",
+        "--seed",
+        "3",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quicktune.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         _wait_for(out.exists, 240, proc)  # written right after the first result
         proc.send_signal(signal.SIGKILL)  # the campaign dies; its running step (own session) does not
@@ -167,7 +198,7 @@ def test_campaign_killed_and_resumed_trains_nothing_twice(tmp_path, tiny_image_f
     assert partial.groupby(["dataset", "config_id"]).ngroups == len(first)
 
     res = _cli(*args, "--json")
-    prog = json.loads(res.stdout[res.stdout.index("{"):])
+    prog = json.loads(res.stdout[res.stdout.index("{") :])
     assert prog["total"]["done"] == 3 and prog["total"]["failed"] == 0
     log = (wd / "progress.log").read_text()
     assert log.count("session start") == 2
@@ -199,15 +230,21 @@ def test_campaign_killed_and_resumed_trains_nothing_twice(tmp_path, tiny_image_f
         curve = df[(df["dataset"] == task) & (df["config_id"] == cid)].sort_values("epoch")
         assert curve["score"].tolist() == [e["score"] for e in step["epochs"]]
         assert curve["cost"].tolist() == [e["cost"] for e in step["epochs"]]
-        assert curve["hp.model"].iloc[0] == plan["pool"][[p["config_id"] for p in plan["pool"]].index(cid)]["config"]["model"]
+        assert (
+            curve["hp.model"].iloc[0]
+            == plan["pool"][[p["config_id"] for p in plan["pool"]].index(cid)]["config"]["model"]
+        )
         for k, v in step["meta_features"].items():
             assert (curve[f"meta.{k}"] == float(v)).all()
     assert (df["meta.num_images"] == 300).all() and (df["meta.num_classes"] == 10).all()
 
     exported = tmp_path / "exported.csv"
     _cli("metadataset", "export", "--workdir", str(wd), "--out", str(exported))
-    pd.testing.assert_frame_equal(load_lct(exported)[["dataset", "config_id", "epoch", "score", "cost"]],
-                                  df[["dataset", "config_id", "epoch", "score", "cost"]], check_dtype=False)
+    pd.testing.assert_frame_equal(
+        load_lct(exported)[["dataset", "config_id", "epoch", "score", "cost"]],
+        df[["dataset", "config_id", "epoch", "score", "cost"]],
+        check_dtype=False,
+    )
     status = _cli("metadataset", "status", "--workdir", str(wd)).stdout
     assert "tiny" in status and "3/3" in status
 
@@ -219,9 +256,26 @@ def test_campaign_killed_and_resumed_trains_nothing_twice(tmp_path, tiny_image_f
 def test_campaign_materialises_packaged_data_and_records_a_failing_config(tmp_path):
     space = _space(tmp_path, "name: bad\nparams:\n  model: {type: categorical, choices: [no_such_model_xyz]}\n")
     out = tmp_path / "t.csv"
-    _cli("metadataset", "build", "--datasets", "lfw:max_per_class=20", "--configs", "1", "--epochs", "3",
-         "--image-size", "16", "--space", str(space), "--workdir", str(tmp_path / "wd"), "--out", str(out),
-         "--poll", "0.2")
+    _cli(
+        "metadataset",
+        "build",
+        "--datasets",
+        "lfw:max_per_class=20",
+        "--configs",
+        "1",
+        "--epochs",
+        "3",
+        "--image-size",
+        "16",
+        "--space",
+        str(space),
+        "--workdir",
+        str(tmp_path / "wd"),
+        "--out",
+        str(out),
+        "--poll",
+        "0.2",
+    )
     df = load_lct(out)
     assert len(df) == 1 and df["epoch"].tolist() == [1] and math.isnan(df["score"].iloc[0])
     assert df["cost"].iloc[0] >= 0 and df["hp.model"].iloc[0] == "no_such_model_xyz"
@@ -230,8 +284,17 @@ def test_campaign_materialises_packaged_data_and_records_a_failing_config(tmp_pa
     rec = next((tmp_path / "wd" / "results").rglob("*.json"))
     assert json.loads(rec.read_text())["status"] == "invalid"
     step_dir = next((tmp_path / "wd" / "backend" / "steps").iterdir())
-    args = ["metadataset", "build", "--workdir", str(tmp_path / "wd"), "--out", str(out), "--poll", "0.2",
-            "--retry-failed"]
+    args = [
+        "metadataset",
+        "build",
+        "--workdir",
+        str(tmp_path / "wd"),
+        "--out",
+        str(out),
+        "--poll",
+        "0.2",
+        "--retry-failed",
+    ]
     _cli(*args)  # 'invalid' is a property of the config: not retried
     assert not (step_dir / ".attempt").exists()
     doc = json.loads(rec.read_text())
@@ -242,14 +305,36 @@ def test_campaign_materialises_packaged_data_and_records_a_failing_config(tmp_pa
 
 
 def test_build_and_info_errors(tmp_path):
-    res = _cli("metadataset", "build", "--workdir", str(tmp_path / "none"), "--out", str(tmp_path / "t.parquet"),
-               check=False)
+    res = _cli(
+        "metadataset", "build", "--workdir", str(tmp_path / "none"), "--out", str(tmp_path / "t.parquet"), check=False
+    )
     assert res.returncode == 1 and "give --datasets" in res.stderr
     with pytest.raises(SystemExit, match="--namespace and --image"):
-        _cli("metadataset", "build", "--backend", "kubernetes", "--workdir", str(tmp_path / "k"), "--out",
-             str(tmp_path / "t.parquet"))
-    res = _cli("metadataset", "build", "--datasets", "nosuchdataset", "--configs", "1", "--epochs", "1",
-               "--workdir", str(tmp_path / "x"), "--out", str(tmp_path / "t.parquet"), check=False)
+        _cli(
+            "metadataset",
+            "build",
+            "--backend",
+            "kubernetes",
+            "--workdir",
+            str(tmp_path / "k"),
+            "--out",
+            str(tmp_path / "t.parquet"),
+        )
+    res = _cli(
+        "metadataset",
+        "build",
+        "--datasets",
+        "nosuchdataset",
+        "--configs",
+        "1",
+        "--epochs",
+        "1",
+        "--workdir",
+        str(tmp_path / "x"),
+        "--out",
+        str(tmp_path / "t.parquet"),
+        check=False,
+    )
     assert res.returncode == 1 and "nosuchdataset" in res.stderr and not (tmp_path / "x" / "plan.json").exists()
     res = _cli("metadataset", "info", str(tmp_path / "missing.parquet"), "--json", check=False)
     assert res.returncode == 1 and "missing.parquet" in res.stderr
@@ -278,14 +363,20 @@ def test_harvest_round_trip(tmp_path, mlflow_server, s3_env, tiny_image_folder):
     from quicktune.metadataset.harvest import harvest
     from quicktune.tracking.layout import SearchTracker
 
-    meta = {k: float(v) for k, v in __import__("quicktune.data", fromlist=["open_dataset"])
-            .open_dataset(str(tiny_image_folder)).meta_features().items()}
+    meta = {
+        k: float(v)
+        for k, v in __import__("quicktune.data", fromlist=["open_dataset"])
+        .open_dataset(str(tiny_image_folder))
+        .meta_features()
+        .items()
+    }
     good = {"model": "test_vit", "lr": 0.003, "opt": "adamw", "batch_size": 16, "sched": "cosine"}
     bad = {"model": "no_such_model_xyz", "lr": 0.001}
     results = {}
     for cfg in (good, bad):
-        results[config_id(cfg)] = run_step(cfg, str(tiny_image_folder), 2, str(tmp_path / "ck" / config_id(cfg)),
-                                           image_size=16, max_epochs=2)
+        results[config_id(cfg)] = run_step(
+            cfg, str(tiny_image_folder), 2, str(tmp_path / "ck" / config_id(cfg)), image_size=16, max_epochs=2
+        )
     assert results[config_id(good)]["status"] == "ok" and results[config_id(bad)]["status"] == "invalid"
 
     exp = "harvest-" + os.urandom(3).hex()
@@ -324,8 +415,17 @@ def test_harvest_round_trip(tmp_path, mlflow_server, s3_env, tiny_image_folder):
     assert failed["hp.batch_size"].isna().all()  # inactive in the bad config
 
     # the CLI prints the same
-    res = _cli("metadataset", "harvest", "--tracking-uri", mlflow_server.tracking_uri, "--out",
-               str(tmp_path / "h2.csv"), "--experiment", exp, "--json")
+    res = _cli(
+        "metadataset",
+        "harvest",
+        "--tracking-uri",
+        mlflow_server.tracking_uri,
+        "--out",
+        str(tmp_path / "h2.csv"),
+        "--experiment",
+        exp,
+        "--json",
+    )
     assert json.loads(res.stdout)["curves"] == 2
     assert load_lct(tmp_path / "h2.csv")["score"].dropna().tolist() == df["score"].dropna().tolist()
 
@@ -336,23 +436,36 @@ def test_harvest_of_a_real_search(tmp_path, mlflow_server, tiny_image_folder, mo
     """A search run by the controller (one config trains, one diverges) -> harvested rows equal the
     epochs its steps reported in their RESULT.json files, and the failure is a NaN row."""
     from quicktune.backends.local import LocalBackend
-    from quicktune.search import SearchSpec, run_search
     from quicktune.metadataset.harvest import harvest
+    from quicktune.search import SearchSpec, run_search
     from quicktune.tracking.layout import SearchTracker
 
     for k, v in mlflow_server.env.items():
         monkeypatch.setenv(k, v)
-    space = _space(tmp_path, "name: diverge\nmodel_param: model\nparams:\n"
-                             "  model: {type: categorical, choices: [test_vit]}\n"
-                             "  lr: {type: categorical, choices: [0.001, 100000.0]}\n"
-                             "  opt: {type: categorical, choices: [sgd]}\n"
-                             "  batch_size: {type: categorical, choices: [16]}\n")
+    space = _space(
+        tmp_path,
+        "name: diverge\nmodel_param: model\nparams:\n"
+        "  model: {type: categorical, choices: [test_vit]}\n"
+        "  lr: {type: categorical, choices: [0.001, 100000.0]}\n"
+        "  opt: {type: categorical, choices: [sgd]}\n"
+        "  batch_size: {type: categorical, choices: [16]}\n",
+    )
     exp = "harvest-real-" + os.urandom(3).hex()
-    spec = SearchSpec(data_uri=str(tiny_image_folder), budget_seconds=300, space=str(space), search_id="hv-real",
-                      workers=1, max_epochs=2, budget_epochs=3, image_size=16, workdir=str(tmp_path / "work"),
-                      optimizer="random")
-    result = run_search(spec, LocalBackend(spec.workdir), SearchTracker(mlflow_server.tracking_uri, experiment=exp),
-                        progress=False)
+    spec = SearchSpec(
+        data_uri=str(tiny_image_folder),
+        budget_seconds=300,
+        space=str(space),
+        search_id="hv-real",
+        workers=1,
+        max_epochs=2,
+        budget_epochs=3,
+        image_size=16,
+        workdir=str(tmp_path / "work"),
+        optimizer="random",
+    )
+    result = run_search(
+        spec, LocalBackend(spec.workdir), SearchTracker(mlflow_server.tracking_uri, experiment=exp), progress=False
+    )
     assert result.status == "succeeded", result.message
 
     reported: dict[str, list[dict]] = {}
@@ -372,7 +485,7 @@ def test_harvest_of_a_real_search(tmp_path, mlflow_server, tiny_image_folder, mo
     from quicktune.data import open_dataset
 
     fp = open_dataset(str(tiny_image_folder)).fingerprint
-    (name, info), = summary["dataset_names"].items()
+    ((name, info),) = summary["dataset_names"].items()
     assert info["key"] == f"fp:{fp}" and name == Path(str(tiny_image_folder)).name
     df = load_lct(out)
     for cid, eps in reported.items():

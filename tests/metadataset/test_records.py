@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from quicktune.metadataset.plan import CampaignPlan, make_or_extend_plan, parse_dataset_spec
 from quicktune.metadataset.records import RecordStore, totals
@@ -24,9 +23,13 @@ def _store(wd) -> RecordStore:
 
 
 def _result(status="ok", scores=(0.5, 0.6), step_seconds=5.0):
-    return {"status": status, "message": "" if status == "ok" else "boom",
-            "epochs": [{"epoch": i + 1, "score": s, "cost": 1.0} for i, s in enumerate(scores)],
-            "step_seconds": step_seconds, "meta_features": {"num_classes": 2}}
+    return {
+        "status": status,
+        "message": "" if status == "ok" else "boom",
+        "epochs": [{"epoch": i + 1, "score": s, "cost": 1.0} for i, s in enumerate(scores)],
+        "step_seconds": step_seconds,
+        "meta_features": {"num_classes": 2},
+    }
 
 
 def test_records_survive_a_restart_and_are_never_planned_again(tmp_path):
@@ -69,8 +72,11 @@ def test_a_torn_record_counts_as_missing_and_forget_failed_keeps_the_file(tmp_pa
 
 
 @settings(max_examples=25, deadline=None)
-@given(scores=st.lists(st.floats(0, 1), min_size=1, max_size=4), step=st.floats(0, 100),
-       status=st.sampled_from(["ok", "failed", "diverged", "oom", "invalid"]))
+@given(
+    scores=st.lists(st.floats(0, 1), min_size=1, max_size=4),
+    step=st.floats(0, 100),
+    status=st.sampled_from(["ok", "failed", "diverged", "oom", "invalid"]),
+)
 def test_a_record_round_trips_through_the_disk(scores, step, status):
     import tempfile
     from pathlib import Path

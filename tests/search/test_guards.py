@@ -18,15 +18,23 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from quicktune.backends.base import CANCELLED, PENDING, RUNNING, SUCCEEDED, TERMINAL, StepRequest, StepStatus, \
-    TrialBackend
+from quicktune.backends.base import (
+    CANCELLED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    StepRequest,
+    StepStatus,
+    TrialBackend,
+)
 from quicktune.search import SearchError, SearchSpec, run_search
 from quicktune.tracking import InfrastructureError, RetryPolicy, SearchTracker
 from quicktune.tracking.names import InvalidNameError, check_search_id, filter_literal, filter_string, tag
@@ -43,8 +51,16 @@ def _score(config_id: str, epoch: int) -> float:
 
 
 def ok_result(req: StepRequest) -> dict[str, Any]:
-    e = {"epoch": req.to_epoch, "score": _score(req.config_id, req.to_epoch), "top5": 1.0, "val_loss": 1.0,
-         "train_loss": 1.0, "train_seconds": 0.01, "eval_seconds": 0.01, "cost": 0.02}
+    e = {
+        "epoch": req.to_epoch,
+        "score": _score(req.config_id, req.to_epoch),
+        "top5": 1.0,
+        "val_loss": 1.0,
+        "train_loss": 1.0,
+        "train_seconds": 0.01,
+        "eval_seconds": 0.01,
+        "cost": 0.02,
+    }
     return {"status": "ok", "message": "", "epochs": [e]}
 
 
@@ -53,8 +69,9 @@ class ScriptedBackend(TrialBackend):
     step); ``outcome(request)`` makes the RESULT. Keeps its steps across sessions, as a real
     backend's durable state does."""
 
-    def __init__(self, workers: int = 1, seconds: float = 0.05,
-                 outcome: Callable[[StepRequest], dict[str, Any]] = ok_result) -> None:
+    def __init__(
+        self, workers: int = 1, seconds: float = 0.05, outcome: Callable[[StepRequest], dict[str, Any]] = ok_result
+    ) -> None:
         self.workers, self.seconds, self.outcome = workers, seconds, outcome
         self.steps: dict[str, dict[str, Any]] = {}
         self.launches: Counter[str] = Counter()  # step id -> attempts started
@@ -115,33 +132,55 @@ def store(tmp_path_factory) -> str:
 
 
 def tracker_for(store: str, experiment: str | None = None) -> SearchTracker:
-    artifacts = Path(store[len("sqlite:///"):]).parent / "artifacts"
-    return SearchTracker(store, experiment=experiment or f"g-{uuid.uuid4().hex[:6]}",
-                         retry=RetryPolicy(base=0.1, max_delay=0.5, total=5), artifact_location=str(artifacts))
+    artifacts = Path(store[len("sqlite:///") :]).parent / "artifacts"
+    return SearchTracker(
+        store,
+        experiment=experiment or f"g-{uuid.uuid4().hex[:6]}",
+        retry=RetryPolicy(base=0.1, max_delay=0.5, total=5),
+        artifact_location=str(artifacts),
+    )
 
 
 def spec_for(data, tmp_path, **kw) -> SearchSpec:
-    base = dict(data_uri=str(data), budget_seconds=120, space=TINY_SPACE, search_id=f"g-{uuid.uuid4().hex[:8]}",
-                workers=1, max_epochs=3, optimizer="random", workdir=str(tmp_path / "work"), budget_epochs=3,
-                poll_interval=0.01, step_retry_delay=0.01,
-                checkpoint_uri="s3://never-used/ckpt")  # the scripted steps write nothing
+    base = dict(
+        data_uri=str(data),
+        budget_seconds=120,
+        space=TINY_SPACE,
+        search_id=f"g-{uuid.uuid4().hex[:8]}",
+        workers=1,
+        max_epochs=3,
+        optimizer="random",
+        workdir=str(tmp_path / "work"),
+        budget_epochs=3,
+        poll_interval=0.01,
+        step_retry_delay=0.01,
+        checkpoint_uri="s3://never-used/ckpt",
+    )  # the scripted steps write nothing
     base.update(kw)
     return SearchSpec(**base)
 
 
 def child_runs(tracker: SearchTracker, parent_id: str) -> list[Any]:
-    return list(tracker.client.search_runs([tracker.experiment_id], filter_string(
-        {tag("mlflow.parentRunId"): parent_id, tag("quicktune.role"): "config"})))
+    return list(
+        tracker.client.search_runs(
+            [tracker.experiment_id],
+            filter_string({tag("mlflow.parentRunId"): parent_id, tag("quicktune.role"): "config"}),
+        )
+    )
 
 
 def tell_seqs(tracker: SearchTracker, parent_id: str) -> list[int]:
-    return sorted(int(m.value) for r in child_runs(tracker, parent_id)
-                  for m in tracker.client.get_metric_history(r.info.run_id, "tell_seq"))
+    return sorted(
+        int(m.value)
+        for r in child_runs(tracker, parent_id)
+        for m in tracker.client.get_metric_history(r.info.run_id, "tell_seq")
+    )
 
 
 # --- search ids -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("bad", ["../../x", "a'b", "A-upper", "-lead", "trail-", "", "a" * 64, "a b", "a/b",
-                                 "x\ny", 'a"b', "ü"])
+@pytest.mark.parametrize(
+    "bad", ["../../x", "a'b", "A-upper", "-lead", "trail-", "", "a" * 64, "a b", "a/b", "x\ny", 'a"b', "ü"]
+)
 def test_bad_search_ids_are_refused_everywhere(bad, tmp_path):
     with pytest.raises(InvalidNameError, match="not valid: 1 to 63 characters"):
         check_search_id(bad)
@@ -162,8 +201,13 @@ def test_every_id_the_product_generates_is_valid(model_name, created, generation
     from quicktune.watch.requests import MODEL, Target, search_id_for
 
     assert check_search_id(SearchSpec(data_uri="x", budget_seconds=5).search_id)
-    target = Target(kind=MODEL, key=model_name, name=model_name, created=created,
-                    tags={} if not generation else {"quicktune.searches": str(generation)})
+    target = Target(
+        kind=MODEL,
+        key=model_name,
+        name=model_name,
+        created=created,
+        tags={} if not generation else {"quicktune.searches": str(generation)},
+    )
     assert check_search_id(search_id_for(target))
     from quicktune.tracking.names import search_id_for_run
 
@@ -174,13 +218,18 @@ def test_every_id_the_product_generates_is_valid(model_name, created, generation
 def test_cli_refuses_bad_search_ids_and_negative_durations(capsys):
     from quicktune.cli import main
 
-    for argv, needle in ((["search", "--data", "x", "--budget", "5m", "--search-id", "../../x"],
-                          "argument --search-id: search id '../../x' is not valid"),
-                         (["promote", "it's"], "argument SEARCH_ID: search id \"it's\" is not valid"),
-                         (["search", "--data", "x", "--budget", "-5m"],
-                          "argument --budget: '-5m': a duration must be positive"),
-                         (["search", "--data", "x", "--budget", "5m", "--step-timeout", "-1h30m"],
-                          "argument --step-timeout: '-1h30m': a duration must be positive")):
+    for argv, needle in (
+        (
+            ["search", "--data", "x", "--budget", "5m", "--search-id", "../../x"],
+            "argument --search-id: search id '../../x' is not valid",
+        ),
+        (["promote", "it's"], 'argument SEARCH_ID: search id "it\'s" is not valid'),
+        (["search", "--data", "x", "--budget", "-5m"], "argument --budget: '-5m': a duration must be positive"),
+        (
+            ["search", "--data", "x", "--budget", "5m", "--step-timeout", "-1h30m"],
+            "argument --step-timeout: '-1h30m': a duration must be positive",
+        ),
+    ):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2
@@ -198,8 +247,9 @@ def test_promote_refuses_a_quote_in_the_id_without_asking_mlflow():
 
 
 # --- MLflow filter strings ------------------------------------------------------------------------
-QUOTABLE = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\\"), max_size=30) \
-    .filter(lambda t: not ("'" in t and '"' in t))
+QUOTABLE = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\\"), max_size=30).filter(
+    lambda t: not ("'" in t and '"' in t)
+)
 
 
 @given(QUOTABLE)
@@ -207,8 +257,9 @@ def test_filter_literals_parse_back_exactly(value):
     """MLflow's own filter parser reads back the exact value, whatever quotes it holds."""
     from mlflow.utils.search_utils import SearchUtils
 
-    parsed = SearchUtils.parse_search_filter(filter_string({tag("quicktune.search_id"): value,
-                                                            tag("quicktune.role"): "search"}))
+    parsed = SearchUtils.parse_search_filter(
+        filter_string({tag("quicktune.search_id"): value, tag("quicktune.role"): "search"})
+    )
     assert [(p["key"], p["value"]) for p in parsed] == [("quicktune.search_id", value), ("quicktune.role", "search")]
 
 
@@ -226,8 +277,10 @@ def test_search_ids_and_tag_values_round_trip_through_a_real_store(store, sid, o
     """Generated ids and arbitrary tag values: written as tags, found by the filters we build."""
     tracker = tracker_for(store, "roundtrip")
     marker = uuid.uuid4().hex
-    run = tracker.client.create_run(tracker.experiment_id, tags={
-        "quicktune.search_id": sid, "quicktune.role": "search", "qt.other": other, "qt.marker": marker})
+    run = tracker.client.create_run(
+        tracker.experiment_id,
+        tags={"quicktune.search_id": sid, "quicktune.role": "search", "qt.other": other, "qt.marker": marker},
+    )
     found = tracker.find_search(sid)
     assert found is not None and found.data.tags["quicktune.search_id"] == sid
     hits = tracker._search(filter_string({tag("qt.other"): other, tag("qt.marker"): marker}))
@@ -272,8 +325,11 @@ def test_resume_refuses_changed_data_before_writing_anything(store, tiny_image_f
     for png in sorted((data / "1").glob("*.png"))[:10]:
         shutil.copy(png, data / "ten" / png.name)
     again = spec_for(data, tmp_path, search_id=spec.search_id, budget_epochs=4)
-    with pytest.raises(SearchError, match=r"was started on other data: dataset fingerprint \w+ -> \w+ "
-                                          r"\(images 300 -> 280\)"):
+    with pytest.raises(
+        SearchError,
+        match=r"was started on other data: dataset fingerprint \w+ -> \w+ "
+        r"\(images 300 -> 280\)",
+    ):
         run_search(again, backend, tracker, progress=False)
     after = tracker.client.get_run(first.parent_run_id)
     assert after.data.tags == before.data.tags and after.info.status == before.info.status
@@ -292,8 +348,9 @@ def test_resume_accepts_the_same_folder_by_another_path(store, tiny_image_folder
     assert run_search(spec, backend, tracker, progress=False).status == "succeeded"
     monkeypatch.chdir(tmp_path)
     for n, other in enumerate(("data", str(data) + "/", str(tmp_path / "link")), start=2):
-        result = run_search(spec_for(other, tmp_path, search_id=spec.search_id, budget_epochs=n), backend, tracker,
-                            progress=False)
+        result = run_search(
+            spec_for(other, tmp_path, search_id=spec.search_id, budget_epochs=n), backend, tracker, progress=False
+        )
         assert result.status == "succeeded" and result.resumed and result.epochs_done == n, result.message
     assert tell_seqs(tracker, result.parent_run_id) == [1, 2, 3, 4]
 
@@ -306,9 +363,12 @@ def invalid(kind: str) -> Callable[[StepRequest], dict[str, Any]]:
 def test_invalid_steps_are_recorded_not_retried_and_fail_fast(store, tiny_image_folder, tmp_path):
     tracker = tracker_for(store)
     backend = ScriptedBackend(outcome=invalid("config"))
-    result = run_search(spec_for(tiny_image_folder, tmp_path, budget_epochs=None, step_retries=3,
-                                 fail_fast_steps=3), backend,
-                        tracker, progress=False)
+    result = run_search(
+        spec_for(tiny_image_folder, tmp_path, budget_epochs=None, step_retries=3, fail_fast_steps=3),
+        backend,
+        tracker,
+        progress=False,
+    )
     assert result.status == "failed"
     assert "were all invalid and none succeeded" in result.message and "config says no" in result.message
     assert set(backend.launches.values()) == {1}  # none retried (was step_retries + 1 attempts each)
@@ -320,8 +380,7 @@ def test_invalid_steps_are_recorded_not_retried_and_fail_fast(store, tiny_image_
 def test_a_data_error_stops_the_search_at_the_first_step(store, tiny_image_folder, tmp_path):
     tracker = tracker_for(store)
     backend = ScriptedBackend(outcome=invalid("data"))
-    result = run_search(spec_for(tiny_image_folder, tmp_path, budget_epochs=None), backend, tracker,
-                        progress=False)
+    result = run_search(spec_for(tiny_image_folder, tmp_path, budget_epochs=None), backend, tracker, progress=False)
     assert result.status == "failed" and "the dataset cannot be used" in result.message
     assert sum(backend.launches.values()) <= 2  # the first, and at most the one asked ahead
     runs = child_runs(tracker, result.parent_run_id)
@@ -334,12 +393,12 @@ def test_a_failed_step_is_still_retried(store, tiny_image_folder, tmp_path):
 
     def flaky(req: StepRequest) -> dict[str, Any]:
         attempts[req.id] += 1
-        return ok_result(req) if attempts[req.id] > 1 else {"status": "failed", "message": "S3 hiccup",
-                                                            "epochs": []}
+        return ok_result(req) if attempts[req.id] > 1 else {"status": "failed", "message": "S3 hiccup", "epochs": []}
 
     tracker = tracker_for(store)
-    result = run_search(spec_for(tiny_image_folder, tmp_path, budget_epochs=2), ScriptedBackend(outcome=flaky),
-                        tracker, progress=False)
+    result = run_search(
+        spec_for(tiny_image_folder, tmp_path, budget_epochs=2), ScriptedBackend(outcome=flaky), tracker, progress=False
+    )
     assert result.status == "succeeded" and result.epochs_done == 2, result.message
     assert set(attempts.values()) == {2}
 
@@ -353,25 +412,25 @@ def test_no_untrained_child_run_is_left_behind_and_resume_recreates_it(store, ti
     tracker = tracker_for(store)
     backend = ScriptedBackend(workers=4, seconds=0.0)
     backend.completions_left = 1
-    spec = spec_for(tiny_image_folder, tmp_path, budget_epochs=None, budget_gpu_seconds=0.01, workers=4,
-                    prefetch=0)
+    spec = spec_for(tiny_image_folder, tmp_path, budget_epochs=None, budget_gpu_seconds=0.01, workers=4, prefetch=0)
     first = run_search(spec, backend, tracker, progress=False)
     assert first.status == "succeeded" and first.epochs_done == 1, first.message
     cancelled = [s["req"] for s in backend.steps.values() if s["state"] == CANCELLED]
     assert cancelled and all(r.to_epoch == 1 for r in cancelled)
     runs = child_runs(tracker, first.parent_run_id)
     assert len(runs) == 1 and "score" in runs[0].data.metrics and runs[0].info.status == "FINISHED"
-    deleted = tracker.client.search_runs([tracker.experiment_id], filter_string(
-        {tag("mlflow.parentRunId"): first.parent_run_id}), run_view_type=2)  # ViewType.DELETED_ONLY
+    deleted = tracker.client.search_runs(
+        [tracker.experiment_id], filter_string({tag("mlflow.parentRunId"): first.parent_run_id}), run_view_type=2
+    )  # ViewType.DELETED_ONLY
     assert {r.data.tags["quicktune.config_id"] for r in deleted} == {r.config_id for r in cancelled}
     assert first.summary["configs_tried"] == 1
 
     backend.completions_left = None
-    more = spec_for(tiny_image_folder, tmp_path, search_id=spec.search_id, budget_epochs=1 + len(cancelled),
-                    workers=4, prefetch=0)
+    more = spec_for(
+        tiny_image_folder, tmp_path, search_id=spec.search_id, budget_epochs=1 + len(cancelled), workers=4, prefetch=0
+    )
     second = run_search(more, backend, tracker, progress=False)
-    assert second.status == "succeeded" and second.resumed and second.epochs_done == 1 + len(cancelled), \
-        second.message
+    assert second.status == "succeeded" and second.resumed and second.epochs_done == 1 + len(cancelled), second.message
     runs = child_runs(tracker, first.parent_run_id)
     assert len(runs) == 1 + len(cancelled) and all("score" in r.data.metrics for r in runs)
     assert {r.config_id for r in cancelled} <= {r.data.tags["quicktune.config_id"] for r in runs}
@@ -395,8 +454,9 @@ def test_an_mlflow_restart_mid_search_is_still_ridden_out(tiny_image_folder, tmp
     server = MlflowServer(tmp_path / "mlflow")
     server.start()
     try:
-        tracker = SearchTracker(server.tracking_uri, experiment="restart",
-                                retry=RetryPolicy(base=0.5, max_delay=4, total=120))
+        tracker = SearchTracker(
+            server.tracking_uri, experiment="restart", retry=RetryPolicy(base=0.5, max_delay=4, total=120)
+        )
         backend = ScriptedBackend(workers=1, seconds=0.5)
         spec = spec_for(tiny_image_folder, tmp_path, budget_epochs=10, budget_seconds=600)
         caplog.set_level("WARNING", logger="quicktune.tracking.retry")

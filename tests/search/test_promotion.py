@@ -38,13 +38,41 @@ def promoted(mlflow_server, tiny_image_folder, tmp_path_factory):
     name = f"digits-{uuid.uuid4().hex[:6]}"
     search_id = f"p-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, **mlflow_server.env}
-    cmd = [sys.executable, "-m", "quicktune.cli", "search", "--data", str(tiny_image_folder), "--budget", "5m",
-           "--space", str(HERE / "tiny_space.yaml"), "--workers", "2", "--max-epochs", "2", "--image-size", "16",
-           "--budget-epochs", "3", "--search-id", search_id, "--model-name", name, "--experiment", "promote-tests",
-           "--tracking-uri", mlflow_server.tracking_uri, "--workdir", str(tmp / "work"), "--no-progress", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "quicktune.cli",
+        "search",
+        "--data",
+        str(tiny_image_folder),
+        "--budget",
+        "5m",
+        "--space",
+        str(HERE / "tiny_space.yaml"),
+        "--workers",
+        "2",
+        "--max-epochs",
+        "2",
+        "--image-size",
+        "16",
+        "--budget-epochs",
+        "3",
+        "--search-id",
+        search_id,
+        "--model-name",
+        name,
+        "--experiment",
+        "promote-tests",
+        "--tracking-uri",
+        mlflow_server.tracking_uri,
+        "--workdir",
+        str(tmp / "work"),
+        "--no-progress",
+        "--json",
+    ]
     out = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    doc = json.loads(out.stdout[out.stdout.index("{"):])
+    doc = json.loads(out.stdout[out.stdout.index("{") :])
     return dict(doc=doc, name=name, search_id=search_id, env=env, tmp=tmp)
 
 
@@ -95,9 +123,22 @@ def test_search_cli_registers_the_champion_and_it_predicts(promoted, mlflow_serv
 def test_promote_command_adds_a_version_with_another_alias(promoted, mlflow_server):
     from mlflow import MlflowClient
 
-    cmd = [sys.executable, "-m", "quicktune.cli", "promote", promoted["search_id"], "--model-name", promoted["name"],
-           "--alias", "staging", "--experiment", "promote-tests", "--tracking-uri", mlflow_server.tracking_uri,
-           "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "quicktune.cli",
+        "promote",
+        promoted["search_id"],
+        "--model-name",
+        promoted["name"],
+        "--alias",
+        "staging",
+        "--experiment",
+        "promote-tests",
+        "--tracking-uri",
+        mlflow_server.tracking_uri,
+        "--json",
+    ]
     out = subprocess.run(cmd, env=promoted["env"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     client = MlflowClient(mlflow_server.tracking_uri)
@@ -106,8 +147,15 @@ def test_promote_command_adds_a_version_with_another_alias(promoted, mlflow_serv
 
 
 def test_promote_command_names_a_missing_search(tmp_path):
-    cmd = [sys.executable, "-m", "quicktune.cli", "promote", "no-such-search",
-           "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "quicktune.cli",
+        "promote",
+        "no-such-search",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 3 and "no search 'no-such-search'" in out.stderr
 
@@ -119,8 +167,13 @@ class _Identity(torch.nn.Module):
 
 
 def _pre(in_chans=3, size=8):
-    return {"image_size": size, "in_chans": in_chans, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3],
-            "classes": ["a", "b"]}
+    return {
+        "image_size": size,
+        "in_chans": in_chans,
+        "mean": [0.5, 0.4, 0.3],
+        "std": [0.2, 0.25, 0.3],
+        "classes": ["a", "b"],
+    }
 
 
 def test_wrapper_matches_the_training_preprocessing():

@@ -6,9 +6,9 @@ Cost on 2 busy cores: ~3-5 min in all (each real step pays ~4-20 s of process st
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -28,16 +28,21 @@ from quicktune.tracking import InfrastructureError, RetryPolicy, SearchTracker
 HERE = Path(__file__).parents[1]  # tests/: the shared spaces
 TINY_SPACE = str(HERE / "tiny_space.yaml")
 DIVERGE_SPACE = str(HERE / "diverge_space.yaml")
-SECRETS = {"MLFLOW_TRACKING_USERNAME": "qt-user", "MLFLOW_TRACKING_PASSWORD": "pw-" + uuid.uuid4().hex,
-           "QT_TEST_API_TOKEN": "tok-" + uuid.uuid4().hex}
+SECRETS = {
+    "MLFLOW_TRACKING_USERNAME": "qt-user",
+    "MLFLOW_TRACKING_PASSWORD": "pw-" + uuid.uuid4().hex,
+    "QT_TEST_API_TOKEN": "tok-" + uuid.uuid4().hex,
+}
 
 pytestmark = [pytest.mark.slow]
 
 
 # --- helpers ------------------------------------------------------------------------------------
 def child_runs(client, parent_id: str):
-    runs = client.search_runs([client.get_run(parent_id).info.experiment_id],
-                              f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`quicktune.role` = 'config'")
+    runs = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`quicktune.role` = 'config'",
+    )
     return list(runs)
 
 
@@ -78,8 +83,17 @@ def trained_epochs(workdir: Path) -> list[tuple[str, int]]:
 
 
 def make_spec(data, tmp_path, **kw) -> SearchSpec:
-    base = dict(data_uri=str(data), budget_seconds=240, space=TINY_SPACE, search_id=f"t-{uuid.uuid4().hex[:8]}",
-                workers=2, max_epochs=3, image_size=16, workdir=str(tmp_path / "work"), step_retry_delay=2.0)
+    base = dict(
+        data_uri=str(data),
+        budget_seconds=240,
+        space=TINY_SPACE,
+        search_id=f"t-{uuid.uuid4().hex[:8]}",
+        workers=2,
+        max_epochs=3,
+        image_size=16,
+        workdir=str(tmp_path / "work"),
+        step_retry_delay=2.0,
+    )
     base.update(kw)
     return SearchSpec(**base)
 
@@ -122,7 +136,7 @@ def test_search_end_to_end_layout(e2e):
     assert params["data_uri"] == str(spec.data_uri) and params["max_epochs"] == "3"
     assert tags["quicktune.checkpoint_uri"] == spec.checkpoint_uri
     incumbent = client.get_metric_history(parent.info.run_id, "incumbent")
-    assert incumbent and all(b.value >= a.value for a, b in zip(incumbent, incumbent[1:]))
+    assert incumbent and all(b.value >= a.value for a, b in itertools.pairwise(incumbent))
     assert max(m.value for m in incumbent) == pytest.approx(res.best_score)
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"spec.json", "summary.json", "plots", "optimizer"} <= arts
@@ -180,6 +194,7 @@ def _running_steps(workdir: Path) -> list[Path]:
     """Steps whose runner has started (the backend recorded its pid, or the runner recorded itself)
     and not yet ended. A launch record with neither is a launch the killed controller never finished:
     no process exists, and the next backend runs it again."""
+
     def started(d: Path) -> bool:
         launch = json.loads((d / "launch.json").read_text()) if (d / "launch.json").exists() else {}
         return bool(launch.get("pid")) or (d / "runner.json").exists()
@@ -195,10 +210,35 @@ def test_kill_9_mid_search_then_resume_loses_and_repeats_no_epoch(server_env, ti
     search_id = f"kill-{uuid.uuid4().hex[:6]}"
     experiment = f"kill-{uuid.uuid4().hex[:6]}"
     workdir = tmp_path / "work"
-    cmd = [sys.executable, "-m", "quicktune.cli", "search", "--data", str(tiny_image_folder), "--budget", "10m",
-           "--space", TINY_SPACE, "--workers", "2", "--max-epochs", "3", "--image-size", "16",
-           "--budget-epochs", "5", "--search-id", search_id, "--experiment", experiment,
-           "--tracking-uri", server_env.tracking_uri, "--workdir", str(workdir), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "quicktune.cli",
+        "search",
+        "--data",
+        str(tiny_image_folder),
+        "--budget",
+        "10m",
+        "--space",
+        TINY_SPACE,
+        "--workers",
+        "2",
+        "--max-epochs",
+        "3",
+        "--image-size",
+        "16",
+        "--budget-epochs",
+        "5",
+        "--search-id",
+        search_id,
+        "--experiment",
+        experiment,
+        "--tracking-uri",
+        server_env.tracking_uri,
+        "--workdir",
+        str(workdir),
+        "--no-progress",
+    ]
     tracker = SearchTracker(server_env.tracking_uri, experiment=experiment)
 
     def recorded() -> dict[str, list[int]]:
@@ -231,15 +271,24 @@ def test_kill_9_mid_search_then_resume_loses_and_repeats_no_epoch(server_env, ti
     parent = tracker.find_search(search_id)
     assert parent.info.status == "RUNNING" and parent.data.tags["quicktune.status"] == "running"
 
-    spec = SearchSpec(data_uri=str(tiny_image_folder), budget_seconds=600, space=TINY_SPACE, search_id=search_id,
-                      workers=2, max_epochs=3, image_size=16, workdir=str(workdir.resolve()), budget_epochs=5)
+    spec = SearchSpec(
+        data_uri=str(tiny_image_folder),
+        budget_seconds=600,
+        space=TINY_SPACE,
+        search_id=search_id,
+        workers=2,
+        max_epochs=3,
+        image_size=16,
+        workdir=str(workdir.resolve()),
+        budget_epochs=5,
+    )
     result = run_search(spec, LocalBackend(workdir, max_workers=2), tracker, progress=False)
     assert result.status == "succeeded", result.message
     assert result.resumed
     after = assert_exact_epochs(tracker.client, parent.info.run_id)
     for before in (first, second):  # nothing recorded before a kill was lost
         for cid, steps in before.items():
-            assert after[cid][:len(steps)] == steps
+            assert after[cid][: len(steps)] == steps
     assert sum(map(len, after.values())) == 5
     for d in orphans:  # finished while no controller was alive: collected, not retrained
         req = json.loads((d / "request.json").read_text())
@@ -262,10 +311,33 @@ def test_kill_9_then_resume_on_the_shipped_defaults(server_env, tiny_image_folde
     search_id = f"kill-defaults-{uuid.uuid4().hex[:6]}"
     experiment = f"kill-defaults-{uuid.uuid4().hex[:6]}"
     workdir = tmp_path / "work"
-    cmd = [sys.executable, "-m", "quicktune.cli", "search", "--data", str(tiny_image_folder), "--budget", "10m",
-           "--workers", "2", "--max-epochs", "2", "--image-size", "32", "--budget-epochs", "5",
-           "--search-id", search_id, "--experiment", experiment, "--tracking-uri", server_env.tracking_uri,
-           "--workdir", str(workdir), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "quicktune.cli",
+        "search",
+        "--data",
+        str(tiny_image_folder),
+        "--budget",
+        "10m",
+        "--workers",
+        "2",
+        "--max-epochs",
+        "2",
+        "--image-size",
+        "32",
+        "--budget-epochs",
+        "5",
+        "--search-id",
+        search_id,
+        "--experiment",
+        experiment,
+        "--tracking-uri",
+        server_env.tracking_uri,
+        "--workdir",
+        str(workdir),
+        "--no-progress",
+    ]
     tracker = SearchTracker(server_env.tracking_uri, experiment=experiment)
 
     def recorded() -> dict[str, list[int]]:
@@ -296,12 +368,18 @@ def test_kill_9_then_resume_on_the_shipped_defaults(server_env, tiny_image_folde
     client = tracker.client
     after = assert_exact_epochs(client, parent.info.run_id)
     for cid, steps in before.items():  # nothing recorded before the kill was lost
-        assert after[cid][:len(steps)] == steps
+        assert after[cid][: len(steps)] == steps
     assert sum(map(len, after.values())) == 5
-    seqs = sorted(int(m.value) for r in child_runs(client, parent.info.run_id)
-                  for m in client.get_metric_history(r.info.run_id, "tell_seq"))
-    seqs += [int(r.data.tags["quicktune.failed_seq"]) for r in child_runs(client, parent.info.run_id)
-             if r.data.tags.get("quicktune.failed_seq")]
+    seqs = sorted(
+        int(m.value)
+        for r in child_runs(client, parent.info.run_id)
+        for m in client.get_metric_history(r.info.run_id, "tell_seq")
+    )
+    seqs += [
+        int(r.data.tags["quicktune.failed_seq"])
+        for r in child_runs(client, parent.info.run_id)
+        if r.data.tags.get("quicktune.failed_seq")
+    ]
     assert sorted(seqs) == list(range(1, len(seqs) + 1))  # no gap, no repeat
     trained = trained_epochs(workdir)
     assert len(trained) == len(set(trained)), sorted(trained)  # no epoch trained twice
@@ -317,8 +395,9 @@ def test_diverging_config_is_recorded_and_never_proposed_again(server_env, tiny_
     tracker = SearchTracker(server_env.tracking_uri, experiment=f"div-{uuid.uuid4().hex[:6]}")
     result = run_search(spec, LocalBackend(spec.workdir, max_workers=2), tracker, progress=False)
     assert result.status == "succeeded", result.message
-    runs = {json.loads(r.data.tags["quicktune.config"])["lr"]: r for r in child_runs(tracker.client,
-                                                                                      result.parent_run_id)}
+    runs = {
+        json.loads(r.data.tags["quicktune.config"])["lr"]: r for r in child_runs(tracker.client, result.parent_run_id)
+    }
     bad, good = runs[100000.0], runs[0.001]
     assert bad.data.tags["quicktune.status"] == "diverged" and bad.info.status == "FAILED"
     assert bad.data.tags["quicktune.failed_epoch"] == "1" and "nan" in bad.data.tags["quicktune.message"].lower()
@@ -394,17 +473,33 @@ def test_s3_outage_mid_search_is_ridden_out(own_s3, tiny_image_folder, tmp_path,
     """Checkpoints and MLflow artifacts on S3; S3 stops during the search and comes back: steps that
     failed on it are retried, artifact writes back off, and the search finishes with every epoch."""
     one = tmp_path / "one.yaml"
-    one.write_text("name: one\nparams:\n  model: {type: categorical, choices: [test_vit]}\n"
-                   "  lr: {type: categorical, choices: [0.001]}\n  batch_size: {type: categorical, choices: [16]}\n")
-    spec = make_spec(tiny_image_folder, tmp_path, workers=1, budget_epochs=2, checkpoint_uri="s3://art/ckpt",
-                     space=str(one), max_epochs=2, step_retry_delay=2.0, step_retries=4)
-    tracker = SearchTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="outage",
-                            artifact_location="s3://art/mlflow", retry=RetryPolicy(base=0.5, max_delay=4, total=120))
+    one.write_text(
+        "name: one\nparams:\n  model: {type: categorical, choices: [test_vit]}\n"
+        "  lr: {type: categorical, choices: [0.001]}\n  batch_size: {type: categorical, choices: [16]}\n"
+    )
+    spec = make_spec(
+        tiny_image_folder,
+        tmp_path,
+        workers=1,
+        budget_epochs=2,
+        checkpoint_uri="s3://art/ckpt",
+        space=str(one),
+        max_epochs=2,
+        step_retry_delay=2.0,
+        step_retries=4,
+    )
+    tracker = SearchTracker(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment="outage",
+        artifact_location="s3://art/mlflow",
+        retry=RetryPolicy(base=0.5, max_delay=4, total=120),
+    )
     handler = _Retries()
     logging.getLogger("quicktune").addHandler(handler)
     box: dict = {}
-    thread = threading.Thread(target=lambda: box.update(r=run_search(spec, LocalBackend(spec.workdir), tracker,
-                                                                      progress=False)))
+    thread = threading.Thread(
+        target=lambda: box.update(r=run_search(spec, LocalBackend(spec.workdir), tracker, progress=False))
+    )
     try:
         thread.start()
         deadline = time.monotonic() + 180
@@ -433,11 +528,20 @@ def test_tracking_store_down_is_reported_clearly(tmp_path, tiny_image_folder, mo
     from quicktune.testing.servers import free_port_pair
 
     port = free_port_pair(1, offset=0)[0]
-    for k, v in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
-                 "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1"}.items():
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
         monkeypatch.setenv(k, v)
-    tracker = SearchTracker(f"sqlite:///{tmp_path / 'm.db'}", experiment="down", artifact_location="s3://gone/x",
-                            retry=RetryPolicy(base=0.2, max_delay=1, total=3))
+    tracker = SearchTracker(
+        f"sqlite:///{tmp_path / 'm.db'}",
+        experiment="down",
+        artifact_location="s3://gone/x",
+        retry=RetryPolicy(base=0.2, max_delay=1, total=3),
+    )
     spec = make_spec(tiny_image_folder, tmp_path, budget_seconds=30)
     t0 = time.monotonic()
     with pytest.raises(InfrastructureError, match=r"unreachable: log spec kept failing .*127\.0\.0\.1"):
@@ -455,8 +559,9 @@ def test_meta_artifact_from_s3_is_used_and_recorded(server_env, tiny_image_folde
     from quicktune.bench.synthetic import make_synthetic_table
     from quicktune.optimizer.metatrain import meta_train
 
-    art = meta_train(make_synthetic_table(n_datasets=2, n_configs=12, max_epochs=3, seed=0), epochs=1,
-                     steps_per_epoch=3, seed=0)
+    art = meta_train(
+        make_synthetic_table(n_datasets=2, n_configs=12, max_epochs=3, seed=0), epochs=1, steps_per_epoch=3, seed=0
+    )
     art.save(tmp_path / "art")
     server_env.s3.create_bucket("qt-arts")
     uri = f"s3://qt-arts/{uuid.uuid4().hex[:6]}/art"
@@ -464,8 +569,10 @@ def test_meta_artifact_from_s3_is_used_and_recorded(server_env, tiny_image_folde
         storage.upload_file(f, f"{uri}/{f.name}")
     tracker = SearchTracker(server_env.tracking_uri, experiment=f"meta-art-{uuid.uuid4().hex[:6]}")
 
-    for bad, match in (({"meta_artifact": uri + "-missing"}, "cannot fetch the meta-artifact"),
-                       ({"meta_artifact": uri, "optimizer": "random"}, "meta-learned optimizers")):
+    for bad, match in (
+        ({"meta_artifact": uri + "-missing"}, "cannot fetch the meta-artifact"),
+        ({"meta_artifact": uri, "optimizer": "random"}, "meta-learned optimizers"),
+    ):
         spec = make_spec(tiny_image_folder, tmp_path, workers=1, budget_epochs=1, **bad)
         with pytest.raises(SearchError, match=match):
             run_search(spec, LocalBackend(spec.workdir), tracker, progress=False)

@@ -68,9 +68,16 @@ class LocalBackend(TrialBackend):
 
     shares_filesystem = True  # steps run on this machine: a local checkpoint folder is fine
 
-    def __init__(self, workdir: str | os.PathLike[str], max_workers: int = 1, threads_per_worker: int = 1,
-                 python: str = sys.executable, step_timeout: float | None = None,
-                 step_command: Sequence[str] | None = None, fork_server: bool | None = None) -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        max_workers: int = 1,
+        threads_per_worker: int = 1,
+        python: str = sys.executable,
+        step_timeout: float | None = None,
+        step_command: Sequence[str] | None = None,
+        fork_server: bool | None = None,
+    ) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         if threads_per_worker < 1:
@@ -91,8 +98,11 @@ class LocalBackend(TrialBackend):
         # a custom step command is given or QUICKTUNE_FORK_SERVER=0; on any trouble with the fork
         # server the backend falls back to spawning a fresh process per step.
         if fork_server is None:
-            fork_server = (step_command is None and sys.platform.startswith("linux")
-                           and os.environ.get("QUICKTUNE_FORK_SERVER", "1") != "0")
+            fork_server = (
+                step_command is None
+                and sys.platform.startswith("linux")
+                and os.environ.get("QUICKTUNE_FORK_SERVER", "1") != "0"
+            )
         self._fork: ForkServer | None = ForkServer(python, threads=self.threads_per_worker) if fork_server else None
 
     # --- files ---------------------------------------------------------------------------------
@@ -164,8 +174,13 @@ class LocalBackend(TrialBackend):
         exit_info = read_json(d / "exit.json") or {}
         if exit_info.get("timed_out"):
             res = read_json(d / "RESULT.json") or {}
-            return {**res, "status": "failed", "message": state.message, "epochs": res.get("epochs", []),
-                    "timeout": True}
+            return {
+                **res,
+                "status": "failed",
+                "message": state.message,
+                "epochs": res.get("epochs", []),
+                "timeout": True,
+            }
         res = read_json(d / "RESULT.json")
         if res is None:
             return {"status": "failed", "message": state.message, "epochs": []}
@@ -254,8 +269,10 @@ class LocalBackend(TrialBackend):
             timeout = launch.get("timeout")
             if timeout and time.time() - float(launch["started_at"]) > float(timeout) + 5.0:
                 # the runner should have enforced it; it did not (stopped, wedged): do it here
-                write_json_atomic(d / "exit.json", {"returncode": None, "timed_out": True,
-                                                     "finished_at": time.time(), "by": "backend"})
+                write_json_atomic(
+                    d / "exit.json",
+                    {"returncode": None, "timed_out": True, "finished_at": time.time(), "by": "backend"},
+                )
                 self._kill_group(step_id, launch)
                 return StepStatus(FAILED, f"timeout: exceeded {timeout:g} s")
             return StepStatus(RUNNING, "")
@@ -274,8 +291,11 @@ class LocalBackend(TrialBackend):
             rc = exit_info.get("returncode")
             how = f"killed by signal {-rc}" if isinstance(rc, int) and rc < 0 else f"exited with code {rc}"
             return StepStatus(FAILED, f"the step process {how} without writing a result; see its logs")
-        return StepStatus(FAILED, "lost: the step process is gone without a result or exit record "
-                                  "(killed from outside?); start() runs it again")
+        return StepStatus(
+            FAILED,
+            "lost: the step process is gone without a result or exit record "
+            "(killed from outside?); start() runs it again",
+        )
 
     @staticmethod
     def _launch_cut_short(d: Path) -> bool:
@@ -294,8 +314,9 @@ class LocalBackend(TrialBackend):
     def _requeue_locked(self, d: Path) -> None:
         req = read_json(d / "request.json") or {}
         self._reset(d, keep_request=True)
-        log_.warning("step %s: its launch was cut short (the launching process died before the fork); "
-                     "queued again", d.name)
+        log_.warning(
+            "step %s: its launch was cut short (the launching process died before the fork); queued again", d.name
+        )
         (self.queue_dir / f"{float(req.get('queued_at', time.time())):017.6f}_{d.name}").touch()
 
     @staticmethod
@@ -303,8 +324,7 @@ class LocalBackend(TrialBackend):
         """Cancelled and lost steps run again on start(); everything else is re-adopted."""
         if state.state == CANCELLED:
             return True
-        return (state.state == FAILED and not (d / "exit.json").exists()
-                and not (d / "RESULT.json").exists())
+        return state.state == FAILED and not (d / "exit.json").exists() and not (d / "RESULT.json").exists()
 
     def _reset(self, d: Path, keep_request: bool = False) -> None:
         attempt = (read_json(d / "launch.json") or {}).get("attempt", 0)
@@ -342,7 +362,7 @@ class LocalBackend(TrialBackend):
         if not queued:
             return
         free = self.max_workers - self._running_count()
-        for sid in queued[:max(free, 0)]:
+        for sid in queued[: max(free, 0)]:
             self._launch(sid)
 
     def _step_argv(self, d: Path, req: Mapping[str, Any]) -> list[str]:
@@ -363,21 +383,26 @@ class LocalBackend(TrialBackend):
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "QUICKTUNE_NUM_THREADS"):
             overrides[var] = threads
         overrides.setdefault("PYTHONUNBUFFERED", "1")
-        write_json_atomic(d / ".runner.json", {"argv": argv, "env_overrides": overrides,
-                                                "timeout": self.step_timeout})
+        write_json_atomic(d / ".runner.json", {"argv": argv, "env_overrides": overrides, "timeout": self.step_timeout})
         with open(d / "step.log", "ab") as log:
             log.write(f"{LOG_PREFIX} {' '.join(argv)}\n".encode())
             log.flush()
         # Provisional record first: if this process dies between the fork and the final record, a
         # later backend must not launch the step a second time (the runner records its own pid in
         # runner.json, see _read_launch).
-        record = {"pid": None, "proc_start": None, "started_at": time.time(), "argv": argv,
-                  "timeout": self.step_timeout, "attempt": attempt}
+        record = {
+            "pid": None,
+            "proc_start": None,
+            "started_at": time.time(),
+            "argv": argv,
+            "timeout": self.step_timeout,
+            "attempt": attempt,
+        }
         write_json_atomic(d / "launch.json", record)
         pid, via = None, "spawn"
         if self._fork is not None:
             try:
-                pid = self._fork.launch(argv[len(self.step_command):], d, overrides, self.step_timeout)
+                pid = self._fork.launch(argv[len(self.step_command) :], d, overrides, self.step_timeout)
                 via = "fork-server"
             except ForkServerError as exc:
                 log_.warning("fork server unavailable (%s): spawning a fresh process per step from now on", exc)
@@ -385,15 +410,19 @@ class LocalBackend(TrialBackend):
                 self._fork = None
         if pid is None:
             with open(d / "step.log", "ab") as log:
-                proc = subprocess.Popen([self.python, "-m", "quicktune.backends.local.runner", str(d)],
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        cwd=str(d), start_new_session=True)
+                proc = subprocess.Popen(
+                    [self.python, "-m", "quicktune.backends.local.runner", str(d)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=str(d),
+                    start_new_session=True,
+                )
             self._children[step_id] = proc
             pid = proc.pid
         for marker in self.queue_dir.glob(f"*_{step_id}"):
             marker.unlink(missing_ok=True)
-        write_json_atomic(d / "launch.json", {**record, "pid": pid, "proc_start": process_start_time(pid),
-                                               "via": via})
+        write_json_atomic(d / "launch.json", {**record, "pid": pid, "proc_start": process_start_time(pid), "via": via})
 
     def _kill_group(self, step_id: str, launch: Mapping[str, Any]) -> None:
         pid = int(launch.get("pid") or 0)

@@ -51,8 +51,16 @@ __all__ = ["ForkServer", "ForkServerError", "STEP_ENTRY"]
 # process, which preloads it, ever imports it.
 STEP_ENTRY = "quicktune.finetune.entry:run_step_main"
 
-_PRELOAD = ("torch", "torchvision", "timm", "PIL.Image", "numpy", "safetensors.torch",
-            "quicktune.finetune.step", STEP_ENTRY.split(":")[0])
+_PRELOAD = (
+    "torch",
+    "torchvision",
+    "timm",
+    "PIL.Image",
+    "numpy",
+    "safetensors.torch",
+    "quicktune.finetune.step",
+    STEP_ENTRY.split(":")[0],
+)
 
 
 def _step_entry() -> Callable[[Sequence[str]], int]:
@@ -79,8 +87,9 @@ def _recv_line(conn: socket.socket, limit: int = 16 << 20) -> bytes:
 class ForkServer:
     """Client side: starts the server lazily and asks it to launch steps."""
 
-    def __init__(self, python: str = sys.executable, threads: int = 1, start_timeout: float = 120.0,
-                 idle_seconds: float = 900.0) -> None:
+    def __init__(
+        self, python: str = sys.executable, threads: int = 1, start_timeout: float = 120.0, idle_seconds: float = 900.0
+    ) -> None:
         self.python = python
         self.threads = int(threads)
         self.start_timeout = float(start_timeout)
@@ -105,14 +114,29 @@ class ForkServer:
         self.close()
         self._dir = tempfile.mkdtemp(prefix="qt-fork-")  # 0700, short path (AF_UNIX allows ~107 bytes)
         sock = os.path.join(self._dir, "s")
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
-               "OPENBLAS_NUM_THREADS": str(self.threads)}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(self.threads),
+            "MKL_NUM_THREADS": str(self.threads),
+            "OPENBLAS_NUM_THREADS": str(self.threads),
+        }
         log = open(os.path.join(self._dir, "server.log"), "ab")
         try:
             self._proc = subprocess.Popen(
-                [self.python, "-m", "quicktune.backends.local.forkserver", sock, str(os.getpid()),
-                 str(self.idle_seconds)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True)
+                [
+                    self.python,
+                    "-m",
+                    "quicktune.backends.local.forkserver",
+                    sock,
+                    str(os.getpid()),
+                    str(self.idle_seconds),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         except OSError as exc:
             self.close()
             raise ForkServerError(f"cannot start the fork server: {exc}") from exc
@@ -144,16 +168,20 @@ class ForkServer:
         except OSError:
             return ""
 
-    def launch(self, step_args: Sequence[str], step_dir: str | os.PathLike[str], env_overrides: Mapping[str, str],
-               timeout: float | None) -> int:
+    def launch(
+        self,
+        step_args: Sequence[str],
+        step_dir: str | os.PathLike[str],
+        env_overrides: Mapping[str, str],
+        timeout: float | None,
+    ) -> int:
         """Fork a runner for one step; returns the runner's pid (its process group id)."""
         self.start()
         sock = self.socket_path
         if sock is None:  # start() returned, so the server folder exists; this is for the type checker
             raise ForkServerError("the fork server is not running")
         d = str(Path(step_dir).resolve())
-        req = {"args": list(step_args), "dir": d, "env": {**os.environ, **dict(env_overrides)},
-               "timeout": timeout}
+        req = {"args": list(step_args), "dir": d, "env": {**os.environ, **dict(env_overrides)}, "timeout": timeout}
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(30.0)

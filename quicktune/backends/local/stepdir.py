@@ -29,7 +29,13 @@ from typing import Any
 
 REQUEST, CONFIG, RUNNER_SPEC = "request.json", "config.json", ".runner.json"
 LAUNCH, RUNNER, EXIT, RESULT, CANCELLED_MARK, LOG = (
-    "launch.json", "runner.json", "exit.json", "RESULT.json", "cancelled", "step.log")
+    "launch.json",
+    "runner.json",
+    "exit.json",
+    "RESULT.json",
+    "cancelled",
+    "step.log",
+)
 ATTEMPT = ".attempt"
 LOG_PREFIX = "[quicktune local backend]"
 
@@ -65,7 +71,7 @@ def process_start_time(pid: int) -> int | None:
             return 0
         except OSError:
             return None
-    fields = raw[raw.rindex(")") + 2:].split()
+    fields = raw[raw.rindex(")") + 2 :].split()
     if fields[0] in ("Z", "X"):  # zombie / dead: finished, just not reaped
         return None
     return int(fields[19])
