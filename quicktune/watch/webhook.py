@@ -269,7 +269,7 @@ class WebhookReceiver:
             log.warning("webhook refused: %s (%s)", why, delivery)
             return self._answer(409 if why.startswith("delivery") else 503, why)
         try:
-            payload = json.loads(body or b"{}")
+            payload = json.loads(body)  # every MLflow delivery is a JSON object; an empty body is not one
         except (ValueError, RecursionError):
             payload = None
         if not isinstance(payload, dict):

@@ -219,6 +219,15 @@ def test_a_replayed_delivery_is_refused(rx, events):
     assert len(events) == 2 and (rx.accepted, rx.refused) == (2, 3)
 
 
+def test_a_signed_body_that_is_not_a_json_object_is_refused(rx, events):
+    """Found by the fuzz test below: a correctly signed *empty* body was accepted as ``{}``. Every
+    MLflow delivery is a JSON object; anything else is a 400 and wakes nothing."""
+    before = len(events)
+    for i, body in enumerate(["", "[]", "42", "null", "{"]):
+        assert post(rx.port, body.encode(), signed_headers(body, delivery=f"nj-{i}")) == 400, body
+    assert len(events) == before
+
+
 def test_remembered_deliveries_are_bounded_by_the_freshness_window(events):
     """Ids are forgotten once their timestamp leaves the window (a replay then fails freshness),
     and never more than max_remembered are kept (beyond: refused, not forgotten early)."""

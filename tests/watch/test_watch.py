@@ -48,7 +48,7 @@ from quicktune.watch.requests import (
 from quicktune.watch.roots import AllowedRoots
 from quicktune.watch.webhook import WebhookReceiver, sign, verify
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1]  # tests/
 TINY_SPACE = str(HERE / "tiny_space.yaml")
 
 
