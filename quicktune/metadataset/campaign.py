@@ -38,6 +38,7 @@ from typing import Any
 
 from quicktune import storage
 from quicktune.backends.base import StepRequest, TrialBackend
+from quicktune.backends.pool import StepPool
 from quicktune.metadataset.plan import (
     HELD_OUT,
     PLAN_VERSION,
@@ -53,8 +54,19 @@ from quicktune.metadataset.records import RecordStore, export, read_json, totals
 from quicktune.space import load_space
 
 # Re-exported: the CLI and older callers import these from here.
-__all__ = ["Campaign", "build", "export", "CampaignError", "DatasetSpec", "parse_dataset_spec",
-           "make_or_extend_plan", "load_plan", "HELD_OUT", "PLAN_VERSION", "POOL_FACTOR"]
+__all__ = [
+    "Campaign",
+    "build",
+    "export",
+    "CampaignError",
+    "DatasetSpec",
+    "parse_dataset_spec",
+    "make_or_extend_plan",
+    "load_plan",
+    "HELD_OUT",
+    "PLAN_VERSION",
+    "POOL_FACTOR",
+]
 
 
 def _children_cpu() -> float:
@@ -68,8 +80,14 @@ class Campaign:
     ``storage_root`` is where data and checkpoints live (the workdir for local backends; an
     ``s3://`` prefix for remote ones, whose workers cannot see this machine's disk)."""
 
-    def __init__(self, workdir: str | os.PathLike[str], backend: TrialBackend, out: str | os.PathLike[str] | None,
-                 storage_root: str | None = None, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        backend: TrialBackend,
+        out: str | os.PathLike[str] | None,
+        storage_root: str | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.workdir = Path(workdir).resolve()
         self.campaign_plan = CampaignPlan.load(self.workdir)
         self.plan = self.campaign_plan.raw
@@ -99,18 +117,31 @@ class Campaign:
             if not storage.is_s3(dest) and Path(dest).exists():
                 shutil.rmtree(dest)
             t0 = time.time()
-            summary = import_dataset(spec.source, dest, classes=list(spec.classes) if spec.classes else None,
-                                     max_per_class=spec.max_per_class, size=self.plan["image_size"], force=True)
+            summary = import_dataset(
+                spec.source,
+                dest,
+                classes=list(spec.classes) if spec.classes else None,
+                max_per_class=spec.max_per_class,
+                size=self.plan["image_size"],
+                force=True,
+            )
             storage.write_bytes(marker, json.dumps(summary, default=str).encode())
             self.log(f"materialised {task}: {summary['num_images']} images of {spec.source} in {time.time() - t0:.1f}s")
 
     def request(self, task: str, cid: str) -> StepRequest:
         """The step that trains (task, config) to the plan's epochs (a deterministic step id)."""
         e = self.campaign_plan.epochs
-        return StepRequest(search_id=f"{self.campaign_id}-{task}", config_id=cid, config=self.campaign_plan.pool[cid],
-                           data_uri=self.data_uri(task), to_epoch=e,
-                           checkpoint_dir=storage.join(self.root, "ckpt", task, cid), seed=self.campaign_plan.seed,
-                           image_size=self.plan["image_size"], max_epochs=e)
+        return StepRequest(
+            search_id=f"{self.campaign_id}-{task}",
+            config_id=cid,
+            config=self.campaign_plan.pool[cid],
+            data_uri=self.data_uri(task),
+            to_epoch=e,
+            checkpoint_dir=storage.join(self.root, "ckpt", task, cid),
+            seed=self.campaign_plan.seed,
+            image_size=self.plan["image_size"],
+            max_epochs=e,
+        )
 
     # --- progress ----------------------------------------------------------------------------
     def _save_progress(self, session: dict[str, Any]) -> dict[str, Any]:
@@ -121,8 +152,13 @@ class Campaign:
         total: dict[str, Any] = totals(per)
         total["campaign_wall_seconds"] = round(sum(s["wall_seconds"] for s in sessions), 1)
         total["campaign_cpu_seconds"] = round(sum(s["cpu_seconds"] for s in sessions), 1)
-        prog = {"tasks": per, "total": total, "sessions": sessions, "epochs_per_config": self.plan["epochs"],
-                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        prog = {
+            "tasks": per,
+            "total": total,
+            "sessions": sessions,
+            "epochs_per_config": self.plan["epochs"],
+            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         write_json(path, prog)
         return prog
 
@@ -133,8 +169,13 @@ class Campaign:
         self.log(line)
 
     # --- the loop ----------------------------------------------------------------------------
-    def run(self, poll_interval: float = 2.0, max_results: int | None = None,
-            deadline: float | None = None, retry_failed: bool = False) -> dict[str, Any]:
+    def run(
+        self,
+        poll_interval: float = 2.0,
+        max_results: int | None = None,
+        deadline: float | None = None,
+        retry_failed: bool = False,
+    ) -> dict[str, Any]:
         """Run until every planned (task, config) has a record (or ``max_results`` new records, or
         the wall-clock ``deadline``). With ``retry_failed``, configs whose step failed (status
         ``failed``) are run again. Returns the progress summary."""
@@ -144,23 +185,24 @@ class Campaign:
             self._log_line(f"retrying failed config ({t}, {c})")
         records = self.store.load()
         todo = self.store.todo()
-        by_sid = {self.request(t, c).id: (t, c) for t, c in todo}
-        session = {"id": f"{os.getpid()}-{time.time():.0f}", "started_at": time.time(), "wall_seconds": 0.0,
-                   "cpu_seconds": 0.0, "recorded": 0, "host": socket.gethostname()}
+        session = {
+            "id": f"{os.getpid()}-{time.time():.0f}",
+            "started_at": time.time(),
+            "wall_seconds": 0.0,
+            "cpu_seconds": 0.0,
+            "recorded": 0,
+            "host": socket.gethostname(),
+        }
         t0, cpu0 = time.time(), _children_cpu() + time.process_time()
-        self._log_line(f"session start: {len(records)}/{len(self.plan['order'])} recorded, {len(todo)} to go, "
-                       f"backend {type(self.backend).__name__} x{self.backend.capacity()}")
-        inflight: dict[str, tuple[str, str]] = {}
-        try:
-            adopted = [sid for sid in self.backend.active() if sid in by_sid]
-        except Exception:  # noqa: BLE001 - a backend that cannot list re-adopts on start() anyway
-            adopted = []
-        for sid in adopted:  # steps a killed campaign left running: keep them, count them first
-            t, c = by_sid[sid]
-            self.backend.start(self.request(t, c))
-            inflight[sid] = (t, c)
+        self._log_line(
+            f"session start: {len(records)}/{len(self.plan['order'])} recorded, {len(todo)} to go, "
+            f"backend {type(self.backend).__name__} x{self.backend.capacity()}"
+        )
+        # steps a killed campaign left running: keep them, count them first
+        inflight: StepPool[tuple[str, str]] = StepPool(self.backend)
+        for t, c in inflight.adopt({(t, c): self.request(t, c) for t, c in todo}):
             todo.remove((t, c))
-            self._log_line(f"re-adopted running step {sid} ({t}, {c})")
+            self._log_line(f"re-adopted running step {inflight.request((t, c)).id} ({t}, {c})")
         if records:
             self.store.write_table(self.out)
         new = 0
@@ -172,13 +214,11 @@ class Campaign:
             while todo and len(inflight) < self.backend.capacity():
                 t, c = todo.pop(0)
                 req = self.request(t, c)
-                sid = self.backend.rerun(req) if (t, c) in retry else self.backend.start(req)
-                inflight[sid] = (t, c)
-            finished = []
-            for sid, (t, c) in list(inflight.items()):
-                st = self.backend.poll(sid)
-                if st.done:
-                    finished.append((sid, t, c, st))
+                if (t, c) in retry:
+                    inflight.rerun((t, c), req)
+                else:
+                    inflight.start((t, c), req)
+            finished = inflight.finished()
             if not finished:
                 time.sleep(poll_interval)
                 continue
@@ -186,18 +226,20 @@ class Campaign:
             # exact only when one step finished and it was our child (1 worker, not re-adopted)
             cpu = round(now_cpu - last_cpu, 2) if len(finished) == 1 and now_cpu > last_cpu else None
             last_cpu = now_cpu
-            for sid, t, c, st in finished:
-                res = self.backend.result(sid)
+            for (t, c), st in finished:
+                sid = inflight.request((t, c)).id
+                res = inflight.collect((t, c))
                 rec = self.store.record(t, c, sid, res, st.message, cpu)
-                del inflight[sid]
                 new += 1
                 scores = [e["score"] for e in rec["epochs"]]
                 self._log_line(
                     f"done {len(records)}/{len(self.plan['order'])} {t} {c} {rec['config']['model']} "
                     f"status={rec['status']} epochs={len(scores)} "
-                    f"last={scores[-1] if scores else float('nan'):.4f} best={max(scores) if scores else float('nan'):.4f} "
+                    f"last={scores[-1] if scores else float('nan'):.4f} "
+                    f"best={max(scores) if scores else float('nan'):.4f} "
                     f"step={float(rec['step_seconds'] or 0):.1f}s cpu={cpu if cpu is not None else 'n/a'}"
-                    + (f" message={rec['message'][:200]!r}" if rec["status"] != "ok" else ""))
+                    + (f" message={rec['message'][:200]!r}" if rec["status"] != "ok" else "")
+                )
             self.store.write_table(self.out)
             session["wall_seconds"] = round(time.time() - t0, 1)
             session["cpu_seconds"] = round(_children_cpu() + time.process_time() - cpu0, 1)
@@ -210,8 +252,10 @@ class Campaign:
         session["recorded"] = new
         prog = self._save_progress(session)
         left = len(self.plan["order"]) - len(records)
-        self._log_line(f"session end: {new} recorded this session, {len(records)}/{len(self.plan['order'])} "
-                       f"recorded, {left} to go, {len(inflight)} in flight")
+        self._log_line(
+            f"session end: {new} recorded this session, {len(records)}/{len(self.plan['order'])} "
+            f"recorded, {left} to go, {len(inflight)} in flight"
+        )
         self.backend.close()
         return prog
 
@@ -219,11 +263,23 @@ class Campaign:
 # --------------------------------------------------------------------------------------------
 # Convenience: plan + run in one call (the CLI's build)
 # --------------------------------------------------------------------------------------------
-def build(workdir: str | os.PathLike[str], backend: TrialBackend, out: str | os.PathLike[str] | None,
-          datasets: Sequence[str] = (), configs: int | None = None, epochs: int | None = None, seed: int | None = None,
-          space: str | None = None, image_size: int | None = None, storage_root: str | None = None,
-          max_results: int | None = None, poll_interval: float = 2.0, deadline: float | None = None,
-          retry_failed: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def build(
+    workdir: str | os.PathLike[str],
+    backend: TrialBackend,
+    out: str | os.PathLike[str] | None,
+    datasets: Sequence[str] = (),
+    configs: int | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+    space: str | None = None,
+    image_size: int | None = None,
+    storage_root: str | None = None,
+    max_results: int | None = None,
+    poll_interval: float = 2.0,
+    deadline: float | None = None,
+    retry_failed: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Plan (or extend) a campaign in ``workdir`` and run it. Omitted arguments come from an
     existing plan, so ``build(workdir, backend, out)`` resumes."""
     wd = Path(workdir).resolve()
@@ -244,5 +300,4 @@ def build(workdir: str | os.PathLike[str], backend: TrialBackend, out: str | os.
     sp = load_space(space_ref)
     make_or_extend_plan(wd, specs, configs_v, epochs_v, seed_v, sp, space_ref, image_v)
     camp = Campaign(wd, backend, out, storage_root=storage_root, log=log)
-    return camp.run(poll_interval=poll_interval, max_results=max_results, deadline=deadline,
-                    retry_failed=retry_failed)
+    return camp.run(poll_interval=poll_interval, max_results=max_results, deadline=deadline, retry_failed=retry_failed)

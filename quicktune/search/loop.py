@@ -55,18 +55,18 @@ class SearchSession(SearchState):
             if fl.retry_at is not None:
                 if now >= fl.retry_at and self.budget_reason() is None:
                     log.info("step %s: starting it (attempt %d)", fl.request.id, fl.attempts + 1)
-                    self.backend.rerun(fl.request)
+                    self.pool.rerun(key)
                     fl.retry_at, fl.started, fl.running_since = None, now, None
                 continue
-            status = self.backend.poll(fl.request.id)
+            status = self.pool.poll(key)
             if not status.done:
                 if status.state == RUNNING and fl.running_since is None:
                     fl.running_since = now
                 continue
             if status.state == CANCELLED:  # cancelled from outside: run it again
-                self.backend.start(fl.request)
+                self.pool.start(key)
                 continue
-            result = self.backend.result(fl.request.id)
+            result = self.pool.result(key)
             wall = time.monotonic() - (fl.running_since or fl.started)
             if self._should_retry(fl, result):
                 fl.attempts += 1
@@ -79,6 +79,7 @@ class SearchSession(SearchState):
                 )
                 continue
             self._record_result(fl, result, status.state, wall)
+            self.pool.forget(key)
             del self.inflight[key]
             told = True
         return told
@@ -133,7 +134,7 @@ class SearchSession(SearchState):
         seq = self.next_seq
         self.next_seq += 1
         try:
-            logs = self.backend.logs(fl.request.id)
+            logs = self.pool.logs((fl.config_id, fl.epoch))
         except Exception as exc:  # noqa: BLE001 - logs are best effort
             logs = f"(logs unavailable: {exc})"
         self.tracker.log_failure(rec, failed_epoch, seq, opt_status, f"{status}: {message}"[:2000], cost, logs)
@@ -176,13 +177,14 @@ class SearchSession(SearchState):
             self.tracker.mark_pending(rec, sug.epoch)
             fl = InFlight(sug.config_id, int(sug.epoch), self.request(rec, int(sug.epoch)), started=0.0)
             self.inflight[key] = fl
+            self.pool.track(key, fl.request)
             new.append(fl)
             free -= 1
         if new:
             self.snapshot()
             now = time.monotonic()
             for fl in new:
-                self.backend.start(fl.request)
+                self.pool.start((fl.config_id, fl.epoch))
                 fl.started = now
         self.exhausted = exhausted
         return bool(new)
@@ -246,11 +248,7 @@ class SearchSession(SearchState):
         return self.finish(stop_reason)
 
     def stop_inflight(self) -> None:
-        for fl in self.inflight.values():
-            try:
-                self.backend.cancel(fl.request.id)
-            except KeyError:
-                pass
+        self.pool.cancel_all()
 
     def finish(self, stop_reason: str, failed: str | None = None) -> SearchResult:
         assert self.parent is not None

@@ -171,7 +171,8 @@ def rebuild(s: SearchState) -> None:
         req = s.request(rec, epoch)
         fl = InFlight(cid, epoch, req, started=now)
         try:
-            state = s.backend.poll(req.id)
+            s.pool.track((cid, epoch), req)
+            state = s.pool.poll((cid, epoch))
             log.info("resume: step %s (%s epoch %d) is %s in the backend: re-adopted", req.id, cid, epoch, state.state)
             if state.state == CANCELLED:
                 fl.retry_at = now  # cancelled when the last session ended: run it again
@@ -181,9 +182,8 @@ def rebuild(s: SearchState) -> None:
         if rec.pending_epoch != epoch:
             s.tracker.mark_pending(rec, epoch)
         s.inflight[(cid, epoch)] = fl
-    known = {f.request.id for f in s.inflight.values()}
     prefix = step_id(search_id, "zzzzzzzz", 1).rsplit("-zzzzzzzz-", 1)[0] + "-"
-    strays = [st for st in s.backend.active() if st not in known and st.startswith(prefix)]
+    strays = s.pool.strays(prefix)
     if strays:
         log.warning("resume: backend steps not part of the recorded search state (left alone): %s", strays)
     s.last_incumbent = s.incumbent()[0]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quicktune.backends.base import StepRequest, TrialBackend
+from quicktune.backends.pool import StepPool
 from quicktune.optimizer.base import Optimizer
 from quicktune.search.inputs import checkpoint_dir_for
 from quicktune.search.progress import Progress
@@ -69,6 +70,9 @@ class SearchState:
         self.step_walls: list[float] = []
         self.records: dict[str, ConfigRecord] = {}
         self.inflight: dict[tuple[str, int], InFlight] = {}
+        # the same keys as ``inflight``: the pool talks to the backend, ``inflight`` keeps the search's
+        # own bookkeeping of each step (attempts, retry time, timings)
+        self.pool: StepPool[tuple[str, int]] = StepPool(backend)
         self.next_seq = 1
         self.generation = 0
         self.elapsed_before = 0.0
