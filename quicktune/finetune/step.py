@@ -361,7 +361,7 @@ def _run(
     for epoch in range(start_epoch + 1, to_epoch + 1):
         seed_everything(epoch_seed(seed, epoch))
         lr = float(optimizer.param_groups[0]["lr"]) / float(optimizer.param_groups[0].get("lr_scale", 1.0))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         stats = train_one_epoch(
             net,
             train_batches(train_set, bs, seed, epoch, num_workers, pin_memory=dev.type == "cuda"),
@@ -377,12 +377,12 @@ def _run(
         )
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         mark("train")
         ev = evaluate(net, eval_batches(val_set, eval_bs), dev, amp=parts.amp)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         mark("eval")
         scheduler.step(epoch, ev["top1"])
         record = {
@@ -393,6 +393,10 @@ def _run(
             "train_loss": stats["train_loss"],
             "train_seconds": round(t1 - t0, 6),
             "eval_seconds": round(t2 - t1, 6),
+            # CPU seconds of this process (all its threads): unlike wall time, not inflated when
+            # other work shares the machine, so campaigns on shared CPUs keep a comparable cost
+            "train_cpu_seconds": round(c1 - c0, 6),
+            "eval_cpu_seconds": round(c2 - c1, 6),
             "lr": lr,
             "train_images": stats["train_images"],
         }

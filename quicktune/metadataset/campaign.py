@@ -122,7 +122,7 @@ class Campaign:
                 dest,
                 classes=list(spec.classes) if spec.classes else None,
                 max_per_class=spec.max_per_class,
-                size=self.plan["image_size"],
+                size=self.campaign_plan.task_image_size(task),
                 force=True,
             )
             storage.write_bytes(marker, json.dumps(summary, default=str).encode())
@@ -139,7 +139,7 @@ class Campaign:
             to_epoch=e,
             checkpoint_dir=storage.join(self.root, "ckpt", task, cid),
             seed=self.campaign_plan.seed,
-            image_size=self.plan["image_size"],
+            image_size=self.campaign_plan.task_image_size(task),
             max_epochs=e,
         )
 

@@ -34,7 +34,7 @@ POOL_FACTOR = 1.5
 #: packaged datasets kept out of the project's meta-dataset (they evaluate the shipped surrogate)
 HELD_OUT = ("animal-mnist", "emoji")
 
-_OPTION_RE = re.compile(r":(classes|max_per_class|name)=([^:]*)$")
+_OPTION_RE = re.compile(r":(classes|max_per_class|size|name)=([^:]*)$")
 
 
 class CampaignError(ValueError):
@@ -53,10 +53,15 @@ class DatasetSpec:
     packaged: bool
     classes: tuple[int, ...] | None = None
     max_per_class: int | None = None
+    #: this task's image size in px (the step's ``--image-size``, and the size the packaged images
+    #: are written at); None = the plan's. Lets one campaign measure several resolutions.
+    image_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["classes"] = list(self.classes) if self.classes is not None else None
+        if d["image_size"] is None:  # plans written before per-task sizes stay byte-identical
+            del d["image_size"]
         return d
 
     @classmethod
@@ -67,6 +72,7 @@ class DatasetSpec:
             packaged=bool(d["packaged"]),
             classes=tuple(int(c) for c in d["classes"]) if d.get("classes") is not None else None,
             max_per_class=int(d["max_per_class"]) if d.get("max_per_class") is not None else None,
+            image_size=int(d["image_size"]) if d.get("image_size") is not None else None,
         )
 
 
@@ -77,11 +83,11 @@ def _packaged_names() -> list[str]:
 
 
 def parse_dataset_spec(text: str) -> DatasetSpec:
-    """``NAME[:classes=0,2,3][:max_per_class=60][:name=TASK]`` for a packaged dataset, or
-    ``PATH_OR_URI[:name=TASK]`` for an image folder / ``s3://`` prefix.
+    """``NAME[:classes=0,2,3][:max_per_class=60][:size=64][:name=TASK]`` for a packaged dataset, or
+    ``PATH_OR_URI[:size=64][:name=TASK]`` for an image folder / ``s3://`` prefix.
 
     The task name defaults to NAME (``-c`` + the class indices for a subset, e.g. ``digits-c01234``)
-    or to the folder's base name."""
+    or to the folder's base name, plus ``-<size>px`` when ``size`` is given (``digits-c01234-64px``)."""
     raw = text.strip()
     if not raw:
         raise CampaignError("empty dataset spec")
@@ -101,7 +107,7 @@ def parse_dataset_spec(text: str) -> DatasetSpec:
     packaged = rest in names
     if not packaged and ":" in rest and not storage.is_s3(rest):
         raise CampaignError(
-            f"dataset spec {text!r}: unknown option in {rest!r} (options: classes=, max_per_class=, name=)"
+            f"dataset spec {text!r}: unknown option in {rest!r} (options: classes=, max_per_class=, size=, name=)"
         )
     if not packaged and not (storage.is_s3(rest) or "/" in rest or os.path.isdir(rest)):
         raise CampaignError(
@@ -128,6 +134,14 @@ def parse_dataset_spec(text: str) -> DatasetSpec:
             raise CampaignError(f"dataset spec {text!r}: max_per_class must be an integer") from None
         if max_per_class < 1:
             raise CampaignError(f"dataset spec {text!r}: max_per_class must be >= 1")
+    image_size: int | None = None
+    if "size" in opts:
+        try:
+            image_size = int(opts["size"])
+        except ValueError:
+            raise CampaignError(f"dataset spec {text!r}: size must be an integer (pixels)") from None
+        if not 8 <= image_size <= 1024:
+            raise CampaignError(f"dataset spec {text!r}: size must be 8..1024 px, got {image_size}")
     if "name" in opts:
         task = opts["name"]
     elif packaged:
@@ -137,9 +151,18 @@ def parse_dataset_spec(text: str) -> DatasetSpec:
             task += "-c" + sep.join(str(c) for c in classes)
     else:
         task = rest.rstrip("/").rsplit("/", 1)[-1]
+    if image_size is not None and "name" not in opts:
+        task += f"-{image_size}px"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", task):
         raise CampaignError(f"dataset spec {text!r}: task name {task!r} must be 1-63 letters, digits, '.', '_' or '-'")
-    return DatasetSpec(task=task, source=rest, packaged=packaged, classes=classes, max_per_class=max_per_class)
+    return DatasetSpec(
+        task=task,
+        source=rest,
+        packaged=packaged,
+        classes=classes,
+        max_per_class=max_per_class,
+        image_size=image_size,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,6 +337,11 @@ class CampaignPlan:
     def image_size(self) -> int | None:
         v = self.raw["image_size"]
         return int(v) if v is not None else None
+
+    def task_image_size(self, task: str) -> int | None:
+        """The image size ``task`` is trained at: its spec's ``size``, else the plan's."""
+        own = self.specs[task].image_size
+        return own if own is not None else self.image_size
 
     def assigned(self, task: str) -> list[str]:
         return list(self.raw["assignments"].get(task, []))

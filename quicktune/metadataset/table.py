@@ -3,7 +3,7 @@
 Shared by the campaign (curves from RESULT.json files) and the harvester (curves from MLflow), so
 both produce the same columns: ``dataset, config_id, epoch, score, cost``, ``hp.<knob>`` (missing =
 inactive), ``meta.<name>`` and, where known, ``top5``, ``val_loss``, ``train_loss`` (extra columns
-that LCT readers keep and ignore).
+that LCT readers keep and ignore), and ``cpu_cost`` (the epoch's CPU seconds) for steps that report it.
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ def curve_rows(
         for k in EXTRA_EPOCH_KEYS:
             if k in rec:
                 row[k] = _num(rec[k])
+        if "train_cpu_seconds" in rec and "eval_cpu_seconds" in rec:
+            # the same epoch in CPU seconds: comparable across loads of a shared machine (campaigns)
+            row["cpu_cost"] = _num(rec["train_cpu_seconds"]) + _num(rec["eval_cpu_seconds"])
         row.update(hp)
         row.update(meta)
         rows.append(row)

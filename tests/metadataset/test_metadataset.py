@@ -19,10 +19,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from quicktune.backends.testing import local_attempts_started_and_rerun
 from quicktune.lct import load_lct, validate_lct
-from quicktune.metadataset.plan import CampaignError, make_or_extend_plan, parse_dataset_spec
+from quicktune.metadataset.plan import (
+    CampaignError,
+    CampaignPlan,
+    DatasetSpec,
+    make_or_extend_plan,
+    parse_dataset_spec,
+)
 from quicktune.metadataset.table import curve_rows, frame_from_rows
 from quicktune.space import SearchSpace, config_id
 
@@ -89,6 +96,33 @@ def test_dataset_specs(tmp_path):
             parse_dataset_spec(bad)
 
 
+def test_dataset_spec_with_its_own_image_size(tmp_path):
+    s = parse_dataset_spec("fashion-mnist:classes=0,2:max_per_class=30:size=64")
+    assert (s.task, s.image_size, s.classes) == ("fashion-mnist-c02-64px", 64, (0, 2))
+    assert parse_dataset_spec("digits:size=48:name=d48").task == "d48"
+    assert DatasetSpec.from_dict(s.to_dict()) == s
+    assert "image_size" not in parse_dataset_spec("digits").to_dict()  # older plans stay byte-identical
+    for bad, words in [("digits:size=big", "integer"), ("digits:size=4", "8..1024")]:
+        with pytest.raises(CampaignError, match=words):
+            parse_dataset_spec(bad)
+    space = SearchSpace.from_yaml(_space(tmp_path))
+    specs = [parse_dataset_spec(x) for x in ("digits", "digits:size=24")]
+    make_or_extend_plan(tmp_path / "wd", specs, 2, 1, 0, space, "tiny", 16)
+    plan = CampaignPlan.load(tmp_path / "wd")
+    assert plan.task_image_size("digits") == 16 and plan.task_image_size("digits-24px") == 24
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    classes=st.none() | st.lists(st.integers(0, 9), min_size=2, max_size=5, unique=True).map(tuple),
+    max_per_class=st.none() | st.integers(1, 500),
+    image_size=st.none() | st.integers(8, 1024),
+)
+def test_dataset_spec_dict_round_trip(classes, max_per_class, image_size):
+    spec = DatasetSpec("t", "digits", True, classes, max_per_class, image_size)
+    assert DatasetSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
 def test_plan_shares_a_pool_round_robin_and_extends(tmp_path):
     space = SearchSpace.from_yaml(_space(tmp_path))
     specs = [parse_dataset_spec(s) for s in ("digits", "lfw", "mnist5k")]
@@ -128,6 +162,9 @@ def test_curve_rows_record_failures_and_types():
     rows = curve_rows("d", "c1", cfg, eps, {"num_classes": 3}, status="diverged", max_epoch=4, failed_cost=2.5)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert math.isnan(rows[2]["score"]) and rows[2]["cost"] == 2.5
+    assert "cpu_cost" not in rows[0]
+    eps[0].update(train_cpu_seconds=0.75, eval_cpu_seconds=0.25)
+    assert curve_rows("d", "c1", cfg, eps, {})[0]["cpu_cost"] == 1.0
     ok = curve_rows("d", "c2", {"model": "m", "lr": 0.1}, eps, {"num_classes": 3}, status="ok", max_epoch=2)
     assert len(ok) == 2
     # a failure after the last planned epoch adds nothing; gaps end the curve
