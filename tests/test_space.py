@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from quicktune.hub import model_info
 from quicktune.space import SearchSpace, SpaceError, builtin_space, config_id, load_space
 
 KNOBS = [
@@ -64,7 +65,22 @@ def test_builtin_spaces_share_knob_names_and_types():
     assert set(cpu["batch_size"].choices) <= set(range(16, 65))
 
 
-@pytest.mark.parametrize("name", ["paper", "cpu"])
+def test_cpu_wide_is_cpu_with_pretrained_and_random_twins():
+    cpu, wide = builtin_space("cpu"), builtin_space("cpu-wide")
+    assert wide.names == cpu.names
+    for name in KNOBS:
+        if name != "model":
+            assert wide[name] == cpu[name], name
+    models = set(wide["model"].choices)
+    assert set(cpu["model"].choices) < models
+    for n in (0, 1, 2):
+        pretrained, twin = model_info(f"tf_efficientnet_lite{n}"), model_info(f"tf_efficientnet_lite{n}.random")
+        assert {pretrained.name, twin.name} <= models
+        assert pretrained.pretrained_available_offline and not twin.pretrained
+        assert pretrained.arch == twin.arch and pretrained.params == twin.params
+
+
+@pytest.mark.parametrize("name", ["paper", "cpu", "cpu-wide"])
 def test_sampling_respects_conditions(name):
     space = builtin_space(name)
     configs = space.sample_many(300, np.random.default_rng(0))
