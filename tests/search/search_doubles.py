@@ -32,6 +32,7 @@ from quicktune.backends.base import (
     StepStatus,
     TrialBackend,
 )
+from quicktune.search import SearchSpec
 from quicktune.tracking.layout import ConfigRecord, Observation, SearchRun
 from quicktune.tracking.schema import STATE_SLOTS
 
@@ -391,3 +392,21 @@ class ScriptedBackend(TrialBackend):
 
     def capacity(self) -> int:
         return self.workers
+
+
+def fast_spec(search_id: str, budget_epochs: int, **kw: Any) -> SearchSpec:
+    """A search spec for the doubles: the tiny fake data (``fast_inputs`` fixture), random search
+    over builtin:cpu, no waiting between polls or retries, no prefetch; ``kw`` overrides."""
+    base: dict[str, Any] = dict(
+        data_uri="/data/tiny",
+        budget_seconds=1e6,
+        space="builtin:cpu",
+        search_id=search_id,
+        max_epochs=3,
+        optimizer="random",
+        budget_epochs=budget_epochs,
+        poll_interval=0.0,
+        step_retry_delay=0.0,
+        prefetch=0,
+    )
+    return SearchSpec(**{**base, **kw})

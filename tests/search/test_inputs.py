@@ -5,7 +5,7 @@ tests/search/test_guards.py)."""
 from __future__ import annotations
 
 import pytest
-from search_doubles import MemoryTracker, ScriptedBackend
+from search_doubles import MemoryTracker, ScriptedBackend, fast_spec
 
 from quicktune.search import SearchError, SearchSpec, inputs, run_search
 
@@ -13,18 +13,7 @@ pytestmark = pytest.mark.usefixtures("fast_inputs", "no_plots")
 
 
 def spec(**kw) -> SearchSpec:
-    base = dict(
-        data_uri="/data/tiny",
-        budget_seconds=1e6,
-        space="builtin:cpu",
-        search_id="inputs",
-        max_epochs=3,
-        optimizer="random",
-        budget_epochs=2,
-        poll_interval=0.0,
-        prefetch=0,
-    )
-    return SearchSpec(**{**base, **kw})
+    return fast_spec(**{"search_id": "inputs", "budget_epochs": 2, **kw})
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ the in-memory tracker and the scripted backend)."""
 from __future__ import annotations
 
 import pytest
+from search_doubles import fast_spec
 
 from quicktune.search import SearchSpec, run_search
 
@@ -11,19 +12,7 @@ pytestmark = pytest.mark.usefixtures("fast_inputs", "no_plots")
 
 
 def spec(search_id: str = "loop", **kw) -> SearchSpec:
-    base = dict(
-        data_uri="/data/tiny",
-        budget_seconds=1e6,
-        space="builtin:cpu",
-        search_id=search_id,
-        max_epochs=3,
-        optimizer="random",
-        budget_epochs=6,
-        poll_interval=0.0,
-        step_retry_delay=0.0,
-        prefetch=0,
-    )
-    return SearchSpec(**{**base, **kw})
+    return fast_spec(**{"search_id": search_id, "budget_epochs": 6, **kw})
 
 
 def test_a_search_trains_every_epoch_once_and_numbers_its_results(tracker_factory, backend_factory):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from search_doubles import Crash, Killed, MemoryTracker, ScriptedBackend
+from search_doubles import Crash, Killed, MemoryTracker, ScriptedBackend, fast_spec
 
 from quicktune.search import SearchError, SearchSession, SearchSpec, resume as resume_mod, run_search
 
@@ -17,19 +17,7 @@ pytestmark = pytest.mark.usefixtures("fast_inputs", "no_plots")
 
 
 def spec(**kw) -> SearchSpec:
-    base = dict(
-        data_uri="/data/tiny",
-        budget_seconds=1e6,
-        space="builtin:cpu",
-        search_id="crash",
-        max_epochs=3,
-        optimizer="random",
-        budget_epochs=7,
-        poll_interval=0.0,
-        step_retry_delay=0.0,
-        prefetch=0,
-    )
-    return SearchSpec(**{**base, **kw})
+    return fast_spec(**{"search_id": "crash", "budget_epochs": 7, **kw})
 
 
 def reference(optimizer: str, workers: int) -> tuple[MemoryTracker, ScriptedBackend, Crash]:
