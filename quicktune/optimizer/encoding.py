@@ -4,9 +4,13 @@ The optimizer must work on any learning-curve table, not only on our own spaces,
 *inferred* (from a ``SearchSpace`` or from a table's ``hp.*`` columns) and stored with the
 meta-trained weights, so that meta-training and search encode identically.
 
-- numeric columns: min-max scaled to [0, 1]; log scale where the positive values span more than
-  ``LOG_RATIO`` (a column that also holds zeros uses ``log(x + c)`` with ``c`` its smallest
+- numeric columns: min-max scaled to [0, 1]; log scale where the positive values span ``LOG_RATIO``
+  (100x) or more, i.e. ``max / min >= LOG_RATIO`` (a learning rate over ``[1e-4, 1e-2]`` is
+  log-scaled; a column that also holds zeros uses ``log(x + c)`` with ``c`` its smallest
   positive value, so that 0 stays representable: regularizer weights like ``[0, 1e-4 .. 0.1]``).
+- missing = ``None``, NaN and pandas' ``pd.NA``/``NaT`` (a nullable-integer column of a table gives
+  Python ints and ``pd.NA``: it is a numeric column with an inactive indicator, never string
+  categories like ``'1'`` and ``'<NA>'`` that the integers of a search would never match).
   A categorical whose choices are all numbers (the paper's ordinal grids) is a numeric column.
 - string / categorical and bool columns: one-hot; a value never seen -> all zeros.
 - every column that can be inactive gets an indicator (1 = inactive, its other entries 0).
@@ -23,12 +27,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+#: a numeric column is log-scaled when its positive values span at least this ratio (``max/min >= LOG_RATIO``)
 LOG_RATIO = 100.0
 
 
 def _is_missing(v: Any) -> bool:
-    if v is None:
+    """None, NaN, ``pd.NA`` and ``pd.NaT`` (pandas' missing markers of nullable columns)."""
+    if v is None or v is pd.NA or v is pd.NaT:
         return True
     try:
         return isinstance(v, (float, np.floating)) and math.isnan(v)
@@ -78,7 +85,7 @@ class ColumnSpec:
         shift = 0.0
         if log is None:
             pos = vals[vals > 0]
-            log = bool(lo >= 0 and pos.size > 0 and pos.max() / pos.min() > LOG_RATIO)
+            log = bool(lo >= 0 and pos.size > 0 and pos.max() / pos.min() >= LOG_RATIO * (1 - 1e-9))
             if log and lo == 0:
                 shift = float(pos.min())
         if log and lo <= 0 and shift == 0.0:
@@ -255,48 +262,95 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
+#: meta-features that are counts or sizes: compared on a log scale (``log1p``), so that 600 vs 50,000
+#: images or 32 vs 224 px are a few units apart, not hundreds of standard deviations
+LOG_META = frozenset(
+    {
+        "num_classes", "num_images", "num_train", "num_val", "num_test", "num_samples", "total_num_samples",
+        "min_images_per_class", "max_images_per_class", "mean_images_per_class", "class_imbalance",
+        "median_height", "median_width", "min_side", "max_side", "image_size",
+        "input_size_h", "input_size_w", "input_size_d",
+    }
+)  # fmt: skip
+#: meta-features that are the number of image channels: a category (one-hot over CHANNEL_VALUES), not a size
+CHANNEL_META = frozenset({"num_channels", "input_channels"})
+CHANNEL_VALUES = (1, 3)
+#: smallest spread a standardized meta-feature is divided by (per kind): a feature constant over the
+#: meta-training tasks (all 32 px, all grey) must still tell a 224-px RGB task apart, never divide by ~0
+MIN_SPREAD = {"log": 1.0, "linear": 0.25, "onehot": 0.5}
+
+
+def _meta_kind(name: str, values: np.ndarray) -> str:
+    if name in LOG_META:
+        return "log"
+    # an unknown feature: a non-negative one that goes above 1 is taken for a count or a size
+    return "log" if values.size and values.min() >= 0 and values.max() > 1 else "linear"
+
+
 @dataclass
 class MetaScaler:
     """Scales dataset meta-features. Fitted once (at meta-training) and stored in the artifact,
     then applied identically during search: the reference code scaled them differently in the two
     places, which silently broke transfer.
 
-    Each feature: ``log1p`` when non-negative and wide-ranged, then standardized. Unknown features
-    are ignored; missing ones are set to the training mean (0 after scaling)."""
+    Each output feature is ``(t(x) - mean) / spread``, clipped to [-5, 5], where ``t`` is ``log1p`` for
+    counts and sizes (``LOG_META``, and unknown non-negative features that exceed 1), the identity for
+    bounded ones (``class_entropy``), and a one-hot over ``CHANNEL_VALUES`` for the number of channels
+    (``num_channels=1``, ``num_channels=3``); ``spread`` is the training spread but never below
+    ``MIN_SPREAD`` of its kind. Unknown features are ignored; missing ones sit at the training mean (0).
+    ``low``/``high`` keep the raw range seen at meta-training (what the artifact was trained on)."""
 
-    names: list[str] = field(default_factory=list)
-    log: list[bool] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # output features
+    source: list[str] = field(default_factory=list)  # the raw meta-feature each one reads
+    kind: list[str] = field(default_factory=list)  # log | linear | onehot:<value>
     mean: list[float] = field(default_factory=list)
-    std: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)  # the spread divided by (already floored)
+    low: list[float] = field(default_factory=list)
+    high: list[float] = field(default_factory=list)
 
     @property
     def dim(self) -> int:
         return len(self.names)
 
+    @staticmethod
+    def _t(kind: str, x: float) -> float:
+        if kind == "log":
+            return math.log1p(max(x, 0.0))
+        if kind.startswith("onehot:"):
+            return 1.0 if x == float(kind.split(":", 1)[1]) else 0.0
+        return x
+
     @classmethod
     def fit(cls, metas: Sequence[Mapping[str, float]]) -> MetaScaler:
-        names = sorted({k for m in metas for k in m})
-        logs, means, stds = [], [], []
-        for n in names:
+        out = cls()
+        for n in sorted({k for m in metas for k in m}):
             v = np.array([float(m[n]) for m in metas if n in m and not _is_missing(m[n])], dtype=np.float64)
             if v.size == 0:
-                v = np.zeros(1)
-            lg = bool(v.min() >= 0 and v.max() > 0 and v.max() / max(v.min(), 1.0) > 10)
-            t = np.log1p(v) if lg else v
-            sd = float(t.std())
-            logs.append(lg)
-            means.append(float(t.mean()))
-            stds.append(sd if sd > 1e-8 else 1.0)
-        return cls(names, logs, means, stds)
+                continue  # never observed: carries no information
+            if n in CHANNEL_META:
+                kinds = [(f"{n}={c}", f"onehot:{c}") for c in CHANNEL_VALUES]
+            else:
+                kinds = [(n, _meta_kind(n, v))]
+            for oname, kind in kinds:
+                t = np.array([cls._t(kind, float(x)) for x in v])
+                floor = MIN_SPREAD[kind.split(":", 1)[0]]
+                out.names.append(oname)
+                out.source.append(n)
+                out.kind.append(kind)
+                out.mean.append(float(t.mean()))
+                out.std.append(max(float(t.std()), floor))
+                out.low.append(float(v.min()))
+                out.high.append(float(v.max()))
+        return out
 
     def transform(self, meta: Mapping[str, float] | None) -> np.ndarray:
         out = np.zeros(self.dim, dtype=np.float32)
         meta = meta or {}
-        for i, n in enumerate(self.names):
-            v = meta.get(n)
+        for i, src in enumerate(self.source):
+            v = meta.get(src)
             if v is None or _is_missing(v):
                 continue
-            x = math.log1p(max(float(v), 0.0)) if self.log[i] else float(v)
+            x = self._t(self.kind[i], float(v))
             out[i] = float(np.clip((x - self.mean[i]) / self.std[i], -5, 5))
         return out
 
@@ -305,4 +359,9 @@ class MetaScaler:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> MetaScaler:
+        if "kind" not in doc and "log" in doc:  # the first format: per feature a log flag, no ranges
+            names = list(doc["names"])
+            nan = [float("nan")] * len(names)
+            kinds = ["log" if lg else "linear" for lg in doc["log"]]
+            return cls(names, list(names), kinds, list(doc["mean"]), list(doc["std"]), list(nan), list(nan))
         return cls(**{k: list(v) for k, v in doc.items()})

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quicktune.optimizer.encoding import ColumnSpec, MetaScaler, Schema
+from quicktune.optimizer.encoding import LOG_RATIO, ColumnSpec, MetaScaler, Schema
 from quicktune.space import builtin_space
 
 MEDQT = str(__import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "tables" / "medqt_portfolio.parquet")
@@ -111,7 +111,7 @@ def test_meta_scaler_is_fitted_once_and_applied_identically():
         {"num_samples": 1500.0, "num_classes": 10.0},
     ]
     sc = MetaScaler.fit(metas)
-    assert sc.names == ["num_classes", "num_samples"] and all(sc.log)
+    assert sc.names == ["num_classes", "num_samples"] and sc.kind == ["log", "log"]
     Z = np.stack([sc.transform(m) for m in metas])
     assert np.allclose(Z.mean(0), 0.0, atol=1e-6) and np.allclose(Z.std(0), 1.0, atol=1e-5)
     back = MetaScaler.from_json(json.loads(json.dumps(sc.to_json())))
@@ -121,3 +121,56 @@ def test_meta_scaler_is_fitted_once_and_applied_identically():
     assert v[0] == 0.0 and v[1] == pytest.approx(Z[0, 1])
     assert MetaScaler.fit([{"a": 1.0}]).transform({"a": 1.0}).tolist() == [0.0]
     assert not math.isnan(float(sc.transform({"num_samples": float("nan")})[1]))
+    assert sc.low == [2.0, 300.0] and sc.high == [100.0, 20000.0]  # the raw ranges it was fitted on
+
+
+def test_nullable_integers_and_pd_na_are_numbers_and_missing():
+    """A table's nullable-integer knob (pandas Int64: ints and pd.NA) is a numeric column with an
+    inactive indicator; the old code made string categories '1', '2', '<NA>' out of it."""
+    df = pd.DataFrame(
+        {
+            "dataset": ["d"] * 4,
+            "config_id": ["a", "b", "c", "e"],
+            "hp.patience_epochs": pd.array([1, 3, pd.NA, 2], dtype="Int64"),
+            "hp.lr": [1e-3, 1e-2, 1e-3, 1e-4],
+        }
+    )
+    schema = Schema.infer(df)
+    col = _by_name(schema)["patience_epochs"]
+    assert col.kind == "numeric" and (col.low, col.high) == (1.0, 3.0) and col.can_be_inactive
+    X, _ = schema.encode([{"patience_epochs": 3}, {"patience_epochs": pd.NA}, {"patience_epochs": 2}])
+    # the search's plain ints match the table's values; pd.NA is inactive
+    assert X[:, :2].tolist() == [[1.0, 0.0], [0.0, 1.0], [0.5, 0.0]]
+
+
+def test_log_scale_at_exactly_the_log_ratio():
+    """lr over [1e-4, 1e-2] spans exactly LOG_RATIO (100x): log-scaled (the old rule was strictly >)."""
+    assert LOG_RATIO == 100.0
+    schema = Schema.from_columns({"lr": [1e-4, 1e-3, 1e-2], "drop": [1.0, 50.0, 99.0]})
+    cols = _by_name(schema)
+    assert cols["lr"].log and not cols["drop"].log
+    X, _ = schema.encode([{"lr": 1e-3}])
+    assert X[0, 0] == pytest.approx(0.5)
+
+
+def test_meta_features_transfer_from_small_grey_tasks_to_large_colour_ones():
+    """Fitted on tasks that are all 32 px, grey, ~600 images (zero spread in sizes and channels): a
+    224-px RGB task with 50,000 images is a few spreads away and still distinguishable, never divided
+    by a zero spread nor clipped to the same value as a 64-px one; channels are one-hot {1, 3}."""
+    metas = [
+        {"num_images": n, "median_height": 32.0, "num_channels": 1.0, "num_classes": k, "class_entropy": 1.0}
+        for n, k in ((600.0, 10.0), (600.0, 5.0), (200.0, 2.0))
+    ]
+    sc = MetaScaler.fit(metas)
+    assert "num_channels=1" in sc.names and "num_channels=3" in sc.names and "num_channels" not in sc.names
+    assert all(s >= 0.25 for s in sc.std)
+    idx = {n: i for i, n in enumerate(sc.names)}
+    big = sc.transform({"num_images": 50000.0, "median_height": 224.0, "num_channels": 3.0, "num_classes": 100.0})
+    mid = sc.transform({"num_images": 5000.0, "median_height": 64.0, "num_channels": 1.0, "num_classes": 10.0})
+    same = sc.transform(metas[0])
+    assert np.all(np.abs(big) < 5.0) and np.all(np.isfinite(big))  # not clipped
+    h = idx["median_height"]
+    assert same[h] == 0.0 < mid[h] < big[h]
+    assert big[idx["num_images"]] > mid[idx["num_images"]] > same[idx["num_images"]]
+    assert big[idx["num_channels=3"]] > 0.0 == mid[idx["num_channels=3"]]
+    assert big[idx["num_channels=1"]] < 0.0 == mid[idx["num_channels=1"]]
