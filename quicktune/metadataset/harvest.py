@@ -127,8 +127,9 @@ def _add_extra_metrics(tracker: Any, rec: Any) -> None:
                 rec.epochs[step][key] = value
 
 
-def harvest_frame(tracking_uri: str, experiments: Sequence[str] | None = None):
-    """The LCT (a DataFrame) of every search on the server, plus a summary dict."""
+def harvest_frame(tracking_uri: str, experiments: Sequence[str] | None = None, finished_only: bool = False):
+    """The LCT (a DataFrame) of every search on the server, plus a summary dict. ``finished_only``:
+    skip searches whose parent run is still RUNNING (continual meta-learning reads ended searches)."""
     from mlflow import MlflowClient
 
     from quicktune.tracking.layout import SearchTracker
@@ -159,6 +160,8 @@ def harvest_frame(tracking_uri: str, experiments: Sequence[str] | None = None):
         tracker = SearchTracker(tracking_uri, experiment=exp.name)
         parents = tracker.find_searches()
         for parent in sorted(parents, key=lambda r: r.info.start_time):
+            if finished_only and parent.info.status in ("RUNNING", "SCHEDULED"):
+                continue
             search_id = parent.data.tags.get(TAG_SEARCH_ID, parent.info.run_id)
             key, uri, meta = _dataset_of(parent)
             if not meta:

@@ -31,8 +31,10 @@ ROLES = (ROLE_SEARCH, ROLE_CONFIG, ROLE_PROMOTION)
 TAG_FINGERPRINT = "quicktune.dataset_fingerprint"  # the dataset's identity (resume check, harvest)
 TAG_CHECKPOINT_URI = "quicktune.checkpoint_uri"  # --checkpoint-uri, when given
 TAG_RESUMES = "quicktune.resumes"  # number of sessions after the first
-TAG_META_ARTIFACT = "quicktune.meta_artifact"  # which meta-data informed the search ("shipped" or a URI)
+TAG_META_ARTIFACT = "quicktune.meta_artifact"  # which meta-data informed the search ("shipped" or a URI);
+# also a request tag of the watcher (--meta-artifact of the search it starts)
 TAG_META_ARTIFACT_TABLE_HASH = "quicktune.meta_artifact_table_hash"
+TAG_META_ARTIFACT_VERSION = "quicktune.meta_artifact_version"  # the registry version behind a models:/ URI
 TAG_BEST_CONFIG_ID = "quicktune.best_config_id"  # set at the end from the summary
 TAG_BEST_RUN_ID = "quicktune.best_run_id"
 TAG_CHAMPION = "quicktune.champion"  # models:/NAME@ALIAS after a promotion
@@ -54,6 +56,19 @@ TAG_CONFIG_RUN_ID = "quicktune.config_run_id"
 TAG_TEST_ACCURACY = "quicktune.test_accuracy"
 TAG_VAL_SCORE = "quicktune.val_score"
 TAG_MODEL = "quicktune.model"
+
+# --- a registered version of the meta-trained surrogate (``quicktune metatrain --from-mlflow``) ----
+SURROGATE_MODEL = "quicktune-surrogate"  # the registered model searches use by default (its alias below)
+SURROGATE_ALIAS = "champion"
+SURROGATE_ARTIFACT_PATH = "surrogate"  # the artifact folder (artifact.json + weights) on the training run
+TAG_TABLE_HASH = "quicktune.table_hash"  # the content hash of the table the artifact was trained on
+TAG_TABLE_DATASETS = "quicktune.datasets"  # JSON list of the datasets it was trained on
+TAG_TABLE_SEARCHES = "quicktune.searches"  # how many searches the harvest read (for --min-new)
+TAG_HELDOUT_LOGLIK = "quicktune.heldout_loglik"  # mean held-out predictive log-likelihood (higher is better)
+TAG_HELDOUT = "quicktune.heldout"  # how the held-out curves were chosen (fraction, seed, count)
+TAG_QUICKTUNE_VERSION = "quicktune.version"
+TAG_ARTIFACT_VERSION = "quicktune.artifact_version"  # the artifact format version (artifact.json "version")
+TAG_ALIAS_DECISION = "quicktune.alias_decision"  # why the alias moved or stayed
 
 # --- request tags on a registered model or an experiment (the MLflow-UI watcher) ----------------
 TAG_REQUEST = "quicktune.request"
