@@ -120,9 +120,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--meta-artifact",
         default=None,
         metavar="DIR_OR_URI",
-        help="meta-trained surrogate to start from: a folder written by `quicktune metatrain` or an "
-        "s3://bucket/prefix holding its artifact.json + weights.safetensors (default: the one "
-        "shipped in the package, meta-trained on quicktune's own meta-dataset)",
+        help="meta-trained surrogate to start from: a folder written by `quicktune metatrain`, an "
+        "s3://bucket/prefix holding its artifact.json + weights.safetensors, or a registered version "
+        "models:/NAME@ALIAS or models:/NAME/VERSION (default: quicktune-surrogate@champion on the "
+        "tracking server when it exists, else the one shipped in the package)",
     )
     p.add_argument("--max-epochs", type=_positive_int, default=10, help="epochs per configuration at most")
     p.add_argument("--image-size", type=_positive_int, default=None, help="input size in px (default: the step's)")

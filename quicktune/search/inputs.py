@@ -70,6 +70,84 @@ def fetch_meta_artifact(uri: str, workdir: str) -> MetaArtifact:
         raise SearchError(f"--meta-artifact {safe_uri(uri)}: {exc}") from exc
 
 
+# tracking stores with a model registry (a file store has none; the test doubles' "memory:" neither)
+_REGISTRY_SCHEMES = ("http://", "https://", "sqlite:", "postgresql", "mysql", "mssql", "databricks")
+
+
+def registry_uri_of(tracker: Any) -> str | None:
+    """The tracking URI a search's registry look-ups go to, or None when that store has no registry."""
+    uri = getattr(tracker, "tracking_uri", None)
+    if uri is None and isinstance(tracker, SearchTracker):
+        from mlflow import get_tracking_uri
+
+        uri = get_tracking_uri()
+    return str(uri) if uri and str(uri).startswith(_REGISTRY_SCHEMES) else None
+
+
+def fetch_registered_artifact(uri: str, workdir: str, tracking_uri: str | None) -> tuple[MetaArtifact, str]:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> ``(artifact, version)``, downloaded to
+    ``WORKDIR/meta-artifacts/models/NAME/VERSION`` and checked (format version, files, table hash);
+    any problem is a :class:`SearchError` naming the version. Asked for explicitly: no fallback."""
+    from quicktune.optimizer.artifact import FORMAT_VERSION
+    from quicktune.tracking import registry
+
+    try:
+        ref = registry.parse_models_uri(uri)
+        if tracking_uri is None:
+            raise registry.RegistryError(f"{uri}: the tracking store has no model registry (use an MLflow server)")
+        art, mv = registry.load_version(
+            registry.client_for(tracking_uri),
+            ref,
+            Path(workdir) / "meta-artifacts" / "models",
+            MetaArtifact.load,
+            FORMAT_VERSION,
+        )
+    except registry.RegistryError as exc:
+        raise SearchError(f"--meta-artifact {uri[:200]}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the registry is unreachable or refuses
+        raise SearchError(
+            f"--meta-artifact {uri[:200]}: the model registry failed: {type(exc).__name__}: {exc}"
+        ) from None
+    return art, str(mv.version)
+
+
+def registry_default_artifact(
+    workdir: str, tracking_uri: str | None, pinned: str | None = None
+) -> tuple[MetaArtifact, str, str] | None:
+    """What a search without ``--meta-artifact`` starts from: ``(artifact, source, version)`` of
+    ``quicktune-surrogate@champion`` (or of ``pinned``, the ``models:/NAME/VERSION`` a resumed
+    search started from) when it exists; None -- the shipped artifact -- when it does not, when the
+    store has no registry, or when that version is unusable (a warning names it: nobody asked for it)."""
+    import logging
+
+    from quicktune.optimizer.artifact import FORMAT_VERSION
+    from quicktune.tracking import registry
+    from quicktune.tracking.schema import SURROGATE_ALIAS, SURROGATE_MODEL
+
+    log = logging.getLogger(__name__)
+    if tracking_uri is None:
+        return None
+    source = pinned or f"models:/{SURROGATE_MODEL}@{SURROGATE_ALIAS}"
+    try:
+        ref = registry.parse_models_uri(source)
+        client = registry.client_for(tracking_uri)
+        if ref.alias is not None:
+            mv = registry.version_by_alias(client, ref.name, ref.alias)
+            if mv is None:
+                return None
+            ref = ref.pinned(mv.version)
+        art, mv = registry.load_version(
+            client, ref, Path(workdir) / "meta-artifacts" / "models", MetaArtifact.load, FORMAT_VERSION
+        )
+    except registry.RegistryError as exc:
+        log.warning("%s is unusable, starting from the shipped meta-artifact: %s", source, exc)
+        return None
+    except Exception as exc:  # noqa: BLE001 - no registry behind this server, or it is down: the shipped one
+        log.warning("cannot read %s (%s: %s); starting from the shipped meta-artifact", source, type(exc).__name__, exc)
+        return None
+    return art, source, str(mv.version)
+
+
 def check_space(space: SearchSpace) -> None:
     """The strict check of a new search's space (:func:`quicktune.finetune.space_check.check_space_for_step`):
     unknown knobs or models, values the step refuses. Found here, every config would otherwise

@@ -25,12 +25,14 @@ from quicktune.search import inputs
 from quicktune.search.session import InFlight, SearchState
 from quicktune.search.spec import SearchError
 from quicktune.space import SearchSpace, load_space
+from quicktune.tracking.registry import is_models_uri
 from quicktune.tracking.schema import (
     METRIC_ELAPSED,
     TAG_CHECKPOINT_URI,
     TAG_FINGERPRINT,
     TAG_META_ARTIFACT,
     TAG_META_ARTIFACT_TABLE_HASH,
+    TAG_META_ARTIFACT_VERSION,
     TAG_RESUMES,
 )
 from quicktune.tracking.secrets import safe_uri
@@ -48,14 +50,34 @@ def open_search(s: SearchState) -> None:
     inputs.check_checkpoint_location(spec, s.backend, tr)
     s.backend.warm_up()  # e.g. the local fork server's imports, while MLflow and the dataset are read
     options = dict(spec.optimizer_options)  # checked before anything is created
+    meta_version = ""  # the registry version behind a models:/ artifact
+    registry_uri = inputs.registry_uri_of(tr)
     if spec.meta_artifact:
         if not uses_meta_artifact(s.optimizer_name):
             raise SearchError(
                 f"--meta-artifact is for the meta-learned optimizers (quicktune, "
                 f"quicktune-nocost); {s.optimizer_name!r} does not use one"
             )
-        options["artifact"] = inputs.fetch_meta_artifact(spec.meta_artifact, spec.workdir)
+        if not is_models_uri(spec.meta_artifact):
+            options["artifact"] = inputs.fetch_meta_artifact(spec.meta_artifact, spec.workdir)
     existing = tr.find_search(spec.search_id)
+    meta_source = safe_uri(spec.meta_artifact) if spec.meta_artifact else "shipped"
+    pinned = None  # a resume keeps the registry version it started on (an alias may have moved since)
+    if existing is not None:
+        rec_source = existing.data.tags.get(TAG_META_ARTIFACT, "")
+        rec_version = existing.data.tags.get(TAG_META_ARTIFACT_VERSION, "")
+        if is_models_uri(rec_source) and rec_version.isdigit():
+            pinned = f"{rec_source.split('@', 1)[0]}/{rec_version}" if "@" in rec_source else rec_source
+    if spec.meta_artifact and is_models_uri(spec.meta_artifact):
+        options["artifact"], meta_version = inputs.fetch_registered_artifact(
+            pinned or spec.meta_artifact, spec.workdir, registry_uri
+        )
+    if not spec.meta_artifact and "artifact" not in options and uses_meta_artifact(s.optimizer_name):
+        # no artifact asked for: the team's champion when there is one
+        if existing is None or pinned:
+            found = inputs.registry_default_artifact(spec.workdir, registry_uri, pinned=pinned)
+            if found is not None:
+                options["artifact"], meta_source, meta_version = found
     if existing is None:
         s.space = load_space(spec.space)
         inputs.check_space(s.space)
@@ -89,13 +111,10 @@ def open_search(s: SearchState) -> None:
     )
     art = getattr(s.opt, "artifact", None)
     if existing is None and art is not None:  # which meta-data informed this search
-        tr.set_tags(
-            s.parent.run_id,
-            {
-                TAG_META_ARTIFACT: safe_uri(spec.meta_artifact) if spec.meta_artifact else "shipped",
-                TAG_META_ARTIFACT_TABLE_HASH: str(art.table_hash),
-            },
-        )
+        tags = {TAG_META_ARTIFACT: meta_source, TAG_META_ARTIFACT_TABLE_HASH: str(art.table_hash)}
+        if meta_version:
+            tags[TAG_META_ARTIFACT_VERSION] = meta_version
+        tr.set_tags(s.parent.run_id, tags)
     if existing is not None:
         rebuild(s)
 

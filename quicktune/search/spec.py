@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quicktune.tracking.names import InvalidNameError, check_search_id
+from quicktune.tracking.registry import RegistryError, is_models_uri, parse_models_uri
 from quicktune.tracking.secrets import safe_uri
 
 # Spec fields that define *what* is searched: a resumed search must keep them. The data is
@@ -53,7 +54,9 @@ class SearchSpec:
     seed: int = 0
     optimizer: str = "quicktune"
     optimizer_options: dict[str, Any] = field(default_factory=dict)
-    meta_artifact: str | None = None  # folder or s3:// prefix of a `quicktune metatrain` artifact; None: shipped
+    # folder or s3:// prefix of a `quicktune metatrain` artifact, or models:/NAME@ALIAS | models:/NAME/VERSION;
+    # None: quicktune-surrogate@champion on the tracking server when it exists, else the shipped one
+    meta_artifact: str | None = None
     image_size: int | None = None
     device: str = "cpu"
     checkpoint_uri: str | None = None
@@ -79,6 +82,11 @@ class SearchSpec:
             raise SearchError(f"workers must be >= 1, got {self.workers}")
         if self.max_epochs < 1:
             raise SearchError(f"max_epochs must be >= 1, got {self.max_epochs}")
+        if is_models_uri(self.meta_artifact):  # it names a cache folder: strict, before anything else
+            try:
+                parse_models_uri(str(self.meta_artifact))
+            except RegistryError as exc:
+                raise SearchError(f"meta_artifact: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
