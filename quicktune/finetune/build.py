@@ -39,11 +39,12 @@ class TrainingParts:
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any  # a timm scheduler (PlateauLRScheduler keeps extra state, see state.scheduler_state)
-    scaler: torch.amp.GradScaler | None  # mixed precision on CUDA only
+    scaler: torch.amp.GradScaler | None  # fp16 only (quicktune.finetune.precision)
     regs: Regularizers
     mixup: Any | None  # timm.data.Mixup when mixup/cutmix are on
     loss_fn: Any
-    amp: bool
+    precision: str  # fp32, fp16 or bf16 (resolved: never auto)
+    device: torch.device  # the step's device (cuda:N: its RNG state is the one a checkpoint saves)
     freeze: dict[str, int] = field(default_factory=dict)  # apply_freezing's counts
     stoch_norm_layers: int = 0
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -68,12 +69,15 @@ def build_training(
     max_epochs: int,
     weights_config: str | Mapping[str, Any] | None,
     warnings: list[str] | None = None,
+    precision: str = "auto",
 ) -> TrainingParts:
     """Network (seeded init), StochNorm, freezing, regularizers, optimizer, scheduler, loss, mixup.
 
     Built the same way on every step of a config (a resumed step then loads the checkpoint's
     states into these parts, see :mod:`quicktune.finetune.state`). Knobs that cannot apply
-    (co-tuning without a pretrained head, StochNorm without BatchNorm) append to ``warnings``."""
+    (co-tuning without a pretrained head, StochNorm without BatchNorm) append to ``warnings``.
+    ``precision`` (fp32/fp16/bf16/auto, see :mod:`quicktune.finetune.precision`) decides the
+    autocast dtype and whether a GradScaler is made."""
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
@@ -183,8 +187,10 @@ def build_training(
         loss_fn = LabelSmoothingCrossEntropy(smoothing=float(cfg["smoothing"]))
     else:
         loss_fn = torch.nn.CrossEntropyLoss()
-    amp = dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if amp else None
+    from quicktune.finetune.precision import make_scaler, resolve_precision
+
+    precision = resolve_precision(precision, dev)
+    scaler = make_scaler(dev, precision)
     return TrainingParts(
         net=net,
         optimizer=optimizer,
@@ -193,7 +199,8 @@ def build_training(
         regs=regs,
         mixup=mixup,
         loss_fn=loss_fn,
-        amp=amp,
+        precision=precision,
+        device=dev,
         freeze=freeze,
         stoch_norm_layers=stoch,
         optimizer_kwargs=kwargs,

@@ -51,8 +51,27 @@ def add_step_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="lr schedule length (the search's epoch budget); default $QUICKTUNE_MAX_EPOCHS or 50",
     )
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--workers", type=int, default=None, help="data-loader worker processes (default: 0 on CPU)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: $QUICKTUNE_NUM_THREADS, else $OMP_NUM_THREADS, else the CPUs of the "
+        "process's cgroup quota / affinity)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data-loader worker processes (default: 0 on CPU or without augmentation; on CUDA one per CPU of the "
+        "quota, at most 4)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16", "auto"),
+        default="auto",
+        help="training precision: auto = bf16 on CUDA devices of compute capability >= 8, fp16 + GradScaler on "
+        "older CUDA devices, fp32 on CPU",
+    )
     p.add_argument("--cache-dir", default=None, help="dataset cache folder (S3 mirrors)")
     p.add_argument(
         "--weights-config",
@@ -133,6 +152,11 @@ def run_parsed(args: argparse.Namespace) -> int:
     from quicktune.finetune.step import run_step
 
     try:
+        threads = _threads(args)
+    except ValueError as exc:
+        return _fail(args, str(exc))
+
+    try:
         result = run_step(
             config,
             args.data,
@@ -144,11 +168,12 @@ def run_parsed(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             cache_dir=args.cache_dir,
             max_epochs=max_epochs,
-            threads=args.threads,
+            threads=threads,
             split_seed=args.split_seed,
             num_workers=args.workers,
             deterministic=args.deterministic,
             weights_config=args.weights_config,
+            precision=args.precision,
         )
     except Exception as exc:  # noqa: BLE001 - only writing --out can raise here
         print(f"quicktune step: could not write {args.out}: {exc}", file=sys.stderr)
@@ -163,15 +188,25 @@ def run_parsed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads(args: argparse.Namespace) -> int:
+    """``--threads``, else the default of :func:`quicktune.finetune.resources.default_threads`."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        return int(args.threads)
+    from quicktune.finetune.resources import default_threads
+
+    return default_threads()
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
     from quicktune import storage
     from quicktune.finetune.export import evaluate_checkpoint
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
+        torch.set_num_threads(_threads(args))
         metrics = evaluate_checkpoint(
             args.checkpoint_dir, args.data, split=args.split, device=args.device, cache_dir=args.cache_dir
         )
@@ -217,6 +252,7 @@ _REQUEST_KEYS = {
     "weights_config",
     "cache_dir",
     "deterministic",
+    "precision",
     "id",
 }
 
@@ -240,7 +276,9 @@ def _worker(args: argparse.Namespace) -> int:
         "weights_config": args.weights_config,
         "cache_dir": args.cache_dir,
         "deterministic": args.deterministic,
+        "precision": args.precision,
     }
+    threads = _threads(args)
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -261,7 +299,7 @@ def _worker(args: argparse.Namespace) -> int:
                 int(req["to_epoch"]),
                 req["checkpoint_dir"],
                 out=req["out"],
-                threads=args.threads,
+                threads=threads,
                 num_workers=args.workers,
                 **kw,
             )

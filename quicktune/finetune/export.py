@@ -93,6 +93,7 @@ def evaluate_checkpoint(
     recomputed with the checkpoint's split seed, so ``test`` is the config's held-out test set)."""
     from quicktune.data import open_dataset
     from quicktune.finetune.loader import ImageSet, eval_batches
+    from quicktune.finetune.precision import resolve_precision
     from quicktune.finetune.train import evaluate
 
     if threads:
@@ -102,7 +103,8 @@ def evaluate_checkpoint(
     if [str(c) for c in ds.classes] != pre["classes"]:
         raise CheckpointError(f"{data_uri}: its classes differ from the ones the checkpoint was trained on")
     data = ImageSet(ds, ds.split(split), pre["image_size"], pre["in_chans"], pre["mean"], pre["std"], None)
-    out = evaluate(net, eval_batches(data, batch_size), torch.device(device), amp=str(device).startswith("cuda"))
+    dev = torch.device(device)
+    out = evaluate(net, eval_batches(data, batch_size), dev, precision=resolve_precision("auto", dev))
     return {
         "split": split,
         "epoch": pre["epoch"],

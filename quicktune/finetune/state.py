@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 #: the keys of a checkpoint manifest written by a step (checkpoint.save_checkpoint adds its own
-#: format/epoch/checksum keys); older checkpoints have the same ones, and resume reads only these
+#: format/epoch/checksum keys); older checkpoints have the same ones but ``precision`` (added with
+#: the fp16/bf16 choice; a resumed step treats a missing one as unknown), and resume reads only these
 MANIFEST_KEYS = (
     "config",
     "resolved_config",
@@ -60,6 +61,7 @@ MANIFEST_KEYS = (
     "stoch_norm",
     "source_head",
     "versions",
+    "precision",
 )
 
 
@@ -130,6 +132,7 @@ class CheckpointMeta:
             "stoch_norm": bool(cfg["stoch_norm"]),
             "source_head": parts.regs.source_head is not None,
             "versions": {"torch": torch.__version__, "timm": timm.__version__},
+            "precision": parts.precision,
         }
 
 
@@ -162,8 +165,8 @@ def checkpoint_tensors(parts: TrainingParts) -> dict[str, torch.Tensor]:
     opt_tensors, _ = optimizer_to_parts(parts.optimizer.state_dict())
     tensors.update(opt_tensors)
     tensors["rng/torch"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["rng/cuda"] = torch.cuda.get_rng_state()
+    if parts.device.type == "cuda":  # the step's own device (cuda:N), not device 0
+        tensors["rng/cuda"] = torch.cuda.get_rng_state(parts.device)
     np_state = np.random.get_state()
     tensors["rng/numpy_keys"] = torch.from_numpy(np.ascontiguousarray(np_state[1]).view(np.uint8).copy())
     return tensors
@@ -191,8 +194,8 @@ def restore_state(ckpt: Checkpoint, parts: TrainingParts) -> None:
     if parts.scaler is not None and m.get("scaler"):
         parts.scaler.load_state_dict(m["scaler"])
     torch.set_rng_state(t["rng/torch"])
-    if "rng/cuda" in t and torch.cuda.is_available():
-        torch.cuda.set_rng_state(t["rng/cuda"])
+    if "rng/cuda" in t and parts.device.type == "cuda":
+        torch.cuda.set_rng_state(t["rng/cuda"], parts.device)
     py = m["rng"]["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     npm = m["rng"]["numpy"]

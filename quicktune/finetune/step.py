@@ -10,7 +10,9 @@ and report. Every outcome ends in a RESULT dict (``quicktune.finetune.result``) 
   cannot take the image size, or the data cannot be used (``DatasetError``: a corrupt image, a
   single class, a bad split file; not an S3 outage). RESULT's ``invalid_kind`` says which
   (``config``, ``image_size`` or ``data``): a ``data`` error fails every config alike;
-- ``diverged``: the training loss became NaN/inf (the last good checkpoint stays);
+- ``diverged``: the training loss became NaN/inf (in fp16: persistently, after the GradScaler's
+  skips) or exploded past a documented bound (``quicktune.finetune.divergence``); the last good
+  checkpoint stays and the exploded epoch is not saved;
 - ``oom``: out of memory (CUDA or host);
 - ``failed``: anything else (bad data, corrupt checkpoints, storage errors, bugs); the message
   says what, the full traceback goes to the log (stderr).
@@ -24,12 +26,17 @@ Schedule length: the lr schedule spans ``max_epochs`` (the search's epoch budget
 controller; default 50 as in the paper's learning curves). The first step records it (and the
 image size and seed) in the checkpoint; later steps use the recorded values so that a config
 never sees its schedule change, and warn when asked for different ones.
+
+Precision (``quicktune.finetune.precision``): ``auto`` is bf16 on CUDA devices that compute it
+natively, fp16 + GradScaler on older ones, fp32 on the CPU; RESULT records the precision and the
+optimizer steps the scaler skipped. Devices: every CUDA call (peak memory, RNG state, sync) names
+the step's own ``cuda:N``. Threads and DataLoader workers: ``quicktune.finetune.resources``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import math
 import time
 import traceback
 from collections.abc import Mapping
@@ -118,13 +125,15 @@ def run_step(
     num_workers: int | None = None,
     deterministic: bool = False,
     weights_config: str | Mapping[str, Any] | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Train ``config`` up to epoch ``to_epoch`` (1-based), resuming from ``checkpoint_dir``.
 
     Returns the RESULT dict and, when ``out`` is given, writes it there atomically (local path or
     s3:// URI). Never raises for a training problem: the status says how it went. ``threads``
     sets torch's CPU threads (1 by default: several steps share a machine's cores; None leaves
-    torch's setting alone).
+    torch's setting alone); ``num_workers`` None = from the CPU limit
+    (``resources.default_workers``); ``precision`` fp32/fp16/bf16/auto (``quicktune.finetune.precision``).
     """
     from quicktune.finetune.result import make_result, write_result
 
@@ -148,11 +157,12 @@ def run_step(
             num_workers,
             deterministic,
             weights_config,
+            precision,
         )
         message = report.message
     except Exception as exc:  # noqa: BLE001 - classified below; the step reports every failure as a status
         status, message = _classify(exc, device, report)
-    if status in ("oom",) and torch.cuda.is_available():
+    if status in ("oom",) and str(device).startswith("cuda") and torch.cuda.is_available():
         torch.cuda.empty_cache()
     result = make_result(
         status,
@@ -182,7 +192,8 @@ def _classify(exc: Exception, device: str, report: _Report) -> tuple[str, str]:
         log.error("finetuning step is invalid (%s): %s", kind, exc)
         return "invalid", str(exc)
     if isinstance(exc, _diverged_type()):
-        return "diverged", f"{exc}; kept the last good checkpoint"
+        kept = "kept the last good checkpoint" if report.checkpoint else "no checkpoint was written"
+        return "diverged", f"{exc}; {kept}"
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return "oom", f"out of memory on {device}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     log.error("finetuning step failed:\n%s", traceback.format_exc())
@@ -197,7 +208,11 @@ def _diverged_type():
 
 def _peak_memory_mb(device: str) -> float:
     if str(device).startswith("cuda") and torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 2)
+        try:
+            dev = torch.device(device)
+        except RuntimeError:  # a malformed device string: the step already failed on it
+            return 0.0
+        return round(torch.cuda.max_memory_allocated(dev) / 2**20, 2)  # the step's cuda:N, not device 0
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 2)  # Linux: KiB
@@ -222,12 +237,16 @@ def _run(
     num_workers: int | None,
     deterministic: bool,
     weights_config,
+    precision: str = "auto",
 ) -> None:
     from quicktune.data import open_dataset
     from quicktune.finetune import checkpoint as ck
+    from quicktune.finetune.divergence import loss_exploded
     from quicktune.finetune.loader import ImageSet, effective_batch_size, epoch_seed, eval_batches, train_batches
     from quicktune.finetune.model import model_defaults
-    from quicktune.finetune.train import evaluate, train_one_epoch
+    from quicktune.finetune.precision import PRECISIONS, resolve_precision
+    from quicktune.finetune.resources import cpu_limit, default_workers
+    from quicktune.finetune.train import DivergedError, evaluate, train_one_epoch
     from quicktune.finetune.transforms import build_policy
 
     cfg = resolve_config(config)
@@ -236,14 +255,20 @@ def _run(
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise StepError(f"device {device!r} requested but CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise StepError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if precision not in PRECISIONS:
+        raise StepError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if threads is not None and threads > 0:
         torch.set_num_threads(int(threads))
     if dev.type == "cuda":
+        if dev.index is not None:
+            torch.cuda.set_device(dev)  # kernels, cuDNN handles and caches on the step's device
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cudnn.deterministic = bool(deterministic)
         torch.backends.cuda.matmul.allow_tf32 = not deterministic
         torch.backends.cudnn.allow_tf32 = not deterministic
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(dev)
     phases: dict[str, Any] = report.extra.setdefault("phases", {})
     mark = _Marks(phases)
     defaults = model_defaults(cfg["model"], weights_config)  # imports timm (the bulk of start-up)
@@ -272,6 +297,12 @@ def _run(
             if asked is not None and int(asked) != int(stored) and not (name in ("seed", "split_seed") and asked == 0):
                 report.warnings.append(f"{name}={asked} ignored: this config was started with {name}={stored}")
         image_size, max_epochs, seed, split_seed = m["image_size"], m["max_epochs"], m["seed"], m["split_seed"]
+        stored_precision = m.get("precision")
+        if stored_precision not in (None, resolve_precision(precision, dev)):
+            report.warnings.append(
+                f"precision {resolve_precision(precision, dev)} differs from the {stored_precision} this config's "
+                f"checkpoint was trained in: resume is not bit-exact"
+            )
         start_epoch = ckpt.epoch
         report.history = list(m.get("history", []))
         report.checkpoint = ckpt.uri
@@ -305,11 +336,24 @@ def _run(
     if to_epoch <= start_epoch:
         report.message = f"already trained to epoch {start_epoch} (asked for {to_epoch}); nothing to do"
         return
+    precision = resolve_precision(precision, dev)
 
     # --- model, regularizers, optimizer, schedule (built the same way on every step)
     parts = build_training(
-        cfg, defaults, num_classes, in_chans, image_size, dev, seed, max_epochs, weights_config, report.warnings
+        cfg,
+        defaults,
+        num_classes,
+        in_chans,
+        image_size,
+        dev,
+        seed,
+        max_epochs,
+        weights_config,
+        report.warnings,
+        precision=precision,
     )
+    report.extra["precision"] = parts.precision
+    report.extra["scaler_skipped_steps"] = 0
     mark("build")
     net, optimizer, scheduler, scaler, regs = parts.net, parts.optimizer, parts.scheduler, parts.scaler, parts.regs
     report.num_params = int(sum(p.numel() for p in net.parameters()))
@@ -328,7 +372,9 @@ def _run(
     if parts.mixup is not None and effective_batch_size(len(train_set), bs) % 2:
         raise InvalidConfigError(f"knob 'batch_size': mixup/cutmix need an even batch size, got {bs}")
     if num_workers is None:
-        num_workers = min(4, os.cpu_count() or 1) if (dev.type == "cuda" and policy is not None) else 0
+        num_workers = default_workers(cpu_limit(), dev.type, policy is not None)
+    report.extra["threads"] = torch.get_num_threads()
+    report.extra["workers"] = int(num_workers) if policy is not None else 0  # no augmentation: no DataLoader
     eval_bs = max(32, min(512, 2 * bs))
 
     mark("data")
@@ -358,6 +404,7 @@ def _run(
     )
 
     best_epoch, best_score = _best(report.history)
+    first_loss = _first_epoch_task_loss(report.history)
     for epoch in range(start_epoch + 1, to_epoch + 1):
         seed_everything(epoch_seed(seed, epoch))
         lr = float(optimizer.param_groups[0]["lr"]) / float(optimizer.param_groups[0].get("lr_scale", 1.0))
@@ -373,17 +420,28 @@ def _run(
             num_classes=num_classes,
             clip_grad=float(cfg["clip_grad"]),
             scaler=scaler,
-            amp=parts.amp,
+            precision=parts.precision,
         )
         if dev.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(dev)
         t1, c1 = time.perf_counter(), time.process_time()
         mark("train")
-        ev = evaluate(net, eval_batches(val_set, eval_bs), dev, amp=parts.amp)
+        report.extra["scaler_skipped_steps"] += int(stats["scaler_skipped_steps"])
+        exploded = loss_exploded(stats["train_task_loss"], first_loss, num_classes)
+        if exploded is not None:  # this epoch is not saved: the last good checkpoint stays
+            raise DivergedError(f"epoch {epoch}: {exploded} (lr={lr:.3g}, {parts.precision})")
+        if first_loss is None:
+            first_loss = stats["train_task_loss"]
+        ev = evaluate(net, eval_batches(val_set, eval_bs), dev, precision=parts.precision)
         if dev.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(dev)
         t2, c2 = time.perf_counter(), time.process_time()
         mark("eval")
+        if not math.isfinite(ev["loss"]):
+            raise DivergedError(
+                f"epoch {epoch}: the validation loss is {ev['loss']} (train loss {stats['train_loss']:.4g}, "
+                f"lr={lr:.3g}, {parts.precision})"
+            )
         scheduler.step(epoch, ev["top1"])
         record = {
             "epoch": epoch,
@@ -391,6 +449,8 @@ def _run(
             "top5": ev["top5"],
             "val_loss": ev["loss"],
             "train_loss": stats["train_loss"],
+            "train_task_loss": stats["train_task_loss"],
+            "scaler_skipped_steps": int(stats["scaler_skipped_steps"]),
             "train_seconds": round(t1 - t0, 6),
             "eval_seconds": round(t2 - t1, 6),
             # CPU seconds of this process (all its threads): unlike wall time, not inflated when
@@ -457,6 +517,15 @@ class _Marks:
         self.phases[name] = round(self.phases.get(name, 0.0) + now - self.t, 6)
         self.cpu[name] = round(self.cpu.get(name, 0.0) + cpu - self.c, 6)
         self.t, self.c = now, cpu
+
+
+def _first_epoch_task_loss(history: list[dict[str, Any]]) -> float | None:
+    """Epoch 1's mean task loss (its ``train_loss`` in checkpoints older than ``train_task_loss``)."""
+    for r in history:
+        if int(r.get("epoch", 0)) == 1:
+            value = r.get("train_task_loss", r.get("train_loss"))
+            return None if value is None else float(value)
+    return None
 
 
 def _best(history: list[dict[str, Any]]) -> tuple[int | None, float | None]:

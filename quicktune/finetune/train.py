@@ -3,7 +3,6 @@ Quick-Tune regularizers added to the loss as in the reference finetuning script)
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ __all__ = ["DivergedError", "Regularizers", "train_one_epoch", "evaluate"]
 
 
 class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The config diverged (:mod:`quicktune.finetune.divergence`): a non-finite loss (that
+    persisted after the GradScaler's skips, in fp16) or an exploded loss. Final for the config."""
 
 
 @dataclass
@@ -43,12 +43,6 @@ class Regularizers:
         return self.cotuning_weight > 0 and self.source_head is not None and self.relationship is not None
 
 
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 def train_one_epoch(
     net: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -60,14 +54,26 @@ def train_one_epoch(
     num_classes: int = 0,
     clip_grad: float = 0.0,
     scaler: torch.amp.GradScaler | None = None,
-    amp: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, float]:
-    """Train over ``batches``; returns mean loss and image count. Raises DivergedError on NaN/inf."""
+    """Train over ``batches`` in ``precision`` (fp32/fp16/bf16; fp16 wants ``scaler``).
+
+    Returns the mean loss (``train_loss``, regularizers included), the mean task loss
+    (``train_task_loss``: the classification loss alone), image and step counts, and how many
+    optimizer steps the GradScaler skipped. Raises DivergedError when non-finite losses mean
+    divergence (:class:`quicktune.finetune.divergence.NonFiniteGuard`: at once without a scaler;
+    with one, only when they persist after its skips); batches with a non-finite loss are left
+    out of the means."""
+    from quicktune.finetune.divergence import NonFiniteGuard
+    from quicktune.finetune.precision import autocast
+
     net.train()
     if regs.source_head is not None:
         regs.source_head.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    total, count, steps = 0.0, 0, 0
+    guard = NonFiniteGuard(scaled=scaler is not None)
+    total = task_total = 0.0
+    count = steps = 0
     for x, y in batches:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
@@ -75,12 +81,13 @@ def train_one_epoch(
             x, target = mixup(x, y)
         else:
             target = y
-        with _autocast(device, amp):
+        with autocast(device, precision):
             if regs.needs_features:
                 logits, features = forward_with_features(net, x)
             else:
                 logits, features = net(x), None
-            loss = loss_fn(logits, target)
+            task = loss_fn(logits, target)
+            loss = task
             if regs.sp is not None:
                 loss = loss + regs.sp()
             if regs.bss is not None:
@@ -93,30 +100,53 @@ def train_one_epoch(
                 loss = loss + regs.cotuning_weight * _cotuning(
                     apply_source_head(regs.source_head, features), source_target
                 )
-        # One host sync per batch, as in timm's loop: stop at the first non-finite loss.
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise DivergedError(
-                f"training loss became {loss_value} at batch {steps + 1} of the epoch "
-                f"(lr={optimizer.param_groups[0]['lr']:.3g})"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if clip_grad > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
+        # One host sync per batch, as in timm's loop (both losses in one transfer).
+        loss_value, task_value = torch.stack([loss.detach().float(), task.detach().float()]).tolist()
+        finite = math.isfinite(loss_value)
+        steps += 1
+        if scaler is None:
+            if not finite:
+                guard.observe(False)
+                raise DivergedError(
+                    f"training loss became {loss_value} at batch {steps} of the epoch "
+                    f"(lr={optimizer.param_groups[0]['lr']:.3g}, {precision})"
+                )
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(params, clip_grad)
             optimizer.step()
-        total += loss_value * x.shape[0]
-        count += x.shape[0]
-        steps += 1
-    return {"train_loss": total / max(count, 1), "train_images": count, "train_steps": steps}
+        else:
+            # fp16: a non-finite loss gives non-finite gradients, so the scaler skips the step
+            # (weights untouched) and halves its scale, exactly as for overflowed gradients.
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if clip_grad > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, clip_grad)
+            before = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            after = scaler.get_scale()
+            reason = guard.observe(finite, step_skipped=after < before, scale=after)
+            if reason is not None:
+                raise DivergedError(
+                    f"{reason} (last loss {loss_value}, batch {steps} of the epoch, "
+                    f"lr={optimizer.param_groups[0]['lr']:.3g}, fp16)"
+                )
+        if finite:
+            total += loss_value * x.shape[0]
+            task_total += task_value * x.shape[0]
+            count += x.shape[0]
+    nan = float("nan")
+    return {
+        "train_loss": total / count if count else (nan if steps else 0.0),
+        "train_task_loss": task_total / count if count else (nan if steps else 0.0),
+        "train_images": count,
+        "train_steps": steps,
+        "scaler_skipped_steps": guard.skipped,
+        "nonfinite_losses": guard.nonfinite,
+    }
 
 
 def _cotuning(source_logits: torch.Tensor, source_targets: torch.Tensor) -> torch.Tensor:
@@ -127,16 +157,22 @@ def _cotuning(source_logits: torch.Tensor, source_targets: torch.Tensor) -> torc
 
 @torch.no_grad()
 def evaluate(
-    net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, amp: bool = False
+    net: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    precision: str = "fp32",
 ) -> dict[str, float]:
-    """Top-1 (in [0, 1]), top-5 (top-k with k = min(5, classes)) and mean cross-entropy."""
+    """Top-1 (in [0, 1]), top-5 (top-k with k = min(5, classes)) and mean cross-entropy, the
+    forward pass autocast to ``precision`` (the loss in float32)."""
+    from quicktune.finetune.precision import autocast
+
     net.eval()
     correct1 = correct5 = 0
     loss_sum, n = 0.0, 0
     for x, y in batches:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        with _autocast(device, amp):
+        with autocast(device, precision):
             logits = net(x)
         logits = logits.float()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))

@@ -113,10 +113,12 @@ def test_manifest_keys_are_the_ones_old_checkpoints_have(tmp_path):
     cfg, parts = _build({})
     manifest = _meta(cfg, parts, history=[{"epoch": 1, "score": 0.5}], best_epoch=1, best_score=0.5)
     added_by_save = {"epoch", "format", "sha256", "size", "tensors_file"}
-    assert set(manifest) == set(MANIFEST_KEYS) == OLD_MANIFEST_KEYS - added_by_save
+    added_since = {"precision"}  # new keys: a resumed step reads them with .get (absent in old checkpoints)
+    assert set(manifest) == set(MANIFEST_KEYS) == (OLD_MANIFEST_KEYS - added_by_save) | added_since
+    assert manifest["precision"] == "fp32"  # auto on the CPU
     uri = ck.save_checkpoint(str(tmp_path), 1, checkpoint_tensors(parts), manifest)
     on_disk = ck.load_checkpoint(uri).manifest
-    assert set(on_disk) == OLD_MANIFEST_KEYS
+    assert set(on_disk) == OLD_MANIFEST_KEYS | added_since
     assert set(on_disk["rng"]) == {"python", "numpy", "data_order"}
     assert set(on_disk["rng"]["numpy"]) == {"pos", "has_gauss", "cached_gaussian"}
     assert on_disk["num_classes"] == 10 and on_disk["model"] == "test_vit" and on_disk["best_epoch"] == 1
