@@ -13,7 +13,9 @@
 Credentials come from Kubernetes Secrets through kfp-kubernetes (``use_secret_as_env``):
 ``quicktune-s3`` (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and optionally ``quicktune-mlflow``
 (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD). The controller gets its pod name, uid and
-namespace from the downward API, so step Jobs are owned by (and cleaned up with) its pod.
+namespace from the downward API; its backend owns the step Jobs by the pod's controller, the run's
+Argo Workflow, so a retried search task re-adopts them and deleting the run deletes them
+(docs/cluster.md).
 
 Two compiled variants are committed: ``quicktune_pipeline.yaml`` (every task on CPU nodes; steps
 get GPUs via the Kubernetes backend) and ``quicktune_pipeline_gpu.yaml`` (the evaluation is

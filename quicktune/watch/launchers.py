@@ -11,7 +11,7 @@ search is read from MLflow by the watcher, not from the launcher: MLflow is the 
   session; cancel sends SIGINT (the controller records "interrupted") then cancels its steps.
 - ``kubernetes``: a ``batch/v1`` Job running the controller (``--backend kubernetes``), named after
   the search id, in the shape of ``k8s/base/controller-job.yaml``; cancel deletes it (its step Jobs
-  are owned by the controller pod and garbage-collected).
+  are owned by that Job and garbage-collected with it).
 - ``kfp``: a run of the compiled pipeline in ``pipelines/`` through ``kfp.Client``; cancel
   terminates the run.
 

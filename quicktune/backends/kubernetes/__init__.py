@@ -18,7 +18,8 @@ The package, one responsibility per module:
   watcher's controller launcher.
 * ``informer`` -- list + watch of one search's Jobs with resourceVersion bookkeeping; ``410 Gone``
   re-lists and re-watches, as client-go informers do.
-* ``status`` -- what a Job or pod object says (``job_state``: Kubernetes' conditions to a step status).
+* ``status`` -- what a Job or pod object says (``job_state``: Kubernetes' conditions to a step status;
+  ``controller_of``: the object that recreates a pod, i.e. what owns the step Jobs).
 * ``backend`` -- ``KubernetesBackend`` (the ``TrialBackend``), one ``StepRecord`` per step.
 
 Everything public is re-exported here, so ``from quicktune.backends.kubernetes import X`` works
@@ -67,11 +68,12 @@ from quicktune.backends.kubernetes.manifests import (
 from quicktune.backends.kubernetes.settings import (
     ENV_SETTINGS,
     OPTION_ENV,
+    OWNER_MODES,
     StepJobSettings,
     in_cluster_namespace,
     owner_from_env,
 )
-from quicktune.backends.kubernetes.status import iter_labels, job_state
+from quicktune.backends.kubernetes.status import controller_of, iter_labels, job_state
 
 __all__ = [
     # the backend
@@ -80,10 +82,12 @@ __all__ = [
     "backend_from_env",
     "job_state",
     "iter_labels",
+    "controller_of",
     # settings
     "StepJobSettings",
     "ENV_SETTINGS",
     "OPTION_ENV",
+    "OWNER_MODES",
     "owner_from_env",
     "in_cluster_namespace",
     # manifests and escaping

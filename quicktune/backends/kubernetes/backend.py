@@ -55,6 +55,7 @@ from quicktune.backends.kubernetes.manifests import (
 from quicktune.backends.kubernetes.settings import OPTION_ENV, StepJobSettings, owner_from_env
 from quicktune.backends.kubernetes.status import (
     being_deleted,
+    controller_of,
     job_state,
     pod_has_condition,
     pod_termination,
@@ -107,8 +108,11 @@ class KubernetesBackend(TrialBackend):
     ``max_concurrent``: at most this many of *this backend's* step Jobs exist unfinished at once;
     further steps wait in an in-memory queue (PENDING) and are created as Jobs finish (on the next
     ``start``/``poll``/``active`` call). ``api_client`` defaults to the in-cluster configuration,
-    then ``~/.kube/config``. ``owner_pod`` is ``{"name": ..., "uid": ...}``; by default it is read
-    from the downward API env vars ``POD_NAME`` / ``POD_UID`` (absent: no ownerReference).
+    then ``~/.kube/config``. ``owner_pod`` is the controller pod, ``{"name": ..., "uid": ...}``; by
+    default it is read from the downward API env vars ``POD_NAME`` / ``POD_UID`` (absent: no
+    ownerReference). ``owner_mode`` (``settings.OWNER_MODES``): what owns the step Jobs -- by default
+    (``controller``) the pod's own controller, the controller Job, found with one GET of the pod
+    before the first Job is created, so a rescheduled controller pod finds its steps still running.
     ``secret_names`` are Secrets whose keys become env vars of every step (``envFrom``);
     ``secret_env`` maps single env vars to ``(secret, key)``. ``env`` holds non-secret settings
     such as ``AWS_ENDPOINT_URL``. The Job settings end up in ``self.settings`` (a
@@ -143,6 +147,7 @@ class KubernetesBackend(TrialBackend):
         log_tail_lines: int = 400,
         read_result: Callable[[str], bytes] | None = None,
         result_exists: Callable[[str], bool] | None = None,
+        owner_mode: str = "controller",
     ) -> None:
         settings = StepJobSettings(
             namespace=namespace,
@@ -162,6 +167,7 @@ class KubernetesBackend(TrialBackend):
             active_deadline_seconds=active_deadline_seconds,
             backoff_limit=backoff_limit,
             ttl_seconds_after_finished=ttl_seconds_after_finished,
+            owner_mode=owner_mode,
         )
         self._setup(
             settings,
@@ -213,6 +219,8 @@ class KubernetesBackend(TrialBackend):
         self.search_id = search_id
         self.max_concurrent = int(max_concurrent)
         self.owner_pod = settings.owner_pod
+        self._owner: dict[str, str] | None = None  # the step Jobs' owner, once resolved (_owner_reference)
+        self._owner_resolved = False
         self._api = KubernetesApi(api_client or default_api_client(), settings.namespace)
         selector = "app.kubernetes.io/managed-by=quicktune,app.kubernetes.io/component=step"
         if search_id is not None:
@@ -279,6 +287,35 @@ class KubernetesBackend(TrialBackend):
             rec = self._steps[name] = StepRecord()
         return rec
 
+    def _owner_reference(self) -> dict[str, str] | None:
+        """What owns this backend's step Jobs (resolved once). In mode ``controller``: the controller
+        pod's own controller (its Job), read from the pod's ownerReferences with one GET, so that the
+        steps outlive a rescheduled pod; the pod itself when nothing controls it."""
+        with self._lock:
+            if self._owner_resolved:
+                return self._owner
+        owner = self.settings.owner_reference()
+        if owner is not None and self.settings.owner_mode == "controller":
+            try:
+                owner = controller_of(self._api.read_pod(owner["name"]))
+            except (BackendError, ValueError) as exc:
+                raise BackendError(
+                    f"cannot read the controller pod {self.namespace}/{owner['name']} to find the Job that owns "
+                    f"it (the step Jobs' owner): {exc}; grant the controller 'get' on pods, or set "
+                    "QUICKTUNE_STEP_OWNER=pod (steps die with the pod) or none (clean up by label)"
+                ) from None
+            if owner["uid"] == (self.settings.owner_pod or {}).get("uid"):
+                log.warning(
+                    "the controller pod %s has no controller (no Job restarts it): its step Jobs are owned by "
+                    "the pod and are garbage-collected with it",
+                    owner["name"],
+                )
+            else:
+                log.info("step Jobs are owned by %s %s (the controller pod's controller)", owner["kind"], owner["name"])
+        with self._lock:
+            self._owner, self._owner_resolved = owner, True
+        return owner
+
     def _adopt(self, job: dict[str, Any]) -> None:
         self._remember(job)
         with self._lock:
@@ -290,7 +327,11 @@ class KubernetesBackend(TrialBackend):
         self._informer.start()
         name = request.id
         uri = result_uri(request)
-        body = build_job(request, **self.settings.job_kwargs())  # validates the request before anything happens
+        kwargs = self.settings.job_kwargs()
+        body = build_job(request, **kwargs)  # validates the request before anything happens
+        owner = self._owner_reference()
+        if owner != kwargs["owner"]:
+            body = build_job(request, **{**kwargs, "owner": owner})
         with self._lock:
             rec = self._step(name)
             rec.result_uri = uri

@@ -4,9 +4,12 @@ What a step Job looks like (see ``build_job``):
 
 * labels ``app.kubernetes.io/{name,component,managed-by}``, ``quicktune.io/{search-id,config-id,
   epoch}`` (values sanitized to label syntax), annotations with the full ids and the result URI;
-* an ownerReference to the controller pod (downward API ``POD_NAME``/``POD_UID``), so deleting
-  the controller (or its Job / KFP run) garbage-collects the steps. ``blockOwnerDeletion`` is off
-  so the controller needs no ``pods/finalizers`` permission;
+* an ownerReference to the object whose lifetime is the search's (``owner``; the backend finds it,
+  see ``settings.OWNER_MODES``): by default the controller pod's own controller -- the controller
+  Job, which outlives a drained, preempted or evicted pod, so the pod it starts next re-adopts the
+  running steps instead of finding them garbage-collected -- and the pod itself only when nothing
+  controls it. Deleting the controller Job (or the KFP run's Workflow) garbage-collects the steps.
+  ``blockOwnerDeletion`` is off so the controller needs no ``*/finalizers`` permission;
 * ``nvidia.com/gpu`` limits, node selector, tolerations, priority class and the Kueue queue label
   (the Job is then created suspended and Kueue admits it);
 * credentials only from Secrets (``envFrom.secretRef`` / ``secretKeyRef``); inline env values
@@ -162,14 +165,17 @@ def build_job(
     secret_env: Mapping[str, tuple[str, str]] | None = None,
     env: Mapping[str, str] | None = None,
     service_account: str | None = None,
-    owner_pod: Mapping[str, str] | None = None,
+    owner: Mapping[str, str] | None = None,
     active_deadline_seconds: int = 4 * 3600,
     backoff_limit: int = 3,
     ttl_seconds_after_finished: int | None = 24 * 3600,
     image_pull_policy: str = "IfNotPresent",
     shm_size: str = "1Gi",
 ) -> dict[str, Any]:
-    """The Job manifest (a plain dict, as sent to the API server) for one step."""
+    """The Job manifest (a plain dict, as sent to the API server) for one step.
+
+    ``owner``: ``{"apiVersion", "kind", "name", "uid"}`` of the object that owns the step Job (its
+    garbage-collection parent); ``apiVersion``/``kind`` default to ``v1``/``Pod``; None: no owner."""
     if not request.checkpoint_dir.startswith("s3://"):
         raise ValueError(
             f"checkpoint dir {request.checkpoint_dir!r}: the Kubernetes backend needs an s3:// "
@@ -266,13 +272,13 @@ def build_job(
             ANNOTATION_CONFIG: request.config_id,
         },
     }
-    if owner_pod and owner_pod.get("name") and owner_pod.get("uid"):
+    if owner and owner.get("name") and owner.get("uid"):
         metadata["ownerReferences"] = [
             {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": owner_pod["name"],
-                "uid": owner_pod["uid"],
+                "apiVersion": owner.get("apiVersion") or "v1",
+                "kind": owner.get("kind") or "Pod",
+                "name": owner["name"],
+                "uid": owner["uid"],
                 "blockOwnerDeletion": False,
                 "controller": False,
             }

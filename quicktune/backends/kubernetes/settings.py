@@ -11,6 +11,15 @@ and is then passed around whole; ``job_kwargs()`` is what ``build_job`` takes.
 ``OPTION_ENV``) over the env first, so an option and its env variable are parsed by the same code.
 The step image defaults to the controller pod's own image, which needs the API: the caller passes
 ``own_image`` (``quicktune.backends.kubernetes.api.own_image``) for that one lookup.
+
+Ownership (``owner_mode``, ``QUICKTUNE_STEP_OWNER``): what the step Jobs' ownerReference names, i.e.
+what deleting garbage-collects them. ``controller`` (the default) is the controller pod's own
+controller -- the controller Job (``k8s/base``, the watcher's Jobs) or the Argo Workflow of a KFP
+run -- which the backend finds with one GET of its pod (``POD_NAME``) when it creates its first Job:
+a pod that is drained, preempted or evicted is replaced by that Job and the new pod re-adopts the
+steps, while deleting the Job still deletes them. ``pod`` names the controller pod itself (its
+steps die with it: only for a pod that nothing restarts); ``none`` sets no ownerReference (clean up
+with ``kubectl delete jobs -l quicktune.io/search-id=<id>``).
 """
 
 from __future__ import annotations
@@ -23,7 +32,18 @@ from typing import Any
 
 from quicktune.backends.kubernetes.manifests import looks_secret
 
-__all__ = ["StepJobSettings", "ENV_SETTINGS", "OPTION_ENV", "PASS_THROUGH", "owner_from_env", "in_cluster_namespace"]
+__all__ = [
+    "StepJobSettings",
+    "ENV_SETTINGS",
+    "OPTION_ENV",
+    "OWNER_MODES",
+    "PASS_THROUGH",
+    "owner_from_env",
+    "in_cluster_namespace",
+]
+
+#: what owns the step Jobs (module docstring): the controller pod's controller, the pod, nothing
+OWNER_MODES = ("controller", "pod", "none")
 
 ENV_SETTINGS = {
     "QUICKTUNE_K8S_NAMESPACE": "namespace of the step Jobs (default: POD_NAMESPACE, then the in-cluster namespace)",
@@ -41,6 +61,7 @@ ENV_SETTINGS = {
     "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS": "activeDeadlineSeconds per step Job (default 14400)",
     "QUICKTUNE_STEP_BACKOFF_LIMIT": "backoffLimit per step Job (default 3)",
     "QUICKTUNE_STEP_TTL_SECONDS": "ttlSecondsAfterFinished per step Job (default 86400)",
+    "QUICKTUNE_STEP_OWNER": "what owns the step Jobs: controller (the controller pod's Job; default), pod, none",
 }
 
 OPTION_ENV = {  # ``--backend-option KEY=VALUE`` -> the env setting it overrides
@@ -59,6 +80,7 @@ OPTION_ENV = {  # ``--backend-option KEY=VALUE`` -> the env setting it overrides
     "active_deadline_seconds": "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS",
     "backoff_limit": "QUICKTUNE_STEP_BACKOFF_LIMIT",
     "ttl_seconds": "QUICKTUNE_STEP_TTL_SECONDS",
+    "owner": "QUICKTUNE_STEP_OWNER",
 }
 
 # Non-secret S3 settings the controller passes on to the steps when QUICKTUNE_STEP_ENV does not.
@@ -116,6 +138,7 @@ class StepJobSettings:
     active_deadline_seconds: int = 4 * 3600
     backoff_limit: int = 3
     ttl_seconds_after_finished: int | None = 24 * 3600
+    owner_mode: str = "controller"
 
     def __post_init__(self) -> None:
         if not self.namespace or not isinstance(self.namespace, str):
@@ -129,6 +152,10 @@ class StepJobSettings:
         ttl = self.ttl_seconds_after_finished
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0):
             raise ValueError(f"ttl_seconds_after_finished must be None or an integer >= 0, got {ttl!r}")
+        if self.owner_mode not in OWNER_MODES:
+            raise ValueError(
+                f"QUICKTUNE_STEP_OWNER (owner) must be one of {list(OWNER_MODES)}, got {self.owner_mode!r}"
+            )
         _refuse_inline_secrets(self.env)
         # normalise containers to immutable-ish, comparable forms (frozen: set through object.__setattr__)
         object.__setattr__(self, "secret_names", tuple(self.secret_names))
@@ -137,6 +164,14 @@ class StepJobSettings:
             object.__setattr__(self, "tolerations", tuple(dict(t) for t in self.tolerations))
         if self.owner_pod is not None:
             object.__setattr__(self, "owner_pod", dict(self.owner_pod))
+
+    def owner_reference(self) -> dict[str, str] | None:
+        """The step Jobs' owner as far as the settings know it: the controller pod (``owner_mode``
+        ``controller`` or ``pod``), or None (mode ``none``, or not in a pod). In mode ``controller``
+        the backend replaces the pod by its controller (``status.controller_of``) before creating Jobs."""
+        if self.owner_mode == "none" or not self.owner_pod:
+            return None
+        return {"apiVersion": "v1", "kind": "Pod", "name": self.owner_pod["name"], "uid": self.owner_pod["uid"]}
 
     def job_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``build_job`` these settings stand for."""
@@ -154,7 +189,7 @@ class StepJobSettings:
             secret_env=self.secret_env,
             env=self.env,
             service_account=self.service_account,
-            owner_pod=self.owner_pod,
+            owner=self.owner_reference(),
             active_deadline_seconds=self.active_deadline_seconds,
             backoff_limit=self.backoff_limit,
             ttl_seconds_after_finished=self.ttl_seconds_after_finished,
@@ -228,6 +263,7 @@ class StepJobSettings:
             active_deadline_seconds=get_int("QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS", 4 * 3600),
             backoff_limit=get_int("QUICKTUNE_STEP_BACKOFF_LIMIT", 3),
             ttl_seconds_after_finished=get_int("QUICKTUNE_STEP_TTL_SECONDS", 24 * 3600),
+            owner_mode=(env.get("QUICKTUNE_STEP_OWNER") or "controller").strip().lower(),
         )
         unknown = sorted(set(overrides) - set(kwargs) - {"secret_env"})
         if unknown:

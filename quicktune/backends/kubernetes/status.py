@@ -4,7 +4,9 @@ Kubernetes' own conditions are authoritative: a Job is done when it has a ``Comp
 ``Failed`` (or ``FailureTarget``) condition, cancelled while it carries a ``deletionTimestamp``,
 pending while suspended (e.g. waiting for Kueue). Pods tell how an attempt ended (the step
 container's exit code and reason, ``OOMKilled`` included) and whether it was disrupted
-(``DisruptionTarget``: preempted, evicted, drained). Pure functions over the API's JSON.
+(``DisruptionTarget``: preempted, evicted, drained); a pod's ``controller_of`` is the object
+that recreates it (the controller Job), which is what owns the step Jobs. Pure functions over the
+API's JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "pod_has_condition",
     "pod_termination",
     "iter_labels",
+    "controller_of",
 ]
 
 
@@ -79,3 +82,16 @@ def pod_termination(pod: Mapping[str, Any]) -> dict[str, Any]:
 def iter_labels(job: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
     """(key, value) pairs of a Job's labels; handy for tests and the CLI."""
     return ((job.get("metadata") or {}).get("labels") or {}).items()
+
+
+def controller_of(pod: Mapping[str, Any]) -> dict[str, str]:
+    """The object that controls ``pod`` (its ``controller: true`` ownerReference: the Job of a Job's
+    pod, the Argo Workflow of a KFP task's pod), as ``{"apiVersion", "kind", "name", "uid"}``; the pod
+    itself when nothing controls it (a bare pod has no one to bring it back)."""
+    meta = pod.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("uid") and ref.get("name"):
+            return {k: str(ref[k]) for k in ("apiVersion", "kind", "name", "uid")}
+    if not meta.get("name") or not meta.get("uid"):
+        raise ValueError("the pod object has no metadata.name/uid")
+    return {"apiVersion": "v1", "kind": "Pod", "name": str(meta["name"]), "uid": str(meta["uid"])}

@@ -1,10 +1,12 @@
 """The fake cluster's Job controller (``batch/v1`` Jobs), as the real one behaves for our Jobs.
 
-One pod at a time (``parallelism``/``completions`` 1), ``backoffLimit`` with exponential retry
-delays, ``podFailurePolicy`` (``DisruptionTarget`` -> Ignore, exit-code rules -> FailJob or Count),
-``activeDeadlineSeconds``, ``ttlSecondsAfterFinished``, ``suspend`` (and, with
-``admit_suspended``, Kueue's admission of a suspended Job carrying a queue-name label). A pod the
-namespace's Pod Security level refuses is not created (``admission_denials``) and retried later.
+One pod at a time (``parallelism``/``completions`` 1); a deleted or evicted pod is replaced by a
+new one (the controller Job's own pod included: that is how a drained controller comes back);
+``backoffLimit`` with exponential retry delays, ``podFailurePolicy`` (``DisruptionTarget`` ->
+Ignore, exit-code rules -> FailJob or Count), ``activeDeadlineSeconds``,
+``ttlSecondsAfterFinished``, ``suspend`` (and, with ``admit_suspended``, Kueue's admission of a
+suspended Job carrying a queue-name label). A pod the namespace's Pod Security level refuses is
+not created (``admission_denials``) and retried later.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class JobController:
             del self.jobs[key]
             self._job_internal.pop(key, None)
             self._job_event("DELETED", job)
+            self._collect_dependents_of(job["metadata"]["uid"])
             return
         finished = _has_condition(job, "Complete") or _has_condition(job, "Failed")
         if finished:
@@ -176,8 +179,9 @@ class JobController:
         if "startTime" not in status:
             status["startTime"] = now()
             internal["started_at"] = time.monotonic()
-        # account for finished pods
-        for pod in pods:
+        # account for finished pods, and for pods deleted before they finished (``gc.delete_pod``):
+        # those count as failed unless they carry DisruptionTarget, as with the real controller
+        for pod in pods + internal.get("lost", []):
             pname = pod["metadata"]["name"]
             phase = pod["status"].get("phase")
             if pname in internal["accounted"] or phase not in ("Succeeded", "Failed"):

@@ -169,7 +169,7 @@ def test_full_job_manifest_is_valid_and_locked_down():
         secret_env={"MLFLOW_TRACKING_PASSWORD": ("mlflow-auth", "password")},
         env={"AWS_ENDPOINT_URL": "http://minio:9000"},
         service_account="quicktune-step",
-        owner_pod=owner,
+        owner=owner,
         active_deadline_seconds=3600,
         backoff_limit=2,
         ttl_seconds_after_finished=600,
@@ -342,7 +342,9 @@ def test_oom_killed_pod_fails_fast_as_oom(backend_factory, requests_factory, fak
     assert result["status"] == "oom" and "OOMKilled" in result["message"] and result["epochs"] == []
 
 
-def test_deleting_the_controller_pod_garbage_collects_its_steps(backend_factory, requests_factory, fake_cluster):
+def test_deleting_a_bare_controller_pod_garbage_collects_its_steps(backend_factory, requests_factory, fake_cluster):
+    """A controller pod that nothing controls (no Job to bring it back) owns its steps itself, and
+    they are garbage-collected with it."""
     uid = fake_cluster.add_pod("quicktune-controller-x1")
     backend = backend_factory("gc", owner_pod={"name": "quicktune-controller-x1", "uid": uid})
     sid = backend.start(requests_factory("slow", "gc"))
@@ -356,6 +358,123 @@ def test_deleting_the_controller_pod_garbage_collects_its_steps(backend_factory,
     )
     assert wait_state(backend, sid, (FAILED,), timeout=30) == FAILED
     assert "deleted" in backend.poll(sid).message
+
+
+def _controller_job(fake: FakeCluster, name: str = "quicktune-search", command=("sleep", "900")) -> dict:
+    """A controller Job in the fake (as k8s/base/controller-job.yaml, reduced to what ownership needs:
+    restricted pod, DisruptionTarget ignored, retries); its pod runs ``command``."""
+    from quicktune.backends.kubernetes import RESTRICTED_CONTAINER_SECURITY, RESTRICTED_POD_SECURITY
+
+    body = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/component": "controller"}},
+        "spec": {
+            "backoffLimit": 4,
+            "podFailurePolicy": {
+                "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+            },
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/component": "controller"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": RESTRICTED_POD_SECURITY,
+                    "containers": [
+                        {
+                            "name": "controller",
+                            "image": IMAGE,
+                            "command": list(command),
+                            "securityContext": RESTRICTED_CONTAINER_SECURITY,
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    return fake.create_job(NAMESPACE, body)
+
+
+def _running_pod_of(fake: FakeCluster, job: str, other_than: str | None = None) -> dict:
+    found: list[dict] = []
+
+    def running() -> bool:
+        found[:] = [
+            p
+            for p in fake.pods_of(job)
+            if p["status"].get("phase") == "Running" and p["metadata"]["name"] != other_than
+        ]
+        return bool(found)
+
+    fake.wait_for(running, timeout=30, what=f"a running pod of Job {job}")
+    return found[0]
+
+
+def test_step_jobs_outlive_an_evicted_or_deleted_controller_pod(backend_factory, requests_factory, fake_cluster):
+    """The step Jobs are owned by the controller *Job* (found from the controller pod's own
+    ownerReferences), so a drained (evicted) or deleted controller pod garbage-collects nothing: the
+    Job controller starts a new controller pod, whose backend re-adopts the running step."""
+    ctl = _controller_job(fake_cluster)
+    pod1 = _running_pod_of(fake_cluster, "quicktune-search")
+    meta1 = pod1["metadata"]
+    backend = backend_factory("own", owner_pod={"name": meta1["name"], "uid": meta1["uid"]})
+    req = requests_factory("slow", "own")
+    sid = backend.start(req)
+    wait_state(backend, sid, (RUNNING,), timeout=60)
+    fake_cluster.wait_for(lambda: fake_cluster.running_pods(), timeout=60, what="the step pod running")
+    (step_pod,) = [p["metadata"]["uid"] for p in fake_cluster.pods_of(sid)]
+    (ref,) = fake_cluster.job(sid)["metadata"]["ownerReferences"]
+    assert ref == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": "quicktune-search",
+        "uid": ctl["metadata"]["uid"],
+        "blockOwnerDeletion": False,
+        "controller": False,
+    }
+
+    fake_cluster.evict_pod(meta1["name"])  # kubectl drain: DisruptionTarget, then deletion
+    pod2 = _running_pod_of(fake_cluster, "quicktune-search", other_than=meta1["name"])
+    fake_cluster.delete_pod(pod2["metadata"]["name"])  # kubectl delete pod: counts as a failure, still replaced
+    pod3 = _running_pod_of(fake_cluster, "quicktune-search", other_than=pod2["metadata"]["name"])
+    time.sleep(1.0)  # a garbage collection would have happened by now
+    assert fake_cluster.job("quicktune-search")["status"].get("failed") == 1  # the eviction did not count
+    job = fake_cluster.job(sid)
+    assert job is not None, "the step Job was garbage-collected with the controller pod"
+    assert [p["metadata"]["uid"] for p in fake_cluster.pods_of(sid)] == [step_pod], "the step pod was not touched"
+    assert backend.poll(sid).state == RUNNING
+
+    # the controller in the new pod (a new backend) re-adopts the running step; nothing is created twice
+    backend.close()
+    again = backend_factory("own", owner_pod={"name": pod3["metadata"]["name"], "uid": pod3["metadata"]["uid"]})
+    assert again.start(req) == sid and again.active() == [sid]
+    assert again.poll(sid).state == RUNNING
+    assert (
+        fake_cluster.created_jobs.count(sid) == 1 and fake_cluster.job(sid)["metadata"]["uid"] == job["metadata"]["uid"]
+    )
+    again.cancel(sid)
+
+
+@pytest.mark.parametrize("propagation", ["Background", "Foreground"])
+def test_deleting_the_controller_job_garbage_collects_its_steps(
+    backend_factory, requests_factory, fake_cluster, propagation
+):
+    """Deleting the controller Job (``kubectl delete job quicktune-search``) still deletes the search:
+    its pods go, and the garbage collector deletes the step Jobs it owns, and their pods."""
+    _controller_job(fake_cluster)
+    meta = _running_pod_of(fake_cluster, "quicktune-search")["metadata"]
+    backend = backend_factory(f"gcjob-{propagation.lower()}", owner_pod={"name": meta["name"], "uid": meta["uid"]})
+    sid = backend.start(requests_factory("slow", f"gcjob-{propagation.lower()}"))
+    wait_state(backend, sid, (RUNNING,), timeout=60)
+    fake_cluster.wait_for(lambda: fake_cluster.pods_of(sid), timeout=30, what="the step pod")
+    assert fake_cluster.job(sid)["metadata"]["ownerReferences"][0]["kind"] == "Job"
+    assert fake_cluster._delete_job((NAMESPACE, "quicktune-search"), propagation) is not None
+    fake_cluster.wait_for(
+        lambda: fake_cluster.job(sid) is None and not fake_cluster.pods_of(sid) and not fake_cluster.running_pods(),
+        timeout=30,
+        what="the step Job and its pod to be garbage-collected",
+    )
+    assert fake_cluster.job("quicktune-search") is None
+    assert wait_state(backend, sid, (FAILED,), timeout=30) == FAILED
 
 
 def test_kueue_admission_then_ttl_cleanup_keeps_the_result(backend_factory, requests_factory, fake_cluster):

@@ -111,7 +111,7 @@ def _generated_pod_templates() -> list[tuple[str, dict]]:
         secret_env={"T": ("s", "k")},
         env={"A": "b"},
         service_account="quicktune-step",
-        owner_pod={"name": "o", "uid": "u"},
+        owner={"apiVersion": "batch/v1", "kind": "Job", "name": "o", "uid": "u"},
     )
     target = Target(MODEL, "m", "m", 1, {})
     ctl = controller_job(

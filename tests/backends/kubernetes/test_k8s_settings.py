@@ -17,9 +17,11 @@ from quicktune.backends.base import StepRequest
 from quicktune.backends.kubernetes import (
     ENV_SETTINGS,
     OPTION_ENV,
+    OWNER_MODES,
     KubernetesBackend,
     StepJobSettings,
     build_job,
+    controller_of,
     owner_from_env,
 )
 
@@ -53,6 +55,7 @@ def _env_of(s: StepJobSettings) -> dict[str, str]:
             env[var] = value
     if s.owner_pod:
         env.update(POD_NAME=s.owner_pod["name"], POD_UID=s.owner_pod["uid"])
+    env["QUICKTUNE_STEP_OWNER"] = s.owner_mode
     return env
 
 
@@ -75,6 +78,7 @@ plain_keys = st.sampled_from(["AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "QUICKTU
     env=st.dictionaries(plain_keys, st.text(max_size=20), max_size=3),
     sa=st.none() | names,
     owner=st.none() | st.fixed_dictionaries({"name": names, "uid": names}),
+    owner_mode=st.sampled_from(OWNER_MODES),
     deadline=st.integers(1, 10**6),
     backoff=st.integers(0, 20),
     ttl=st.integers(0, 10**6),
@@ -93,6 +97,7 @@ def test_env_settings_round_trip(
     env,
     sa,
     owner,
+    owner_mode,
     deadline,
     backoff,
     ttl,
@@ -111,6 +116,7 @@ def test_env_settings_round_trip(
         env=env,
         service_account=sa,
         owner_pod=owner,
+        owner_mode=owner_mode,
         active_deadline_seconds=deadline,
         backoff_limit=backoff,
         ttl_seconds_after_finished=ttl,
@@ -136,6 +142,7 @@ def test_every_documented_variable_is_read():
         "QUICKTUNE_STEP_ACTIVE_DEADLINE_SECONDS": "60",
         "QUICKTUNE_STEP_BACKOFF_LIMIT": "0",
         "QUICKTUNE_STEP_TTL_SECONDS": "5",
+        "QUICKTUNE_STEP_OWNER": "none",
     }
     assert set(values) == set(ENV_SETTINGS)
     default = StepJobSettings.from_env(BASE)
@@ -238,3 +245,39 @@ def test_backend_constructor_and_settings_agree():
         KubernetesBackend("q", "img:1", max_concurrent=0, api_client=client.ApiClient())
     with pytest.raises(ValueError, match="gpu"):
         KubernetesBackend("q", "img:1", gpu=-1, api_client=client.ApiClient())
+
+
+def test_step_owner_modes():
+    """QUICKTUNE_STEP_OWNER: the controller pod's controller (default; the backend resolves it), the
+    pod itself, or nothing; anything else is refused naming the variable."""
+    env = {**BASE, "POD_NAME": "ctl", "POD_UID": "u-1"}
+    pod_ref = {"apiVersion": "v1", "kind": "Pod", "name": "ctl", "uid": "u-1"}
+    assert StepJobSettings.from_env(env).owner_mode == "controller"
+    assert StepJobSettings.from_env(env).owner_reference() == pod_ref  # until the backend asks the API
+    assert StepJobSettings.from_env({**env, "QUICKTUNE_STEP_OWNER": "Pod"}).owner_reference() == pod_ref
+    none = StepJobSettings.from_env({**env, "QUICKTUNE_STEP_OWNER": "none"})
+    req = StepRequest("s", "abcdef123456", {"model": "m"}, "s3://d/x", 1, "s3://c/x")
+    assert none.owner_reference() is None and "ownerReferences" not in build_job(req, **none.job_kwargs())["metadata"]
+    assert StepJobSettings.from_env(BASE).owner_reference() is None  # not in a pod
+    with pytest.raises(ValueError, match="QUICKTUNE_STEP_OWNER"):
+        StepJobSettings.from_env({**env, "QUICKTUNE_STEP_OWNER": "job"})
+    assert StepJobSettings.from_options({"owner": "pod"}, env).owner_mode == "pod"
+
+
+def test_controller_of_a_pod_is_its_controlling_owner():
+    job_ref = {"apiVersion": "batch/v1", "kind": "Job", "name": "quicktune-search", "uid": "j-1"}
+    pod = {
+        "metadata": {
+            "name": "quicktune-search-abcde",
+            "uid": "p-1",
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "c-1"},  # not its controller
+                {**job_ref, "controller": True, "blockOwnerDeletion": True},
+            ],
+        }
+    }
+    assert controller_of(pod) == job_ref
+    bare = {"metadata": {"name": "ctl", "uid": "p-2"}}
+    assert controller_of(bare) == {"apiVersion": "v1", "kind": "Pod", "name": "ctl", "uid": "p-2"}
+    with pytest.raises(ValueError, match="metadata.name/uid"):
+        controller_of({"metadata": {"name": "ctl"}})
