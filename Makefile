@@ -43,13 +43,15 @@ lint: venv
 bench: venv
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
-APT_DATA := dataset-fashion-mnist fonts-noto-color-emoji unicode-data
-## make system-data: optional Debian packages with real datasets (fashion-mnist, emoji); never fails
+APT_DATA := dataset-fashion-mnist fonts-noto-color-emoji unicode-data \
+	tuxpaint-stamps-default openclipart-png libicon-famfamfam-silk-perl oxygen-icon-theme gnome-icon-theme lxde-icon-theme elementary-xfce-icon-theme
+## make system-data: optional Debian packages with real datasets (fashion-mnist, emoji, clip art,
+## icon themes: quicktune/data/packaged); never fails
 system-data:
 	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		{ apt-get install -y -q $(APT_DATA) >/dev/null 2>&1 \
-		  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(APT_DATA) >/dev/null 2>&1; }; } \
-		|| echo "note: optional apt packages (dataset-fashion-mnist fonts-noto-color-emoji unicode-data) not installed"; \
+		{ apt-get install -y -q --no-install-recommends $(APT_DATA) >/dev/null 2>&1 \
+		  || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $(APT_DATA) >/dev/null 2>&1; }; } \
+		|| echo "note: optional apt packages ($(APT_DATA)) not installed"; \
 	else echo "note: skipping optional apt packages (needs apt-get as root)"; fi
 	-@$(MAKE) --no-print-directory browser-deps
 

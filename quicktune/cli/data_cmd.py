@@ -20,9 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a packaged dataset as an image folder (local path or s3://)",
         description="Write a real dataset that ships inside a package as PNG files, one sub-folder per class, "
         "to a local folder or an s3:// prefix. Datasets: digits, mnist5k, fashion-mnist, "
-        "animal-mnist, emoji, lfw.",
+        "animal-mnist, emoji, lfw, tuxpaint, openclipart, silk-icons, oxygen-icons, gnome-icons, "
+        "nuovext-icons, elementary-icons (docs/data-and-hub.md says which package each needs).",
     )
-    imp.add_argument("name", help="digits | mnist5k | fashion-mnist | animal-mnist | emoji | lfw")
+    imp.add_argument("name", help="packaged dataset name (see the list above)")
     imp.add_argument("dest", help="destination folder or s3://bucket/prefix (must be empty unless --force)")
     imp.add_argument("--classes", help="comma-separated label indices to keep, e.g. 0,2,3")
     imp.add_argument("--max-per-class", type=int, help="keep at most N images per class (first N in source order)")

@@ -25,7 +25,9 @@ def register(subparsers: Any) -> None:
         "--epochs in one `quicktune step`. Resumable: run the same command again (or just "
         "--workdir and --out) and it continues; nothing is trained twice. The table at --out is "
         "rewritten as results arrive. Dataset specs: NAME (packaged: digits, mnist5k, fashion-mnist, "
-        "animal-mnist, emoji, lfw), NAME:classes=0,2,3:max_per_class=60[:name=TASK], or a folder / "
+        "animal-mnist, emoji, lfw, tuxpaint, openclipart, silk-icons, oxygen-icons, gnome-icons, "
+        "nuovext-icons, elementary-icons; `quicktune data import --help`), "
+        "NAME:classes=0,2,3:max_per_class=60[:name=TASK], or a folder / "
         "s3:// URI[:name=TASK].",
     )
     b.add_argument("--datasets", nargs="+", default=[], metavar="SPEC", help="dataset specs (omit to resume)")
