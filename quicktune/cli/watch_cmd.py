@@ -40,6 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--watcher-id", default=None, help="stable id of this watcher (default: $QUICKTUNE_WATCHER_ID or the host name)"
     )
     p.add_argument("--max-workers", type=int, default=16, help="largest quicktune.workers accepted")
+    p.add_argument(
+        "--retrain-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after every N ended searches, run `quicktune metatrain --from-mlflow` in its own process "
+        "(registers a new quicktune-surrogate version; champion moves only when not worse). Default 0: never",
+    )
+    p.add_argument("--retrain-with-shipped", action="store_true", help="retrain with the shipped table merged in")
     p.add_argument("--claim-delay", type=float, default=1.5, help="seconds between claiming and checking the claim")
     p.add_argument(
         "--allowed-data-root",
@@ -116,6 +125,9 @@ def _watch(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"quicktune watch: {exc}", file=sys.stderr)
         return 2
+    if args.retrain_every < 0:
+        print("quicktune watch: --retrain-every must be >= 0", file=sys.stderr)
+        return 2
     state_dir = Path(args.state_dir or os.environ.get("QUICKTUNE_WATCH_STATE") or ".quicktune-watch").resolve()
     try:
         launcher = _launcher(args, tracking_uri, state_dir)
@@ -130,6 +142,9 @@ def _watch(args: argparse.Namespace) -> int:
         max_workers=args.max_workers,
         claim_delay=args.claim_delay,
         roots=roots,
+        retrain_every=args.retrain_every,
+        retrain_with_shipped=args.retrain_with_shipped,
+        state_dir=str(state_dir),
     )
     watcher = Watcher(cfg, launcher)
     log = logging.getLogger("quicktune.watch")

@@ -48,6 +48,7 @@ from quicktune.tracking.schema import (  # noqa: F401
     TAG_LAUNCHER,
     TAG_MAX_EPOCHS,
     TAG_MESSAGE,
+    TAG_META_ARTIFACT,
     TAG_MODEL_NAME,
     TAG_PARENT_RUN,
     TAG_REQUEST,
@@ -135,6 +136,7 @@ class SearchRequest:
     budget_epochs: int | None = None
     image_size: int | None = None
     experiment: str = "quicktune"
+    meta_artifact: str | None = None  # a checked models:/ URI (tag quicktune.meta_artifact)
 
     def search_args(self, tracking_uri: str) -> list[str]:
         """Arguments of ``quicktune search`` (after the subcommand) for this request."""
@@ -155,6 +157,8 @@ class SearchRequest:
             args += [f"--budget-epochs={self.budget_epochs}"]
         if self.image_size:
             args += [f"--image-size={self.image_size}"]
+        if self.meta_artifact:
+            args += [f"--meta-artifact={self.meta_artifact}"]
         return args
 
 
@@ -262,6 +266,7 @@ def parse_request(
     budget_epochs = _positive_int(tags, TAG_BUDGET_EPOCHS, None)
     image_size = _positive_int(tags, TAG_IMAGE_SIZE, None, 1024)
     space = check_space(tags.get(TAG_SPACE, "").strip() or "builtin:cpu", roots)
+    meta_artifact = check_meta_artifact(tags.get(TAG_META_ARTIFACT, "").strip())
     data = check_data_root(data, roots)
     if check_data:
         check_dataset(data)
@@ -278,7 +283,24 @@ def parse_request(
         budget_epochs=budget_epochs,
         image_size=image_size,
         experiment=exp,
+        meta_artifact=meta_artifact,
     )
+
+
+def check_meta_artifact(text: str) -> str | None:
+    """The request's meta-artifact: only a registered version (``models:/NAME@ALIAS`` or
+    ``models:/NAME/VERSION``, parsed strictly), never a folder or bucket path -- a request must not
+    make the watcher read files the requester could not. Empty: the search's default."""
+    from quicktune.tracking.registry import RegistryError, parse_models_uri
+
+    if not text:
+        return None
+    if has_control_chars(text):
+        raise RequestError(f"{TAG_META_ARTIFACT} contains control characters or line breaks")
+    try:
+        return parse_models_uri(text).uri
+    except RegistryError as exc:
+        raise RequestError(f"{TAG_META_ARTIFACT}: {exc} (only models:/NAME@ALIAS or models:/NAME/VERSION)") from None
 
 
 def check_data_root(uri: str, roots: AllowedRoots) -> str:

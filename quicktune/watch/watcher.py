@@ -69,6 +69,7 @@ from quicktune.watch.requests import (
     target_from_experiment,
     target_from_model,
 )
+from quicktune.watch.retrain import Retrainer
 from quicktune.watch.roots import AllowedRoots
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class WatcherConfig:
     max_workers: int = 16
     alias: str = "champion"
     roots: AllowedRoots = field(default_factory=AllowedRoots.default)  # where data / space files may lie
+    retrain_every: int = 0  # > 0: retrain the surrogate after this many ended searches (quicktune.watch.retrain)
+    retrain_with_shipped: bool = False
+    state_dir: str = ".quicktune-watch"  # the retrain's log
 
 
 class Watcher:
@@ -103,6 +107,11 @@ class Watcher:
         self.wake = threading.Event()
         self._heartbeats: dict[str, float] = {}
         self.launched: list[str] = []  # search ids this watcher object started (for reports/tests)
+        self.retrainer: Retrainer | None = None
+        if config.retrain_every > 0:
+            self.retrainer = Retrainer(
+                config.tracking_uri, config.retrain_every, config.state_dir, with_shipped=config.retrain_with_shipped
+            )
 
     # --- MLflow objects -----------------------------------------------------------------------
     def _filter(self, value: str) -> str:
@@ -152,6 +161,8 @@ class Watcher:
     def tick(self) -> int:
         """Move every request one step forward; returns how many are still in progress here."""
         active = 0
+        if self.retrainer is not None:
+            self.retrainer.poll()
         for t in self.targets():
             try:
                 if self.handle(t):
@@ -297,6 +308,11 @@ class Watcher:
         parent = self._report_progress(t, search_id)
         done = str(t.generation + 1)
         version = self._champion(t.model_name, search_id)
+        if self.retrainer is not None:
+            try:
+                self.retrainer.search_finished()
+            except Exception as exc:  # noqa: BLE001 - a retrain never stops the watcher
+                log.error("surrogate retrain: %s", exc)
         if parent is None:
             why = f"the search ended before it was recorded ({launch_message})"
             from quicktune.tracking.secrets import redact
