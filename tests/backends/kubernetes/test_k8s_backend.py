@@ -851,3 +851,172 @@ def test_unreadable_result_is_retried_then_reported(fake_cluster):
         assert status.state == FAILED and "could not be read" in status.message
     finally:
         missing.close()
+
+
+@pytest.mark.slow
+@pytest.mark.servers
+def test_controller_pod_deleted_mid_search_is_recreated_by_its_job_and_readopts_its_steps(
+    fake_cluster, mlflow_server, s3_digits, tmp_path
+):
+    """The controller runs as it does on a cluster: the pod of a controller Job (``k8s/base``'s shape:
+    downward-API pod name/uid/namespace, Secrets as env, an emptyDir workdir), whose container is a
+    real ``quicktune search --backend kubernetes`` process talking to the fake API server. Once an
+    epoch is recorded and step pods run, the controller pod is deleted (``kubectl delete pod``); the
+    Job controller starts a new pod, which resumes the search. Every step Job that was running
+    survives (owned by the Job, not the pod: none garbage-collected, its pod untouched) and is
+    re-adopted, no step Job is created twice, and every (config, epoch) is recorded once."""
+    import collections
+
+    from mlflow import MlflowClient
+
+    from quicktune.backends.kubernetes import RESTRICTED_CONTAINER_SECURITY, RESTRICTED_POD_SECURITY
+
+    search_id = f"k8s-own-{uuid.uuid4().hex[:6]}"
+    experiment = f"k8s-own-{uuid.uuid4().hex[:6]}"
+    bucket = s3_digits[5:].split("/")[0]
+    # what the cluster gives every pod here: the API server (a kubeconfig instead of a token mount)
+    fake_cluster.node_env["KUBECONFIG"] = str(_kubeconfig(tmp_path / "kubeconfig", fake_cluster.url))
+    fake_cluster.add_secret("quicktune-controller-env", {**mlflow_server.env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"})
+    step_env = json.dumps({"AWS_MAX_ATTEMPTS": "3"})
+    args = [
+        "-v",
+        "search",
+        f"--data={s3_digits}",
+        "--budget=10m",
+        f"--space={TESTS / 'tiny_space.yaml'}",
+        "--workers=2",
+        "--max-epochs=2",
+        "--image-size=16",
+        "--budget-epochs=4",
+        f"--search-id={search_id}",
+        f"--experiment={experiment}",
+        f"--tracking-uri={mlflow_server.tracking_uri}",
+        f"--checkpoint-uri=s3://{bucket}/own-ckpt",
+        "--workdir=work",  # relative: inside the pod's own folder, lost with the pod like an emptyDir
+        "--no-progress",
+        "--backend=kubernetes",
+        f"--backend-option=image={IMAGE}",
+        f"--backend-option=secrets={S3_SECRET}",
+        f"--backend-option=env={step_env}",
+        "--backend-option=memory=2Gi",
+    ]
+    fields = {"POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace"}
+    body = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "quicktune-search", "labels": {"app.kubernetes.io/component": "controller"}},
+        "spec": {
+            "backoffLimit": 4,
+            "podFailurePolicy": {
+                "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+            },
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/component": "controller"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": RESTRICTED_POD_SECURITY,
+                    "containers": [
+                        {
+                            "name": "controller",
+                            "image": IMAGE,
+                            "command": ["quicktune"],
+                            "args": [escape_kubelet_refs(a) for a in args],
+                            "envFrom": [{"secretRef": {"name": "quicktune-controller-env"}}],
+                            "env": [
+                                *({"name": k, "valueFrom": {"fieldRef": {"fieldPath": f}}} for k, f in fields.items()),
+                                {"name": "HOME", "value": "/tmp/home"},
+                                {"name": "OMP_NUM_THREADS", "value": "1"},
+                                {"name": "PYTHONUNBUFFERED", "value": "1"},
+                            ],
+                            "securityContext": RESTRICTED_CONTAINER_SECURITY,
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                        }
+                    ],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+    ctl = fake_cluster.create_job(NAMESPACE, body)
+    client = MlflowClient(mlflow_server.tracking_uri)
+
+    def runs():
+        exp = client.get_experiment_by_name(experiment)
+        return (
+            []
+            if exp is None
+            else client.search_runs([exp.experiment_id], filter_string=f"tags.`quicktune.search_id` = '{search_id}'")
+        )
+
+    def controller_log(pod: str) -> str:
+        return fake_cluster.pod_log(NAMESPACE, pod, {}).decode(errors="replace")
+
+    first = _running_pod_of(fake_cluster, "quicktune-search")["metadata"]["name"]
+
+    def steps_running() -> list[str]:
+        return [p.rsplit("-", 1)[0] for p in fake_cluster.running_pods() if not p.startswith("quicktune-search")]
+
+    def ready() -> bool:
+        job = fake_cluster.job("quicktune-search")
+        if job["status"].get("failed") or job["status"].get("succeeded"):
+            pytest.fail("the controller pod ended before it was deleted:\n" + controller_log(first)[-4000:])
+        scores = sum(
+            len(client.get_metric_history(r.info.run_id, "score"))
+            for r in runs()
+            if r.data.tags.get("quicktune.role") == "config"
+        )
+        return scores >= 1 and bool(steps_running())
+
+    fake_cluster.wait_for(ready, timeout=400, what="an epoch recorded and a step pod running")
+    running = {name: [p["metadata"]["uid"] for p in fake_cluster.pods_of(name)] for name in steps_running()}
+    fake_cluster.delete_pod(first)
+    second = _running_pod_of(fake_cluster, "quicktune-search", other_than=first)["metadata"]["name"]
+    time.sleep(1.0)
+    for name, pods in running.items():  # owned by the Job: not garbage-collected with the pod
+        assert fake_cluster.job(name) is not None, f"step Job {name} was garbage-collected with the controller pod"
+        assert [p["metadata"]["uid"] for p in fake_cluster.pods_of(name)] == pods, f"the pod of {name} was replaced"
+
+    fake_cluster.wait_for(
+        lambda: any(
+            c["type"] in ("Complete", "Failed")
+            for c in fake_cluster.job("quicktune-search")["status"].get("conditions", [])
+        ),
+        timeout=480,
+        what="the controller Job to finish",
+    )
+    log2 = controller_log(second)
+    status = fake_cluster.job("quicktune-search")["status"]
+    assert status.get("succeeded") == 1 and status.get("failed") == 1, (status, log2[-4000:])
+    assert fake_cluster.job("quicktune-search")["metadata"]["uid"] == ctl["metadata"]["uid"]
+    for name in running:  # the new controller found each running step and adopted it
+        assert any(name in line and "re-adopted" in line for line in log2.splitlines()), (name, log2[-4000:])
+    counts = collections.Counter(fake_cluster.created_jobs)
+    del counts["quicktune-search"]
+    assert counts and max(counts.values()) == 1, counts  # no step started twice
+    all_runs = runs()
+    (parent,) = [r for r in all_runs if r.data.tags.get("quicktune.role") == "search"]
+    assert parent.data.tags.get("quicktune.status") == "succeeded", parent.data.tags
+    assert parent.data.tags.get("quicktune.resumes") == "1"
+    seqs = []
+    for run in (r for r in all_runs if r.data.tags.get("quicktune.role") == "config"):
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "score"))
+        assert steps == list(range(1, len(steps) + 1)), (run.data.tags.get("quicktune.config_id"), steps)
+        seqs += [int(m.value) for m in client.get_metric_history(run.info.run_id, "tell_seq")]
+    assert len(seqs) == len(set(seqs)) == 4, sorted(seqs)  # every epoch of the budget recorded once
+
+
+def test_a_steps_result_carries_its_wall_time_from_launch_to_result(backend_factory, requests_factory, fake_cluster):
+    """What the optimizer is told a step cost on a cluster: the Job's start to its completion (pod
+    start, imports, data sync, load, train, eval, checkpoint), beside the epochs' train/eval seconds."""
+    from quicktune.backends.kubernetes.status import job_wall_seconds
+
+    backend = backend_factory("wall")
+    sid = backend.start(requests_factory("ok", "wall"))
+    assert wait_done(backend, sid).state == SUCCEEDED, backend.logs(sid)[-3000:]
+    result = backend.result(sid)
+    job = fake_cluster.job(sid)
+    assert result["wall_seconds"] == job_wall_seconds(job) and job["status"].get("completionTime")
+    (epoch,) = result["epochs"]
+    # second-precision timestamps: at least the train + eval time, minus a second of rounding
+    assert result["wall_seconds"] >= epoch["train_seconds"] + epoch["eval_seconds"] - 1.0
+    assert result["wall_seconds"] > 0
