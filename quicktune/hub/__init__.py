@@ -4,6 +4,7 @@
     model = create_model("tf_efficientnet_lite0", num_classes=10, in_chans=1)   # real ImageNet weights, offline
     model_info("resnet10t").pretrained_available_offline                       # False: random init on the CPU hub
     [m.name for m in list_models("paper")]                                      # the paper's 24 models
+    describe("beit_large_patch16_512", 224).gmacs                               # what it is, without weights
 
 This package must stay light: no mlflow, kubernetes, kfp or optimizer imports.
 """
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from quicktune.hub.catalog import HUBS, ModelInfo, catalog, hub_models
+from quicktune.hub.descriptor import ModelDescriptor, describe, describe_many, descriptor_features
 from quicktune.hub.errors import HubError
 from quicktune.hub.weights import (
     SOURCES,
@@ -34,6 +36,10 @@ __all__ = [
     "model_names",
     "weight_source",
     "ModelInfo",
+    "ModelDescriptor",
+    "describe",
+    "describe_many",
+    "descriptor_features",
     "HubError",
     "HUBS",
     "SOURCES",
