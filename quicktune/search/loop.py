@@ -40,6 +40,22 @@ log = logging.getLogger(__name__)
 FAILURE_RECORD_RETRY_SECONDS = 10.0
 
 
+def with_step_overhead(epochs: list[Mapping[str, Any]], result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The step's epochs with its fixed cost folded into their ``cost``.
+
+    A backend that measured the step from launch to result (``wall_seconds``; the Kubernetes
+    backend does: pod start, data sync, weight load, train, eval, checkpoint) reports more than the
+    epochs' train + eval seconds. The difference is spread evenly over the epochs the step produced,
+    so the cost the optimizer is told -- and MLflow records, and a resume replays -- is what the step
+    really cost; ``train_seconds``/``eval_seconds`` stay as measured. No ``wall_seconds``: unchanged."""
+    wall = finite(result.get("wall_seconds"))
+    if not epochs or wall is None:
+        return epochs
+    trained = sum(finite(e.get("cost")) or 0.0 for e in epochs)
+    share = max(0.0, wall - trained) / len(epochs)
+    return [{**e, "cost": (finite(e.get("cost")) or 0.0) + share} for e in epochs]
+
+
 class SearchSession(SearchState):
     """One controller session: :meth:`open` (new or resumed), then :meth:`run` until the budget ends."""
 
@@ -106,6 +122,7 @@ class SearchSession(SearchState):
             if finite(e.get("score")) is None or int(e["epoch"]) != rec.last_epoch + len(good) + 1:
                 break
             good.append(e)
+        good = with_step_overhead(good, result)
         seqs = list(range(self.next_seq, self.next_seq + len(good)))
         self.next_seq += len(good)
         self.steps_finished += 1

@@ -135,3 +135,41 @@ def test_a_step_reporting_ok_without_its_epoch_is_a_failure(tracker_factory, bac
     backend = backend_factory(lambda r, a: {"status": "ok", "epochs": []})
     result = run_search(spec(step_retries=0, fail_fast_steps=2), backend, tracker_factory(), progress=False)
     assert result.status == "failed" and "missing from its result" in result.message
+
+
+@pytest.mark.parametrize("overhead", [3.0, -0.5])
+def test_a_steps_wall_time_beyond_train_and_eval_is_the_cost_the_optimizer_sees(
+    overhead, tracker_factory, backend_factory
+):
+    """A backend that reports the step's launch-to-result ``wall_seconds`` (Kubernetes) has its fixed
+    cost spread over the step's epochs: the recorded (and replayed) cost is train + eval + the share;
+    a wall time below train + eval (second-precision clocks) changes nothing."""
+    done: dict[str, int] = {}
+
+    def script(request, attempt):
+        first = done.get(request.config_id, 0) + 1
+        epochs = [
+            {"epoch": e, "score": 0.1 * e, "cost": 2.0, "train_seconds": 1.5, "eval_seconds": 0.5}
+            for e in range(first, request.to_epoch + 1)
+        ]
+        done[request.config_id] = request.to_epoch
+        return {"status": "ok", "epochs": epochs, "wall_seconds": 2.0 * len(epochs) + overhead}
+
+    tracker, backend = tracker_factory(), backend_factory(script)
+    result = run_search(spec(budget_epochs=4), backend, tracker, progress=False)
+    assert result.status == "succeeded", result.message
+    costs = [ep["cost"] for run in tracker.runs.values() for ep in run.epochs.values()]
+    assert len(costs) == 4
+    expected = 2.0 + max(overhead, 0.0)  # one epoch per step here
+    assert costs == pytest.approx([expected] * 4), costs
+
+
+def test_with_step_overhead_spreads_the_fixed_cost_over_the_steps_epochs():
+    from quicktune.search.loop import with_step_overhead
+
+    epochs = [{"epoch": 2, "cost": 1.0}, {"epoch": 3, "cost": 3.0}]
+    out = with_step_overhead(epochs, {"wall_seconds": 10.0})
+    assert [e["cost"] for e in out] == [4.0, 6.0] and [e["epoch"] for e in out] == [2, 3]
+    assert with_step_overhead(epochs, {}) == epochs  # no wall time measured: unchanged
+    assert with_step_overhead(epochs, {"wall_seconds": float("nan")}) == epochs
+    assert with_step_overhead([], {"wall_seconds": 5.0}) == []

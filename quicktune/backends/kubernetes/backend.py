@@ -16,6 +16,13 @@ kept in one dict by step id and guarded by one lock. The ``JobInformer`` (list +
 handling) feeds Job objects into the records; ``poll`` falls back to a GET for a Job the watch
 has not shown yet. Failed steps' logs are read from the pods so the controller can attach them to
 the config's MLflow run.
+
+Cost: a step's result carries ``wall_seconds``, the Job's start to its completion as the API server
+recorded them (``status.job_wall_seconds``): everything the step paid -- pod start, imports, data
+sync, weight load, train, eval, checkpoint -- beside the ``train_seconds``/``eval_seconds`` of its
+epochs. The search spreads the difference over the step's epochs so the optimizer's cost model sees
+what a step costs on a cluster (``quicktune.search.loop``). A Job deleted before the backend saw it
+complete (its TTL, a restart long after) leaves no ``wall_seconds``.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from quicktune.backends.kubernetes.status import (
     being_deleted,
     controller_of,
     job_state,
+    job_wall_seconds,
     pod_has_condition,
     pod_termination,
     resource_version,
@@ -98,6 +106,7 @@ class StepRecord:
     final: StepStatus | None = None  # the last terminal state seen; outlives the Job object
     vanished: bool = False  # its Job disappeared before it finished
     read_error_since: float | None = None  # monotonic time of the first failed attempt to read its result
+    wall_seconds: float | None = None  # the completed Job's start -> completion (outlives the Job object)
 
 
 class KubernetesBackend(TrialBackend):
@@ -374,7 +383,7 @@ class KubernetesBackend(TrialBackend):
             return name
         with self._lock:
             rec.cancelled = rec.vanished = rec.in_store = False
-            rec.final = rec.result = rec.job = None
+            rec.final = rec.result = rec.job = rec.wall_seconds = None
             rec.mine = True
             rec.queued, rec.queue_seq = body, next(self._queue_seq)
         self._pump()
@@ -421,7 +430,11 @@ class KubernetesBackend(TrialBackend):
             rec = self._steps.get(step_id)
             res = rec.result if rec is not None else None
         if res is not None:
-            return copy.deepcopy(res)
+            found = copy.deepcopy(res)
+            wall = rec.wall_seconds if rec is not None else None
+            if wall is not None:
+                found["wall_seconds"] = wall
+            return found
         # the Job failed without a RESULT.json: its own reason plus what the last pod said
         pod_info = self._last_pod_termination(step_id)
         outcome = "oom" if pod_info.get("reason") == "OOMKilled" else "failed"
@@ -624,6 +637,9 @@ class KubernetesBackend(TrialBackend):
             rec = self._step(name)
             if rec.job is None or resource_version(job) >= resource_version(rec.job):
                 rec.job = job
+                wall = job_wall_seconds(job)
+                if wall is not None:
+                    rec.wall_seconds = wall
             ann = (job["metadata"].get("annotations") or {}).get(ANNOTATION_RESULT)
             if ann and rec.result_uri is None:
                 rec.result_uri = ann

@@ -12,6 +12,7 @@ API's JSON.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from quicktune.backends.base import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, StepStatus
@@ -26,6 +27,7 @@ __all__ = [
     "pod_termination",
     "iter_labels",
     "controller_of",
+    "job_wall_seconds",
 ]
 
 
@@ -95,3 +97,26 @@ def controller_of(pod: Mapping[str, Any]) -> dict[str, str]:
     if not meta.get("name") or not meta.get("uid"):
         raise ValueError("the pod object has no metadata.name/uid")
     return {"apiVersion": "v1", "kind": "Pod", "name": str(meta["name"]), "uid": str(meta["uid"])}
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def job_wall_seconds(job: Mapping[str, Any]) -> float | None:
+    """Seconds from the Job's start to its completion, as the API server recorded them (second
+    precision): pod scheduling and start, image start-up, data sync, weight load, train, eval and
+    checkpoint -- what the step really cost. The start is ``status.startTime`` (a Job created
+    suspended, waiting for Kueue, starts when admitted: queueing is not the step's cost), else the
+    ``creationTimestamp``; the end is ``status.completionTime``. None until the Job completed."""
+    meta, status = job.get("metadata") or {}, job.get("status") or {}
+    start = _timestamp(status.get("startTime")) or _timestamp(meta.get("creationTimestamp"))
+    end = _timestamp(status.get("completionTime"))
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())

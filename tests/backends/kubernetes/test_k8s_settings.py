@@ -281,3 +281,17 @@ def test_controller_of_a_pod_is_its_controlling_owner():
     assert controller_of(bare) == {"apiVersion": "v1", "kind": "Pod", "name": "ctl", "uid": "p-2"}
     with pytest.raises(ValueError, match="metadata.name/uid"):
         controller_of({"metadata": {"name": "ctl"}})
+
+
+def test_job_wall_seconds_runs_from_start_to_completion():
+    from quicktune.backends.kubernetes.status import job_wall_seconds
+
+    job = {
+        "metadata": {"creationTimestamp": "2026-12-01T10:00:00Z"},
+        "status": {"startTime": "2026-12-01T10:05:00Z", "completionTime": "2026-12-01T10:06:30Z"},
+    }
+    assert job_wall_seconds(job) == 90.0  # a Kueue wait before startTime is not the step's cost
+    del job["status"]["startTime"]
+    assert job_wall_seconds(job) == 390.0
+    assert job_wall_seconds({"metadata": job["metadata"], "status": {}}) is None  # not completed
+    assert job_wall_seconds({"metadata": {}, "status": {"completionTime": "garbage"}}) is None
