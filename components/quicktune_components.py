@@ -94,6 +94,8 @@ def search(
     s3_endpoint_url: str = "",
     workdir: str = "/tmp/quicktune",
     meta_artifact: str = "",
+    step_credentials_from: str = "quicktune-s3",
+    step_gpu: int = 0,
 ) -> NamedTuple(
     "Outputs",
     [
@@ -107,7 +109,13 @@ def search(
     ],
 ):
     """Run (or, on a retry, resume) a search; ``search_id`` defaults to one derived from the KFP run
-    id, so a retried task continues the same search instead of starting over."""
+    id, so a retried task continues the same search instead of starting over.
+    ``step_credentials_from``: the name of the Kubernetes Secret whose keys become every step pod's
+    env (``envFrom``; the S3 credentials), unless ``backend_options`` names ``secrets`` itself; the
+    values never pass through the pipeline's parameters. Empty: none.
+    ``step_gpu`` > 0: each step Job gets that many ``nvidia.com/gpu`` on a GPU node (the
+    ``nvidia.com/gpu.present`` node selector, the ``nvidia.com/gpu`` toleration, 4 CPUs, 24Gi, as
+    ``k8s/overlays/gpu``); ``backend_options`` override each of these."""
     import json
     import os
     import subprocess
@@ -166,7 +174,19 @@ def search(
         cmd += ["--image-size", str(image_size)]
     if budget_epochs:
         cmd += ["--budget-epochs", str(budget_epochs)]
-    for key, value in sorted((backend_options or {}).items()):
+    options = dict(backend_options or {})
+    if backend == "kubernetes" and step_credentials_from:
+        options.setdefault("secrets", step_credentials_from)
+    if backend == "kubernetes" and step_gpu > 0:
+        gpu_steps = {
+            "gpu": str(step_gpu),
+            "cpu": "4",
+            "memory": "24Gi",
+            "node_selector": json.dumps({"nvidia.com/gpu.present": "true"}),
+            "tolerations": json.dumps([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
+        }
+        options = {**gpu_steps, **options}
+    for key, value in sorted(options.items()):
         cmd += ["--backend-option", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     text = proc.stdout

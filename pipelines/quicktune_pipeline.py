@@ -17,9 +17,14 @@ namespace from the downward API; its backend owns the step Jobs by the pod's con
 Argo Workflow, so a retried search task re-adopts them and deleting the run deletes them
 (docs/cluster.md).
 
-Two compiled variants are committed: ``quicktune_pipeline.yaml`` (every task on CPU nodes; steps
-get GPUs via the Kubernetes backend) and ``quicktune_pipeline_gpu.yaml`` (the evaluation is
-also placed on a GPU node: node selector, toleration, one ``nvidia.com/gpu``).
+The step pods get the S3 credentials from the Secret named by ``step_credentials_from``
+(default ``quicktune-s3``, passed as ``--backend-option secrets=...``: ``envFrom``, never values).
+
+Two compiled variants are committed: ``quicktune_pipeline.yaml`` (every task and, by default, every
+step on CPU nodes, searching ``builtin:cpu``) and ``quicktune_pipeline_gpu.yaml`` (steps on GPU nodes
+by default -- ``step_gpu=1``: one ``nvidia.com/gpu``, the GPU node selector and toleration, 4 CPUs,
+24Gi, as ``k8s/overlays/gpu`` -- searching ``builtin:paper``; the evaluation is also placed on a GPU
+node). ``space``, ``step_gpu`` and ``backend_options`` override both.
 Recompile with ``python pipelines/quicktune_pipeline.py``; CI fails when the YAML drifts.
 """
 
@@ -78,10 +83,13 @@ def build_pipeline(gpu: bool = False):
         tracking_uri: str,
         model_name: str,
         budget: str = "2h",
-        space: str = "builtin:paper",
+        # a space that fits the steps' default resources: CPU steps -> builtin:cpu, GPU steps -> builtin:paper
+        space: str = "builtin:paper" if gpu else "builtin:cpu",
         workers: int = 4,
         backend: str = "kubernetes",
         backend_options: dict = {},  # noqa: B006 - a KFP parameter default must be a literal; never mutated
+        step_gpu: int = 1 if gpu else 0,
+        step_credentials_from: str = S3_SECRET,
         max_epochs: int = 10,  # noqa: B006 - KFP default
         budget_epochs: int = 0,
         checkpoint_uri: str = "",
@@ -117,6 +125,8 @@ def build_pipeline(gpu: bool = False):
             seed=seed,
             s3_endpoint_url=s3_endpoint_url,
             meta_artifact=meta_artifact,
+            step_credentials_from=step_credentials_from,
+            step_gpu=step_gpu,
         ).after(validate)
         search.set_display_name("search").set_caching_options(False)
         search.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)

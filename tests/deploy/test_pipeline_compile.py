@@ -162,3 +162,56 @@ def test_pipeline_runs_end_to_end_with_kfp_local(qp, mlflow_server, tiny_image_f
     # the test-split evaluation reported its metrics to KFP (a Metrics artifact in the executor output)
     outputs = list((tmp_path / "kfp-root").rglob("evaluate-winner/executor_output.json"))
     assert outputs and "test_top1" in outputs[-1].read_text(), "evaluate_winner must log its test metrics"
+
+
+def test_each_variant_searches_a_space_its_steps_can_run_and_wires_the_s3_secret_to_them(qp):
+    """The CPU pipeline's steps run on CPU (no step options) and search builtin:cpu; the GPU
+    variant's steps get a GPU on GPU nodes by default and search builtin:paper. Both name the Secret
+    the steps take their S3 credentials from (a name, never a value), passed to the search task."""
+    from quicktune.space import load_space
+
+    for variant, space, gpu in (("cpu", "builtin:cpu", 0), ("gpu", "builtin:paper", 1)):
+        spec = next(yaml.safe_load_all(qp.OUTPUTS[variant].read_text()))
+        params = spec["root"]["inputDefinitions"]["parameters"]
+        assert params["space"]["defaultValue"] == space and load_space(space).to_dict()
+        assert not params["backend_options"].get("defaultValue")
+        assert params["step_gpu"]["defaultValue"] == gpu, variant
+        assert params["step_credentials_from"]["defaultValue"] == "quicktune-s3"
+        search_inputs = spec["root"]["dag"]["tasks"]["search"]["inputs"]["parameters"]
+        assert search_inputs["step_credentials_from"] == {"componentInputParameter": "step_credentials_from"}
+
+
+def test_the_search_component_hands_the_s3_secret_name_to_the_steps(qp, monkeypatch):
+    """The component's own code: ``step_credentials_from`` becomes ``--backend-option secrets=NAME``
+    unless ``backend_options`` names secrets itself; nothing for a local backend or an empty name."""
+    import subprocess
+
+    from quicktune.backends.kubernetes import StepJobSettings
+
+    seen: list[list[str]] = []
+
+    def fake_run(cmd, **kw):
+        seen.append(list(cmd))
+        return subprocess.CompletedProcess(cmd, 1, stdout='{"status": "failed", "message": "stop here"}')
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    search = qp.qc.search.python_func
+
+    def options(**kw) -> list[str]:
+        with pytest.raises(RuntimeError, match="stop here"):
+            search(data_uri="s3://d/x", budget="1m", tracking_uri="http://m", **kw)
+        cmd = seen.pop()
+        return [cmd[i + 1] for i, a in enumerate(cmd) if a == "--backend-option"]
+
+    assert options() == ["secrets=quicktune-s3"]
+    assert options(step_credentials_from="team-s3") == ["secrets=team-s3"]
+    assert options(backend_options={"secrets": "mine", "gpu": "1"}) == ["gpu=1", "secrets=mine"]
+    assert options(step_credentials_from="") == []
+    assert options(backend="local", step_gpu=1) == []
+    gpu = options(step_gpu=1, backend_options={"memory": "40Gi"})
+    settings = StepJobSettings.from_options(
+        dict(o.split("=", 1) for o in gpu), {"QUICKTUNE_K8S_NAMESPACE": "q", "QUICKTUNE_STEP_IMAGE": "i"}
+    )
+    assert (settings.gpu, settings.memory, settings.secret_names) == (1, "40Gi", ("quicktune-s3",))
+    assert settings.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert settings.tolerations[0]["key"] == "nvidia.com/gpu"

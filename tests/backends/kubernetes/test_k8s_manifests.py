@@ -447,3 +447,24 @@ def test_controller_args_parse_with_the_real_cli(base):
     ns = build_parser().parse_args(args)
     assert ns.command == "search" and ns.backend == "kubernetes" and ns.search_id == "quicktune-search"
     assert ns.workdir.startswith("/tmp/"), "the root filesystem is read-only: state must go to the /tmp emptyDir"
+
+
+def test_each_kustomization_searches_a_space_its_step_pods_can_run(base, gpu):
+    """CPU step pods (the base) search builtin:cpu; the GPU overlay's GPU steps search builtin:paper;
+    both spaces load, and both wire the S3 Secret the controller reads to every step pod (envFrom)."""
+    from quicktune.space import load_space
+
+    data = {}
+    for name, objs in (("base", base), ("gpu", gpu)):
+        (cm,) = by_kind(objs, "ConfigMap")
+        data[name] = cm["data"]
+        assert load_space(cm["data"]["QUICKTUNE_SPACE"]).to_dict()
+    assert (data["base"]["QUICKTUNE_SPACE"], data["base"]["QUICKTUNE_STEP_GPU"]) == ("builtin:cpu", "0")
+    assert (data["gpu"]["QUICKTUNE_SPACE"], data["gpu"]["QUICKTUNE_STEP_GPU"]) == ("builtin:paper", "1")
+    (job,) = [j for j in by_kind(base, "Job") if j["metadata"]["name"] == "quicktune-search"]
+    controller_secrets = {
+        e["secretRef"]["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["envFrom"] if "secretRef" in e
+    }
+    for name in ("base", "gpu"):
+        step_secrets = data[name]["QUICKTUNE_STEP_SECRETS"].split(",")
+        assert "quicktune-s3" in step_secrets and "quicktune-s3" in controller_secrets
