@@ -127,6 +127,12 @@ def merge_tables(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     best = curves.drop_duplicates([FINGERPRINT_COLUMN, "config_id"], keep="first")
     keep = df.merge(best[[FINGERPRINT_COLUMN, "config_id", "_src"]], how="left", indicator=True)["_merge"] == "both"
     df = df[keep.to_numpy()].drop(columns=["_src", "_h"])
+    # one set of meta-features per fingerprint (the same data measured by two versions may differ):
+    # those of its first kept curve, so that the choice does not depend on the order of ``frames``
+    df = df.sort_values([FINGERPRINT_COLUMN, "config_id", "epoch"], kind="mergesort")
+    meta_cols = [col for col in df.columns if str(col).startswith(META_PREFIX)]
+    if meta_cols:
+        df[meta_cols] = df.groupby(FINGERPRINT_COLUMN, sort=False)[meta_cols].transform("first")
 
     # one name per fingerprint; a name shared by two fingerprints gets a suffix on each
     bases: dict[str, str] = {}
