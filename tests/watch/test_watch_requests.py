@@ -381,3 +381,28 @@ def test_a_hostile_search_id_tag_is_rejected_not_searched_or_launched(tmp_path, 
     assert w.handle(t) is False
     assert client.tags[-1][1:] == (TAG_STATUS, client.tags[-1][2]) and client.tags[-1][2].startswith("rejected: ")
     assert hostile not in client.tags[-1][2] and w.launched == []
+
+
+# --- meta-artifact requested in the MLflow UI ------------------------------------------------------
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("models:/quicktune-surrogate@champion", True),
+        ("models:/quicktune-surrogate/3", True),
+        ("models:/../../etc@champion", False),
+        ("s3://bucket/my-artifact", False),  # a path the requester names: never read by the watcher
+        ("/etc/passwd", False),
+        ("models:/x@champion\n--optimizer=random", False),
+    ],
+)
+def test_a_requested_meta_artifact_is_a_checked_models_uri_passed_to_the_search(value, ok, search_parser):
+    from quicktune.tracking.schema import TAG_META_ARTIFACT
+
+    t = s3_request()
+    t.tags[TAG_META_ARTIFACT] = value
+    if not ok:
+        with pytest.raises(RequestError, match="quicktune.meta_artifact"):
+            parse_request(t, check_data=False)
+        return
+    req = parse_request(t, check_data=False)
+    assert search_parser.parse_args(["search", *req.search_args("http://mlflow:5000")]).meta_artifact == value
