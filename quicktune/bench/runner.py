@@ -2,7 +2,9 @@
 
 For every dataset the budget is ``budget_multiple`` times the median cost of one full curve of
 that dataset. Every optimizer gets the dataset's configs as its finite candidate pool, the
-table's maximum epoch as ``max_epochs``, the dataset's meta-features (``meta_features=``) and, for
+table's maximum epoch as ``max_epochs``, the dataset's meta-features (``meta_features=``), the
+lowest score of the dataset's table (``worst_score=``: what ASHA and the Syne Tune peers report a
+NaN epoch as, the protocol of driving them directly) and, for
 meta-trained methods with ``meta_train="loo"``, an artifact meta-trained on the *other* datasets
 of the table (``artifact=meta_train(table, exclude=[dataset])``, computed once per held-out
 dataset and shared by its seeds and methods).
@@ -76,6 +78,20 @@ def _safe(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
 
 
+#: the training resolution the descriptors of a table's models are computed at (px): the project's
+#: meta-dataset is trained at 32 px; a table of another resolution only shifts every model's log GMACs
+TABLE_IMAGE_SIZE = 32
+
+
+def table_descriptors(configs: Any) -> dict[str, dict[str, float]]:
+    """Descriptor features of the models the configs (or table rows, ``hp.model``) name, for those the hub
+    knows (made-up model names of a foreign table are left out: the optimizer encodes them one-hot)."""
+    from quicktune.hub import known_descriptor_features
+
+    names = {str(c.get("model", c.get("hp.model"))) for c in configs if c.get("model", c.get("hp.model")) is not None}
+    return known_descriptor_features(sorted(names), TABLE_IMAGE_SIZE)
+
+
 def run_path(out_dir: Path, dataset: str, optimizer: str, seed: int) -> Path:
     return out_dir / "runs" / f"{_safe(dataset)}__{_safe(optimizer)}__s{seed}.json"
 
@@ -91,9 +107,17 @@ def run_one(
     options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Simulate one (dataset, optimizer, seed) and return its run record."""
-    opts: dict[str, Any] = {"meta_features": dict(curves.meta_features), **(options or {})}
+    # worst_score: what a NaN epoch is reported as by the methods that report it (ASHA, the Syne
+    # Tune peers), as when a library is driven directly on the table; the others ignore it
+    opts: dict[str, Any] = {
+        "meta_features": dict(curves.meta_features),
+        "worst_score": curves.worst,
+        **(options or {}),
+    }
     if artifact is not None:
         opts["artifact"] = artifact
+    if registry.uses_model_descriptors(optimizer):
+        opts.setdefault("model_descriptors", table_descriptors([c for _, c in curves.configs]))
     t0 = time.perf_counter()
     opt = registry.make_optimizer(optimizer, make_candidates(curves), curves.max_epochs, seed=seed, **opts)
     res = simulate(curves, opt, budget, workers=workers, overhead_clock=overhead_clock)
@@ -186,7 +210,13 @@ def _run_dataset(
                     from quicktune.optimizer.metatrain import meta_train as _meta_train
 
                     t0 = time.perf_counter()
-                    artifact = _meta_train(table, exclude=[dataset], **dict(meta_train_options or {}))
+                    artifact = _meta_train(
+                        table,
+                        exclude=[dataset],
+                        model_descriptors=table_descriptors(table.drop_duplicates("config_id").to_dict("records")),
+                        image_size=TABLE_IMAGE_SIZE,
+                        **dict(meta_train_options or {}),
+                    )
                     log.info("meta-trained without %s in %.1f s", dataset, time.perf_counter() - t0)
                 art = artifact
             rec = run_one(curves, name, seed, budget, workers=workers, artifact=art, overhead_clock=overhead_clock)

@@ -47,9 +47,10 @@ def test_rung_levels():
 
 
 def test_asha_promotes_the_right_configs():
-    # Hand-computed (levels 1, 3, 9; eta 3): a rung promotes its best not-yet-promoted config among
-    # its top floor(n/3); higher rungs are served first; otherwise a new config starts.
-    seq = _drive(ASHA(_pool(Q), 9, seed=0, shuffle=False), _q(Q))
+    # Hand-computed (levels 1, 3, 9; eta 3), promotion="floor": a rung promotes its best
+    # not-yet-promoted config among its top floor(n/3); higher rungs are served first; otherwise a
+    # new config starts.
+    seq = _drive(ASHA(_pool(Q), 9, seed=0, shuffle=False, promotion="floor"), _q(Q))
     expected = [
         ("c0", 1),
         ("c1", 1),
@@ -74,6 +75,54 @@ def test_asha_promotes_the_right_configs():
         ("c4", 9),
     ]
     assert seq == expected
+
+
+def test_asha_quantile_promotion_is_syne_tunes_rule():
+    # Hand-computed (levels 1, 3, 9; eta 3), the default promotion="quantile": the best
+    # not-yet-promoted config of a rung with >= 2 scores goes up when it is at or above their 2/3
+    # quantile (numpy's linear one); higher rungs first; otherwise a new config starts.
+    seq = _drive(ASHA(_pool(Q), 9, seed=0, shuffle=False), _q(Q))
+    expected = [
+        ("c0", 1),
+        ("c1", 1),  # rung 0 = {.5, .9}: cutoff .767, c1 (.9) goes up
+        ("c1", 2),
+        ("c1", 3),
+        ("c2", 1),  # rung 0 = {.5, .9, .1}: cutoff .633 > c0's .5
+        ("c3", 1),  # rung 0 = {.5, .9, .1, .3}: cutoff .5, c0 (.5) goes up
+        ("c0", 2),
+        ("c0", 3),  # rung 1 = {.9, .5}: cutoff .767, c1 goes up to the top rung
+        *[("c1", e) for e in range(4, 10)],
+        ("c4", 1),  # nothing promotable (c3's .3 < .5): new config; rung 0 cutoff .767 < c4's .95
+        ("c4", 2),
+        ("c4", 3),  # rung 1 = {.9, .5, .95}: cutoff .917 < .95
+        *[("c4", e) for e in range(4, 10)],
+    ]
+    assert seq[: len(expected)] == expected
+    with pytest.raises(ValueError, match="promotion"):
+        ASHA(_pool(Q), 9, promotion="median")
+
+
+def test_asha_records_a_failed_epoch_as_worst_score_when_given():
+    # c1 is the best config but its epoch 2 is NaN (a failed evaluation, not a divergence)
+    def score(cid, epoch):
+        return float("nan") if (cid, epoch) == ("c1", 2) else Q[int(cid[1:])]
+
+    def drive(opt):
+        seq = []
+        for _ in range(200):
+            s = opt.ask()
+            if s is None:
+                break
+            seq.append((s.config_id, s.epoch))
+            x = score(s.config_id, s.epoch)
+            opt.tell(s.config_id, s.epoch, x, 1.0, "ok" if x == x else "diverged")
+        return seq, opt
+
+    seq, opt = drive(ASHA(_pool(Q), 9, seed=0, shuffle=False, worst_score=0.0))
+    assert ("c1", 9) in seq  # the failed epoch did not end it: it went on to its rung and up
+    assert opt._scores["c1"][1] == 0.0  # recorded as the worst score
+    seq, _ = drive(ASHA(_pool(Q), 9, seed=0, shuffle=False))  # a real search: no worst score
+    assert ("c1", 3) not in seq  # dead at its failed epoch
 
 
 def test_successive_halving_bracket():

@@ -130,7 +130,13 @@ class SyneTunePeer(ReplayPeer):
     name = "synetune"
 
     def __init__(
-        self, candidates, max_epochs: int, seed: int = 0, scheduler: str = "asha", **ignored_options: Any
+        self,
+        candidates,
+        max_epochs: int,
+        seed: int = 0,
+        scheduler: str = "asha",
+        worst_score: float | None = None,
+        **ignored_options: Any,
     ) -> None:
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown Syne Tune scheduler {scheduler!r} (have {', '.join(SCHEDULERS)})")
@@ -139,6 +145,7 @@ class SyneTunePeer(ReplayPeer):
         if why:
             raise RuntimeError(f"Syne Tune peer unavailable: {why}")
         self.scheduler = scheduler
+        self.worst_score = None if worst_score is None else float(worst_score)
         self.space = PoolSpace(self.pool)
         self._srv: _Server | None = None
         self._reset()
@@ -181,6 +188,7 @@ class SyneTunePeer(ReplayPeer):
                 "configs": self._points(),
                 "max_epochs": self.max_epochs,
                 "seed": self.seed,
+                "worst": self.worst_score,
             }
         )
 

@@ -9,6 +9,7 @@ syne_tune. The parent (:mod:`quicktune.bench.peers.synetune_peer`) sends one JSO
   imputes inactive ones), so that they are points of the Syne Tune config space;
 - ``{"op": "ask"}`` -> ``{"config_id": ..., "epoch": ...}`` or ``{"none": true}``;
 - ``{"op": "tell", "config_id": ..., "epoch": ..., "score": ..., "status": ...}`` -> ``{"ok": true}``;
+  ``init`` may carry ``"worst": W``, the score a failed epoch is reported as (below);
 - ``{"op": "version"}`` -> ``{"version": "0.13.0"}`` (also pays the slow import once);
 - ``{"op": "close"}``.
 One process serves many runs one after another: each ``init`` replaces the previous scheduler.
@@ -19,7 +20,14 @@ Trials: every scheduler trial is bound to one table config. Searchers that suppo
 (evolution in an encoded space) proposes free points, which are bound to the nearest unused
 config (same distance as the parent's :mod:`mapping`). A running trial is continued one epoch per
 ask until the scheduler pauses or stops it, or it reaches ``max_epochs``; a paused trial may be
-resumed by the scheduler's ``suggest``.
+resumed by the scheduler's ``suggest`` (from its next epoch: the parent never charges an epoch twice).
+
+A failed epoch (NaN score, or any status but ``ok``) is reported to the scheduler as the score
+``worst`` (the harness sends the dataset's worst score; without it, the lowest score seen so far in
+the run, else 0) and the trial goes on under the scheduler's control, as when Syne Tune is driven
+directly: the scheduler pauses or stops what scores badly. Reporting it as a trial error instead
+(what this server did before) ended the trial for good, and with it a config whose next epochs
+are fine, and left a hole in the rung (fewer entries, fewer promotions).
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ class Server:
         self.ids = [c[0] for c in msg["configs"]]
         self.points = [c[1] for c in msg["configs"]]  # values encoded as for the config space
         self.name = msg["scheduler"]
+        self.worst = msg.get("worst")  # what a failed epoch is reported as (None: the lowest seen so far)
+        self.lowest = None
         seed = int(msg["seed"])
         space = {n: _domain(p) for n, p in self.params.items()}
         restrict = [dict(p) for p in self.points]
@@ -204,9 +214,9 @@ class Server:
         t["epoch"] = epoch
         score = msg["score"]
         if msg["status"] != "ok" or score is None or not math.isfinite(score):
-            self.sched.on_trial_error(t["trial"])
-            self._end(tid, "stopped")
-            return
+            score = self.worst if self.worst is not None else (self.lowest if self.lowest is not None else 0.0)
+        elif self.lowest is None or score < self.lowest:
+            self.lowest = float(score)
         result = {METRIC: float(score), RESOURCE: epoch}
         decision = self.sched.on_trial_result(t["trial"], result)
         if epoch >= self.max_epochs:
