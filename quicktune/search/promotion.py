@@ -9,15 +9,28 @@ version's tags link it to its search. Then::
 
     model = mlflow.pytorch.load_model("models:/NAME@champion")
     logits = model(torch.from_numpy(images_uint8_nhwc))      # [N, H, W, C] uint8, any H x W
+
+Memory: promotion runs in the controller pod (3Gi in ``k8s/base``), and a checkpoint holds the
+optimizer state beside the model (AdamW: two more copies of every weight). :func:`load_winner`
+therefore reads only the model's tensors: the safetensors file is streamed to a local temporary file
+(its SHA-256 and size checked against the manifest while streaming), its JSON header is parsed, and
+each ``model/`` tensor is read straight into the matching parameter of the freshly built network --
+no copy of the file, of the optimizer state or of a second state dict is ever in memory. The winner
+is loaded once, evaluated on the test split and wrapped. ``benchmarks/bench_promotion_memory.py``
+measures the peak RSS for the largest paper model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import struct
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +63,159 @@ _LUMA = (0.299, 0.587, 0.114)  # PIL's RGB -> L weights, as in training
 
 class PromotionError(RuntimeError):
     """The search has nothing to promote, or its winner cannot be loaded or registered."""
+
+
+# safetensors dtype names -> torch dtypes (the format's header, https://github.com/huggingface/safetensors)
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_MODEL_PREFIX = "model/"  # the model's tensors in a quicktune checkpoint (quicktune.finetune.state)
+_CHUNK = 8 << 20
+
+
+def _finetune(module: str) -> Any:
+    """``quicktune.finetune.<module>``, imported when promotion runs (as the package's own lazy imports)."""
+    import importlib
+
+    return importlib.import_module(f"quicktune.finetune.{module}")
+
+
+def _local_tensors_file(uri: str, expect_sha256: str, expect_size: int, tmp: Path) -> Path:
+    """The checkpoint's tensors file as a local path (S3: streamed to ``tmp``), its SHA-256 and size
+    checked against the manifest in 8 MiB chunks (never the whole file in memory)."""
+    from quicktune import storage
+
+    path = storage.download_file(uri, tmp / "tensors.safetensors") if storage.is_s3(uri) else Path(uri)
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    if digest.hexdigest() != expect_sha256 or size != expect_size:
+        raise PromotionError(
+            f"checkpoint {uri} is corrupt: SHA-256 {digest.hexdigest()[:12]}... ({size} bytes) does not match "
+            f"the manifest's {str(expect_sha256)[:12]}... ({expect_size} bytes)"
+        )
+    return path
+
+
+def _read_model_weights(path: Path, net: torch.nn.Module) -> None:
+    """Fill ``net``'s state from the ``model/`` tensors of a safetensors file, reading each one into
+    its parameter's memory (strict: the same keys, shapes and dtypes; other tensors are skipped)."""
+    target = net.state_dict(keep_vars=True)
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+        base = 8 + n
+        names = {k[len(_MODEL_PREFIX) :]: v for k, v in header.items() if k.startswith(_MODEL_PREFIX)}
+        missing, unexpected = sorted(set(target) - set(names)), sorted(set(names) - set(target))
+        if missing or unexpected:
+            raise PromotionError(
+                "the checkpoint's model tensors do not fit the network: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        with torch.no_grad():
+            for key, info in names.items():
+                dest = target[key].data
+                dtype = _ST_DTYPES.get(info["dtype"])
+                if dtype is None or list(dest.shape) != list(info["shape"]):
+                    raise PromotionError(
+                        f"tensor {key}: {info['dtype']} {info['shape']} in the checkpoint, "
+                        f"{dest.dtype} {list(dest.shape)} in the network"
+                    )
+                start, end = info["data_offsets"]
+                fh.seek(base + start)
+                if dtype == dest.dtype and dest.is_contiguous() and dest.device.type == "cpu":
+                    view = dest.view(torch.uint8) if dest.dim() else dest.reshape(1).view(torch.uint8)
+                    buf = memoryview(view.numpy()).cast("B")
+                    if len(buf) != end - start or fh.readinto(buf) != end - start:
+                        raise PromotionError(f"tensor {key}: truncated in the checkpoint")
+                else:  # another dtype or layout: read it alone and convert
+                    raw = bytearray(fh.read(end - start))
+                    dest.copy_(torch.frombuffer(raw, dtype=dtype).reshape(info["shape"]))
+
+
+def load_winner(checkpoint_dir: str, which: str | int = "best") -> tuple[torch.nn.Module, dict[str, Any], int]:
+    """The trained network (CPU, eval mode) of a checkpoint, its preprocessing (as
+    :func:`quicktune.finetune.load_trained_model`) and its split seed, reading only the model's
+    weights (module docstring: the optimizer state is never loaded)."""
+    from quicktune import storage
+    from quicktune.finetune.checkpoint import list_checkpoints, load_checkpoint
+
+    model, transforms = _finetune("model"), _finetune("transforms")
+
+    found = list_checkpoints(checkpoint_dir)
+    if not found:
+        raise PromotionError(f"{checkpoint_dir}: no checkpoints")
+    by_epoch = dict(found)
+    newest = load_checkpoint(found[-1][1], tensors=False)
+    epoch = newest.manifest.get("best_epoch") if which == "best" else (found[-1][0] if which == "newest" else which)
+    if epoch is None or int(epoch) not in by_epoch:
+        raise PromotionError(f"{checkpoint_dir}: no checkpoint for epoch {epoch} (have {sorted(by_epoch)})")
+    ck = load_checkpoint(by_epoch[int(epoch)], tensors=False)
+    m = ck.manifest
+    cfg = m["resolved_config"]
+    net, _ = model.build_network(
+        cfg["model"],
+        int(m["num_classes"]),
+        int(m["in_chans"]),
+        int(m["image_size"]),
+        float(cfg.get("drop", 0.0)),
+        pretrained=False,
+        defaults=model.model_defaults(cfg["model"]),
+    )
+    base = ck.uri.rsplit("/", 1)[0] if storage.is_s3(ck.uri) else str(Path(ck.uri).parent)
+    with tempfile.TemporaryDirectory(prefix="qt-promote-") as tmp:
+        path = _local_tensors_file(
+            storage.join(base, m["tensors_file"]), str(m.get("sha256")), int(m.get("size", -1)), Path(tmp)
+        )
+        _read_model_weights(path, net)
+    net.eval()
+    score = next((r["score"] for r in m.get("history", []) if r["epoch"] == ck.epoch), None)
+    pre = transforms.Preprocessing(
+        image_size=int(m["image_size"]),
+        in_chans=int(m["in_chans"]),
+        mean=list(m["mean"]),
+        std=list(m["std"]),
+        resize="square-bilinear",
+        classes=list(m["classes"]),
+        model=cfg["model"],
+        epoch=ck.epoch,
+        val_score=score,
+        config=m["config"],
+    )
+    return net, pre, int(newest.manifest.get("split_seed", 0))
+
+
+def _test_split(
+    net: torch.nn.Module, pre: Mapping[str, Any], split_seed: int, data_uri: str, device: str
+) -> dict[str, Any]:
+    """Top-1/top-5/loss of ``net`` on the test split it was held out from (the checkpoint's split seed)."""
+    from quicktune.data import open_dataset
+
+    loader, train, precision = _finetune("loader"), _finetune("train"), _finetune("precision")
+    ds = open_dataset(data_uri, split_seed=split_seed)
+    if [str(c) for c in ds.classes] != pre["classes"]:
+        raise PromotionError(f"{data_uri}: its classes differ from the ones the checkpoint was trained on")
+    data = loader.ImageSet(ds, ds.split("test"), pre["image_size"], pre["in_chans"], pre["mean"], pre["std"], None)
+    dev = torch.device(device)
+    net.to(dev)
+    try:  # as quicktune.finetune.evaluate_checkpoint scores a checkpoint
+        out = train.evaluate(
+            net, loader.eval_batches(data, 256), dev, precision=precision.resolve_precision("auto", dev)
+        )
+    finally:
+        net.to("cpu")
+    return {"split": "test", "epoch": pre["epoch"], "top1": out["top1"], "top5": out["top5"], "loss": out["loss"]}
 
 
 class RawImageClassifier(torch.nn.Module):
@@ -158,8 +324,6 @@ def promote(
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    from quicktune.finetune import evaluate_checkpoint, load_trained_model
-
     try:  # it goes into an MLflow filter string and the default model name
         check_search_id(search_id)
     except InvalidNameError as exc:
@@ -181,8 +345,8 @@ def promote(
     if not best.checkpoint_dir:
         raise PromotionError(f"config {best.config_id} has no checkpoint directory recorded")
     try:
-        test = evaluate_checkpoint(best.checkpoint_dir, data_uri, split="test", device=device)
-        net, pre = load_trained_model(best.checkpoint_dir, "best", device="cpu")
+        net, pre, split_seed = load_winner(best.checkpoint_dir, "best")
+        test = _test_split(net, pre, split_seed, data_uri, device)
     except Exception as exc:
         raise PromotionError(f"cannot load the winner {best.config_id} from {best.checkpoint_dir}: {exc}") from exc
     wrapper = RawImageClassifier(net, pre, layout="NHWC").eval()
