@@ -5,7 +5,9 @@
 Reads a learning-curve table (Parquet or CSV, see docs/architecture.md), trains the deep-kernel
 GP's feature extractor and kernel hyperparameters and the cost predictor on every dataset except
 the excluded ones (leave-one-dataset-out), keeps the checkpoint with the best held-out predictive
-likelihood, and writes ``weights.safetensors`` + ``artifact.json`` into --out. Pass that folder as
+likelihood, and writes ``weights.safetensors`` + ``artifact.json`` into --out. The table's models are
+encoded by their hub descriptors (parameters, GMACs at --image-size, architecture type, ...), which
+the artifact stores; a table of made-up model names falls back to a one-hot model encoding. Pass that folder as
 the optimizer's artifact (``quicktune search --artifact DIR``, ``quicktune bench``).
 
   quicktune metatrain --from-mlflow http://mlflow:5000 --with-shipped
@@ -42,6 +44,14 @@ def register(subparsers: Any) -> None:
         type=float,
         default=0.15,
         help="fraction of each dataset's configs held out for checkpoint selection (default 0.15)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=32,
+        metavar="PX",
+        help="resolution the table's curves were trained at; the models' descriptors (GMACs) are computed "
+        "at it (default 32, the shipped meta-dataset's)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     g = p.add_argument_group(
@@ -83,8 +93,14 @@ def _handle(args: argparse.Namespace) -> int:
         if missing:
             print(f"quicktune metatrain: --exclude names datasets not in {args.table}: {missing}", file=sys.stderr)
             return 2
+        from quicktune.hub import known_descriptor_features
+
+        models = df["hp.model"].dropna().astype(str).unique().tolist() if "hp.model" in df.columns else []
+        descriptors = known_descriptor_features(sorted(models), args.image_size)
         art = meta_train(
             df,
+            model_descriptors=descriptors,
+            image_size=args.image_size,
             exclude=exclude,
             epochs=args.epochs,
             seed=args.seed,

@@ -17,7 +17,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from quicktune.hub.catalog import HUBS, ModelInfo, catalog, hub_models
-from quicktune.hub.descriptor import ModelDescriptor, describe, describe_many, descriptor_features
+from quicktune.hub.descriptor import (
+    ModelDescriptor,
+    describe,
+    describe_many,
+    descriptor_features,
+    known_descriptor_features,
+)
 from quicktune.hub.errors import HubError
 from quicktune.hub.weights import (
     SOURCES,
@@ -40,6 +46,7 @@ __all__ = [
     "describe",
     "describe_many",
     "descriptor_features",
+    "known_descriptor_features",
     "HubError",
     "HUBS",
     "SOURCES",

@@ -169,6 +169,18 @@ def descriptor_features(names: Iterable[str], image_size: int | None = None) -> 
     return {n: d.features() for n, d in describe_many(names, image_size).items()}
 
 
+def known_descriptor_features(names: Iterable[Any], image_size: int | None = None) -> dict[str, dict[str, float]]:
+    """Like ``descriptor_features`` but skipping names neither the catalogue nor timm knows (a
+    foreign table's made-up model names): the optimizer then falls back to a one-hot encoding."""
+    out: dict[str, dict[str, float]] = {}
+    for n in dict.fromkeys(str(x) for x in names if x is not None):
+        try:
+            out[n] = describe(n, image_size).features()
+        except HubError:
+            continue
+    return out
+
+
 def build_cache(names: Iterable[str] | None = None) -> dict[str, Any]:
     """Compute the cache document (every catalogue model at ``CACHED_SIZES`` and its native size)."""
     import timm

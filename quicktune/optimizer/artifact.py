@@ -1,8 +1,10 @@
 """Meta-trained weights on disk: ``weights.safetensors`` + ``artifact.json``.
 
-The JSON holds everything needed to use the weights identically during search: the encoding
-schema, the meta-feature scaler, the surrogate's architecture, ``max_epochs`` of the training
-table, the table's content hash, the datasets used / excluded and a format version. No pickle.
+The JSON holds everything needed to use the weights identically during search, and what the
+artifact was meta-trained on: the encoding schema (knob ranges and choices, the models with their
+descriptors and the resolution they were computed at), the meta-feature scaler (with the raw
+ranges), the surrogate's architecture, ``max_epochs`` of the training table, the table's content
+hash, the datasets used / excluded and a format version. No pickle.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from quicktune.optimizer.encoding import MetaScaler, Schema
 from quicktune.optimizer.surrogate import SurrogateConfig
 
-FORMAT_VERSION = 1
+#: 2: models encoded by descriptor (stored in the schema), meta-features on log scales, physics cost model
+FORMAT_VERSION = 2
 WEIGHTS = "weights.safetensors"
 MANIFEST = "artifact.json"
 
@@ -71,7 +74,13 @@ class MetaArtifact:
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"{d / MANIFEST}: not valid JSON: {exc}") from None
         if doc.get("version") != FORMAT_VERSION:
-            raise ArtifactError(f"{d}: artifact version {doc.get('version')!r}, this code reads {FORMAT_VERSION}")
+            hint = (
+                " (version 1 encoded models one-hot over the models it was meta-trained on and cannot tell "
+                "models apart on another hub: re-run `quicktune metatrain` on its table)"
+                if doc.get("version") == 1
+                else ""
+            )
+            raise ArtifactError(f"{d}: artifact version {doc.get('version')!r}, this code reads {FORMAT_VERSION}{hint}")
         tensors = load_file(str(d / WEIGHTS))
         sur = {k[len("surrogate.") :]: v for k, v in tensors.items() if k.startswith("surrogate.")}
         cost = {k[len("cost.") :]: v for k, v in tensors.items() if k.startswith("cost.")}

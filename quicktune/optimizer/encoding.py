@@ -16,6 +16,13 @@ meta-trained weights, so that meta-training and search encode identically.
 - every column that can be inactive gets an indicator (1 = inactive, its other entries 0).
 - the model-choice column is encoded separately (``X_model``) because the surrogate has a separate
   model encoder; it is never part of ``X_hp`` (no index arithmetic that could split them wrongly).
+  A model is encoded by its *descriptor* (``ModelColumn``, kind ``descriptor``): the plain numbers the
+  search layer computes with ``quicktune.hub.descriptor`` (log parameters, log GMACs at the training
+  resolution, native input size, feature width, cnn/vit/hybrid, pretrained, ImageNet top-1), on fixed
+  scales (``DESCRIPTOR_SCALES``), so that a model never seen in meta-training is encoded by what it is.
+  This package never imports the hub: the descriptors come in as ``{model name: {feature: value}}``
+  and the ones of the meta-training models are stored in the schema. Only when no descriptor is
+  known for the models (a foreign table's made-up names) is the model one-hot (kind ``onehot``).
 """
 
 from __future__ import annotations
@@ -124,12 +131,160 @@ class ColumnSpec:
                     break
 
 
+#: descriptor features (as ``quicktune.hub.ModelDescriptor.features()`` names them) -> (centre, scale):
+#: encoded as ``(value - centre) / scale``; fixed, so no fit can divide by a zero spread and a 300 M
+#: parameter model is 2 units from a 3 M one whatever models the meta-training saw
+DESCRIPTOR_SCALES: dict[str, tuple[float, float]] = {
+    "log10_params": (6.5, 1.0),
+    "log10_gmacs": (-1.0, 1.0),
+    "log2_input_size": (8.0, 1.0),
+    "log2_num_features": (9.0, 1.0),
+    "arch_cnn": (0.0, 1.0),
+    "arch_vit": (0.0, 1.0),
+    "arch_hybrid": (0.0, 1.0),
+    "pretrained": (0.0, 1.0),
+    "top1": (0.75, 0.1),  # unknown (NaN) -> 0 and the ``top1_known`` indicator 0
+}
+DESCRIPTOR_FEATURES = tuple(DESCRIPTOR_SCALES)
+#: descriptor features the cost model's residual may read (the size features enter through the physics term)
+COST_RESIDUAL_FEATURES = ("arch_cnn", "arch_vit", "arch_hybrid")
+#: raw meta-features that count the training images, in order of preference (the cost model's physics term)
+TRAIN_IMAGE_FEATURES = ("num_train", "num_images", "num_samples", "total_num_samples")
+
+
+def train_images(meta: Mapping[str, Any] | None) -> float | None:
+    """The number of training images a dataset's raw meta-features give, or None."""
+    for k in TRAIN_IMAGE_FEATURES:
+        v = (meta or {}).get(k)
+        if v is not None and not _is_missing(v) and float(v) > 0:
+            return float(v)
+    return None
+
+
+def _clean(features: Mapping[str, Any]) -> dict[str, float]:
+    """Descriptor features as floats, the unknown (NaN / None) ones left out (valid JSON, NaN != NaN)."""
+    return {str(k): float(v) for k, v in features.items() if not _is_missing(v)}
+
+
+class DescriptorError(ValueError):
+    """A model has no descriptor where the encoding needs one."""
+
+
+@dataclass
+class ModelColumn:
+    """How the model choice is encoded: by descriptor (``DESCRIPTOR_FEATURES`` + a ``top1_known``
+    indicator) or, without descriptors, one-hot over ``choices``. ``descriptors`` holds the raw
+    features of every model known to this schema (at meta-training: the table's models, at
+    ``image_size`` px; a search adds its own with ``Schema.with_descriptors``); ``choices`` are the models
+    the schema was inferred from (for an artifact: the models it was meta-trained on)."""
+
+    name: str
+    kind: str = "descriptor"  # descriptor | onehot
+    choices: list[str] = field(default_factory=list)
+    descriptors: dict[str, dict[str, float]] = field(default_factory=dict)
+    image_size: int | None = None
+    can_be_inactive: bool = False
+
+    @property
+    def width(self) -> int:
+        if self.kind == "descriptor":
+            return len(DESCRIPTOR_FEATURES) + 1
+        return len(self.choices) + int(self.can_be_inactive)
+
+    def feature_names(self) -> list[str]:
+        if self.kind == "descriptor":
+            return [*DESCRIPTOR_FEATURES, "top1_known"]
+        return [f"{self.name}={c}" for c in self.choices] + (["inactive"] if self.can_be_inactive else [])
+
+    def cost_mask(self) -> np.ndarray:
+        """1 where the cost model's residual may read the column (all of a one-hot)."""
+        if self.kind != "descriptor":
+            return np.ones(self.width, dtype=np.float32)
+        return np.asarray([float(f in COST_RESIDUAL_FEATURES) for f in self.feature_names()], dtype=np.float32)
+
+    def descriptor(self, value: Any) -> dict[str, float]:
+        d = self.descriptors.get(str(value))
+        if d is None:
+            raise DescriptorError(
+                f"model {value!r} has no descriptor: pass model_descriptors={{name: features}} "
+                f"(quicktune.hub.descriptor_features) for every model of the search"
+            )
+        return d
+
+    def encode_into(self, out: np.ndarray, value: Any) -> None:
+        out[:] = 0.0
+        if value is None or _is_missing(value):
+            if self.can_be_inactive and self.kind != "descriptor":
+                out[-1] = 1.0
+            return
+        if self.kind != "descriptor":
+            k = str(value)
+            for i, c in enumerate(self.choices):
+                if c == k:
+                    out[i] = 1.0
+                    break
+            return
+        d = self.descriptor(value)
+        for i, f in enumerate(DESCRIPTOR_FEATURES):
+            v = d.get(f)
+            if v is None or _is_missing(v):
+                continue
+            centre, scale = DESCRIPTOR_SCALES[f]
+            out[i] = (float(v) - centre) / scale
+            if f == "top1":
+                out[-1] = 1.0
+
+    def log_gmacs(self, value: Any) -> float:
+        """ln(GMACs) of the model (NaN when it has no descriptor)."""
+        d = self.descriptors.get(str(value)) if value is not None else None
+        if not d or d.get("log10_gmacs") is None or _is_missing(d["log10_gmacs"]):
+            return float("nan")
+        return float(d["log10_gmacs"]) * math.log(10.0)
+
+    @classmethod
+    def infer(
+        cls,
+        name: str,
+        choices: Sequence[str],
+        descriptors: Mapping[str, Mapping[str, float]] | None,
+        can_be_inactive: bool = False,
+        image_size: int | None = None,
+    ) -> ModelColumn:
+        """Descriptor encoding when ``descriptors`` cover every choice, else one-hot."""
+        choices = [str(c) for c in choices]
+        descriptors = descriptors or {}
+        if choices and all(c in descriptors for c in choices):
+            known = {c: _clean(descriptors[c]) for c in choices}
+            return cls(name, "descriptor", choices, known, image_size, can_be_inactive)
+        return cls(name, "onehot", choices, {}, None, can_be_inactive)
+
+
 @dataclass
 class Schema:
     """The column specs of the hyperparameters plus the separately encoded model column."""
 
     columns: list[ColumnSpec]
-    model: ColumnSpec | None = None
+    model: ModelColumn | None = None
+
+    def with_descriptors(self, descriptors: Mapping[str, Mapping[str, float]] | None) -> Schema:
+        """A copy whose model column also knows ``descriptors`` (they win over the stored ones: a
+        search's own resolution); a one-hot schema is returned unchanged."""
+        if not descriptors or self.model is None or self.model.kind != "descriptor":
+            return self
+        known = {
+            **self.model.descriptors,
+            **{str(k): _clean(v) for k, v in descriptors.items()},
+        }
+        m = self.model
+        return Schema(
+            list(self.columns), ModelColumn(m.name, m.kind, list(m.choices), known, m.image_size, m.can_be_inactive)
+        )
+
+    def missing_descriptors(self, models: Iterable[Any]) -> list[str]:
+        """Models without a descriptor (always [] for a one-hot schema)."""
+        if self.model is None or self.model.kind != "descriptor":
+            return []
+        return sorted({str(m) for m in models if m is not None and str(m) not in self.model.descriptors})
 
     @property
     def hp_dim(self) -> int:
@@ -145,16 +300,15 @@ class Schema:
 
     # --- inference ----------------------------------------------------------------------------
     @classmethod
-    def from_space(cls, space: Any) -> Schema:
-        """From a ``quicktune.space.SearchSpace``: ranges from the declared bounds/choices."""
+    def from_space(cls, space: Any, descriptors: Mapping[str, Mapping[str, float]] | None = None) -> Schema:
+        """From a ``quicktune.space.SearchSpace``: ranges from the declared bounds/choices; the model
+        by descriptor when ``descriptors`` cover its choices, else one-hot."""
         cols: list[ColumnSpec] = []
         model = None
         for p in space.params:
             conditional = bool(p.only_active_with)
             if p.name == space.model_param:
-                model = ColumnSpec(
-                    p.name, "categorical", choices=[str(_plain(c)) for c in p.choices], can_be_inactive=conditional
-                )
+                model = ModelColumn.infer(p.name, [str(_plain(c)) for c in p.choices], descriptors, conditional)
                 continue
             if p.type == "bool":
                 cols.append(ColumnSpec(p.name, "categorical", choices=[False, True], can_be_inactive=conditional))
@@ -172,8 +326,15 @@ class Schema:
         return cls(cols, model)
 
     @classmethod
-    def from_columns(cls, values: Mapping[str, Sequence[Any]], model_column: str | None = "model") -> Schema:
-        """From raw column values (``None``/NaN = inactive), e.g. a table's ``hp.*`` columns."""
+    def from_columns(
+        cls,
+        values: Mapping[str, Sequence[Any]],
+        model_column: str | None = "model",
+        descriptors: Mapping[str, Mapping[str, float]] | None = None,
+        image_size: int | None = None,
+    ) -> Schema:
+        """From raw column values (``None``/NaN = inactive), e.g. a table's ``hp.*`` columns; the model
+        by descriptor when ``descriptors`` (at ``image_size`` px) cover its values, else one-hot."""
         cols: list[ColumnSpec] = []
         model = None
         for name, raw in values.items():
@@ -184,7 +345,7 @@ class Schema:
                 continue  # never active: carries no information
             if name == model_column:
                 choices = sorted({str(v) for v in present})
-                model = ColumnSpec(name, "categorical", choices=choices, can_be_inactive=can_be_inactive)
+                model = ModelColumn.infer(name, choices, descriptors, can_be_inactive, image_size)
             elif all(isinstance(v, bool) for v in present):
                 cols.append(ColumnSpec(name, "categorical", choices=[False, True], can_be_inactive=can_be_inactive))
             elif all(_is_number(v) for v in present):
@@ -202,14 +363,25 @@ class Schema:
         return cls(cols, model)
 
     @classmethod
-    def infer(cls, df: Any, model_column: str = "model") -> Schema:
+    def infer(
+        cls,
+        df: Any,
+        model_column: str = "model",
+        descriptors: Mapping[str, Mapping[str, float]] | None = None,
+        image_size: int | None = None,
+    ) -> Schema:
         """From a learning-curve table's ``hp.<name>`` columns (one row per config is used)."""
         firsts = df.drop_duplicates(["dataset", "config_id"]) if "config_id" in df.columns else df
         values = {c[3:]: firsts[c].tolist() for c in df.columns if str(c).startswith("hp.")}
-        return cls.from_columns(values, model_column=model_column)
+        return cls.from_columns(values, model_column=model_column, descriptors=descriptors, image_size=image_size)
 
     @classmethod
-    def from_configs(cls, configs: Iterable[Mapping[str, Any]], model_column: str | None = "model") -> Schema:
+    def from_configs(
+        cls,
+        configs: Iterable[Mapping[str, Any]],
+        model_column: str | None = "model",
+        descriptors: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> Schema:
         """From a list of config dicts (absent key = inactive)."""
         configs = list(configs)
         names: list[str] = []
@@ -217,7 +389,9 @@ class Schema:
             for k in c:
                 if k not in names:
                     names.append(k)
-        return cls.from_columns({n: [c.get(n) for c in configs] for n in names}, model_column=model_column)
+        return cls.from_columns(
+            {n: [c.get(n) for c in configs] for n in names}, model_column=model_column, descriptors=descriptors
+        )
 
     # --- encoding -----------------------------------------------------------------------------
     def encode(self, configs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -241,6 +415,12 @@ class Schema:
                 M[i, :] = buf[:w]
         return X, M
 
+    def log_gmacs(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """ln(GMACs) of each config's model (NaN where unknown: one-hot schema or no model)."""
+        if self.model is None:
+            return np.full(len(configs), np.nan)
+        return np.asarray([self.model.log_gmacs(c.get(self.model.name)) for c in configs], dtype=np.float64)
+
     # --- persistence --------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {
@@ -251,7 +431,7 @@ class Schema:
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Schema:
         cols = [ColumnSpec(**c) for c in doc["columns"]]
-        model = ColumnSpec(**doc["model"]) if doc.get("model") else None
+        model = ModelColumn(**doc["model"]) if doc.get("model") else None
         return cls(cols, model)
 
     def fingerprint(self) -> str:

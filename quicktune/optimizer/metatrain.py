@@ -7,6 +7,12 @@ extractor jointly). The prior head (initial design) and the cost predictor are t
 batches. A fraction of each dataset's configs is held out; the checkpoint with the best held-out
 predictive log-likelihood (GP conditioned on training observations of the same dataset) is kept.
 Datasets named in ``exclude`` are never seen (leave-one-dataset-out).
+
+Models are encoded by the descriptors the caller passes (``model_descriptors``: the search layer
+computes them with ``quicktune.hub.descriptor`` at the table's training resolution ``image_size``);
+they are stored in the artifact's schema, so a search encodes the meta-training models identically
+and brings descriptors only for models the artifact never saw. A table whose models have no
+descriptor (made-up names) falls back to a one-hot model encoding, with a warning.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +31,7 @@ import torch
 from quicktune.lct import LCTError, table_hash, validate_lct
 from quicktune.optimizer.artifact import MetaArtifact
 from quicktune.optimizer.cost import CostPredictor
-from quicktune.optimizer.encoding import MetaScaler, Schema
+from quicktune.optimizer.encoding import MetaScaler, Schema, train_images
 from quicktune.optimizer.surrogate import Batch, DeepKernelGP, SurrogateConfig, make_batch
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,8 @@ class _Dataset:
     name: str
     X: np.ndarray  # (n_cfg, hp_dim)
     M: np.ndarray  # (n_cfg, model_dim)
+    G: np.ndarray  # (n_cfg,) ln GMACs of the config's model (NaN: unknown)
+    log_images: float | None  # ln(training images) of the dataset (None: unknown)
     scores: np.ndarray  # (n_cfg, max_epochs), NaN where missing / failed
     costs: np.ndarray  # (n_cfg, max_epochs), NaN where missing
     meta: np.ndarray  # (meta_dim,)
@@ -47,7 +55,7 @@ class _Dataset:
     def batch(self, obs: np.ndarray, max_epochs: int, zero_curves: bool = False) -> Batch:
         ci, ep = obs[:, 0], obs[:, 1]
         curves: list[Any] = [[] if zero_curves else self.scores[c, : e - 1] for c, e in zip(ci, ep, strict=True)]
-        return make_batch(self.X[ci], self.M[ci], ep, curves, self.meta, max_epochs)
+        return make_batch(self.X[ci], self.M[ci], ep, curves, self.meta, max_epochs, self.G[ci], self.log_images)
 
 
 def _observed(A: np.ndarray, mask_cfg: np.ndarray) -> np.ndarray:
@@ -75,6 +83,7 @@ def _prepare(
                 cfg[c[3:]] = v.item() if isinstance(v, np.generic) else v
             configs.append(cfg)
         X, M = schema.encode(configs)
+        G = schema.log_gmacs(configs)
         S = np.full((len(cids), max_epochs), np.nan)
         C = np.full((len(cids), max_epochs), np.nan)
         ci = g["config_id"].map(pos).to_numpy()
@@ -83,6 +92,7 @@ def _prepare(
         S[ci[keep], ep[keep] - 1] = g["score"].to_numpy()[keep]
         C[ci[keep], ep[keep] - 1] = g["cost"].to_numpy()[keep]
         meta = {c[5:]: float(g[c].iloc[0]) for c in meta_cols if not pd.isna(g[c].iloc[0])}
+        n_images = train_images(meta)
         n_val = int(round(val_fraction * len(cids))) if len(cids) >= 4 else 0
         perm = rng.permutation(len(cids))
         is_val = np.zeros(len(cids), bool)
@@ -93,6 +103,8 @@ def _prepare(
                 str(name),
                 X,
                 M,
+                G,
+                math.log(n_images) if n_images else None,
                 S,
                 C,
                 scaler.transform(meta),
@@ -116,10 +128,13 @@ def meta_train(
     learning_rate: float = 5e-3,
     cost_learning_rate: float = 5e-3,
     surrogate: dict | None = None,
+    model_descriptors: Mapping[str, Mapping[str, float]] | None = None,
+    image_size: int | None = None,
 ) -> MetaArtifact:
     """Meta-train on every dataset of ``df`` except ``exclude``; returns the artifact with the
     checkpoint of best held-out predictive log-likelihood. ``epochs * steps_per_epoch`` Adam steps
-    in all (each on a batch of one dataset)."""
+    in all (each on a batch of one dataset). ``model_descriptors``: ``{model: descriptor features}``
+    of the table's models at the table's training resolution ``image_size`` (px, recorded)."""
     df = validate_lct(df, source="meta-training table")
     excl = {str(e) for e in exclude}
     unknown = excl - set(df["dataset"].unique().tolist())
@@ -129,7 +144,14 @@ def meta_train(
     if train_df.empty:
         raise LCTError("meta-training table: no dataset left after exclusion")
     rng = np.random.default_rng(seed)
-    schema = Schema.infer(train_df)
+    schema = Schema.infer(train_df, descriptors=model_descriptors, image_size=image_size)
+    if schema.model is not None and schema.model.kind != "descriptor":
+        missing = sorted(set(schema.model.choices) - set(model_descriptors or {}))
+        log.warning(
+            "meta-training with a one-hot model encoding: no descriptor for %s (a model it never saw will "
+            "encode as all zeros)",
+            missing[:8],
+        )
     metas = [
         {
             c[5:]: float(g[c].iloc[0])
@@ -148,10 +170,13 @@ def meta_train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = DeepKernelGP(cfg)
-        cost_model = CostPredictor(cfg.hp_dim, cfg.model_dim, cfg.meta_dim)
-    # start the cost head at the typical log-cost
+        cost_model = CostPredictor(
+            cfg.hp_dim, cfg.model_dim, cfg.meta_dim, model_mask=schema.model.cost_mask() if schema.model else None
+        )
+    # start the cost head at the typical log-cost (over the physics term of the observed steps)
     all_c = np.concatenate([d.costs[np.isfinite(d.costs)] for d in data])
-    cost_model.start_at(float(np.mean(np.log(np.maximum(all_c, 1e-3)))))
+    cbatch = Batch.cat([d.batch(d.train_cost[:256], max_epochs) for d in data if len(d.train_cost)])
+    cost_model.start_at(float(np.mean(np.log(np.maximum(all_c, 1e-3)))), cbatch)
     opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
     cost_opt = torch.optim.Adam(cost_model.parameters(), lr=cost_learning_rate)
 

@@ -35,13 +35,13 @@ from quicktune.optimizer.acquisition import acquisition
 from quicktune.optimizer.artifact import MetaArtifact, default_artifact
 from quicktune.optimizer.base import STATUSES, Optimizer, Suggestion
 from quicktune.optimizer.cost import CostPredictor
-from quicktune.optimizer.encoding import Schema
+from quicktune.optimizer.encoding import DescriptorError, Schema, train_images
 from quicktune.optimizer.surrogate import Batch, DeepKernelGP, SurrogateConfig, make_batch
 from quicktune.space import SearchSpace, config_id
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the cost model's physics term (a0, a1, model mask)
 
 
 def _tensors_to_b64(state: Mapping[str, torch.Tensor]) -> str:
@@ -85,6 +85,7 @@ class QuickTune(Optimizer):
         n_init: int = 2,
         init_top_k: int = 3,
         stagnation_patience: int | None = None,
+        model_descriptors: Mapping[str, Mapping[str, float]] | None = None,
         **ignored: Any,
     ):
         if int(max_epochs) < 1:
@@ -142,16 +143,26 @@ class QuickTune(Optimizer):
 
         # --- encoding
         if self.artifact is not None:
-            self.schema = self.artifact.schema
+            self.schema = self.artifact.schema.with_descriptors(model_descriptors)
             self.meta_vec = self.artifact.meta_scaler.transform(self.meta_features)
             scfg = self.artifact.surrogate_config
         else:
             self.schema = (
-                Schema.from_space(self.space) if self.space is not None else Schema.from_configs(self.configs.values())
+                Schema.from_space(self.space, model_descriptors)
+                if self.space is not None
+                else Schema.from_configs(self.configs.values(), descriptors=model_descriptors)
             )
             self.meta_vec = np.zeros(0, dtype=np.float32)
             scfg = SurrogateConfig(hp_dim=self.schema.hp_dim, model_dim=self.schema.model_dim, meta_dim=0)
-        self._enc: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        missing = self.schema.missing_descriptors(self._candidate_models())
+        if missing:
+            raise DescriptorError(
+                f"no descriptor for the model(s) {missing[:8]}: the meta-artifact encodes models by descriptor; "
+                f"pass model_descriptors (quicktune.hub.descriptor_features) for the models it was not trained on"
+            )
+        n_images = train_images(self.meta_features)
+        self.log_images = math.log(n_images) if n_images else None
+        self._enc: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
 
         # --- models, deterministically initialized without touching torch's global RNG
         self._surrogate_config = scfg
@@ -179,15 +190,28 @@ class QuickTune(Optimizer):
 
     # ------------------------------------------------------------------------------------------
     # helpers
-    def _encode(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _candidate_models(self) -> list[Any]:
+        """Every model the candidates can name (the space's model choices, or the pool's values)."""
+        if self.schema.model is None:
+            return []
+        if self.space is not None:
+            for p in self.space.params:
+                if p.name == self.schema.model.name and p.choices:
+                    return list(p.choices)
+        return [c.get(self.schema.model.name) for c in self.configs.values()]
+
+    def _encode(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         missing = [i for i in ids if i not in self._enc]
         if missing:
-            X, M = self.schema.encode([self.configs[i] for i in missing])
+            cfgs = [self.configs[i] for i in missing]
+            X, M = self.schema.encode(cfgs)
+            G = self.schema.log_gmacs(cfgs)
             for k, i in enumerate(missing):
-                self._enc[i] = (X[k], M[k])
+                self._enc[i] = (X[k], M[k], float(G[k]))
         X = np.stack([self._enc[i][0] for i in ids]) if ids else np.zeros((0, self.schema.hp_dim), np.float32)
         M = np.stack([self._enc[i][1] for i in ids]) if ids else np.zeros((0, self.schema.model_dim), np.float32)
-        return X, M
+        G = np.asarray([self._enc[i][2] for i in ids], dtype=np.float64)
+        return X, M, G
 
     def _batch(
         self,
@@ -196,13 +220,13 @@ class QuickTune(Optimizer):
         curves: Sequence[Sequence[float]] | None = None,
         zero_curves: bool = False,
     ) -> Batch:
-        X, M = self._encode(ids)
+        X, M, G = self._encode(ids)
         if zero_curves:
             curves = [[] for _ in ids]
         elif curves is None:
             curves = [self.curves.get(i, [])[: e - 1] for i, e in zip(ids, epochs, strict=True)]
         meta = np.tile(self.meta_vec[None, :], (len(ids), 1))
-        return make_batch(X, M, np.asarray(epochs), list(curves), meta, self.max_epochs)
+        return make_batch(X, M, np.asarray(epochs), list(curves), meta, self.max_epochs, G, self.log_images)
 
     def _alive(self, cid: str) -> bool:
         return cid not in self.dead and len(self.curves.get(cid, [])) < self.max_epochs
@@ -246,7 +270,8 @@ class QuickTune(Optimizer):
         scfg = self._surrogate_config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return DeepKernelGP(scfg), CostPredictor(scfg.hp_dim, scfg.model_dim, scfg.meta_dim)
+            mask = self.schema.model.cost_mask() if self.schema.model is not None else None
+            return DeepKernelGP(scfg), CostPredictor(scfg.hp_dim, scfg.model_dim, scfg.meta_dim, model_mask=mask)
 
     def _reset_models(self) -> None:
         self.model.load_state_dict(self._init_model)
@@ -295,7 +320,7 @@ class QuickTune(Optimizer):
         b = self._batch(ids, eps)
         if not self.meta and self.cost_fitted == 0:
             # start from the observed mean log-cost, not from 0 s
-            self.cost_model.start_at(float(np.mean(np.log(np.maximum(cs, 1e-3)))))
+            self.cost_model.start_at(float(np.mean(np.log(np.maximum(cs, 1e-3)))), b)
         self.cost_model.fit(b, np.asarray(cs), steps=self.cost_steps, lr=self.cost_lr)
         self.cost_fitted = len(self._cost_obs()[2])
 
@@ -317,6 +342,18 @@ class QuickTune(Optimizer):
             keep.setdefault(config_id(c), c)
         self.configs = keep
         self._enc = {k: v for k, v in self._enc.items() if k in keep}
+
+    def explain_prior(self, config_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """What the optimizer believes before any observation: the prior head's predicted final score
+        (what the initial design ranks by) and the predicted seconds of the first epoch, per config."""
+        ids = [str(i) for i in config_ids]
+        unknown = [i for i in ids if i not in self.configs]
+        if unknown:
+            raise ValueError(f"explain_prior: unknown config ids {unknown[:5]}")
+        score = np.asarray(
+            self.model.prior_predict(self._batch(ids, [self.max_epochs] * len(ids), zero_curves=True)), np.float64
+        )
+        return score, self.cost_model.predict(self._batch(ids, [1] * len(ids), zero_curves=True))
 
     # ------------------------------------------------------------------------------------------
     # ask / tell

@@ -38,6 +38,11 @@ def uses_meta_artifact(name: str) -> bool:
     return bool(_REGISTRY.get(name, ("", {}))[1].get("meta"))
 
 
+def uses_model_descriptors(name: str) -> bool:
+    """Whether the optimizer takes ``model_descriptors`` (the Quick-Tune family encodes models by them)."""
+    return _REGISTRY.get(name, ("", {}))[0] == "quicktune.optimizer.quicktune:QuickTune"
+
+
 def register(name: str, target: str, **fixed: Any) -> None:
     """Add an optimizer: ``target`` is ``"module:Class"``; the class takes
     ``(candidates, max_epochs, seed=..., **options)``."""

@@ -5,7 +5,8 @@ one observation = (config, epoch, learning curve before that epoch, dataset meta
 embedding (``FeatureExtractor``) concatenates
 
 - a hyperparameter encoder (MLP over ``X_hp``),
-- a separate model encoder (MLP over the one-hot model choice ``X_model``),
+- a separate model encoder (MLP over the model's descriptor ``X_model``: what the model is, see
+  ``encoding.ModelColumn``; one-hot only for tables whose models have no descriptor),
 - the budget ``epoch / max_epochs``,
 - a 1-D convolutional embedding of the zero-padded curve observed *before* the predicted epoch
   (conv -> ReLU -> global max-pool, so any curve length works),
@@ -55,19 +56,22 @@ class Batch:
     budget: torch.Tensor  # (n,) epoch / max_epochs
     curve: torch.Tensor  # (n, L) scores before the epoch, zero-padded
     meta: torch.Tensor  # (n, meta_dim)
+    log_gmacs: torch.Tensor  # (n,) ln(GMACs) of the model at the training resolution; -inf when unknown
+    log_images: torch.Tensor  # (n,) ln(training images); 0 when unknown (the cost model's physics term)
 
     def __len__(self) -> int:
         return int(self.budget.shape[0])
 
     def subset(self, idx: torch.Tensor | np.ndarray) -> Batch:
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return Batch(self.x_hp[idx], self.x_model[idx], self.budget[idx], self.curve[idx], self.meta[idx])
+        return Batch(*(getattr(self, f)[idx] for f in _FIELDS))
 
     @staticmethod
     def cat(batches: list[Batch]) -> Batch:
-        return Batch(
-            *(torch.cat([getattr(b, f) for b in batches]) for f in ("x_hp", "x_model", "budget", "curve", "meta"))
-        )
+        return Batch(*(torch.cat([getattr(b, f) for b in batches]) for f in _FIELDS))
+
+
+_FIELDS = ("x_hp", "x_model", "budget", "curve", "meta", "log_gmacs", "log_images")
 
 
 def make_batch(
@@ -77,8 +81,11 @@ def make_batch(
     curves: Sequence[Sequence[float]] | np.ndarray,
     meta: np.ndarray,
     max_epochs: int,
+    log_gmacs: np.ndarray | None = None,
+    log_images: float | None = None,
 ) -> Batch:
-    """Build a batch; ``curves[i]`` are the scores of epochs ``1..epochs[i]-1`` (NaN -> 0)."""
+    """Build a batch; ``curves[i]`` are the scores of epochs ``1..epochs[i]-1`` (NaN -> 0);
+    ``log_gmacs`` per row (NaN/None: unknown) and ``log_images`` (None: unknown) feed the cost model."""
     n = len(epochs)
     L = max(int(max_epochs), 1)
     C = np.zeros((n, L), dtype=np.float32)
@@ -94,6 +101,12 @@ def make_batch(
         torch.as_tensor(np.asarray(epochs, dtype=np.float32) / float(max_epochs)),
         torch.as_tensor(C),
         torch.as_tensor(meta),
+        torch.as_tensor(
+            np.where(np.isnan(g := np.asarray(log_gmacs, dtype=np.float32)), np.float32(-np.inf), g)
+            if log_gmacs is not None
+            else np.full(n, -np.inf, dtype=np.float32)
+        ),
+        torch.full((n,), float(log_images) if log_images is not None else 0.0, dtype=torch.float32),
     )
 
 

@@ -20,7 +20,7 @@ import logging
 import time
 
 from quicktune.backends.base import CANCELLED, step_id
-from quicktune.optimizer.registry import make_optimizer, uses_meta_artifact
+from quicktune.optimizer.registry import make_optimizer, uses_meta_artifact, uses_model_descriptors
 from quicktune.search import inputs
 from quicktune.search.session import InFlight, SearchState
 from quicktune.search.spec import SearchError
@@ -38,6 +38,19 @@ from quicktune.tracking.schema import (
 from quicktune.tracking.secrets import safe_uri
 
 log = logging.getLogger(__name__)
+
+
+def space_descriptors(space: SearchSpace, image_size: int | None) -> dict[str, dict[str, float]]:
+    """The descriptor features of every model of ``space`` (``quicktune.hub.descriptor``), at the search's
+    ``image_size`` or, when the step picks it (None), at each model's native input size (what a GPU step
+    trains at). A model neither the catalogue nor timm knows is a SearchError."""
+    from quicktune.hub import HubError, descriptor_features
+
+    models = [str(c) for p in space.params if p.name == space.model_param for c in (p.choices or [])]
+    try:
+        return descriptor_features(models, image_size)
+    except HubError as exc:
+        raise SearchError(f"space {space.name!r}: {exc}") from exc
 
 
 def open_search(s: SearchState) -> None:
@@ -106,6 +119,8 @@ def open_search(s: SearchState) -> None:
         s.elapsed_before = float(s.parent.metrics.get(METRIC_ELAPSED, 0.0))
         s.resumes = int(float(s.parent.tags.get(TAG_RESUMES, "0") or 0)) + 1
         tr.set_tags(s.parent.run_id, {TAG_RESUMES: str(s.resumes)})
+    if uses_model_descriptors(s.optimizer_name):
+        options.setdefault("model_descriptors", space_descriptors(s.space, spec.image_size))
     s.opt = make_optimizer(
         s.optimizer_name, s.space, spec.max_epochs, seed=spec.seed, meta_features=s.meta_features, **options
     )
