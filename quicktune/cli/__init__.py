@@ -23,6 +23,7 @@ _SUBCOMMAND_MODULES = [
     "quicktune.cli.bench_cmd",
     "quicktune.cli.metadataset_cmd",
     "quicktune.cli.metatrain_cmd",
+    "quicktune.cli.prior_cmd",
     "quicktune.cli.space_cmd",
     "quicktune.cli.watch_cmd",
     "quicktune.cli.demo_cmd",
