@@ -46,7 +46,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULERS = ("asha", "mobster")
-HARNESS_NAMES = {"asha": ["asha", "synetune-asha"], "mobster": ["synetune-mobster"]}
+# the harness's own ASHA with the paper's floor(n/eta) promotion rule (its default) and with Syne Tune's quantile rule
+HARNESS_NAMES = {"asha": ["asha", "asha-quantile", "synetune-asha"], "mobster": ["synetune-mobster"]}
 METRIC, RESOURCE = "score", "epoch"
 
 
@@ -298,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     from quicktune.bench.simulator import DatasetCurves
     from quicktune.bench.summary import summarize
     from quicktune.lct import load_lct
+    from quicktune.optimizer import registry
+
+    registry.register("asha-quantile", "quicktune.optimizer.baselines:ASHA", promotion="quantile")
 
     table = load_lct(args.table)
     all_ds = sorted(table["dataset"].unique().tolist())

@@ -83,15 +83,16 @@ def _wait(rec: dict) -> float:
     return _epochs_to_reach(rec, BEST, R) - _epochs_to_reach(rec, BEST, 1) - (R - 1)
 
 
-def test_asha_trains_a_dominant_config_to_the_end_without_waiting():
-    # Once BEST (above every other config at every epoch) has started, ASHA should carry it up
-    # the rungs at once. With the paper's floor(n/eta) rule nothing left a rung before it held 3
-    # scores: over these 20 seeds BEST waited 2.3 epochs on average (up to 12) behind configs
-    # started after it; with Syne Tune's quantile rule (the default now) 0.7 (up to 5).
+def test_asha_trains_a_dominant_config_to_the_end():
+    # Once BEST (above every other config at every epoch) has started, ASHA must carry it up the
+    # rungs to the end. Over these 20 seeds it waited behind configs started after it 2.3 epochs
+    # on average (up to 12) with the paper's floor(n/eta) rule (the default), 0.7 (up to 5) with
+    # Syne Tune's quantile rule, which the harness's Syne Tune ASHA matches (test below).
     curves = DatasetCurves.from_table(_table(), "d")
-    waits = [_wait(_run(curves, "asha", s, 200.0)) for s in range(20)]
-    assert all(math.isfinite(w) for w in waits)
-    assert np.mean(waits) <= 1.5 and max(waits) <= 6
+    for promotion, mean_wait in (("floor", 3.0), ("quantile", 1.5)):
+        waits = [_wait(run_one(curves, "asha", s, 200.0, options={"promotion": promotion})) for s in range(20)]
+        assert all(math.isfinite(w) for w in waits), promotion
+        assert np.mean(waits) <= mean_wait, (promotion, waits)
 
 
 def test_a_nan_epoch_does_not_end_an_asha_config_in_the_harness():

@@ -47,10 +47,10 @@ def test_rung_levels():
 
 
 def test_asha_promotes_the_right_configs():
-    # Hand-computed (levels 1, 3, 9; eta 3), promotion="floor": a rung promotes its best
-    # not-yet-promoted config among its top floor(n/3); higher rungs are served first; otherwise a
-    # new config starts.
-    seq = _drive(ASHA(_pool(Q), 9, seed=0, shuffle=False, promotion="floor"), _q(Q))
+    # Hand-computed (levels 1, 3, 9; eta 3), the default promotion="floor": a rung promotes its
+    # best not-yet-promoted config among its top floor(n/3); higher rungs are served first;
+    # otherwise a new config starts.
+    seq = _drive(ASHA(_pool(Q), 9, seed=0, shuffle=False), _q(Q))
     expected = [
         ("c0", 1),
         ("c1", 1),
@@ -78,10 +78,10 @@ def test_asha_promotes_the_right_configs():
 
 
 def test_asha_quantile_promotion_is_syne_tunes_rule():
-    # Hand-computed (levels 1, 3, 9; eta 3), the default promotion="quantile": the best
-    # not-yet-promoted config of a rung with >= 2 scores goes up when it is at or above their 2/3
-    # quantile (numpy's linear one); higher rungs first; otherwise a new config starts.
-    seq = _drive(ASHA(_pool(Q), 9, seed=0, shuffle=False), _q(Q))
+    # Hand-computed (levels 1, 3, 9; eta 3), promotion="quantile": the best not-yet-promoted
+    # config of a rung with >= 2 scores goes up when it is at or above their 2/3 quantile (numpy's
+    # linear one); higher rungs first; otherwise a new config starts.
+    seq = _drive(ASHA(_pool(Q), 9, seed=0, shuffle=False, promotion="quantile"), _q(Q))
     expected = [
         ("c0", 1),
         ("c1", 1),  # rung 0 = {.5, .9}: cutoff .767, c1 (.9) goes up
@@ -119,7 +119,7 @@ def test_asha_records_a_failed_epoch_as_worst_score_when_given():
         return seq, opt
 
     seq, opt = drive(ASHA(_pool(Q), 9, seed=0, shuffle=False, worst_score=0.0))
-    assert ("c1", 9) in seq  # the failed epoch did not end it: it went on to its rung and up
+    assert ("c1", 3) in seq  # the failed epoch did not end it: it went on to its rung
     assert opt._scores["c1"][1] == 0.0  # recorded as the worst score
     seq, _ = drive(ASHA(_pool(Q), 9, seed=0, shuffle=False))  # a real search: no worst score
     assert ("c1", 3) not in seq  # dead at its failed epoch
