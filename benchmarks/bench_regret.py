@@ -28,7 +28,14 @@ from pathlib import Path
 CORE = ["quicktune", "quicktune-nometa", "quicktune-nocost", "dyhpo", "random", "asha", "hyperband"]
 PEERS_FAST = ["optuna-tpe", "synetune-random", "synetune-asha", "synetune-bohb", "synetune-dehb"]
 PEERS_GP = ["synetune-mobster", "synetune-hypertune", "synetune-dyhpo"]
-GROUPS = {"core": CORE, "peers": PEERS_FAST, "gp-peers": PEERS_GP, "all": CORE + PEERS_FAST + PEERS_GP}
+BASELINES = ["random", "asha", "hyperband"]  # the core group without the Quick-Tune variants (fast, no torch)
+GROUPS = {
+    "core": CORE,
+    "baselines": BASELINES,
+    "peers": PEERS_FAST,
+    "gp-peers": PEERS_GP,
+    "all": CORE + PEERS_FAST + PEERS_GP,
+}
 
 
 def _update_docs(docs: Path, key: str, text: str) -> None:

@@ -191,3 +191,13 @@ def test_synetune_accounting_and_the_directly_driven_trajectory():
         _check_accounting(rec)
         steps = list(zip(rec["trajectory"]["config_id"], rec["trajectory"]["epoch"], strict=True))
         assert steps == list(zip(d["trajectory"]["config_id"], d["trajectory"]["epoch"], strict=True))
+
+
+def test_synetune_dehb_ends_cleanly_when_the_pool_is_used_up():
+    # 27 configs and a budget of the whole table: DEHB proposes new configs after the last one is
+    # used; erroring those trials crashed its next mutation (KeyError: None) on MedQuickTune's gist
+    _synetune_or_skip("synetune-dehb")
+    curves = DatasetCurves.from_table(_table(), "d")
+    for seed in range(3):
+        rec = _run(curves, "synetune-dehb", seed, 1000.0)
+        assert rec["stop_reason"] == "exhausted" and rec["n_invalid"] == 0

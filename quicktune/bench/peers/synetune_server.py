@@ -179,9 +179,14 @@ class Server:
                 if sug.checkpoint_trial_id is not None and sug.checkpoint_trial_id in self.trials:
                     old = self.trials[sug.checkpoint_trial_id]
                     cid, start = old["cid"], old["epoch"]
+                if cid is None:
+                    # every table config has been used: nothing new can run, the run is over (telling
+                    # the scheduler that the trial failed left DEHB's rung slot without a config, and its
+                    # next mutation crashed with KeyError: None)
+                    return {"none": True}
                 trial = Trial(trial_id=self.next_id, config=sug.config, creation_time=datetime.now())
                 self.next_id += 1
-                if cid is None or cid in self.pending:  # pool exhausted
+                if cid in self.pending:  # the only unused config left is running (several workers)
                     self.sched.on_trial_add(trial)
                     self.sched.on_trial_error(trial)
                     continue
