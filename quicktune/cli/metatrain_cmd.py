@@ -154,6 +154,7 @@ def _from_mlflow(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch,
             val_fraction=args.val_fraction,
+            image_size=args.image_size,
         )
     except (continual.ContinualError, RegistryError, LCTError) as exc:
         print(f"quicktune metatrain: {redact(str(exc))}", file=sys.stderr)

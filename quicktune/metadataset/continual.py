@@ -282,6 +282,19 @@ def build_table(tracking_uri: str, with_shipped: bool, experiments: Sequence[str
     return merge_tables(frames), summary
 
 
+def meta_train_table(table: pd.DataFrame, image_size: int | None = 32, **options: Any) -> Any:
+    """``meta_train`` with the table's models encoded by their hub descriptors at ``image_size`` px, as
+    ``quicktune metatrain --table`` does (a registry retrain without them fell back to a one-hot model
+    encoding that cannot tell the models of another hub apart); names neither the catalogue nor timm
+    knows are skipped, so a table of made-up names still trains one-hot."""
+    from quicktune.hub import known_descriptor_features
+    from quicktune.optimizer.metatrain import meta_train
+
+    models = table["hp.model"].dropna().astype(str).unique().tolist() if "hp.model" in table.columns else []
+    descriptors = known_descriptor_features(sorted(models), image_size)
+    return meta_train(table, model_descriptors=descriptors, image_size=image_size, **options)
+
+
 def retrain_from_mlflow(
     tracking_uri: str,
     *,
@@ -296,16 +309,17 @@ def retrain_from_mlflow(
     steps_per_epoch: int = 50,
     val_fraction: float = 0.15,
     cache_dir: str | Path | None = None,
+    image_size: int | None = 32,
 ) -> dict[str, Any]:
     """Harvest, merge, meta-train, score on held-out curves, register, and move ``alias`` when the
     new version is not worse than the current one (both scored on this round's held-out split).
     ``steps_per_epoch=0`` trains nothing (the untrained surrogate: a deliberately worse retrain).
     Returns a report (JSON-able); ``{"skipped": ...}`` when fewer than ``min_new`` searches ended
-    since the champion was trained."""
+    since the champion was trained. The table's models are encoded by their hub descriptors at
+    ``image_size`` px (:func:`meta_train_table`)."""
     from quicktune import __version__
     from quicktune.lct import table_hash
     from quicktune.optimizer.artifact import FORMAT_VERSION, MetaArtifact
-    from quicktune.optimizer.metatrain import meta_train
     from quicktune.tracking import registry
     from quicktune.tracking.schema import (
         SURROGATE_ALIAS,
@@ -340,7 +354,9 @@ def retrain_from_mlflow(
             f"no curve held out (fraction {heldout_fraction}, datasets need >= {MIN_CURVES_TO_HOLD_OUT} curves); "
             "nothing to compare versions on"
         )
-    art = meta_train(train_df, epochs=epochs, seed=seed, val_fraction=val_fraction, steps_per_epoch=steps_per_epoch)
+    art = meta_train_table(
+        train_df, image_size, epochs=epochs, seed=seed, val_fraction=val_fraction, steps_per_epoch=steps_per_epoch
+    )
     scored = heldout_loglik(art, train_df, held_df, seed)
     heldout_desc = {
         "fraction": heldout_fraction,

@@ -107,3 +107,34 @@ def test_heldout_loglik_ranks_a_trained_surrogate_above_an_untrained_one():
     assert s1 == c.heldout_loglik(trained, train, held)  # deterministic
     assert s1["points"] == s0["points"] > 0
     assert np.isfinite(s1["loglik"]) and s1["loglik"] > s0["loglik"]
+
+
+@pytest.mark.slow  # ~45 s: the held-out score of the whole shipped table
+def test_a_registry_retrain_encodes_models_by_descriptor(tmp_path):
+    """retrain_from_mlflow meta-trains with the models' hub descriptors, like ``metatrain --table``
+    (it used to fall back to one-hot): here on the shipped table through a sqlite registry."""
+    from quicktune.optimizer.artifact import FORMAT_VERSION, MetaArtifact
+    from quicktune.tracking import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = registry.client_for(uri)
+    client.create_experiment("quicktune-surrogate", artifact_location=str(tmp_path / "artifacts"))
+    report = c.retrain_from_mlflow(uri, with_shipped=True, epochs=1, steps_per_epoch=0, image_size=32)
+    assert report["alias_moved"] and report["version"] == 1
+    art, _ = registry.load_version(
+        client, registry.parse_models_uri(report["uri"]), tmp_path / "cache", MetaArtifact.load, FORMAT_VERSION
+    )
+    model = art.schema.model
+    assert model is not None and model.kind == "descriptor" and model.image_size == 32
+    assert set(model.choices) == set(model.descriptors) and len(model.choices) >= 6
+    assert all(d["log10_gmacs"] < 0 for d in model.descriptors.values())  # the tiny models at 32 px
+
+
+def test_meta_train_table_keeps_one_hot_for_made_up_model_names():
+    from quicktune.bench.synthetic import make_synthetic_table
+
+    df = make_synthetic_table(n_datasets=2, n_configs=8, max_epochs=3, seed=0)
+    assert c.meta_train_table(df, 32, epochs=1, steps_per_epoch=1).schema.model.kind == "descriptor"
+    df["hp.model"] = "made-up-" + df["hp.model"].astype(str)
+    art = c.meta_train_table(df, 32, epochs=1, steps_per_epoch=1)
+    assert art.schema.model is not None and art.schema.model.kind == "onehot"
