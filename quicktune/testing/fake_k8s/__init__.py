@@ -8,6 +8,8 @@ use, and implements it strictly. One module per part it plays:
 * ``http`` -- the HTTP boundary: the REST paths of ``batch/v1`` Jobs (create, get, list, watch,
   delete) and ``v1`` Pods (get, list, ``pods/log``); anything else is a 404 recorded in
   ``unsupported_requests`` (tests assert it stays empty).
+* ``configmaps`` -- ConfigMaps with the real server's optimistic concurrency (a ``PUT`` with a
+  stale ``resourceVersion`` is ``409 Conflict``), owner garbage collection.
 * ``store`` -- objects by namespace and name, resourceVersions, the Job event log watches read
   (``expire_watches`` makes every version too old: ``410 Gone``), label selectors.
 * ``admission`` -- strict schema validation (``kubernetes_validate``, every configured version)

@@ -5,7 +5,7 @@ One object plays every part, each written in its own module and mixed in here: t
 collection (``gc``), the kubelet (``kubelet``); the HTTP server (``http``) answers the official
 client's requests from them. This module holds the life cycle (``start``/``stop``, one controller
 thread, one HTTP server thread) and the controls tests use to set a scene (Secrets, ConfigMaps,
-pods without a process, waiting for a condition).
+pods without a process, waiting for a condition); ConfigMaps live in ``configmaps``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from quicktune.testing.fake_k8s.admission import Admission
+from quicktune.testing.fake_k8s.configmaps import ConfigMapStore
 from quicktune.testing.fake_k8s.gc import GarbageCollector
 from quicktune.testing.fake_k8s.http import Handler
 from quicktune.testing.fake_k8s.jobs import JobController
@@ -29,7 +30,7 @@ from quicktune.testing.fake_k8s.kubelet import Kubelet, PodRuntime
 from quicktune.testing.fake_k8s.store import ObjectStore, now
 
 
-class FakeCluster(ObjectStore, Admission, JobController, GarbageCollector, Kubelet):
+class FakeCluster(ObjectStore, ConfigMapStore, Admission, JobController, GarbageCollector, Kubelet):
     """The fake API server, Job controller and kubelet (see the module docstring).
 
     ``workdir``: where pods' folders and logs go. ``node_labels`` / ``node_taints`` / ``gpus``
@@ -86,7 +87,9 @@ class FakeCluster(ObjectStore, Admission, JobController, GarbageCollector, Kubel
         self.admission_denials: list[tuple[str, str]] = []  # (namespace/job, message): pods PSA refused
         self.warnings: list[str] = []  # PodSecurity warnings sent with Job creations (warn label)
         self.secrets: dict[tuple[str, str], dict[str, str]] = {}
-        self.configmaps: dict[tuple[str, str], dict[str, str]] = {}
+        self.configmaps: dict[tuple[str, str], dict[str, str]] = {}  # data, for the kubelet
+        self.configmap_objects: dict[tuple[str, str], dict[str, Any]] = {}  # the API objects (``configmaps``)
+        self.configmap_conflicts = 0  # PUTs refused with 409 Conflict (a stale resourceVersion)
         self._job_events: list[tuple[int, str, dict[str, Any]]] = []
         self._runtime: dict[tuple[str, str], PodRuntime] = {}
         self._job_internal: dict[tuple[str, str], dict[str, Any]] = {}
@@ -154,7 +157,12 @@ class FakeCluster(ObjectStore, Admission, JobController, GarbageCollector, Kubel
         self.secrets[(namespace, name)] = {k: str(v) for k, v in data.items()}
 
     def add_configmap(self, name: str, data: Mapping[str, str], namespace: str = "default") -> None:
-        self.configmaps[(namespace, name)] = {k: str(v) for k, v in data.items()}
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}}
+        body["data"] = {k: str(v) for k, v in data.items()}
+        with self._lock:
+            if (namespace, name) in self.configmap_objects:
+                self.delete_configmap(namespace, name)
+            self.create_configmap(namespace, body)
 
     def add_pod(self, name: str, namespace: str = "default", labels: Mapping[str, str] | None = None) -> str:
         """Register a pod with no process (e.g. the controller's own pod, an owner); returns its uid."""

@@ -7,7 +7,7 @@ its pods after; ``Orphan`` leaves the pods.
 Garbage collection, as the real collector does it: an object is deleted (in the background) once
 *every* object its ownerReferences name is gone -- by uid, so a new object of the same name does
 not keep an orphan alive. Whenever a pod or a Job disappears (``delete_pod``, ``evict_pod``, a
-Job's deletion, its TTL), the Jobs it owned are collected; a Job's pods go with it. Owners are
+Job's deletion, its TTL), the Jobs and ConfigMaps it owned are collected; a Job's pods go with it. Owners are
 looked up among the kinds the fake models (``v1`` Pod, ``batch/v1`` Job); an owner of any other
 kind (an Argo Workflow, a KFP run) counts as present, since the fake cannot know it is gone.
 
@@ -105,6 +105,7 @@ class GarbageCollector:
             ]
         for key in garbage:
             self._delete_job(key, "Background")
+        self._collect_configmaps_of(live, uid, _alive)
 
     def _pod_keys(self, job_key: tuple[str, str]) -> list[tuple[str, str]]:
         ns, name = job_key

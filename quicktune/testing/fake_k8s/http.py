@@ -4,6 +4,8 @@
   ``timeoutSeconds``, ``410 Gone`` for expired versions), delete (Background / Foreground /
   Orphan propagation). A name that exists gets ``409``.
 * ``v1`` Pods: get, list (label selectors) and ``pods/log`` (``tailLines``, ``limitBytes``).
+* ``v1`` ConfigMaps: create, get, list (label selectors), replace (``PUT``, ``409 Conflict`` on a
+  stale ``resourceVersion``), delete (``configmaps``).
 * Anything else answers 404 and is recorded in ``unsupported_requests`` (tests assert it stays
   empty, i.e. the backend uses no endpoint this double does not model).
 
@@ -120,6 +122,30 @@ class Handler(BaseHTTPRequestHandler):
                             {"name": parts[6], "group": "batch", "kind": "jobs"},
                         )
                     return self._send(200, job)
+            # /api/v1/namespaces/{ns}/configmaps[/{name}]
+            if (
+                parts[:2] == ["api", "v1"]
+                and len(parts) in (5, 6)
+                and parts[2] == "namespaces"
+                and parts[4] == "configmaps"
+            ):
+                ns = parts[3]
+                if len(parts) == 5 and method == "GET":
+                    if _flag(q, "watch"):
+                        raise Reject(405, "MethodNotAllowed", "the fake does not serve ConfigMap watches")
+                    return self._send(200, fake.list_configmaps(ns, (q.get("labelSelector") or [None])[0]))
+                if len(parts) == 5 and method == "POST":
+                    if body is None:
+                        raise Reject(400, "BadRequest", "missing request body")
+                    return self._send(201, fake.create_configmap(ns, body))
+                if len(parts) == 6 and method == "GET":
+                    return self._send(200, fake.read_configmap(ns, parts[5]))
+                if len(parts) == 6 and method == "PUT":
+                    if body is None:
+                        raise Reject(400, "BadRequest", "missing request body")
+                    return self._send(200, fake.replace_configmap(ns, parts[5], body))
+                if len(parts) == 6 and method == "DELETE":
+                    return self._send(200, fake.delete_configmap(ns, parts[5]))
             # /api/v1/namespaces/{ns}/pods[/{name}[/log]]
             if (
                 parts[:2] == ["api", "v1"]
