@@ -21,6 +21,9 @@ The package, one responsibility per module:
 * ``status`` -- what a Job or pod object says (``job_state``: Kubernetes' conditions to a step status;
   ``controller_of``: the object that recreates a pod, i.e. what owns the step Jobs).
 * ``backend`` -- ``KubernetesBackend`` (the ``TrialBackend``), one ``StepRecord`` per step.
+* ``warm``, ``warm_backend``, ``worker`` -- the warm mode (``warm_workers=W``): step requests as
+  ConfigMaps claimed by compare-and-set on ``resourceVersion`` by at most W warm worker pods
+  (``WarmKubernetesBackend``; the worker pod's loop).
 
 Everything public is re-exported here, so ``from quicktune.backends.kubernetes import X`` works
 for the names below.
@@ -74,10 +77,12 @@ from quicktune.backends.kubernetes.settings import (
     owner_from_env,
 )
 from quicktune.backends.kubernetes.status import controller_of, iter_labels, job_state
+from quicktune.backends.kubernetes.warm_backend import WarmKubernetesBackend
 
 __all__ = [
     # the backend
     "KubernetesBackend",
+    "WarmKubernetesBackend",
     "StepRecord",
     "backend_from_env",
     "job_state",

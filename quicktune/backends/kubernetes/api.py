@@ -137,6 +137,12 @@ class KubernetesApi:
         "read_pod": ("pods", "get"),
         "list_pods": ("pods", "list"),
         "read_pod_log": ("pods/log", "get"),
+        "create_configmap": ("configmaps", "create"),
+        "read_configmap": ("configmaps", "get"),
+        "read_configmap_or_none": ("configmaps", "get"),
+        "replace_configmap": ("configmaps", "update"),
+        "delete_configmap": ("configmaps", "delete"),
+        "list_configmaps": ("configmaps", "list"),
     }
 
     def __init__(
@@ -275,3 +281,53 @@ class KubernetesApi:
             )
             or b""
         )
+
+    # ---------------------------------------------------------------------------- ConfigMaps
+    # The warm mode's step requests (``quicktune.backends.kubernetes.warm``): created by the
+    # controller, claimed by worker pods with a compare-and-set (``replace_configmap`` with the
+    # resourceVersion that was read: ``Conflict`` when someone else changed it first).
+    def create_configmap(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a ConfigMap; ``Conflict`` if one of that name exists."""
+        name = (body.get("metadata") or {}).get("name")
+        return self.call(
+            lambda: self.core.create_namespaced_config_map(self.namespace, body, _preload_content=False),
+            f"create ConfigMap {name}",
+        )
+
+    def read_configmap(self, name: str) -> dict[str, Any]:
+        """The ConfigMap named ``name``; ``NotFound`` if there is none."""
+        return self.call(
+            lambda: self.core.read_namespaced_config_map(name, self.namespace, _preload_content=False),
+            f"read ConfigMap {name}",
+        )
+
+    def read_configmap_or_none(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.read_configmap(name)
+        except NotFound:
+            return None
+
+    def replace_configmap(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace a ConfigMap (``PUT``). With ``metadata.resourceVersion`` set this is a
+        compare-and-set: ``Conflict`` when the object changed since that version was read."""
+        name = (body.get("metadata") or {}).get("name")
+        return self.call(
+            lambda: self.core.replace_namespaced_config_map(name, self.namespace, body, _preload_content=False),
+            f"update ConfigMap {name}",
+        )
+
+    def delete_configmap(self, name: str) -> None:
+        """Delete a ConfigMap; ``NotFound`` if there is none."""
+        self.call(
+            lambda: self.core.delete_namespaced_config_map(name, self.namespace, _preload_content=False),
+            f"delete ConfigMap {name}",
+        )
+
+    def list_configmaps(self, label_selector: str) -> list[dict[str, Any]]:
+        data = self.call(
+            lambda: self.core.list_namespaced_config_map(
+                self.namespace, label_selector=label_selector, _preload_content=False
+            ),
+            "list step requests",
+        )
+        return (data or {}).get("items") or []

@@ -129,6 +129,9 @@ class KubernetesBackend(TrialBackend):
     """
 
     OPTION_ENV = OPTION_ENV
+    #: the warm mode's class (``settings.warm_workers > 0``), registered by ``warm_backend`` on import
+    #: (a subclass of this one: registering keeps the two modules free of an import circle)
+    warm_class: type[KubernetesBackend] | None = None
 
     def __init__(
         self,
@@ -157,6 +160,10 @@ class KubernetesBackend(TrialBackend):
         read_result: Callable[[str], bytes] | None = None,
         result_exists: Callable[[str], bool] | None = None,
         owner_mode: str = "controller",
+        warm_workers: int = 0,
+        warm_lease_seconds: int = 60,
+        warm_idle_seconds: int = 300,
+        warm_service_account: str | None = "quicktune-step-worker",
     ) -> None:
         settings = StepJobSettings(
             namespace=namespace,
@@ -177,6 +184,10 @@ class KubernetesBackend(TrialBackend):
             backoff_limit=backoff_limit,
             ttl_seconds_after_finished=ttl_seconds_after_finished,
             owner_mode=owner_mode,
+            warm_workers=warm_workers,
+            warm_lease_seconds=warm_lease_seconds,
+            warm_idle_seconds=warm_idle_seconds,
+            warm_service_account=warm_service_account,
         )
         self._setup(
             settings,
@@ -204,6 +215,10 @@ class KubernetesBackend(TrialBackend):
         unknown = sorted(set(runtime) - set(_RUNTIME_KEYS))
         if unknown:
             raise TypeError(f"unknown KubernetesBackend argument(s) {unknown}")
+        if settings.warm_workers > 0 and cls is KubernetesBackend:
+            if cls.warm_class is None:  # registered by warm_backend, which the package imports
+                raise BackendError("the warm mode is not available (quicktune.backends.kubernetes.warm_backend)")
+            cls = cls.warm_class
         backend = cls.__new__(cls)
         backend._setup(settings, search_id, max_concurrent, api_client, **runtime)
         return backend

@@ -20,6 +20,11 @@ a pod that is drained, preempted or evicted is replaced by that Job and the new 
 steps, while deleting the Job still deletes them. ``pod`` names the controller pod itself (its
 steps die with it: only for a pod that nothing restarts); ``none`` sets no ownerReference (clean up
 with ``kubectl delete jobs -l quicktune.io/search-id=<id>``).
+
+Warm mode (``warm_workers``, ``QUICKTUNE_WARM_WORKERS``): W > 0 runs the steps on at most W warm
+worker pods that take step requests (ConfigMaps) one after another instead of one Job per step;
+``warm_lease_seconds``, ``warm_idle_seconds`` and ``warm_service_account`` shape the pool
+(``quicktune.backends.kubernetes.warm``).
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ ENV_SETTINGS = {
     "QUICKTUNE_STEP_BACKOFF_LIMIT": "backoffLimit per step Job (default 3)",
     "QUICKTUNE_STEP_TTL_SECONDS": "ttlSecondsAfterFinished per step Job (default 86400)",
     "QUICKTUNE_STEP_OWNER": "what owns the step Jobs: controller (the controller pod's Job; default), pod, none",
+    "QUICKTUNE_WARM_WORKERS": "warm mode: at most this many worker pods run the steps (default 0: one Job per step)",
+    "QUICKTUNE_WARM_LEASE_SECONDS": "warm mode: a claim not renewed for this long is taken over (default 60)",
+    "QUICKTUNE_WARM_IDLE_SECONDS": "warm mode: a worker with nothing to do for this long exits (default 300)",
+    "QUICKTUNE_WARM_SERVICE_ACCOUNT": "warm mode: the worker pods' ServiceAccount (default quicktune-step-worker)",
 }
 
 OPTION_ENV = {  # ``--backend-option KEY=VALUE`` -> the env setting it overrides
@@ -81,6 +90,10 @@ OPTION_ENV = {  # ``--backend-option KEY=VALUE`` -> the env setting it overrides
     "backoff_limit": "QUICKTUNE_STEP_BACKOFF_LIMIT",
     "ttl_seconds": "QUICKTUNE_STEP_TTL_SECONDS",
     "owner": "QUICKTUNE_STEP_OWNER",
+    "warm_workers": "QUICKTUNE_WARM_WORKERS",
+    "warm_lease_seconds": "QUICKTUNE_WARM_LEASE_SECONDS",
+    "warm_idle_seconds": "QUICKTUNE_WARM_IDLE_SECONDS",
+    "warm_service_account": "QUICKTUNE_WARM_SERVICE_ACCOUNT",
 }
 
 # Non-secret S3 settings the controller passes on to the steps when QUICKTUNE_STEP_ENV does not.
@@ -139,13 +152,25 @@ class StepJobSettings:
     backoff_limit: int = 3
     ttl_seconds_after_finished: int | None = 24 * 3600
     owner_mode: str = "controller"
+    # warm mode (``quicktune.backends.kubernetes.warm``): 0 = one Job per step (the default)
+    warm_workers: int = 0
+    warm_lease_seconds: int = 60
+    warm_idle_seconds: int = 300
+    warm_service_account: str | None = "quicktune-step-worker"
 
     def __post_init__(self) -> None:
         if not self.namespace or not isinstance(self.namespace, str):
             raise ValueError("no namespace: set QUICKTUNE_K8S_NAMESPACE (or run in a pod with POD_NAMESPACE)")
         if not self.image or not isinstance(self.image, str):
             raise ValueError("no step image: set QUICKTUNE_STEP_IMAGE (or --backend-option image=...)")
-        for name, low in (("gpu", 0), ("backoff_limit", 0), ("active_deadline_seconds", 1)):
+        for name, low in (
+            ("gpu", 0),
+            ("backoff_limit", 0),
+            ("active_deadline_seconds", 1),
+            ("warm_workers", 0),
+            ("warm_lease_seconds", 3),
+            ("warm_idle_seconds", 1),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -264,6 +289,10 @@ class StepJobSettings:
             backoff_limit=get_int("QUICKTUNE_STEP_BACKOFF_LIMIT", 3),
             ttl_seconds_after_finished=get_int("QUICKTUNE_STEP_TTL_SECONDS", 24 * 3600),
             owner_mode=(env.get("QUICKTUNE_STEP_OWNER") or "controller").strip().lower(),
+            warm_workers=get_int("QUICKTUNE_WARM_WORKERS", 0),
+            warm_lease_seconds=get_int("QUICKTUNE_WARM_LEASE_SECONDS", 60),
+            warm_idle_seconds=get_int("QUICKTUNE_WARM_IDLE_SECONDS", 300),
+            warm_service_account=env.get("QUICKTUNE_WARM_SERVICE_ACCOUNT") or "quicktune-step-worker",
         )
         unknown = sorted(set(overrides) - set(kwargs) - {"secret_env"})
         if unknown:

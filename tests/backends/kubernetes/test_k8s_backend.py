@@ -34,6 +34,7 @@ from quicktune.backends.kubernetes import (
     looks_secret,
     sanitize_label_value,
 )
+from quicktune.backends.kubernetes.warm_backend import WarmKubernetesBackend
 from quicktune.backends.testing import BackendConformance, RealStepRequests, wait_done, wait_state
 from quicktune.testing.fake_k8s import FakeCluster
 
@@ -101,7 +102,13 @@ def backend_factory(fake_cluster, s3_env):
         kw.setdefault("max_concurrent", 2)
         kw.setdefault("backoff_limit", 1)
         kw.setdefault("memory", "2Gi")
-        b = KubernetesBackend(
+        cls = KubernetesBackend
+        if kw.get("warm_workers"):  # warm worker pods reach the fake API server through a kubeconfig
+            cls = WarmKubernetesBackend
+            if "KUBECONFIG" not in fake_cluster.node_env:
+                kubeconfig = _kubeconfig(fake_cluster.workdir / "kubeconfig", fake_cluster.url)
+                fake_cluster.node_env["KUBECONFIG"] = str(kubeconfig)
+        b = cls(
             NAMESPACE,
             IMAGE,
             search_id,
@@ -130,8 +137,12 @@ def requests_factory(s3_digits):
 # the backend conformance suite, through the fake cluster
 # --------------------------------------------------------------------------------------------
 class TestKubernetesBackendConformance(BackendConformance):
-    @pytest.fixture
-    def make_backend(self, backend_factory):
+    """Both modes: one Job per step (the default) and warm worker pods (``warm_workers=2``)."""
+
+    @pytest.fixture(params=["jobs", "warm"])
+    def make_backend(self, request, backend_factory):
+        if request.param == "warm":
+            return lambda: backend_factory(None, warm_workers=2, warm_lease_seconds=8, warm_idle_seconds=600)
         return lambda: backend_factory(None)
 
     @pytest.fixture

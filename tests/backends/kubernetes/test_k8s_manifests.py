@@ -219,7 +219,7 @@ def test_rbac_is_least_privilege_and_split_per_component(base):
     steps (nothing, and no token)."""
     assert not by_kind(base, "ClusterRole") and not by_kind(base, "ClusterRoleBinding")
     roles = {r["metadata"]["name"]: r for r in by_kind(base, "Role")}
-    assert set(roles) == {"quicktune-controller", "quicktune-watcher"}
+    assert set(roles) == {"quicktune-controller", "quicktune-watcher", "quicktune-step-worker"}
 
     def rules(name):
         return {(tuple(r["apiGroups"]), tuple(r["resources"])): r["verbs"] for r in roles[name]["rules"]}
@@ -228,7 +228,9 @@ def test_rbac_is_least_privilege_and_split_per_component(base):
         (("batch",), ("jobs",)): ["create", "get", "list", "watch", "delete"],
         (("",), ("pods",)): ["get", "list", "watch"],
         (("",), ("pods/log",)): ["get"],
+        (("",), ("configmaps",)): ["create", "get", "list", "update"],
     }
+    assert rules("quicktune-step-worker") == {(("",), ("configmaps",)): ["get", "list", "update"]}
     assert rules("quicktune-watcher") == {
         (("batch",), ("jobs",)): ["create", "get", "delete"],
         (("",), ("pods",)): ["get"],
@@ -244,7 +246,7 @@ def test_rbac_is_least_privilege_and_split_per_component(base):
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": "quicktune"}]
     sas = {sa["metadata"]["name"]: sa for sa in by_kind(base, "ServiceAccount")}
-    assert set(sas) == {"quicktune-controller", "quicktune-watcher", "quicktune-step"}
+    assert set(sas) == {"quicktune-controller", "quicktune-watcher", "quicktune-step", "quicktune-step-worker"}
     assert sas["quicktune-step"]["automountServiceAccountToken"] is False
     (deploy,) = by_kind(base, "Deployment")
     assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == "quicktune-watcher"
@@ -279,6 +281,11 @@ def test_api_verbs_name_the_client_calls_they_make():
         ("pods", "get"): "read_namespaced_pod(",
         ("pods", "list"): "list_namespaced_pod",
         ("pods/log", "get"): "read_namespaced_pod_log",
+        ("configmaps", "create"): "create_namespaced_config_map",
+        ("configmaps", "get"): "read_namespaced_config_map",
+        ("configmaps", "update"): "replace_namespaced_config_map",
+        ("configmaps", "delete"): "delete_namespaced_config_map",
+        ("configmaps", "list"): "list_namespaced_config_map",
     }
     for method, rv in KubernetesApi.VERBS.items():
         src = inspect.getsource(getattr(KubernetesApi, method))
@@ -286,7 +293,7 @@ def test_api_verbs_name_the_client_calls_they_make():
 
 
 def _reader(rv: tuple[str, str]) -> str:
-    return {("jobs", "get"): "read_job"}.get(rv, "-")
+    return {("jobs", "get"): "read_job", ("configmaps", "get"): "read_configmap"}.get(rv, "-")
 
 
 def test_watcher_role_covers_exactly_the_launchers_calls():
@@ -307,6 +314,20 @@ def test_controller_role_covers_the_backends_calls(base):
     used = _api_verbs(backend.KubernetesBackend, informer.JobInformer)
     assert {("jobs", "create"), ("jobs", "watch"), ("pods/log", "get")} <= used
     assert used <= granted, used - granted
+    from quicktune.backends.kubernetes import warm, warm_backend
+
+    warm_used = _api_verbs(warm_backend.WarmKubernetesBackend, warm.WorkerPool, warm.update_request)
+    assert {("configmaps", "create"), ("configmaps", "update"), ("jobs", "create")} <= warm_used
+    assert warm_used <= granted, warm_used - granted
+
+
+def test_step_worker_role_covers_exactly_the_workers_calls(base):
+    """The warm worker loop's API calls, read from its code, are exactly the worker Role's verbs."""
+    from quicktune.backends.kubernetes import warm, worker
+
+    (role,) = [r for r in by_kind(base, "Role") if r["metadata"]["name"] == "quicktune-step-worker"]
+    granted = {(res, verb) for r in role["rules"] for res in r["resources"] for verb in r["verbs"]}
+    assert _api_verbs(worker.Worker, warm.update_request) == granted
 
 
 def test_only_the_shipped_controller_job_references_env_vars():

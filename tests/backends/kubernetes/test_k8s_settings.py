@@ -143,6 +143,10 @@ def test_every_documented_variable_is_read():
         "QUICKTUNE_STEP_BACKOFF_LIMIT": "0",
         "QUICKTUNE_STEP_TTL_SECONDS": "5",
         "QUICKTUNE_STEP_OWNER": "none",
+        "QUICKTUNE_WARM_WORKERS": "3",
+        "QUICKTUNE_WARM_LEASE_SECONDS": "20",
+        "QUICKTUNE_WARM_IDLE_SECONDS": "30",
+        "QUICKTUNE_WARM_SERVICE_ACCOUNT": "w",
     }
     assert set(values) == set(ENV_SETTINGS)
     default = StepJobSettings.from_env(BASE)
@@ -295,3 +299,32 @@ def test_job_wall_seconds_runs_from_start_to_completion():
     assert job_wall_seconds(job) == 390.0
     assert job_wall_seconds({"metadata": job["metadata"], "status": {}}) is None  # not completed
     assert job_wall_seconds({"metadata": {}, "status": {"completionTime": "garbage"}}) is None
+
+
+def test_warm_workers_option_builds_the_warm_backend_and_bad_values_are_refused():
+    from quicktune.backends.kubernetes import KubernetesBackend
+    from quicktune.backends.kubernetes.warm_backend import WarmKubernetesBackend
+
+    settings = StepJobSettings.from_options({"warm_workers": "3", "warm_lease_seconds": "20"}, BASE)
+    assert (settings.warm_workers, settings.warm_lease_seconds) == (3, 20)
+    assert "warm" not in " ".join(settings.job_kwargs())  # not a Job setting
+    backend = KubernetesBackend.from_settings(settings, "s", api_client=_FakeClient())
+    assert isinstance(backend, WarmKubernetesBackend) and backend.capacity() == 3
+    plain = KubernetesBackend.from_settings(StepJobSettings.from_env(BASE), "s", api_client=_FakeClient())
+    assert type(plain) is KubernetesBackend  # one Job per step stays the default
+    with pytest.raises(ValueError, match="warm_workers must be an integer >= 0"):
+        StepJobSettings.from_options({"warm_workers": "-1"}, BASE)
+    with pytest.raises(ValueError, match="warm_lease_seconds must be an integer >= 3"):
+        StepJobSettings.from_options({"warm_lease_seconds": "1"}, BASE)
+
+
+class _FakeClient:
+    """Enough of an ApiClient for the kubernetes client's API classes to be built (no call is made)."""
+
+    def __init__(self) -> None:
+        from kubernetes import client
+
+        self._real = client.ApiClient(client.Configuration())
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
