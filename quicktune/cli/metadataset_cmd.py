@@ -86,7 +86,10 @@ def register(subparsers: Any) -> None:
     h.add_argument("--json", action="store_true", help="print a JSON summary")
     h.set_defaults(handler=_harvest)
 
-    i = sub.add_parser("info", help="datasets, curves, rows and max epoch of a table (the shipped one by default)")
+    i = sub.add_parser(
+        "info",
+        help="size and coverage of a table (the shipped one by default): datasets, curves, sources, colour, resolutions, twins",
+    )
     i.add_argument("path", nargs="?", default=None, help="LCT path (default: the shipped meta-dataset)")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(handler=_info)
@@ -237,5 +240,12 @@ def _info(args: argparse.Namespace) -> int:
         print(
             f"{info['path']}: {info['datasets']} datasets, {info['curves']} curves, {info['rows']} rows, "
             f"max epoch {info['max_epoch']}"
+        )
+        print(
+            f"  {info['num_sources']} sources ({', '.join(info['sources'])}); "
+            f"{len(info.get('colour_tasks', []))} colour tasks; resolutions {info.get('resolutions', '?')} px; "
+            f"images per task {info.get('images', '?')}; configs per task {info['configs_per_task']}; "
+            f"epochs per curve {info['epochs_per_curve']}; pretrained/random twins: "
+            f"{', '.join(info.get('pretrained_random_twins', [])) or 'none'}"
         )
     return 0
