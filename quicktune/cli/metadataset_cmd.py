@@ -88,7 +88,7 @@ def register(subparsers: Any) -> None:
 
     i = sub.add_parser(
         "info",
-        help="size and coverage of a table (the shipped one by default): datasets, curves, sources, colour, resolutions, twins",
+        help="size and coverage of a table (default: the shipped one): curves, sources, colour, resolutions, twins",
     )
     i.add_argument("path", nargs="?", default=None, help="LCT path (default: the shipped meta-dataset)")
     i.add_argument("--json", action="store_true", help="print JSON")
