@@ -286,7 +286,9 @@ def test_campaign_killed_and_resumed_trains_nothing_twice(tmp_path, tiny_image_f
     assert "tiny" in status and "3/3" in status
 
     info = json.loads(_cli("metadataset", "info", str(out), "--json").stdout)
-    assert info == {"datasets": 1, "curves": 3, "rows": 6, "max_epoch": 2, "path": str(out.resolve())}
+    counts = {k: info[k] for k in ("datasets", "curves", "rows", "max_epoch", "path")}
+    assert counts == {"datasets": 1, "curves": 3, "rows": 6, "max_epoch": 2, "path": str(out.resolve())}
+    assert info["sources"] == ["tiny"] and info["configs_per_task"] == {"min": 3, "max": 3}
 
 
 @pytest.mark.slow
