@@ -12,7 +12,8 @@ database, no service to reach the workers) and nothing a restarted controller ca
 
 * one **ConfigMap per step request**, named by the step id (``409 AlreadyExists`` = re-adopt, as
   for Jobs), labelled ``quicktune.io/step-request`` and owned like step Jobs (the controller's
-  Job: ``settings.OWNER_MODES``); ``data["request.json"]`` is the ``StepRequest``, the annotations
+  Job: ``settings.OWNER_MODES``) and with its pool (``quicktune.io/worker-pool``: the workers of
+  the backend that queued it serve it); ``data["request.json"]`` is the ``StepRequest``, the annotations
   hold its state (``queued`` -> ``running`` -> ``done`` | ``failed`` | ``cancelled``), the claim;
 * a worker **claims** a request with a compare-and-set: a ``PUT`` carrying the
   ``resourceVersion`` it read; the API server answers ``409 Conflict`` to every writer but the
@@ -90,6 +91,7 @@ __all__ = [
     "build_request_configmap",
     "build_worker_job",
     "request_selector",
+    "pool_selector",
 ]
 
 LABEL_REQUEST = "quicktune.io/step-request"
@@ -122,9 +124,15 @@ def pool_name(search_id: str | None) -> str:
 
 
 def request_selector(search_id: str | None) -> str:
-    """The label selector of the step requests a pool serves."""
+    """The label selector of a search's step requests (every request in the namespace for None)."""
     sel = f"{LABEL_REQUEST}=true"
     return sel + (f",{LABEL_SEARCH}={sanitize_label_value(search_id)}" if search_id else "")
+
+
+def pool_selector(search_id: str | None) -> str:
+    """The label selector of the requests a pool serves: those its backend queued (labelled with
+    the pool, whatever search id each request carries)."""
+    return f"{LABEL_REQUEST}=true,{LABEL_POOL}={pool_name(search_id)}"
 
 
 def build_request_configmap(
@@ -133,6 +141,7 @@ def build_request_configmap(
     namespace: str,
     owner: Mapping[str, str] | None,
     preferred_worker: str | None = None,
+    pool: str = "namespace",
     max_attempts: int = 4,
     active_deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
@@ -153,6 +162,7 @@ def build_request_configmap(
         "app.kubernetes.io/component": "step-request",
         "app.kubernetes.io/managed-by": "quicktune",
         LABEL_REQUEST: "true",
+        LABEL_POOL: sanitize_label_value(pool),
         LABEL_SEARCH: sanitize_label_value(request.search_id),
         LABEL_CONFIG: sanitize_label_value(request.config_id),
         LABEL_EPOCH: str(int(request.to_epoch)),
@@ -246,7 +256,7 @@ def build_worker_job(
     device = "cuda" if int(kw.get("gpu") or 0) > 0 else "cpu"
     container["command"] = ["python", "-m", WORKER_MODULE]
     container["args"] = [
-        f"--selector={request_selector(search_id)}",
+        f"--selector={pool_selector(search_id)}",
         f"--lease-seconds={int(lease_seconds)}",
         f"--idle-seconds={int(idle_seconds)}",
         f"--device={device}",

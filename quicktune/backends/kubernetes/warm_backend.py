@@ -41,6 +41,7 @@ from quicktune.backends.kubernetes.warm import (
     WorkerPool,
     build_request_configmap,
     build_worker_job,
+    pool_name,
     request_selector,
     set_annotations,
     update_request,
@@ -91,6 +92,7 @@ class WarmKubernetesBackend(KubernetesBackend):
             namespace=self.namespace,
             owner=self._owner_reference(),
             preferred_worker=preferred,
+            pool=pool_name(self.search_id),
             max_attempts=self.settings.backoff_limit + 1,
             active_deadline_seconds=self.settings.active_deadline_seconds,
         )
