@@ -7,6 +7,9 @@ For each model of the space: the predicted seconds of one epoch and the prior's 
 score of the space's default knobs (a declared default, else the first choice / False / the midpoint
 of a range) with that model, best first. Without --data the meta-features are those of a
 CIFAR-10-shaped reference task; without --image-size each model is costed at its native input size.
+Then the artifact's domain report: how far the models (descriptor distance to the nearest
+meta-training model), the knobs and the meta-features are from what it was meta-trained on, with a
+score in [0, 1] (>= 0.7 in domain, < 0.3 out of domain) from which a search starts its trust in the prior.
 """
 
 from __future__ import annotations
@@ -65,4 +68,7 @@ def _handle(args: argparse.Namespace) -> int:
             f"{r['model']:44s} {r['prior_score']:7.3f} {r['predicted_epoch_seconds']:10.2f} "
             f"{r['params'] / 1e6:7.1f}M {r['gmacs']:9.3f} {r['arch_type']:7s} {seen}"
         )
+    from quicktune.optimizer.domain import DomainReport
+
+    print(DomainReport.from_json(doc["domain"]).summary())
     return 0

@@ -16,6 +16,18 @@ predictions condition on at most ``predict_cap`` observations chosen the same wa
 Pending steps (asked, not told) are never proposed again; for the other candidates they are
 *fantasized*: added to the GP's conditioning set with their posterior mean as the outcome, which
 shrinks the uncertainty around them so parallel workers spread out.
+
+A meta-trained prior is only as good as the new task is like the meta-training tasks. So a
+meta-trained search (``mixture=True``, the default) runs a second, non-meta surrogate beside it (the
+one ``quicktune-nometa`` uses: its own encoding of the space, random initial weights) and predicts
+with their *mixture*: weight ``w`` on the meta-trained one. ``w`` starts from the domain score of
+``domain.domain_report`` (the artifact's meta-training domain vs this space, its models and this
+dataset; clipped to [``W_MIN``, ``W_MAX``]) and is updated like Bayesian model averaging from the
+predictive log-likelihood each surrogate gave the observed epoch it was asked for (the log odds of
+``w`` grow by ``log p_meta(y) - log p_base(y)``, clipped to ``LOG_ODDS_CAP``). The initial design
+follows the prior head with probability ``w`` and is random otherwise. Far from the meta-training
+domain, or when the meta-trained surrogate mispredicts the first epochs, the search behaves like
+``quicktune-nometa``; in domain it keeps the meta-trained start.
 """
 
 from __future__ import annotations
@@ -35,13 +47,20 @@ from quicktune.optimizer.acquisition import acquisition
 from quicktune.optimizer.artifact import MetaArtifact, default_artifact
 from quicktune.optimizer.base import STATUSES, Optimizer, Suggestion
 from quicktune.optimizer.cost import CostPredictor
+from quicktune.optimizer.domain import DomainReport, domain_report
 from quicktune.optimizer.encoding import DescriptorError, Schema, train_images
 from quicktune.optimizer.surrogate import Batch, DeepKernelGP, SurrogateConfig, make_batch
 from quicktune.space import SearchSpace, config_id
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 2  # 2: the cost model's physics term (a0, a1, model mask)
+STATE_VERSION = 3  # 2: the cost model's physics term (a0, a1, model mask); 3: the mixture with the non-meta surrogate
+#: the mixture weight of the meta-trained surrogate starts from the domain score clipped to [W_MIN, W_MAX]
+W_MIN, W_MAX = 0.05, 0.95
+#: the log odds of the weight stay within +-LOG_ODDS_CAP (w in [0.01, 0.99]): evidence can always turn it back
+LOG_ODDS_CAP = math.log(99.0)
+#: learning rate of the non-meta surrogate (as ``quicktune-nometa``)
+BASE_LEARNING_RATE = 1e-2
 
 
 def _tensors_to_b64(state: Mapping[str, torch.Tensor]) -> str:
@@ -86,6 +105,7 @@ class QuickTune(Optimizer):
         init_top_k: int = 3,
         stagnation_patience: int | None = None,
         model_descriptors: Mapping[str, Mapping[str, float]] | None = None,
+        mixture: bool = True,
         **ignored: Any,
     ):
         if int(max_epochs) < 1:
@@ -141,17 +161,19 @@ class QuickTune(Optimizer):
             if not self.configs:
                 raise ValueError("no candidates")
 
-        # --- encoding
+        # --- encoding (the space's own schema: the non-meta surrogate's, and the domain report's)
+        own_schema = (
+            Schema.from_space(self.space, model_descriptors)
+            if self.space is not None
+            else Schema.from_configs(self.configs.values(), descriptors=model_descriptors)
+        )
+        self.domain: DomainReport | None = None
         if self.artifact is not None:
             self.schema = self.artifact.schema.with_descriptors(model_descriptors)
             self.meta_vec = self.artifact.meta_scaler.transform(self.meta_features)
             scfg = self.artifact.surrogate_config
         else:
-            self.schema = (
-                Schema.from_space(self.space, model_descriptors)
-                if self.space is not None
-                else Schema.from_configs(self.configs.values(), descriptors=model_descriptors)
-            )
+            self.schema = own_schema
             self.meta_vec = np.zeros(0, dtype=np.float32)
             scfg = SurrogateConfig(hp_dim=self.schema.hp_dim, model_dim=self.schema.model_dim, meta_dim=0)
         missing = self.schema.missing_descriptors(self._candidate_models())
@@ -160,9 +182,31 @@ class QuickTune(Optimizer):
                 f"no descriptor for the model(s) {missing[:8]}: the meta-artifact encodes models by descriptor; "
                 f"pass model_descriptors (quicktune.hub.descriptor_features) for the models it was not trained on"
             )
+        if self.artifact is not None:
+            self.domain = domain_report(
+                self.artifact.schema,
+                self.artifact.meta_scaler,
+                own_schema,
+                [str(m) for m in dict.fromkeys(self._candidate_models()) if m is not None],
+                model_descriptors,
+                self.meta_features,
+            )
         n_images = train_images(self.meta_features)
         self.log_images = math.log(n_images) if n_images else None
         self._enc: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+        # --- the non-meta surrogate of the mixture (meta-trained searches only)
+        self.mixture = bool(mixture) and self.artifact is not None
+        self.base_schema = own_schema
+        self._enc_base: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+        self.base_model: DeepKernelGP | None = None
+        self._base_config = SurrogateConfig(hp_dim=own_schema.hp_dim, model_dim=own_schema.model_dim, meta_dim=0)
+        score = self.domain.score if self.domain is not None else 1.0
+        self.w0 = float(np.clip(score, W_MIN, W_MAX))
+        self.log_odds = math.log(self.w0 / (1.0 - self.w0))
+        self.mix_preds: dict[str, list[float]] = {}  # cid -> [epoch, mean_meta, sd_meta, mean_base, sd_base]
+        self.mix_updates = 0
+        self.base_fitted_obs = 0
+        self.base_fitted_once = False
 
         # --- models, deterministically initialized without touching torch's global RNG
         self._surrogate_config = scfg
@@ -172,6 +216,10 @@ class QuickTune(Optimizer):
             self.cost_model.load_state_dict(self.artifact.cost_state)
         self._init_model = _clone_state(self.model)
         self._init_cost = _clone_state(self.cost_model)
+        self._init_base: dict[str, torch.Tensor] = {}
+        if self.mixture:
+            self.base_model = self._seeded_base(self.seed)
+            self._init_base = _clone_state(self.base_model)
 
         # --- search state
         self.curves: dict[str, list[float]] = {}
@@ -200,17 +248,18 @@ class QuickTune(Optimizer):
                     return list(p.choices)
         return [c.get(self.schema.model.name) for c in self.configs.values()]
 
-    def _encode(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        missing = [i for i in ids if i not in self._enc]
+    def _encode(self, ids: Sequence[str], base: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        schema, enc = (self.base_schema, self._enc_base) if base else (self.schema, self._enc)
+        missing = [i for i in ids if i not in enc]
         if missing:
             cfgs = [self.configs[i] for i in missing]
-            X, M = self.schema.encode(cfgs)
-            G = self.schema.log_gmacs(cfgs)
+            X, M = schema.encode(cfgs)
+            G = schema.log_gmacs(cfgs)
             for k, i in enumerate(missing):
-                self._enc[i] = (X[k], M[k], float(G[k]))
-        X = np.stack([self._enc[i][0] for i in ids]) if ids else np.zeros((0, self.schema.hp_dim), np.float32)
-        M = np.stack([self._enc[i][1] for i in ids]) if ids else np.zeros((0, self.schema.model_dim), np.float32)
-        G = np.asarray([self._enc[i][2] for i in ids], dtype=np.float64)
+                enc[i] = (X[k], M[k], float(G[k]))
+        X = np.stack([enc[i][0] for i in ids]) if ids else np.zeros((0, schema.hp_dim), np.float32)
+        M = np.stack([enc[i][1] for i in ids]) if ids else np.zeros((0, schema.model_dim), np.float32)
+        G = np.asarray([enc[i][2] for i in ids], dtype=np.float64)
         return X, M, G
 
     def _batch(
@@ -219,13 +268,15 @@ class QuickTune(Optimizer):
         epochs: Sequence[int],
         curves: Sequence[Sequence[float]] | None = None,
         zero_curves: bool = False,
+        base: bool = False,
     ) -> Batch:
-        X, M, G = self._encode(ids)
+        X, M, G = self._encode(ids, base)
         if zero_curves:
             curves = [[] for _ in ids]
         elif curves is None:
             curves = [self.curves.get(i, [])[: e - 1] for i, e in zip(ids, epochs, strict=True)]
-        meta = np.tile(self.meta_vec[None, :], (len(ids), 1))
+        meta_vec = np.zeros(0, dtype=np.float32) if base else self.meta_vec
+        meta = np.tile(meta_vec[None, :], (len(ids), 1))
         return make_batch(X, M, np.asarray(epochs), list(curves), meta, self.max_epochs, G, self.log_images)
 
     def _alive(self, cid: str) -> bool:
@@ -258,12 +309,12 @@ class QuickTune(Optimizer):
             chosen += [older[i] for i in self.rng.choice(len(older), size=min(n_rand, len(older)), replace=False)]
         return np.sort(np.asarray(chosen, dtype=np.int64))
 
-    def _train_data(self, idx: np.ndarray) -> tuple[Batch, torch.Tensor]:
+    def _train_data(self, idx: np.ndarray, base: bool = False) -> tuple[Batch, torch.Tensor]:
         obs = [self.obs_log[k] for k in idx]
         ids = [cid for cid, _ in obs]
         eps = [e for _, e in obs]
         y = torch.tensor([self.curves[cid][e - 1] for cid, e in obs], dtype=torch.float32)
-        return self._batch(ids, eps), y
+        return self._batch(ids, eps, base=base), y
 
     def _seeded_models(self, seed: int) -> tuple[DeepKernelGP, CostPredictor]:
         """Freshly initialized models; the weights depend only on ``seed``."""
@@ -273,12 +324,30 @@ class QuickTune(Optimizer):
             mask = self.schema.model.cost_mask() if self.schema.model is not None else None
             return DeepKernelGP(scfg), CostPredictor(scfg.hp_dim, scfg.model_dim, scfg.meta_dim, model_mask=mask)
 
+    def _seeded_base(self, seed: int) -> DeepKernelGP:
+        """The mixture's non-meta surrogate, freshly initialized (weights depend only on ``seed``)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return DeepKernelGP(self._base_config)
+
+    @property
+    def prior_weight(self) -> float:
+        """The mixture weight of the meta-trained surrogate (1 without a mixture, 0 without meta-training)."""
+        if not self.meta:
+            return 0.0
+        if not self.mixture:
+            return 1.0
+        return float(1.0 / (1.0 + math.exp(-self.log_odds)))
+
     def _reset_models(self) -> None:
         self.model.load_state_dict(self._init_model)
         self.cost_model.load_state_dict(self._init_cost)
         self.fitted_once = False
         self.cost_fitted = 0
         self.n_resets += 1
+        if self.base_model is not None:
+            self.base_model.load_state_dict(self._init_base)
+            self.base_fitted_once = False
 
     def _fit_surrogate(self) -> bool:
         n = len(self.obs_log)
@@ -300,6 +369,59 @@ class QuickTune(Optimizer):
             steps = self.first_fit_steps
         self.fitted_obs = n
         return False
+
+    def _fit_base(self) -> bool:
+        """Fit the mixture's non-meta surrogate like ``quicktune-nometa`` fits its own."""
+        assert self.base_model is not None
+        n = len(self.obs_log)
+        if n == self.base_fitted_obs and self.base_fitted_once:
+            return True
+        idx = self._select(n, self.fit_cap)
+        batch, y = self._train_data(idx, base=True)
+        steps = self.refit_steps if self.base_fitted_once else self.first_fit_steps
+        for _attempt in range(2):
+            try:
+                loss = self.base_model.fit(batch, y, steps=steps, lr=BASE_LEARNING_RATE)
+                if math.isfinite(loss):
+                    self.base_fitted_once = True
+                    self.base_fitted_obs = n
+                    return True
+            except Exception as exc:  # numerical trouble: start over
+                log.debug("non-meta surrogate fit failed: %s", exc)
+            self.base_model.load_state_dict(self._init_base)
+            steps = self.first_fit_steps
+        self.base_fitted_obs = n
+        return False
+
+    def _posterior(
+        self, model: DeepKernelGP, idx: np.ndarray, ids: list[str], eps: list[int], base: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and std of ``model`` at the candidates, pending steps fantasized."""
+        train, y = self._train_data(idx, base)
+        test = self._batch(ids, eps, base=base)
+        if self.pending:
+            p_ids = list(self.pending)
+            p_eps = [self.pending[c] for c in p_ids]
+            pb = self._batch(p_ids, p_eps, base=base)
+            p_mean, _ = model.predict(train, y, pb)
+            train = Batch.cat([train, pb])
+            y = torch.cat([y, torch.as_tensor(p_mean, dtype=torch.float32)])
+        return model.predict(train, y, test)
+
+    def _update_weight(self, cid: str, epoch: int, score: float) -> None:
+        """Bayesian model averaging of the two surrogates on the observed epoch they predicted."""
+        pred = self.mix_preds.pop(cid, None)
+        if pred is None or int(pred[0]) != int(epoch) or not math.isfinite(score):
+            return
+        _, m1, s1, m2, s2 = pred
+
+        def loglik(m: float, s: float) -> float:
+            s = max(float(s), 1e-4)
+            return -0.5 * ((score - m) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)
+
+        delta = loglik(m1, s1) - loglik(m2, s2)
+        self.log_odds = float(np.clip(self.log_odds + delta, -LOG_ODDS_CAP, LOG_ODDS_CAP))
+        self.mix_updates += 1
 
     def _cost_obs(self) -> tuple[list[str], list[int], list[float]]:
         ids, eps, cs = [], [], []
@@ -342,6 +464,7 @@ class QuickTune(Optimizer):
             keep.setdefault(config_id(c), c)
         self.configs = keep
         self._enc = {k: v for k, v in self._enc.items() if k in keep}
+        self._enc_base = {k: v for k, v in self._enc_base.items() if k in keep}
 
     def explain_prior(self, config_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """What the optimizer believes before any observation: the prior head's predicted final score
@@ -375,29 +498,49 @@ class QuickTune(Optimizer):
             self._fit_cost()
         if not self._fit_surrogate():
             return int(self.rng.integers(len(cands)))
+        base_ok = self.base_model is not None and self._fit_base()
         idx = self._select(len(self.obs_log), self.predict_cap)
-        train, y = self._train_data(idx)
         ids = [c for c, _ in cands]
         eps = [e for _, e in cands]
         test = self._batch(ids, eps)
         try:
-            if self.pending:
-                p_ids = list(self.pending)
-                p_eps = [self.pending[c] for c in p_ids]
-                pb = self._batch(p_ids, p_eps)
-                p_mean, _ = self.model.predict(train, y, pb)
-                train = Batch.cat([train, pb])
-                y = torch.cat([y, torch.as_tensor(p_mean, dtype=torch.float32)])
-            mean, std = self.model.predict(train, y, test)
+            mean, std = self._posterior(self.model, idx, ids, eps, base=False)
         except Exception as exc:
             log.debug("prediction failed (%s): resetting the surrogate", exc)
             self._reset_models()
             return int(self.rng.integers(len(cands)))
+        base_pred: tuple[np.ndarray, np.ndarray] | None = None
+        if base_ok and self.base_model is not None:
+            try:
+                base_pred = self._posterior(self.base_model, idx, ids, eps, base=True)
+            except Exception as exc:
+                log.debug("non-meta prediction failed (%s): resetting it", exc)
+                self.base_model.load_state_dict(self._init_base)
+                self.base_fitted_once = False
+        m_meta, s_meta = mean, std
+        if base_pred is not None:
+            w = self.prior_weight
+            m_base, s_base = base_pred
+            mean = w * m_meta + (1 - w) * m_base
+            var = w * s_meta**2 + (1 - w) * s_base**2 + w * (1 - w) * (m_meta - m_base) ** 2
+            std = np.sqrt(np.maximum(var, 1e-12))
         best = self.best if math.isfinite(self.best) else float(np.max(mean))
         acq = acquisition(mean, std, np.asarray(eps), self.best_at_epoch, best, self._predicted_cost(test))
         if not np.all(np.isfinite(acq)):
             acq = np.nan_to_num(acq, nan=-1.0)
-        return int(np.argmax(acq))
+        choice = int(np.argmax(acq))
+        if base_pred is not None and self.base_model is not None:
+            # what each surrogate predicts for the observation (latent sd + its noise): the weight's evidence
+            n1 = float(self.model.likelihood.noise.detach().reshape(-1)[0])
+            n2 = float(self.base_model.likelihood.noise.detach().reshape(-1)[0])
+            self.mix_preds[ids[choice]] = [
+                float(eps[choice]),
+                float(m_meta[choice]),
+                math.sqrt(float(s_meta[choice]) ** 2 + n1),
+                float(base_pred[0][choice]),
+                math.sqrt(float(base_pred[1][choice]) ** 2 + n2),
+            ]
+        return choice
 
     def _initial_design(self, cands: list[tuple[str, int]]) -> int:
         """Before the GP has ``n_init`` observations: a seeded pick among the ``init_top_k`` unseen
@@ -409,6 +552,8 @@ class QuickTune(Optimizer):
         pool = unseen or list(range(len(cands)))
         if not self.meta:
             return int(pool[int(self.rng.integers(len(pool)))])
+        if self.mixture and float(self.rng.random()) >= self.prior_weight:
+            return int(pool[int(self.rng.integers(len(pool)))])  # the non-meta start, with probability 1 - w
         ids = [cands[k][0] for k in pool]
         b = self._batch(ids, [self.max_epochs] * len(ids), zero_curves=True)
         pred = np.asarray(self.model.prior_predict(b), dtype=np.float64)
@@ -428,6 +573,10 @@ class QuickTune(Optimizer):
         if self.pending.get(cid) == int(epoch):
             del self.pending[cid]
         score = float(score) if score is not None else float("nan")
+        if status == "ok":
+            self._update_weight(cid, int(epoch), score)
+        else:
+            self.mix_preds.pop(cid, None)
         cost = float(cost) if cost is not None else float("nan")
         curve.append(score)
         self.costs.setdefault(cid, []).append(cost)
@@ -475,10 +624,20 @@ class QuickTune(Optimizer):
             "n_resets": self.n_resets,
             "surrogate": _tensors_to_b64(self.model.state_dict()),
             "cost_model": _tensors_to_b64(self.cost_model.state_dict()),
+            "mixture": None
+            if self.base_model is None
+            else {
+                "log_odds": self.log_odds,
+                "updates": self.mix_updates,
+                "preds": {k: list(v) for k, v in self.mix_preds.items()},
+                "base_fitted_obs": self.base_fitted_obs,
+                "base_fitted_once": self.base_fitted_once,
+                "base": _tensors_to_b64(self.base_model.state_dict()),
+            },
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in (2, STATE_VERSION):
             raise ValueError(f"optimizer state version {state.get('version')!r}, expected {STATE_VERSION}")
 
         def _u(x: float | None) -> float:
@@ -489,7 +648,7 @@ class QuickTune(Optimizer):
         self.rng = rng
         if state.get("configs") is not None:
             self.configs = {cid: dict(c) for cid, c in state["configs"]}
-            self._enc = {}
+            self._enc, self._enc_base = {}, {}
         self.curves = {k: [_u(v) for v in vs] for k, vs in state["curves"].items()}
         self.costs = {k: [_u(v) for v in vs] for k, vs in state["costs"].items()}
         unknown = set(self.curves) - set(self.configs)
@@ -507,10 +666,27 @@ class QuickTune(Optimizer):
         self.cost_fitted = int(state["cost_fitted"])
         self.n_resets = int(state.get("n_resets", 0))
         seed = state.get("seed")  # absent in states written before it was recorded
-        if seed is not None and int(seed) != self.seed and self.artifact is None:
+        if seed is not None and int(seed) != self.seed:
             # a stagnation reset must return to the weights of the search that wrote the state
             self.seed = int(seed)
-            model, cost_model = self._seeded_models(self.seed)
-            self._init_model, self._init_cost = _clone_state(model), _clone_state(cost_model)
+            if self.artifact is None:
+                model, cost_model = self._seeded_models(self.seed)
+                self._init_model, self._init_cost = _clone_state(model), _clone_state(cost_model)
+            if self.base_model is not None:
+                self._init_base = _clone_state(self._seeded_base(self.seed))
         self.model.load_state_dict(_tensors_from_b64(state["surrogate"]))
         self.cost_model.load_state_dict(_tensors_from_b64(state["cost_model"]))
+        mix = state.get("mixture")  # None: no mixture, or a version-2 state (the mixture starts afresh)
+        if self.base_model is not None:
+            if mix is not None:
+                self.log_odds = float(mix["log_odds"])
+                self.mix_updates = int(mix["updates"])
+                self.mix_preds = {str(k): [float(x) for x in v] for k, v in mix["preds"].items()}
+                self.base_fitted_obs = int(mix["base_fitted_obs"])
+                self.base_fitted_once = bool(mix["base_fitted_once"])
+                self.base_model.load_state_dict(_tensors_from_b64(mix["base"]))
+            else:
+                self.base_model.load_state_dict(self._init_base)
+                self.base_fitted_obs, self.base_fitted_once, self.mix_preds = 0, False, {}
+        elif mix is not None:
+            raise ValueError("optimizer state has a mixture with a non-meta surrogate; this optimizer has none")

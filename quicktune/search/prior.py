@@ -11,6 +11,10 @@ knobs chosen before it. The models are described by ``quicktune.hub.descriptor``
 
 Without a dataset the meta-features are those of ``REFERENCE_META``: a CIFAR-10-shaped task (10
 balanced classes, 60,000 RGB images of 32 x 32 px, split 40,000 / 10,000 / 10,000).
+
+The output also holds the artifact's *domain report* (``quicktune.optimizer.domain``): how far the
+space's models, its knobs and the dataset are from what the artifact was meta-trained on. A search
+starts its trust in the meta-trained surrogate from that score.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 
 from quicktune.hub import HubError, describe_many
 from quicktune.optimizer.artifact import ArtifactError, MetaArtifact, default_artifact
+from quicktune.optimizer.domain import domain_report
+from quicktune.optimizer.encoding import Schema
 from quicktune.optimizer.quicktune import QuickTune
 from quicktune.space import Param, SearchSpace
 
@@ -104,6 +110,10 @@ def explain_prior(
         model_descriptors={m: d.features() for m, d in descs.items()},
     )
     score, cost = opt.explain_prior(models)
+    features = {m: d.features() for m, d in descs.items()}
+    domain = domain_report(
+        art.schema, art.meta_scaler, Schema.from_space(space, features), models, features, meta
+    ).to_json()
     seen = set(art.schema.model.choices) if art.schema.model is not None else set()
     rows = [
         {
@@ -130,6 +140,7 @@ def explain_prior(
         "max_epochs": art.max_epochs,
         "artifact_table_hash": art.table_hash,
         "models": rows,
+        "domain": domain,
     }
 
 

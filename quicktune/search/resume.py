@@ -27,8 +27,12 @@ from quicktune.search.spec import SearchError
 from quicktune.space import SearchSpace, load_space
 from quicktune.tracking.registry import is_models_uri
 from quicktune.tracking.schema import (
+    ARTIFACT_DOMAIN_REPORT,
     METRIC_ELAPSED,
     TAG_CHECKPOINT_URI,
+    TAG_DOMAIN_FLAGS,
+    TAG_DOMAIN_SCORE,
+    TAG_DOMAIN_VERDICT,
     TAG_FINGERPRINT,
     TAG_META_ARTIFACT,
     TAG_META_ARTIFACT_TABLE_HASH,
@@ -130,8 +134,35 @@ def open_search(s: SearchState) -> None:
         if meta_version:
             tags[TAG_META_ARTIFACT_VERSION] = meta_version
         tr.set_tags(s.parent.run_id, tags)
+    record_domain(s)
     if existing is not None:
         rebuild(s)
+
+
+#: MLflow tag values are limited to 5,000 characters; the flags are a short summary, the JSON has it all
+_FLAGS_MAX = 1000
+
+
+def record_domain(s: SearchState) -> None:
+    """The artifact's domain report (quicktune.optimizer.domain): one line in the log every session; on
+    the parent run (``domain_report.json``, then the tags) once: a session killed between the two
+    writes leaves no score tag, and the next one records both."""
+    report = getattr(s.opt, "domain", None)
+    if report is None or s.parent is None:
+        return
+    log.info("search %s: meta-artifact %s", s.spec.search_id, report.summary())
+    if s.parent.tags.get(TAG_DOMAIN_SCORE):
+        return
+    flags = ",".join(report.flags())
+    s.tracker.log_json(s.parent.run_id, report.to_json(), ARTIFACT_DOMAIN_REPORT)
+    s.tracker.set_tags(
+        s.parent.run_id,
+        {
+            TAG_DOMAIN_SCORE: f"{report.score:.3f}",
+            TAG_DOMAIN_VERDICT: report.verdict,
+            TAG_DOMAIN_FLAGS: flags if len(flags) <= _FLAGS_MAX else flags[: _FLAGS_MAX - 3] + "...",
+        },
+    )
 
 
 def rebuild(s: SearchState) -> None:

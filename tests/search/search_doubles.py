@@ -166,6 +166,10 @@ class MemoryTracker:
         self._write(f"log {path}")
         self.runs[run_id].artifacts[path] = "png"
 
+    def log_json(self, run_id: str, obj: Any, path: str) -> None:
+        self._write(f"log {path}")
+        self.runs[run_id].artifacts[path] = json.dumps(obj, default=str)
+
     # --- configurations ------------------------------------------------------------------------
     def create_config_run(
         self, parent: SearchRun, search_id: str, config_id: str, config: Mapping[str, Any], checkpoint_dir: str

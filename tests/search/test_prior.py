@@ -35,6 +35,10 @@ def test_prior_cli_on_the_paper_hub_gives_24_distinct_costs_that_follow_gmacs(ca
     for t in ("cnn", "vit", "hybrid"):
         same = sorted((r["gmacs"], r["predicted_epoch_seconds"]) for r in rows if r["arch_type"] == t)
         assert all(a[1] <= b[1] for a, b in zip(same, same[1:], strict=False)), t
+    # the domain report: every paper model far from the shipped artifact's six 32-px CPU models
+    dom = doc["domain"]
+    assert dom["verdict"] == "out of domain" and dom["score"] < 0.3 and dom["model_score"] < 0.3
+    assert len(dom["models"]) == 24 and any(f.startswith("models:") for f in dom["flags"])
 
 
 def test_prior_cli_on_the_cpu_hub_human_table(capsys, no_model_construction):
@@ -45,6 +49,8 @@ def test_prior_cli_on_the_cpu_hub_human_table(capsys, no_model_construction):
         assert m in out
     lines = [ln for ln in out.splitlines() if ln.split() and ln.split()[0] in builtin_space("cpu")["model"].choices]
     assert len(lines) == 6 and all(ln.rstrip().endswith("yes") for ln in lines)  # all six seen in meta-training
+    # the six models are the meta-training models; the RGB 60k-image reference task is not like its tasks
+    assert "domain score" in out and "models 1.00" in out and "meta-features outside" in out
 
 
 def test_default_knobs_are_the_first_choice_or_midpoint_and_respect_conditions():
