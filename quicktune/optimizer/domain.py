@@ -151,10 +151,10 @@ class DomainReport:
             ("outside", "outside its ranges"),
             ("new_choices", "with choices it never saw"),
         ):
-            names = [k.knob for k in self.knobs if k.status == status]
-            if names:
-                more = " ..." if len(names) > 4 else ""
-                parts.append(f"{len(names)} knobs {what} ({', '.join(names[:4])}{more})")
+            knobs = [k.knob for k in self.knobs if k.status == status]
+            if knobs:
+                more = " ..." if len(knobs) > 4 else ""
+                parts.append(f"{len(knobs)} knobs {what} ({', '.join(knobs[:4])}{more})")
         off = sorted((m for m in self.meta if m.score < 1.0), key=lambda m: -m.excess)
         if off:
             more = f" (+{len(off) - 5} more)" if len(off) > 5 else ""
