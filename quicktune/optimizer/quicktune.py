@@ -688,5 +688,6 @@ class QuickTune(Optimizer):
             else:
                 self.base_model.load_state_dict(self._init_base)
                 self.base_fitted_obs, self.base_fitted_once, self.mix_preds = 0, False, {}
+                self.log_odds, self.mix_updates = math.log(self.w0 / (1.0 - self.w0)), 0
         elif mix is not None:
             raise ValueError("optimizer state has a mixture with a non-meta surrogate; this optimizer has none")

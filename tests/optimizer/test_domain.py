@@ -231,3 +231,20 @@ def test_the_mixture_state_round_trips_exactly(synth, log_odds, preds):
     b.load_state_dict(state)
     assert b.log_odds == a.log_odds and b.mix_preds == a.mix_preds and b.prior_weight == a.prior_weight
     assert b.state_dict() == a.state_dict()
+
+
+def test_a_version_2_state_loads_with_the_mixture_starting_afresh(synth):
+    """A search snapshotted before the mixture existed resumes: same observations, the weight at its start."""
+    from quicktune.lct import table_meta_features
+
+    meta = table_meta_features(synth[0], "synth01")
+    a = _opt(synth, meta)
+    s = a.ask()
+    a.tell(s.config_id, s.epoch, 0.5, 1.0)
+    old = {k: v for k, v in a.state_dict().items() if k != "mixture"} | {"version": 2}
+    b = _opt(synth, meta)
+    b.log_odds = 3.0
+    b.load_state_dict(json.loads(json.dumps(old)))
+    assert b.curves == a.curves and b.prior_weight == pytest.approx(b.w0) and not b.base_fitted_once
+    with pytest.raises(ValueError, match="version"):
+        b.load_state_dict({**old, "version": 1})
