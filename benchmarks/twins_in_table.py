@@ -7,7 +7,7 @@ pool, so the two groups differ only by chance in their other knobs and by the we
 Why: the meta-dataset v2 exists to show that finetuning a pretrained model is a different problem
 from training one from scratch (issue 15); this reads it off the table the campaign writes.
 
-    .venv/bin/python benchmarks/twins_in_table.py /work/qt-campaign-v2/metadataset-v2.parquet \\
+    .venv/bin/python benchmarks/twins_in_table.py $CAMPAIGN_V2/metadataset-v2.parquet \\
         --out benchmarks/results/twins_v2.json
 """
 
@@ -28,7 +28,7 @@ SUFFIX = ".random"
 def summarise(path: str) -> dict:
     df = load_lct(path)
     df = df[df["hp.model"].astype(str).str.startswith("tf_efficientnet_lite")]
-    out: dict = {"table": str(path), "tasks": {}}
+    out: dict = {"table": Path(path).name, "tasks": {}}  # the file name: no machine's folder layout
     pooled: dict[str, dict[str, list[float]]] = {
         "pretrained": {"epoch1": [], "last": []},
         "random": {"epoch1": [], "last": []},
