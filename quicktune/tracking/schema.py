@@ -35,9 +35,9 @@ TAG_META_ARTIFACT = "quicktune.meta_artifact"  # which meta-data informed the se
 # also a request tag of the watcher (--meta-artifact of the search it starts)
 TAG_META_ARTIFACT_TABLE_HASH = "quicktune.meta_artifact_table_hash"
 TAG_META_ARTIFACT_VERSION = "quicktune.meta_artifact_version"  # the registry version behind a models:/ URI
-TAG_DOMAIN_SCORE = "quicktune.domain.score"  # how close the search is to the artifact's meta-training domain, [0, 1]
-TAG_DOMAIN_VERDICT = "quicktune.domain.verdict"  # in domain | partly in domain | out of domain
-TAG_DOMAIN_FLAGS = "quicktune.domain.flags"  # short reasons, comma-separated ("" when none)
+TAG_DOMAIN_SCORE = "quicktune.domain_score"  # how close the search is to the artifact's meta-training domain, [0, 1]
+TAG_DOMAIN_VERDICT = "quicktune.domain_verdict"  # in domain | partly in domain | out of domain
+TAG_DOMAIN_FLAGS = "quicktune.domain_flags"  # short reasons, comma-separated ("" when none)
 TAG_BEST_CONFIG_ID = "quicktune.best_config_id"  # set at the end from the summary
 TAG_BEST_RUN_ID = "quicktune.best_run_id"
 TAG_CHAMPION = "quicktune.champion"  # models:/NAME@ALIAS after a promotion
