@@ -21,6 +21,9 @@ from typing import Any, ClassVar
 
 PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "pending", "running", "succeeded", "failed", "cancelled"
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+#: the values of ``quicktune step --precision`` (``quicktune.finetune.precision.PRECISIONS``; the
+#: backends do not import the step's training code, a test keeps the two equal)
+STEP_PRECISIONS = ("fp32", "fp16", "bf16", "auto")
 
 
 def step_id(search_id: str, config_id: str, to_epoch: int) -> str:
@@ -48,12 +51,17 @@ class StepRequest:
     # since issue 13; before, it travelled as QUICKTUNE_MAX_EPOCHS in extra_env (the step still
     # reads that variable as a fallback, for requests recorded by the older version).
     max_epochs: int | None = None
+    # Training precision (one of STEP_PRECISIONS); None: the step's own default (``auto``). Emitted
+    # as --precision only when set, so a request of an older version reads and runs as before.
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_epochs is not None and (
             isinstance(self.max_epochs, bool) or not isinstance(self.max_epochs, int) or self.max_epochs < 1
         ):
             raise ValueError(f"max_epochs must be a positive integer or None, got {self.max_epochs!r}")
+        if self.precision is not None and self.precision not in STEP_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(STEP_PRECISIONS)} or None, got {self.precision!r}")
 
     @property
     def id(self) -> str:
@@ -99,6 +107,8 @@ class StepRequest:
             args.append(f"--image-size={int(self.image_size)}")
         if self.max_epochs is not None:
             args.append(f"--max-epochs={int(self.max_epochs)}")
+        if self.precision is not None:
+            args.append(f"--precision={self.precision}")
         return args
 
 

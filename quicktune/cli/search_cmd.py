@@ -145,6 +145,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default=".quicktune", help="local state: step files, local checkpoints")
     p.add_argument("--seed", type=int, default=0, help="optimizer and training seed")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16", "auto"),
+        default=None,
+        help="training precision of every step (default: the step's, auto = bf16 on CUDA devices of compute "
+        "capability >= 8, fp16 + GradScaler on older ones, fp32 on CPU); like --device, a resume must "
+        "give the search's own",
+    )
     p.add_argument("--budget-epochs", type=_positive_int, default=None, help="also stop after this many epochs")
     p.add_argument(
         "--budget-step-seconds",
@@ -206,6 +214,7 @@ def _search(args: argparse.Namespace) -> int:
             meta_artifact=args.meta_artifact,
             image_size=args.image_size,
             device=args.device,
+            precision=args.precision,
             checkpoint_uri=args.checkpoint_uri,
             workdir=str(Path(args.workdir).resolve()),
             budget_epochs=args.budget_epochs,

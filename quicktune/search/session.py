@@ -133,6 +133,7 @@ class SearchState:
             device=self.spec.device,
             image_size=self.spec.image_size,
             max_epochs=self.spec.max_epochs,
+            precision=self.spec.precision,
             extra_env={MAX_EPOCHS_ENV: str(self.spec.max_epochs)},
         )
 

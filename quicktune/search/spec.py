@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from quicktune.backends.base import STEP_PRECISIONS
 from quicktune.tracking.names import InvalidNameError, check_search_id
 from quicktune.tracking.registry import RegistryError, is_models_uri, parse_models_uri
 from quicktune.tracking.secrets import safe_uri
@@ -30,6 +31,7 @@ IDENTITY_FIELDS = (
     "optimizer",
     "image_size",
     "device",
+    "precision",
     "checkpoint_uri",
     "meta_artifact",
 )
@@ -59,6 +61,9 @@ class SearchSpec:
     meta_artifact: str | None = None
     image_size: int | None = None
     device: str = "cpu"
+    # training precision of every step (fp32, fp16, bf16, auto); None: the step's default (auto).
+    # An identity field: one configuration's curve is never continued in another precision.
+    precision: str | None = None
     checkpoint_uri: str | None = None
     workdir: str = ".quicktune"
     budget_epochs: int | None = None
@@ -82,6 +87,8 @@ class SearchSpec:
             raise SearchError(f"workers must be >= 1, got {self.workers}")
         if self.max_epochs < 1:
             raise SearchError(f"max_epochs must be >= 1, got {self.max_epochs}")
+        if self.precision is not None and self.precision not in STEP_PRECISIONS:
+            raise SearchError(f"precision must be one of {', '.join(STEP_PRECISIONS)}, got {self.precision!r}")
         if is_models_uri(self.meta_artifact):  # it names a cache folder: strict, before anything else
             try:
                 parse_models_uri(str(self.meta_artifact))

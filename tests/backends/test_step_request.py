@@ -29,6 +29,7 @@ requests = st.builds(
     image_size=st.one_of(st.none(), st.integers(1, 1024)),
     extra_env=st.dictionaries(st.sampled_from(["A", "B_C"]), _text, max_size=2),
     max_epochs=st.one_of(st.none(), st.integers(1, 1000)),
+    precision=st.one_of(st.none(), st.sampled_from(["fp32", "fp16", "bf16", "auto"])),
 )
 
 
@@ -54,6 +55,21 @@ def test_a_request_recorded_before_max_epochs_existed_still_reads():
     }
     req = StepRequest.from_dict(old)
     assert req.max_epochs is None and req.extra_env == {"QUICKTUNE_MAX_EPOCHS": "10"}
+    assert req.precision is None and not any(a.startswith("--precision") for a in req.argv(out="/o"))
+
+
+@pytest.mark.parametrize("bad", ["FP16", "half", "", 16, True])
+def test_precision_must_be_one_the_step_knows(bad):
+    with pytest.raises(ValueError, match="precision"):
+        StepRequest("s", "c", {}, "/d", 1, "/ck", precision=bad)
+
+
+def test_the_requests_precisions_are_the_steps():
+    """base.py keeps its own copy (backends do not import the training code): the two stay equal."""
+    from quicktune.backends.base import STEP_PRECISIONS
+    from quicktune.finetune.precision import PRECISIONS
+
+    assert STEP_PRECISIONS == PRECISIONS
 
 
 @pytest.mark.parametrize("bad", [0, -3, True, 2.5, "10"])
@@ -78,12 +94,14 @@ def test_argv_parses_back_to_the_request(req, out, config_path):
         req.checkpoint_dir,
         "-" + out,
     )
-    assert (args.device, args.seed, args.image_size, args.max_epochs) == (
+    assert (args.device, args.seed, args.image_size, args.max_epochs, args.precision) == (
         req.device,
         req.seed,
         req.image_size or None,
         req.max_epochs,
+        req.precision or "auto",  # unset: the step's own default
     )
+    assert any(a.startswith("--precision=") for a in argv) == (req.precision is not None)
     assert all(a.startswith("--") and "=" in a for a in argv)
 
 
@@ -91,7 +109,8 @@ def test_argv_options():
     req = StepRequest("s", "c", {}, "/d", 3, "/ck", device="cpu")
     assert not any(a.startswith("--config") for a in req.argv(out="/o"))  # a wrapper adds it itself
     assert "--device=cuda" in req.argv(out="/o", device="cuda")
-    assert not any(a.startswith(("--max-epochs", "--image-size")) for a in req.argv(out="/o"))
+    assert not any(a.startswith(("--max-epochs", "--image-size", "--precision")) for a in req.argv(out="/o"))
+    assert StepRequest("s", "c", {}, "/d", 3, "/ck", precision="bf16").argv(out="/o")[-1] == "--precision=bf16"
 
 
 def test_shares_filesystem_is_off_unless_a_backend_says_so():
