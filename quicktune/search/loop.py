@@ -33,6 +33,7 @@ from quicktune.search.session import InFlight, SearchState, finite
 from quicktune.search.spec import SearchError, SearchResult, SearchSpec
 from quicktune.tracking.layout import SearchTracker
 from quicktune.tracking.retry import InfrastructureError
+from quicktune.tracking.schema import METRIC_STEP_OVERHEAD
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,21 @@ def with_step_overhead(epochs: list[Mapping[str, Any]], result: Mapping[str, Any
     epochs' train + eval seconds. The difference is spread evenly over the epochs the step produced,
     so the cost the optimizer is told -- and MLflow records, and a resume replays -- is what the step
     really cost; ``train_seconds``/``eval_seconds`` stay as measured. No ``wall_seconds``: unchanged."""
+    overhead = step_overhead(epochs, result)
+    if overhead is None:
+        return epochs
+    share = overhead / len(epochs)
+    return [{**e, "cost": (finite(e.get("cost")) or 0.0) + share} for e in epochs]
+
+
+def step_overhead(epochs: list[Mapping[str, Any]], result: Mapping[str, Any]) -> float | None:
+    """The step's fixed cost: its measured ``wall_seconds`` less the epochs' own cost (train +
+    eval), never below 0 (the clocks differ: a wall time in whole seconds can fall short of the
+    train + eval it contains). None when the backend measured no wall time or no epoch came back."""
     wall = finite(result.get("wall_seconds"))
     if not epochs or wall is None:
-        return epochs
-    trained = sum(finite(e.get("cost")) or 0.0 for e in epochs)
-    share = max(0.0, wall - trained) / len(epochs)
-    return [{**e, "cost": (finite(e.get("cost")) or 0.0) + share} for e in epochs]
+        return None
+    return max(0.0, wall - sum(finite(e.get("cost")) or 0.0 for e in epochs))
 
 
 class SearchSession(SearchState):
@@ -122,6 +132,7 @@ class SearchSession(SearchState):
             if finite(e.get("score")) is None or int(e["epoch"]) != rec.last_epoch + len(good) + 1:
                 break
             good.append(e)
+        overhead = step_overhead(good, result)
         good = with_step_overhead(good, result)
         seqs = list(range(self.next_seq, self.next_seq + len(good)))
         self.next_seq += len(good)
@@ -130,6 +141,10 @@ class SearchSession(SearchState):
         self.step_seconds += wall
         if good:
             self.tracker.log_epochs(rec, good, seqs)
+            if overhead is not None:  # after the epochs: a kill in between loses this number only
+                assert self.parent is not None
+                self.step_overheads.append(overhead)
+                self.tracker.log_metrics(self.parent.run_id, {METRIC_STEP_OVERHEAD: overhead}, step=seqs[0])
             for e in good:
                 cost = finite(e.get("cost")) or 0.0
                 self.cost_total += cost

@@ -9,6 +9,7 @@ logged and skipped (it must never fail a search); an unreachable tracking server
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,8 @@ from quicktune.tracking.schema import (
     METRIC_INCUMBENT,
     PLOT_INCUMBENT,
     PLOT_LEARNING_CURVES,
+    SUMMARY_STEP_OVERHEAD_MEDIAN,
+    SUMMARY_STEP_OVERHEAD_STEPS,
 )
 
 if TYPE_CHECKING:
@@ -84,6 +87,8 @@ def summary(s: SearchState, status: str, message: str) -> dict[str, Any]:
         "tracking_seconds": s.tracker.seconds,
         "optimizer_seconds": s.optimizer_seconds,
         "controller_cpu_seconds": time.process_time() - s.cpu0,
+        SUMMARY_STEP_OVERHEAD_MEDIAN: statistics.median(s.step_overheads) if s.step_overheads else None,
+        SUMMARY_STEP_OVERHEAD_STEPS: len(s.step_overheads),
     }
 
 

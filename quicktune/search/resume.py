@@ -29,6 +29,7 @@ from quicktune.tracking.registry import is_models_uri
 from quicktune.tracking.schema import (
     ARTIFACT_DOMAIN_REPORT,
     METRIC_ELAPSED,
+    METRIC_STEP_OVERHEAD,
     TAG_CHECKPOINT_URI,
     TAG_DOMAIN_FLAGS,
     TAG_DOMAIN_SCORE,
@@ -176,6 +177,7 @@ def rebuild(s: SearchState) -> None:
         raise SearchError(f"search {search_id!r}: duplicate tell_seq numbers in MLflow; the record is inconsistent")
     s.next_seq = (max(seqs) + 1) if seqs else 1
     s.cost_total = sum(m.get("cost", 0.0) for r in s.records.values() for m in r.epochs.values())
+    s.step_overheads = [v for _, v, _ in s.tracker.metric_history(s.parent.run_id, METRIC_STEP_OVERHEAD)]
     snap = s.tracker.load_optimizer_state(s.parent.run_id)
     inflight_keys: list[tuple[str, int]] = []
     told_after = observations

@@ -68,6 +68,9 @@ class SearchState:
         self.sleep_seconds = 0.0
         self.step_seconds = 0.0
         self.step_walls: list[float] = []
+        # each step's fixed cost (wall - train - eval) where the backend measured the wall time, over
+        # the whole search (a resume reads back the parent run's METRIC_STEP_OVERHEAD history)
+        self.step_overheads: list[float] = []
         self.records: dict[str, ConfigRecord] = {}
         self.inflight: dict[tuple[str, int], InFlight] = {}
         # the same keys as ``inflight``: the pool talks to the backend, ``inflight`` keeps the search's

@@ -103,6 +103,12 @@ METRIC_ELAPSED = "elapsed_seconds"  # summed over sessions: a resume continues f
 METRIC_CONFIGS_TRIED = "configs_tried"
 METRIC_EPOCHS_DONE = "epochs_done"
 SUMMARY_METRIC_PREFIX = "summary."  # the summary's numbers, at the end
+# on the parent run, step = the tell_seq of the step's first epoch (search-wide, across resumes): each
+# finished step's fixed cost, wall_seconds - train - eval (pod start, sync, weights, checkpoint), where
+# the backend measured the wall time (Kubernetes); the summary holds its median
+METRIC_STEP_OVERHEAD = "step_overhead_seconds"
+SUMMARY_STEP_OVERHEAD_MEDIAN = "step_overhead_seconds_median"  # summary key (metric summary.<key>)
+SUMMARY_STEP_OVERHEAD_STEPS = "step_overhead_steps"  # how many steps the median is over
 # on a promotion run
 METRIC_TEST_TOP1 = "test_top1"
 METRIC_TEST_TOP5 = "test_top5"
