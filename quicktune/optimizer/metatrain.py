@@ -13,6 +13,9 @@ computes them with ``quicktune.hub.descriptor`` at the table's training resoluti
 they are stored in the artifact's schema, so a search encodes the meta-training models identically
 and brings descriptors only for models the artifact never saw. A table whose models have no
 descriptor (made-up names) falls back to a one-hot model encoding, with a warning.
+``model_encoding="onehot"`` asks for the one-hot encoding on purpose (the ablation of the
+leave-one-model-out benchmark: a model the artifact never saw then encodes as all zeros); the
+encoding used is in the artifact's schema (``schema.model.kind``) and in ``metrics["model_encoding"]``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from quicktune.optimizer.encoding import MetaScaler, Schema, train_images
 from quicktune.optimizer.surrogate import Batch, DeepKernelGP, SurrogateConfig, make_batch
 
 log = logging.getLogger(__name__)
+
+#: how ``meta_train`` encodes the model choice (``model_encoding=``)
+MODEL_ENCODINGS = ("descriptor", "onehot")
 
 
 @dataclass
@@ -130,11 +136,16 @@ def meta_train(
     surrogate: dict | None = None,
     model_descriptors: Mapping[str, Mapping[str, float]] | None = None,
     image_size: int | None = None,
+    model_encoding: str = "descriptor",
 ) -> MetaArtifact:
     """Meta-train on every dataset of ``df`` except ``exclude``; returns the artifact with the
     checkpoint of best held-out predictive log-likelihood. ``epochs * steps_per_epoch`` Adam steps
     in all (each on a batch of one dataset). ``model_descriptors``: ``{model: descriptor features}``
-    of the table's models at the table's training resolution ``image_size`` (px, recorded)."""
+    of the table's models at the table's training resolution ``image_size`` (px, recorded).
+    ``model_encoding``: ``"descriptor"`` (default; one-hot, with a warning, when a model has no
+    descriptor) or ``"onehot"`` (one-hot over the meta-training models, descriptors ignored)."""
+    if model_encoding not in MODEL_ENCODINGS:
+        raise ValueError(f"model_encoding must be one of {', '.join(MODEL_ENCODINGS)}, got {model_encoding!r}")
     df = validate_lct(df, source="meta-training table")
     excl = {str(e) for e in exclude}
     unknown = excl - set(df["dataset"].unique().tolist())
@@ -144,8 +155,9 @@ def meta_train(
     if train_df.empty:
         raise LCTError("meta-training table: no dataset left after exclusion")
     rng = np.random.default_rng(seed)
-    schema = Schema.infer(train_df, descriptors=model_descriptors, image_size=image_size)
-    if schema.model is not None and schema.model.kind != "descriptor":
+    onehot = model_encoding == "onehot"
+    schema = Schema.infer(train_df, descriptors=None if onehot else model_descriptors, image_size=image_size)
+    if schema.model is not None and schema.model.kind != "descriptor" and not onehot:
         missing = sorted(set(schema.model.choices) - set(model_descriptors or {}))
         log.warning(
             "meta-training with a one-hot model encoding: no descriptor for %s (a model it never saw will "
@@ -223,7 +235,12 @@ def meta_train(
         table_hash=table_hash(df),
         datasets=sorted(d.name for d in data),
         excluded=sorted(excl),
-        metrics={"best_val_nll": best_val, "best_val_cost_mse": best_cost_val, "history": history},
+        metrics={
+            "best_val_nll": best_val,
+            "best_val_cost_mse": best_cost_val,
+            "history": history,
+            "model_encoding": schema.model.kind if schema.model is not None else None,
+        },
     )
 
 

@@ -174,3 +174,30 @@ def test_meta_features_transfer_from_small_grey_tasks_to_large_colour_ones():
     assert big[idx["num_images"]] > mid[idx["num_images"]] > same[idx["num_images"]]
     assert big[idx["num_channels=3"]] > 0.0 == mid[idx["num_channels=3"]]
     assert big[idx["num_channels=1"]] < 0.0 == mid[idx["num_channels=1"]]
+
+
+def test_meta_train_model_encoding_onehot_is_explicit_and_recorded():
+    """``model_encoding="onehot"`` ignores the descriptors it is given (the leave-one-model-out
+    ablation); the default encodes by descriptor; the artifact records which; an unknown name fails."""
+    from quicktune.bench.synthetic import make_synthetic_table
+    from quicktune.optimizer.metatrain import meta_train
+
+    df = make_synthetic_table(2, 12, 3, seed=0)
+    models = sorted(df["hp.model"].dropna().astype(str).unique())
+    desc = {
+        m: {"log10_params": 6.0 + 0.1 * i, "log10_gmacs": -1.0 + 0.2 * i, "input_size": 224, "top1": 70.0 + i}
+        for i, m in enumerate(models)
+    }
+    kw = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 16, "model_descriptors": desc, "image_size": 32}
+    art_d = meta_train(df, **kw)
+    art_o = meta_train(df, model_encoding="onehot", **kw)
+    assert art_d.schema.model is not None and art_d.schema.model.kind == "descriptor"
+    assert art_d.metrics["model_encoding"] == "descriptor"
+    assert art_o.schema.model is not None and art_o.schema.model.kind == "onehot"
+    assert art_o.metrics["model_encoding"] == "onehot" and art_o.schema.model.descriptors == {}
+    assert sorted(art_o.schema.model.choices) == models
+    # one-hot: each meta-training model is one unit vector; a model it never saw encodes as all zeros
+    _, M = art_o.schema.encode([{"model": models[0]}, {"model": "never_seen_model"}])
+    assert M[0].sum() == pytest.approx(1.0) and not M[1].any()
+    with pytest.raises(ValueError, match="model_encoding"):
+        meta_train(df, model_encoding="ordinal", **kw)
