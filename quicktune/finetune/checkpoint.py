@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,11 +32,15 @@ import torch
 
 from quicktune import storage
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "CheckpointError",
     "Checkpoint",
     "FORMAT",
     "save_checkpoint",
+    "TensorsWrite",
+    "newest_manifest",
     "list_checkpoints",
     "load_checkpoint",
     "load_newest",
@@ -100,22 +107,96 @@ def _dedupe_storage(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def save_checkpoint(directory: str, epoch: int, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> str:
     """Write the tensors, then the manifest; returns the manifest's URI."""
-    from safetensors.torch import save
+    return TensorsWrite(directory, epoch, tensors, background=False).commit(meta)[0]
 
-    data = save(_dedupe_storage(tensors))
-    tname, mname = _names(epoch)
-    manifest = {
-        "format": FORMAT,
-        "epoch": int(epoch),
-        "tensors_file": tname,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size": len(data),
-        **to_jsonable(dict(meta)),
-    }
-    storage.write_bytes(storage.join(directory, tname), data)
-    uri = storage.join(directory, mname)
-    storage.write_bytes(uri, json.dumps(manifest, indent=1, sort_keys=True).encode())
-    return uri
+
+class TensorsWrite:
+    """A checkpoint's save in two halves: the tensors file (serialised, hashed and written, in a
+    thread when ``background``), then :meth:`commit` writes the manifest once the tensors are
+    stored. The manifest is still written last, so a checkpoint exists only when complete.
+
+    Why a thread: the step starts writing the tensors right after an epoch's training and
+    evaluates meanwhile (evaluation reads the weights, never writes them), so the upload -- most
+    of a save on S3 -- is off the step's critical path. The tensors must not change until
+    :meth:`commit` or :meth:`abandon` returns (the next epoch trains after the commit).
+    GPU tensors are copied to host memory here, in the caller's thread."""
+
+    def __init__(
+        self, directory: str, epoch: int, tensors: Mapping[str, torch.Tensor], *, background: bool = True
+    ) -> None:
+        self.directory, self.epoch = directory, int(epoch)
+        self.tensors_uri = storage.join(directory, _names(epoch)[0])
+        self.seconds = 0.0  # the tensors' serialisation, hashing and write
+        self._host = _dedupe_storage(tensors)
+        self._sha256: str | None = None
+        self._size = 0
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._write, name=f"checkpoint-{epoch}", daemon=True)
+            self._thread.start()
+        else:
+            self._write()
+
+    def _write(self) -> None:
+        from safetensors.torch import save
+
+        t0 = time.perf_counter()
+        try:
+            data = save(self._host)
+            self._sha256, self._size = hashlib.sha256(data).hexdigest(), len(data)
+            storage.write_bytes(self.tensors_uri, data)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by commit()
+            self._error = exc
+        finally:
+            self._host = {}
+            self.seconds = time.perf_counter() - t0
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def commit(self, meta: Mapping[str, Any]) -> tuple[str, bytes]:
+        """Wait for the tensors, then write the manifest; ``(manifest URI, manifest bytes)``."""
+        self._join()
+        if self._error is not None:
+            raise self._error
+        manifest = {
+            "format": FORMAT,
+            "epoch": self.epoch,
+            "tensors_file": _names(self.epoch)[0],
+            "sha256": self._sha256,
+            "size": self._size,
+            **to_jsonable(dict(meta)),
+        }
+        body = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        uri = storage.join(self.directory, _names(self.epoch)[1])
+        storage.write_bytes(uri, body)
+        return uri, body
+
+    def abandon(self) -> None:
+        """The epoch is not to be saved (it diverged, or the step failed): wait for the write and
+        delete the tensors file unless a manifest of that epoch exists (another writer's)."""
+        self._join()
+        try:
+            if not storage.exists(storage.join(self.directory, _names(self.epoch)[1])):
+                storage.delete(self.tensors_uri)
+        except storage.StorageError as exc:  # an orphan tensors file: no manifest names it
+            log.warning("could not delete the unsaved epoch's tensors %s: %s", self.tensors_uri, exc)
+
+
+def newest_manifest(directory: str) -> tuple[int, str, bytes] | None:
+    """``(epoch, URI, bytes)`` of the folder's newest manifest, unverified (None if none): what a
+    warm step compares with the manifest it wrote itself before it trusts its memory."""
+    found = list_checkpoints(directory)
+    if not found:
+        return None
+    epoch, uri = found[-1]
+    try:
+        return epoch, uri, storage.read_bytes(uri)
+    except storage.NotFoundError:  # pruned in between by another writer
+        return None
 
 
 def list_checkpoints(directory: str) -> list[tuple[int, str]]:

@@ -1,7 +1,8 @@
 """Batches for training and evaluation, with a data order that is a pure function of
 ``(seed, epoch)`` so that a resumed run sees exactly the batches a straight run would.
 
-Images are decoded and resized once per step and kept in memory (the datasets of a finetuning
+Images are decoded and resized once per step (once per process in a warm worker,
+``quicktune.finetune.warm_cache``) and kept in memory (the datasets of a finetuning
 step are small: thousands of images at 32-128 px). Without augmentation the normalized tensors
 are precomputed too, so a training batch is a single indexing operation.
 """
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from quicktune.finetune import warm_cache
 from quicktune.finetune.transforms import normalize, resize_rgb, to_tensor, to_uint8
 
 __all__ = ["epoch_seed", "ImageSet", "train_batches", "eval_batches"]
@@ -43,17 +45,28 @@ class ImageSet(torch.utils.data.Dataset):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = torch.as_tensor(np.asarray(dataset.labels)[self.indices], dtype=torch.long)
         self.in_chans, self.mean, self.std, self.policy = in_chans, tuple(mean), tuple(std), policy
-        self.images = [resize_rgb(dataset.load_image(int(i)), image_size) for i in self.indices]
+        self.image_size = int(image_size)
         # Without a random policy every epoch sees the same pixels: keep them as one uint8 tensor
-        # (a quarter of float32's memory) and normalize per batch.
+        # (a quarter of float32's memory) and normalize per batch. A long-lived step process keeps
+        # both forms between steps (quicktune.finetune.warm_cache; a no-op unless enabled).
         self.tensors: torch.Tensor | None = None
+        self.images: list[Image.Image] = []
         if policy is None:
-            self.tensors = (
-                torch.stack([to_uint8(im, in_chans) for im in self.images])
-                if self.images
-                else torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8)
+            self.tensors = warm_cache.uint8_images(
+                dataset, self.indices, image_size, in_chans, lambda: self._stack(self._decode(dataset, image_size))
             )
-            self.images = []
+        else:
+            self.images = warm_cache.resized_images(
+                dataset, self.indices, image_size, lambda: self._decode(dataset, image_size)
+            )
+
+    def _decode(self, dataset: Any, image_size: int) -> list[Image.Image]:
+        return [resize_rgb(dataset.load_image(int(i)), image_size) for i in self.indices]
+
+    def _stack(self, images: list[Image.Image]) -> torch.Tensor:
+        if not images:
+            return torch.empty(0, self.in_chans, self.image_size, self.image_size, dtype=torch.uint8)
+        return torch.stack([to_uint8(im, self.in_chans) for im in images])
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -27,6 +27,9 @@ __all__ = [
     "CheckpointMeta",
     "MANIFEST_KEYS",
     "checkpoint_tensors",
+    "RngState",
+    "rng_state",
+    "set_rng_state",
     "restore_state",
     "scheduler_state",
     "load_scheduler_state",
@@ -89,14 +92,16 @@ class CheckpointMeta:
     best_epoch: int | None = None
     best_score: float | None = None
 
-    def manifest(self, parts: TrainingParts) -> dict[str, Any]:
-        """The manifest dict (keys :data:`MANIFEST_KEYS`), with the optimizer, scheduler, scaler
-        and RNG states of now."""
+    def manifest(self, parts: TrainingParts, rng: RngState | None = None) -> dict[str, Any]:
+        """The manifest dict (keys :data:`MANIFEST_KEYS`), with the optimizer, scheduler and
+        scaler states of now and the RNG states ``rng`` (default: of now; a step passes the
+        snapshot it gave :func:`checkpoint_tensors`, so both files record the same moment)."""
         import timm
 
         _, opt_meta = optimizer_to_parts(parts.optimizer.state_dict())
-        np_state = np.random.get_state()
-        py_state = random.getstate()
+        rng = rng or rng_state(parts.device)
+        np_state = rng.numpy
+        py_state = rng.python
         cfg = self.resolved_config
         return {
             "config": dict(self.config),
@@ -154,8 +159,32 @@ def load_scheduler_state(scheduler: Any, state: Mapping[str, Any]) -> None:
         scheduler.load_state_dict(dict(state["state"]))
 
 
-def checkpoint_tensors(parts: TrainingParts) -> dict[str, torch.Tensor]:
-    """Every tensor a checkpoint saves: model, co-tuning head and relationship, optimizer state, RNG states."""
+@dataclass(frozen=True)
+class RngState:
+    """The python, numpy and torch (CPU and the step's CUDA device) RNG states at one moment."""
+
+    python: tuple
+    numpy: tuple
+    torch: torch.Tensor
+    cuda: torch.Tensor | None = None
+
+
+def rng_state(device: torch.device) -> RngState:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return RngState(random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
+
+
+def set_rng_state(state: RngState, device: torch.device) -> None:
+    random.setstate(state.python)
+    np.random.set_state(state.numpy)
+    torch.set_rng_state(state.torch)
+    if state.cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state.cuda, device)
+
+
+def checkpoint_tensors(parts: TrainingParts, rng: RngState | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor a checkpoint saves: model, co-tuning head and relationship, optimizer state,
+    RNG states (``rng``, default: of now)."""
     tensors: dict[str, torch.Tensor] = {f"model/{k}": v for k, v in parts.net.state_dict().items()}
     regs = parts.regs
     if regs.source_head is not None:
@@ -164,10 +193,11 @@ def checkpoint_tensors(parts: TrainingParts) -> dict[str, torch.Tensor]:
         tensors["cotuning/relationship"] = regs.relationship
     opt_tensors, _ = optimizer_to_parts(parts.optimizer.state_dict())
     tensors.update(opt_tensors)
-    tensors["rng/torch"] = torch.get_rng_state()
-    if parts.device.type == "cuda":  # the step's own device (cuda:N), not device 0
-        tensors["rng/cuda"] = torch.cuda.get_rng_state(parts.device)
-    np_state = np.random.get_state()
+    rng = rng or rng_state(parts.device)
+    tensors["rng/torch"] = rng.torch
+    if rng.cuda is not None:  # the step's own device (cuda:N), not device 0
+        tensors["rng/cuda"] = rng.cuda
+    np_state = rng.numpy
     tensors["rng/numpy_keys"] = torch.from_numpy(np.ascontiguousarray(np_state[1]).view(np.uint8).copy())
     return tensors
 

@@ -35,6 +35,7 @@ the step's own ``cuda:N``. Threads and DataLoader workers: ``quicktune.finetune.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -48,7 +49,7 @@ import torch
 from quicktune.finetune.build import build_training, compute_relationship, seed_everything
 from quicktune.finetune.config import InvalidConfigError, resolve_config
 from quicktune.finetune.model import UnknownModelError
-from quicktune.finetune.state import CheckpointMeta, checkpoint_tensors, restore_state
+from quicktune.finetune.state import CheckpointMeta, checkpoint_tensors, restore_state, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +240,7 @@ def _run(
     weights_config,
     precision: str = "auto",
 ) -> None:
-    from quicktune.data import open_dataset
-    from quicktune.finetune import checkpoint as ck
+    from quicktune.finetune import checkpoint as ck, warm_cache
     from quicktune.finetune.divergence import loss_exploded
     from quicktune.finetune.loader import ImageSet, effective_batch_size, epoch_seed, eval_batches, train_batches
     from quicktune.finetune.model import model_defaults
@@ -274,8 +274,13 @@ def _run(
     defaults = model_defaults(cfg["model"], weights_config)  # imports timm (the bulk of start-up)
     mark("setup")
 
-    # --- the checkpoint decides image size, schedule length and seed of a resumed config
-    ckpt, problems = ck.load_newest(checkpoint_dir)
+    # --- the checkpoint decides image size, schedule length and seed of a resumed config; a warm
+    # process continues from the state in its memory only when that is the newest checkpoint
+    memory = _verified_memory(warm_cache.take_training(checkpoint_dir), checkpoint_dir)
+    if memory is not None:
+        ckpt, problems = ck.Checkpoint(memory.epoch, memory.manifest_uri, json.loads(memory.manifest_bytes), {}), []
+    else:
+        ckpt, problems = ck.load_newest(checkpoint_dir)
     mark("checkpoint_load")
     for p in problems:
         report.warnings.append(f"skipped a bad checkpoint: {p}")
@@ -317,7 +322,7 @@ def _run(
     if to_epoch > max_epochs:
         report.warnings.append(f"to_epoch {to_epoch} is beyond the schedule length max_epochs={max_epochs}")
 
-    ds = open_dataset(data_uri, cache_dir=cache_dir, split_seed=split_seed)
+    ds, data_check = warm_cache.open_dataset(data_uri, cache_dir, split_seed)
     mark("data")
     report.meta_features = dict(ds.meta_features())
     classes = [str(c) for c in ds.classes]
@@ -333,25 +338,54 @@ def _run(
                 f"{data_uri}: the dataset changed since this config's last checkpoint "
                 f"(fingerprint {m.get('data_fingerprint')} -> {ds.fingerprint})"
             )
+    precision = resolve_precision(precision, dev)
+    signature = {
+        "config": dict(config),
+        "weights_config": json.dumps(weights_config, sort_keys=True, default=str),
+        "device": str(dev),
+        "image_size": int(image_size),
+        "max_epochs": int(max_epochs),
+        "seed": int(seed),
+        "split_seed": int(split_seed),
+        "precision": precision,
+        "classes": classes,
+        "in_chans": in_chans,
+    }
+    if memory is not None and dict(memory.signature) != signature:
+        log.info("kept training state of %s was built differently: restoring from the checkpoint", checkpoint_dir)
+        memory = None
+        warm_cache.free_gpu()
+        ckpt, problems = ck.load_newest(checkpoint_dir)  # the same newest checkpoint, now with its tensors
+        if ckpt is None or ckpt.epoch != start_epoch:
+            raise StepError(f"{checkpoint_dir}: the newest checkpoint changed while this step started; retry")
     if to_epoch <= start_epoch:
+        _join_data_check(data_check, report)
+        if memory is not None:
+            warm_cache.remember_training(memory)  # still the newest state
         report.message = f"already trained to epoch {start_epoch} (asked for {to_epoch}); nothing to do"
         return
-    precision = resolve_precision(precision, dev)
 
-    # --- model, regularizers, optimizer, schedule (built the same way on every step)
-    parts = build_training(
-        cfg,
-        defaults,
-        num_classes,
-        in_chans,
-        image_size,
-        dev,
-        seed,
-        max_epochs,
-        weights_config,
-        report.warnings,
-        precision=precision,
-    )
+    # --- model, regularizers, optimizer, schedule (built the same way on every step, or kept)
+    if memory is not None:
+        parts, build_warnings = memory.parts, list(memory.warnings)
+        report.warnings.extend(build_warnings)
+        report.extra["memory"] = True
+    else:
+        before = len(report.warnings)
+        parts = build_training(
+            cfg,
+            defaults,
+            num_classes,
+            in_chans,
+            image_size,
+            dev,
+            seed,
+            max_epochs,
+            weights_config,
+            report.warnings,
+            precision=precision,
+        )
+        build_warnings = report.warnings[before:]
     report.extra["precision"] = parts.precision
     report.extra["scaler_skipped_steps"] = 0
     mark("build")
@@ -378,7 +412,9 @@ def _run(
     eval_bs = max(32, min(512, 2 * bs))
 
     mark("data")
-    if ckpt is not None:
+    if memory is not None:
+        set_rng_state(memory.rng, dev)  # what restore_state would set from the same checkpoint
+    elif ckpt is not None:
         restore_state(ckpt, parts)
     elif regs.cotuning_weight > 0 and regs.source_head is not None:
         regs.relationship = compute_relationship(net, regs.source_head, train_set, num_classes, dev, eval_bs)
@@ -405,6 +441,8 @@ def _run(
 
     best_epoch, best_score = _best(report.history)
     first_loss = _first_epoch_task_loss(report.history)
+    overlapped = report.extra["phases"].setdefault("overlapped", {})
+    uri, manifest_bytes, rng = "", b"", None
     for epoch in range(start_epoch + 1, to_epoch + 1):
         seed_everything(epoch_seed(seed, epoch))
         lr = float(optimizer.param_groups[0]["lr"]) / float(optimizer.param_groups[0].get("lr_scale", 1.0))
@@ -432,42 +470,52 @@ def _run(
             raise DivergedError(f"epoch {epoch}: {exploded} (lr={lr:.3g}, {parts.precision})")
         if first_loss is None:
             first_loss = stats["train_task_loss"]
-        ev = evaluate(net, eval_batches(val_set, eval_bs), dev, precision=parts.precision)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t2, c2 = time.perf_counter(), time.process_time()
-        mark("eval")
-        if not math.isfinite(ev["loss"]):
-            raise DivergedError(
-                f"epoch {epoch}: the validation loss is {ev['loss']} (train loss {stats['train_loss']:.4g}, "
-                f"lr={lr:.3g}, {parts.precision})"
-            )
-        scheduler.step(epoch, ev["top1"])
-        record = {
-            "epoch": epoch,
-            "score": ev["top1"],
-            "top5": ev["top5"],
-            "val_loss": ev["loss"],
-            "train_loss": stats["train_loss"],
-            "train_task_loss": stats["train_task_loss"],
-            "scaler_skipped_steps": int(stats["scaler_skipped_steps"]),
-            "train_seconds": round(t1 - t0, 6),
-            "eval_seconds": round(t2 - t1, 6),
-            # CPU seconds of this process (all its threads): unlike wall time, not inflated when
-            # other work shares the machine, so campaigns on shared CPUs keep a comparable cost
-            "train_cpu_seconds": round(c1 - c0, 6),
-            "eval_cpu_seconds": round(c2 - c1, 6),
-            "lr": lr,
-            "train_images": stats["train_images"],
-        }
-        record["cost"] = record["train_seconds"] + record["eval_seconds"]
-        if best_score is None or record["score"] > best_score:
-            best_epoch, best_score = epoch, record["score"]
-        history = report.history + [record]
-        mark("scheduler")
-        meta = replace(run_meta, history=history, best_epoch=best_epoch, best_score=best_score).manifest(parts)
-        tensors = checkpoint_tensors(parts)
-        uri = ck.save_checkpoint(checkpoint_dir, epoch, tensors, meta)
+        # the checkpoint's tensors are written while the epoch is evaluated (evaluation reads the
+        # weights, never writes them); the manifest follows once they are stored (ck.TensorsWrite)
+        rng = rng_state(dev)
+        write = ck.TensorsWrite(checkpoint_dir, epoch, checkpoint_tensors(parts, rng))
+        try:
+            ev = evaluate(net, eval_batches(val_set, eval_bs), dev, precision=parts.precision)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t2, c2 = time.perf_counter(), time.process_time()
+            mark("eval")
+            if not math.isfinite(ev["loss"]):
+                raise DivergedError(
+                    f"epoch {epoch}: the validation loss is {ev['loss']} (train loss {stats['train_loss']:.4g}, "
+                    f"lr={lr:.3g}, {parts.precision})"
+                )
+            scheduler.step(epoch, ev["top1"])
+            record = {
+                "epoch": epoch,
+                "score": ev["top1"],
+                "top5": ev["top5"],
+                "val_loss": ev["loss"],
+                "train_loss": stats["train_loss"],
+                "train_task_loss": stats["train_task_loss"],
+                "scaler_skipped_steps": int(stats["scaler_skipped_steps"]),
+                "train_seconds": round(t1 - t0, 6),
+                "eval_seconds": round(t2 - t1, 6),
+                # CPU seconds of this process (all its threads): unlike wall time, not inflated when
+                # other work shares the machine, so campaigns on shared CPUs keep a comparable cost
+                "train_cpu_seconds": round(c1 - c0, 6),
+                "eval_cpu_seconds": round(c2 - c1, 6),
+                "lr": lr,
+                "train_images": stats["train_images"],
+            }
+            record["cost"] = record["train_seconds"] + record["eval_seconds"]
+            if best_score is None or record["score"] > best_score:
+                best_epoch, best_score = epoch, record["score"]
+            history = report.history + [record]
+            _join_data_check(data_check, report)  # a reused dataset's freshness check, before the first save
+            data_check = None
+            mark("scheduler")
+            meta = replace(run_meta, history=history, best_epoch=best_epoch, best_score=best_score)
+            uri, manifest_bytes = write.commit(meta.manifest(parts, rng))
+        except BaseException:
+            write.abandon()
+            raise
+        overlapped["checkpoint_tensors"] = round(overlapped.get("checkpoint_tensors", 0.0) + write.seconds, 6)
         ck.prune(checkpoint_dir, {epoch, best_epoch})
         mark("checkpoint_save")
         report.history = history
@@ -482,6 +530,46 @@ def _run(
             stats["train_loss"],
             record["cost"],
         )
+    if rng is not None:  # trained and saved: a warm process keeps the state (warm_cache; else a no-op)
+        warm_cache.remember_training(
+            warm_cache.TrainingMemory(
+                checkpoint_dir, to_epoch, uri, manifest_bytes, signature, parts, rng, tuple(build_warnings)
+            )
+        )
+
+
+def _join_data_check(check, report: _Report) -> None:
+    """Wait for a reused dataset's freshness check (warm_cache.DatasetCheck); warn if it changed."""
+    if check is not None:
+        warning = check.result()
+        if warning:
+            report.warnings.append(warning)
+            log.warning("%s", warning)
+
+
+def _verified_memory(memory, checkpoint_dir: str):
+    """``memory`` (a warm_cache.TrainingMemory) when the folder's newest checkpoint is exactly the
+    one it wrote, else None (its GPU memory freed): the checkpoint decides where training resumes."""
+    if memory is None:
+        return None
+    from quicktune.finetune import checkpoint as ck, warm_cache
+
+    try:
+        newest = ck.newest_manifest(checkpoint_dir)
+    except Exception as exc:  # noqa: BLE001 - the cold path reads the folder again and reports it
+        log.info("cannot check %s against the kept training state: %s", checkpoint_dir, exc)
+        newest = None
+    if newest == (memory.epoch, memory.manifest_uri, memory.manifest_bytes):
+        return memory
+    log.info(
+        "kept training state of %s (epoch %d) is not its newest checkpoint (%s): restoring from the checkpoint",
+        checkpoint_dir,
+        memory.epoch,
+        "none" if newest is None else f"epoch {newest[0]}",
+    )
+    del memory
+    warm_cache.free_gpu()
+    return None
 
 
 @torch.no_grad()
