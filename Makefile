@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt requirements-dev.txt requirements-nodeps.txt | sha1sum | cut -c1-12)
 
-.PHONY: venv demo test lint bench bench-peers clean-venv system-data browser-deps
+.PHONY: venv demo test test-all lint bench bench-peers clean-venv system-data browser-deps
 
 $(STAMP): pyproject.toml constraints.txt requirements-dev.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,9 +22,17 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/quicktune demo
 
-## make test: lint contracts, the peers venv (Syne Tune), then every test (slow ones included)
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1200
+
+## make test: lint contracts, the peers venv (Syne Tune), then every test not marked slow
+## (~10 minutes on 2 cores: the one to run while working)
 test: venv lint bench-peers
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1200 tests
+	$(PYTEST) -m "not slow" tests
+
+## make test-all: the same, slow tests included (real searches through MLflow + S3, kill -9
+## resumes, fake-cluster searches, the browser test; ~30 minutes on 2 cores). What CI runs.
+test-all: venv lint bench-peers
+	$(PYTEST) tests
 
 ## make lint: import contracts, ruff (lint + format) and mypy. The ruff and mypy lists grow as
 ## packages are brought up to the rules (config: [tool.ruff] and [tool.mypy] in pyproject.toml).
