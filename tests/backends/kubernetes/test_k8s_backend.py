@@ -529,26 +529,11 @@ def _kubeconfig(path, url: str):
     return path
 
 
-@pytest.mark.slow
-@pytest.mark.servers
-def test_full_search_with_controller_restart_preemption_and_oom(fake_cluster, mlflow_server, s3_digits, tmp_path):
-    """``quicktune search --backend kubernetes`` (a real controller process, via a kubeconfig that
-    points at the fake API server) is killed with SIGKILL mid-search and restarted with the same
-    search id; meanwhile one step pod is preempted and another is OOM-killed. The search must
-    finish, every step Job must have been created exactly once (running ones re-adopted), the
-    preempted Job must have succeeded without counting a failure, and the OOM-killed step's logs
-    must be on its configuration's MLflow run."""
-    import collections
+def _controller_env(tmp_path, fake_cluster, mlflow_server) -> tuple[dict[str, str], str]:
+    """The environment of a controller process talking to the fake API server (a kubeconfig, not the
+    in-cluster token), and the ``--step-env`` JSON its step pods get (S3 endpoint, no secrets)."""
     import os
-    import signal
-    import subprocess
-    import sys
 
-    from mlflow import MlflowClient
-
-    search_id = f"k8s-{uuid.uuid4().hex[:6]}"
-    experiment = f"k8s-{uuid.uuid4().hex[:6]}"
-    bucket = s3_digits[5:].split("/")[0]
     env = {
         **os.environ,
         **mlflow_server.env,
@@ -560,6 +545,72 @@ def test_full_search_with_controller_restart_preemption_and_oom(fake_cluster, ml
     step_env = json.dumps(
         {"AWS_ENDPOINT_URL": mlflow_server.s3.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "3"}
     )
+    return env, step_env
+
+
+def _k8s_search_args(search_id, experiment, mlflow_server, checkpoint_uri: str, tmp_path, step_env: str) -> list[str]:
+    """The part of a ``quicktune search --backend kubernetes`` command line every fake-cluster search shares."""
+    return [
+        "--search-id",
+        search_id,
+        "--experiment",
+        experiment,
+        "--tracking-uri",
+        mlflow_server.tracking_uri,
+        "--checkpoint-uri",
+        checkpoint_uri,
+        "--workdir",
+        str(tmp_path / "work"),
+        "--no-progress",
+        "--backend",
+        "kubernetes",
+        "--backend-option",
+        f"namespace={NAMESPACE}",
+        "--backend-option",
+        f"image={IMAGE}",
+        "--backend-option",
+        f"secrets={S3_SECRET}",
+        "--backend-option",
+        f"env={step_env}",
+        "--backend-option",
+        "memory=2Gi",
+    ]
+
+
+def _start_controller(fake_cluster, cmd: list[str], env: dict[str, str], log: Path, pod: str):
+    """Start ``cmd`` as the process of controller pod ``pod`` (registered with the fake cluster, so
+    its uid can own step Jobs), its output in ``log``."""
+    import subprocess
+
+    uid = fake_cluster.add_pod(pod)
+    return subprocess.Popen(
+        cmd,
+        env={**env, "POD_NAME": pod, "POD_UID": uid, "POD_NAMESPACE": NAMESPACE},
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.servers
+def test_full_search_with_controller_restart_preemption_and_oom(fake_cluster, mlflow_server, s3_digits, tmp_path):
+    """``quicktune search --backend kubernetes`` (a real controller process, via a kubeconfig that
+    points at the fake API server) is killed with SIGKILL mid-search and restarted with the same
+    search id; meanwhile one step pod is preempted and another is OOM-killed. The search must
+    finish, every step Job must have been created exactly once (running ones re-adopted), the
+    preempted Job must have succeeded without counting a failure, and the OOM-killed step's logs
+    must be on its configuration's MLflow run."""
+    import collections
+    import signal
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    search_id = f"k8s-{uuid.uuid4().hex[:6]}"
+    experiment = f"k8s-{uuid.uuid4().hex[:6]}"
+    bucket = s3_digits[5:].split("/")[0]
+    env, step_env = _controller_env(tmp_path, fake_cluster, mlflow_server)
     cmd = [
         sys.executable,
         "-m",
@@ -580,41 +631,13 @@ def test_full_search_with_controller_restart_preemption_and_oom(fake_cluster, ml
         "16",
         "--budget-epochs",
         "6",
-        "--search-id",
-        search_id,
-        "--experiment",
-        experiment,
-        "--tracking-uri",
-        mlflow_server.tracking_uri,
-        "--checkpoint-uri",
-        f"s3://{bucket}/search-ckpt",
-        "--workdir",
-        str(tmp_path / "work"),
-        "--no-progress",
-        "--backend",
-        "kubernetes",
-        "--backend-option",
-        f"namespace={NAMESPACE}",
-        "--backend-option",
-        f"image={IMAGE}",
-        "--backend-option",
-        f"secrets={S3_SECRET}",
-        "--backend-option",
-        f"env={step_env}",
-        "--backend-option",
-        "memory=2Gi",
+        *_k8s_search_args(search_id, experiment, mlflow_server, f"s3://{bucket}/search-ckpt", tmp_path, step_env),
         "--backend-option",
         "backoff_limit=2",
     ]
 
     def controller(pod: str, log_name: str) -> subprocess.Popen:
-        uid = fake_cluster.add_pod(pod)
-        return subprocess.Popen(
-            cmd,
-            env={**env, "POD_NAME": pod, "POD_UID": uid, "POD_NAMESPACE": NAMESPACE},
-            stdout=open(tmp_path / log_name, "wb"),
-            stderr=subprocess.STDOUT,
-        )
+        return _start_controller(fake_cluster, cmd, env, tmp_path / log_name, pod)
 
     def alive(proc: subprocess.Popen, log_name: str) -> None:
         if proc.poll() is not None:
@@ -695,7 +718,6 @@ def test_default_space_search_survives_a_controller_kill(fake_cluster, mlflow_se
     search id: the search finishes, every step Job was created once, no (config, epoch) is logged
     twice (``tell_seq`` unique), and no run is left RUNNING."""
     import collections
-    import os
     import signal
     import subprocess
     import sys
@@ -705,17 +727,7 @@ def test_default_space_search_survives_a_controller_kill(fake_cluster, mlflow_se
     search_id = f"k8s-cpu-{uuid.uuid4().hex[:6]}"
     experiment = f"k8s-cpu-{uuid.uuid4().hex[:6]}"
     bucket = s3_digits[5:].split("/")[0]
-    env = {
-        **os.environ,
-        **mlflow_server.env,
-        "KUBECONFIG": str(_kubeconfig(tmp_path / "kubeconfig", fake_cluster.url)),
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-        "OMP_NUM_THREADS": "1",
-    }
-    env.pop("KUBERNETES_SERVICE_HOST", None)
-    step_env = json.dumps(
-        {"AWS_ENDPOINT_URL": mlflow_server.s3.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "3"}
-    )
+    env, step_env = _controller_env(tmp_path, fake_cluster, mlflow_server)
     cmd = [
         sys.executable,
         "-m",
@@ -733,29 +745,7 @@ def test_default_space_search_survives_a_controller_kill(fake_cluster, mlflow_se
         "32",
         "--budget-epochs",
         "4",
-        "--search-id",
-        search_id,
-        "--experiment",
-        experiment,
-        "--tracking-uri",
-        mlflow_server.tracking_uri,
-        "--checkpoint-uri",
-        f"s3://{bucket}/cpu-ckpt",
-        "--workdir",
-        str(tmp_path / "work"),
-        "--no-progress",
-        "--backend",
-        "kubernetes",
-        "--backend-option",
-        f"namespace={NAMESPACE}",
-        "--backend-option",
-        f"image={IMAGE}",
-        "--backend-option",
-        f"secrets={S3_SECRET}",
-        "--backend-option",
-        f"env={step_env}",
-        "--backend-option",
-        "memory=2Gi",
+        *_k8s_search_args(search_id, experiment, mlflow_server, f"s3://{bucket}/cpu-ckpt", tmp_path, step_env),
     ]
     client = MlflowClient(mlflow_server.tracking_uri)
 
@@ -775,13 +765,7 @@ def test_default_space_search_survives_a_controller_kill(fake_cluster, mlflow_se
         )
 
     def controller(pod: str, log_name: str) -> subprocess.Popen:
-        uid = fake_cluster.add_pod(pod)
-        return subprocess.Popen(
-            cmd,
-            env={**env, "POD_NAME": pod, "POD_UID": uid, "POD_NAMESPACE": NAMESPACE},
-            stdout=open(tmp_path / log_name, "wb"),
-            stderr=subprocess.STDOUT,
-        )
+        return _start_controller(fake_cluster, cmd, env, tmp_path / log_name, pod)
 
     first = controller("controller-1", "controller-1.log")
     try:
