@@ -263,10 +263,20 @@ def _worker(args: argparse.Namespace) -> int:
     answers ``{"id": "a", "status": ..., "message": ..., "out": ...}`` per line (``"error"`` when the
     request itself is malformed or RESULT could not be written). Each request is an ordinary
     ``run_step`` (same checkpoints, same RESULT.json, same exact resume: every epoch reseeds from
-    (seed, epoch)); only the interpreter and the torch/timm imports are shared. CLI flags give the
+    (seed, epoch)); the interpreter, the torch/timm imports and ``quicktune.finetune.warm_cache``
+    (datasets, decoded images, the last config's training state) are shared. CLI flags give the
     defaults for device, threads, seed, image size, schedule length and cache folder."""
+    from quicktune.finetune import warm_cache
     from quicktune.finetune.step import run_step
 
+    warm_cache.enable()  # a long-lived process: datasets, decoded images, the last config's state
+    try:
+        return _serve(args, run_step)
+    finally:
+        warm_cache.disable()
+
+
+def _serve(args: argparse.Namespace, run_step: Any) -> int:
     defaults = {
         "device": args.device,
         "seed": args.seed,

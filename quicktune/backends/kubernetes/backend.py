@@ -436,19 +436,8 @@ class KubernetesBackend(TrialBackend):
         return state
 
     def result(self, step_id: str) -> dict[str, Any]:
-        status = self.poll(step_id)
-        if not status.done:
-            raise BackendError(f"step {step_id} is {status.state}; its result is not available yet")
-        if status.state == CANCELLED:
-            return {"status": "failed", "message": f"step {step_id} was cancelled", "epochs": []}
-        with self._lock:
-            rec = self._steps.get(step_id)
-            res = rec.result if rec is not None else None
-        if res is not None:
-            found = copy.deepcopy(res)
-            wall = rec.wall_seconds if rec is not None else None
-            if wall is not None:
-                found["wall_seconds"] = wall
+        status, found = self._finished_result(step_id)
+        if found is not None:
             return found
         # the Job failed without a RESULT.json: its own reason plus what the last pod said
         pod_info = self._last_pod_termination(step_id)
@@ -463,6 +452,27 @@ class KubernetesBackend(TrialBackend):
         if status.message.startswith("DeadlineExceeded"):
             out["timeout"] = True  # activeDeadlineSeconds: re-running would time out again
         return out
+
+    def _finished_result(self, step_id: str) -> tuple[StepStatus, dict[str, Any] | None]:
+        """``result``'s common half (both modes): the finished step's status and a copy of its
+        RESULT with ``wall_seconds`` added, the ``failed`` answer of a cancelled step, or None
+        when it finished without a RESULT. Raises while the step runs."""
+        status = self.poll(step_id)
+        if not status.done:
+            raise BackendError(f"step {step_id} is {status.state}; its result is not available yet")
+        if status.state == CANCELLED:
+            return status, {"status": "failed", "message": f"step {step_id} was cancelled", "epochs": []}
+        with self._lock:
+            rec = self._steps.get(step_id)
+            res = copy.deepcopy(rec.result) if rec is not None and rec.result is not None else None
+            wall = self._result_wall_seconds(step_id, rec) if res is not None else None
+        if res is not None and wall is not None:
+            res["wall_seconds"] = wall
+        return status, res
+
+    def _result_wall_seconds(self, step_id: str, rec: Any) -> float | None:
+        """The step's wall time for its result (the Job's; warm mode: the request's). Under the lock."""
+        return rec.wall_seconds if rec is not None else None
 
     def logs(self, step_id: str) -> str:
         pods = self._pods_of(step_id)

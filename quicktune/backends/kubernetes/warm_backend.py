@@ -210,22 +210,15 @@ class WarmKubernetesBackend(KubernetesBackend):
         return status
 
     def result(self, step_id: str) -> dict[str, Any]:
-        status = self.poll(step_id)
-        if not status.done:
-            raise BackendError(f"step {step_id} is {status.state}; its result is not available yet")
-        if status.state == CANCELLED:
-            return {"status": "failed", "message": f"step {step_id} was cancelled", "epochs": []}
-        with self._lock:
-            rec = self._steps.get(step_id)
-            res = copy.deepcopy(rec.result) if rec is not None and rec.result is not None else None
-            view = self._views.get(step_id)
-        if res is not None:
-            wall = view.wall_seconds() if view is not None else None
-            if wall is not None:
-                res["wall_seconds"] = wall
-            return res
+        status, found = self._finished_result(step_id)
+        if found is not None:
+            return found
         message = status.message or f"step {step_id} failed on a warm worker"
         return {"status": "failed", "message": message, "epochs": []}
+
+    def _result_wall_seconds(self, step_id: str, rec: Any) -> float | None:
+        view = self._views.get(step_id)  # claimed .. finished, as the request records them
+        return view.wall_seconds() if view is not None else None
 
     def logs(self, step_id: str) -> str:
         obj = self._api.read_configmap_or_none(step_id)

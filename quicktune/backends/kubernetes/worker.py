@@ -27,7 +27,11 @@ pod instead of once per epoch. The protocol -- request ConfigMaps, claims by com
 
 Caches kept across requests: everything the process holds (torch/timm imported, timm's model
 registry), the step's cache folders (``QUICKTUNE_CACHE``, ``TORCH_HOME``, ``HF_HOME``: the dataset
-mirror, synced incrementally by ETag, and downloaded weights) for as long as the pod lives.
+mirror, synced incrementally by ETag, and downloaded weights) for as long as the pod lives, and
+``quicktune.finetune.warm_cache``: the opened dataset (re-checked beside the training), its decoded
+images, and the last config's model/optimizer state, which the next step of that config continues
+from only when the newest checkpoint is the one this process wrote (else it restores from the
+checkpoint: a worker that dies loses nothing, and the checkpoint decides where training resumes).
 """
 
 from __future__ import annotations
@@ -77,9 +81,18 @@ from quicktune.backends.kubernetes.warm import (
 
 log = logging.getLogger("quicktune.k8s.worker")
 
+# After a step the worker lists the requests every BRISK_POLL_SECONDS for BRISK_SECONDS (the
+# controller queues a config's next epoch as soon as it has read the result), then every --poll-seconds.
+BRISK_SECONDS = 5.0
+BRISK_POLL_SECONDS = 0.1
+
 # The step's in-process entry point, as the local fork server names it: named, not imported (the
 # backends layer does not import the step's package; the worker runs it as the program it is).
 STEP_ENTRY = "quicktune.finetune.entry:run_step_main"
+
+
+# What this process keeps between steps (``quicktune.finetune.warm_cache``; named, as STEP_ENTRY).
+WARM_CACHE = "quicktune.finetune.warm_cache"
 
 
 def _step_entry() -> Callable[[Sequence[str]], int]:
@@ -106,6 +119,7 @@ class Worker:
         device: str = "cpu",
         grace_seconds: float = PREFERENCE_GRACE_SECONDS,
         exit_process: Any = os._exit,
+        brisk_seconds: float = BRISK_SECONDS,
     ) -> None:
         self.api = api
         self.name = name
@@ -115,6 +129,7 @@ class Worker:
         self.poll = float(poll_seconds)
         self.device = device
         self.grace = float(grace_seconds)
+        self.brisk = float(brisk_seconds)
         self._exit = exit_process
         self._seen: dict[str, tuple[str, float]] = {}  # name -> (resourceVersion, when first seen at it)
         self.ran: list[str] = []  # requests this worker ran, in order
@@ -123,6 +138,9 @@ class Worker:
     def run(self) -> int:
         idle_since = time.monotonic()
         while True:
+            # just after a step, the controller usually queues the config's next one: look often
+            brisk = time.monotonic() - idle_since < self.brisk
+            pause = min(self.poll, BRISK_POLL_SECONDS) if brisk else self.poll
             try:
                 items = self.api.list_configmaps(self.selector)
             except BackendError as exc:
@@ -139,7 +157,7 @@ class Worker:
                 if time.monotonic() - idle_since > self.idle:
                     print(f"[quicktune worker {self.name}] idle for {self.idle:.0f} s: exiting", flush=True)
                     return 0
-                time.sleep(self.poll)
+                time.sleep(pause)
 
     def _claimable(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Requests this worker may claim now, best first (own preferred, unpreferred, others'
@@ -382,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     _step_entry()  # the step's imports, once (torch; timm with the first step)
     importlib.import_module("quicktune.finetune.step")
+    importlib.import_module(WARM_CACHE).enable()  # datasets, decoded images, the last config's state
 
     print(f"[quicktune worker {name}] ready in {time.perf_counter() - t0:.1f} s; serving {args.selector}", flush=True)
     worker = Worker(
