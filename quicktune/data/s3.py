@@ -8,7 +8,15 @@ Layout: ``<cache>/s3/<endpoint-id>/<bucket>/<prefix>/...`` plus ``.quicktune-eta
 (relative path -> ETag of each complete local file). Downloads go to ``*.part-*`` files renamed
 into place when complete, the ETag manifest is flushed about every second, and a file lock
 serialises processes syncing the same prefix: an interrupted sync resumes where it stopped and
-files already present with the right ETag are never fetched again.
+files already present with the right ETag and size are never fetched again.
+
+Shared caches (one volume mounted by many pods, docs/cluster.md "Caches that survive a pod"): a
+file is only ever complete or absent under its own name (rename), and it is reused only when the
+manifest names the listed ETag *and* its size is the listed size -- a file cut short by a node crash
+after its rename, or changed by hand, is fetched again. Where the volume's locks do not reach other
+nodes, two syncs may run at once: they may fetch a file twice, never expose a partial one, and a
+sync removes only ``*.part-*`` files older than ``STALE_PART_SECONDS`` (never another pod's
+download in flight).
 
 Keys are names chosen by whoever can write the bucket, so they are confined
 (``quicktune.data.paths``): AWS S3 keeps ``//``, ``..`` and backslashes in keys, and
@@ -24,6 +32,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import threading
 import time
 import uuid
@@ -38,6 +47,9 @@ from quicktune.data.paths import confined, path_problem, safe_form
 
 MANIFEST = ".quicktune-etags.json"
 LOCK = ".quicktune-sync.lock"
+#: a ``*.part-*`` file older than this is a leftover of an interrupted download (one object is
+#: written in a single call, seconds at most), younger ones may be another node's download in flight
+STALE_PART_SECONDS = 600.0
 
 
 def _wanted(rel: str) -> bool:
@@ -141,6 +153,7 @@ def sync_prefix(uri: str, cache_root: Path, workers: int | None = None) -> tuple
     except storage.StorageError as exc:
         raise DatasetError(f"{uri}: {exc}") from exc
     remote = remote_files(objects, prefix, base_uri)
+    sizes = {rel: int(o["Size"]) for o in objects if (rel := str(o["Key"])[len(prefix) :]) in remote and "Size" in o}
     if not remote:
         raise DatasetError(
             f"{uri}: dataset is empty: no images under {base_uri} "
@@ -151,15 +164,41 @@ def sync_prefix(uri: str, cache_root: Path, workers: int | None = None) -> tuple
     with open(root / LOCK, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            stats = _sync_locked(base_uri, bucket, prefix, root, remote, workers)
+            stats = _sync_locked(base_uri, bucket, prefix, root, remote, workers, sizes)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     stats["seconds"] = round(time.monotonic() - t0, 3)
     return root, remote, stats
 
 
+def _is_current(path: Path, size: int | None) -> bool:
+    """Whether ``path`` is a regular file of ``size`` bytes (any size when the listing gave none)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and (size is None or st.st_size == size)
+
+
+def _remove_stale_parts(root: Path) -> None:
+    """Remove the ``*.part-*`` leftovers of interrupted downloads (module docstring: not the fresh ones)."""
+    cutoff = time.time() - STALE_PART_SECONDS
+    for part in root.rglob("*.part-*"):  # rglob stays off symlinks
+        try:
+            if part.lstat().st_mtime < cutoff:
+                part.unlink(missing_ok=True)
+        except OSError:
+            pass  # gone in between (another sync cleaned it up)
+
+
 def _sync_locked(
-    base_uri: str, bucket: str, prefix: str, root: Path, remote: dict[str, str], workers: int
+    base_uri: str,
+    bucket: str,
+    prefix: str,
+    root: Path,
+    remote: dict[str, str],
+    workers: int,
+    sizes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     manifest_path = root / MANIFEST
     try:
@@ -168,8 +207,8 @@ def _sync_locked(
         manifest = {}
     if not isinstance(manifest, dict):
         manifest = {}
-    for part in root.rglob("*.part-*"):  # leftovers of an interrupted sync (rglob stays off symlinks)
-        part.unlink(missing_ok=True)
+    sizes = sizes or {}
+    _remove_stale_parts(root)
     removed = 0
     pruned = set(manifest) - set(remote)
     for rel in sorted(pruned):
@@ -183,7 +222,7 @@ def _sync_locked(
     todo = [
         rel
         for rel, etag in sorted(remote.items())
-        if manifest.get(rel) != etag or not confined(root, rel, resolve=True).is_file()
+        if manifest.get(rel) != etag or not _is_current(confined(root, rel, resolve=True), sizes.get(rel))
     ]
     stats: dict[str, Any] = {
         "listed": len(remote),
@@ -212,8 +251,12 @@ def _sync_locked(
         dest = confined(root, rel, resolve=True, what="object key")  # remote_files checked it; links too
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f"{dest.name}.part-{uuid.uuid4().hex[:8]}")
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return rel, resp.get("ETag", remote[rel]).strip('"'), len(data)
 
     last_flush = time.monotonic()
