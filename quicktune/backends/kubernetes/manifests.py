@@ -22,6 +22,14 @@ What a step Job looks like (see ``build_job``):
   step script reads its env with the shell, ``"$VAR"``, after the kubelet);
 * a non-root, read-only-root-filesystem pod with ``emptyDir`` volumes for ``/tmp`` (config,
   caches) and ``/dev/shm`` (DataLoader workers);
+* opt-in (``cache_pvc``): a PersistentVolumeClaim mounted at ``CACHE_MOUNT`` that holds the caches
+  worth keeping beyond one pod -- the dataset mirror (``QUICKTUNE_CACHE``) and the pretrained weights
+  (``TORCH_HOME``, ``HF_HOME``) -- shared by every step and warm worker pod that mounts it, with
+  ``fsGroupChangePolicy: OnRootMismatch`` so a large cache is not re-chowned at every pod start.
+  Concurrent writers are safe: the mirror renames complete downloads into place under a per-prefix
+  file lock and checks ETag and size (``quicktune.data.s3``), torch and huggingface_hub lock their
+  own downloads. Without it the caches live in the pod's ``/tmp`` emptyDir (docs/cluster.md,
+  "Caches that survive a pod");
 * ``activeDeadlineSeconds``, ``backoffLimit``, ``ttlSecondsAfterFinished``, restartPolicy Never and
   a ``podFailurePolicy``: a pod with the ``DisruptionTarget`` condition (preempted, evicted,
   drained) is retried without counting against ``backoffLimit``; exit codes in
@@ -61,6 +69,9 @@ ANNOTATION_SEARCH = "quicktune.io/search-id"
 ANNOTATION_CONFIG = "quicktune.io/config-id"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 WORKDIR = "/tmp/quicktune"
+CACHE_VOLUME = "cache"
+CACHE_MOUNT = "/cache"  # where a cache PVC is mounted (cache_pvc); otherwise the caches are under /tmp/cache
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 # The step reads its configuration from a file; the pod gets it through an env var and a tiny
 # POSIX shell wrapper writes it into the emptyDir-backed /tmp (the root filesystem is read-only).
@@ -142,6 +153,30 @@ def sanitize_label_value(value: str) -> str:
     return f"{cleaned}-{digest}" if cleaned else digest
 
 
+def check_claim_name(name: str, what: str = "cache_pvc") -> str:
+    """``name`` if it is a valid PersistentVolumeClaim name (a DNS-1123 subdomain), else ValueError."""
+    if not isinstance(name, str) or len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        raise ValueError(
+            f"{what}: {name!r} is not a PersistentVolumeClaim name (lowercase letters, digits, '-' and '.', "
+            "at most 253 characters, starting and ending with a letter or digit)"
+        )
+    return name
+
+
+def cache_env(cache_pvc: str | None) -> list[dict[str, str]]:
+    """The cache folders of a step pod: on the cache PVC (``CACHE_MOUNT``) when there is one, in the
+    pod's ``/tmp`` emptyDir otherwise. Only the dataset mirror and the weights go to the PVC; the
+    XDG and matplotlib caches stay private to the pod (nothing there is worth sharing)."""
+    base = CACHE_MOUNT if cache_pvc else "/tmp/cache"
+    return [
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
+        {"name": "TORCH_HOME", "value": f"{base}/torch"},
+        {"name": "HF_HOME", "value": f"{base}/huggingface"},
+        {"name": "MPLCONFIGDIR", "value": "/tmp/cache/matplotlib"},
+        {"name": "QUICKTUNE_CACHE", "value": f"{base}/quicktune"},
+    ]
+
+
 def result_uri(request: StepRequest) -> str:
     """Where the step writes its RESULT.json: next to its checkpoints, so it outlives the pod."""
     from quicktune.storage import join
@@ -171,11 +206,16 @@ def build_job(
     ttl_seconds_after_finished: int | None = 24 * 3600,
     image_pull_policy: str = "IfNotPresent",
     shm_size: str = "1Gi",
+    cache_pvc: str | None = None,
 ) -> dict[str, Any]:
     """The Job manifest (a plain dict, as sent to the API server) for one step.
 
     ``owner``: ``{"apiVersion", "kind", "name", "uid"}`` of the object that owns the step Job (its
-    garbage-collection parent); ``apiVersion``/``kind`` default to ``v1``/``Pod``; None: no owner."""
+    garbage-collection parent); ``apiVersion``/``kind`` default to ``v1``/``Pod``; None: no owner.
+    ``cache_pvc``: the PersistentVolumeClaim to mount at ``CACHE_MOUNT`` for the dataset mirror and
+    the weights (module docstring); None: they live in the pod's emptyDir."""
+    if cache_pvc:
+        check_claim_name(cache_pvc)
     if not request.checkpoint_dir.startswith("s3://"):
         raise ValueError(
             f"checkpoint dir {request.checkpoint_dir!r}: the Kubernetes backend needs an s3:// "
@@ -210,11 +250,7 @@ def build_job(
         {"name": "QUICKTUNE_STEP_CONFIG", "value": json.dumps(dict(request.config), sort_keys=True)},
         {"name": "QUICKTUNE_WORKDIR", "value": WORKDIR},
         {"name": "HOME", "value": "/tmp/home"},
-        {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
-        {"name": "TORCH_HOME", "value": "/tmp/cache/torch"},
-        {"name": "HF_HOME", "value": "/tmp/cache/huggingface"},
-        {"name": "MPLCONFIGDIR", "value": "/tmp/cache/matplotlib"},
-        {"name": "QUICKTUNE_CACHE", "value": "/tmp/cache/quicktune"},
+        *cache_env(cache_pvc),
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     fixed = {e["name"] for e in env_list}
@@ -244,15 +280,23 @@ def build_job(
     }
     if secret_names:
         container["envFrom"] = [{"secretRef": {"name": s}} for s in secret_names]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},
+    ]
+    pod_security = copy.deepcopy(RESTRICTED_POD_SECURITY)
+    if cache_pvc:
+        volumes.append({"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache_pvc}})
+        container["volumeMounts"].append({"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT})
+        # fsGroup makes the volume writable by the step's group; chown it only when its root is not
+        # already ours, not file by file at every pod start (a cache holds many files)
+        pod_security["fsGroupChangePolicy"] = "OnRootMismatch"
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # a step never calls the API server
-        "securityContext": copy.deepcopy(RESTRICTED_POD_SECURITY),
+        "securityContext": pod_security,
         "containers": [kubelet_literal(container)],
-        "volumes": [
-            {"name": "tmp", "emptyDir": {}},
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},
-        ],
+        "volumes": volumes,
     }
     if service_account:
         pod_spec["serviceAccountName"] = service_account

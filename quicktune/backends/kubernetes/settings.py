@@ -25,6 +25,11 @@ Warm mode (``warm_workers``, ``QUICKTUNE_WARM_WORKERS``): W > 0 runs the steps o
 worker pods that take step requests (ConfigMaps) one after another instead of one Job per step;
 ``warm_lease_seconds``, ``warm_idle_seconds`` and ``warm_service_account`` shape the pool
 (``quicktune.backends.kubernetes.warm``).
+
+Caches (``cache_pvc``, ``QUICKTUNE_STEP_CACHE_PVC``): the name of a PersistentVolumeClaim that every
+step pod and warm worker pod mounts for the dataset mirror and the weights, so a new pod finds them
+instead of downloading them again (``manifests.build_job``; docs/cluster.md "Caches that survive a
+pod"). Unset: each pod has its own, in an emptyDir.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from quicktune.backends.kubernetes.manifests import looks_secret
+from quicktune.backends.kubernetes.manifests import check_claim_name, looks_secret
 
 __all__ = [
     "StepJobSettings",
@@ -67,6 +72,8 @@ ENV_SETTINGS = {
     "QUICKTUNE_STEP_BACKOFF_LIMIT": "backoffLimit per step Job (default 3)",
     "QUICKTUNE_STEP_TTL_SECONDS": "ttlSecondsAfterFinished per step Job (default 86400)",
     "QUICKTUNE_STEP_OWNER": "what owns the step Jobs: controller (the controller pod's Job; default), pod, none",
+    "QUICKTUNE_STEP_CACHE_PVC": "PersistentVolumeClaim mounted at /cache in every step and warm worker pod for the "
+    "dataset mirror and the weights (default: none, an emptyDir per pod; docs/cluster.md)",
     "QUICKTUNE_WARM_WORKERS": "warm mode: at most this many worker pods run the steps (default 0: one Job per step)",
     "QUICKTUNE_WARM_LEASE_SECONDS": "warm mode: a claim not renewed for this long is taken over (default 60)",
     "QUICKTUNE_WARM_IDLE_SECONDS": "warm mode: a worker with nothing to do for this long exits (default 300)",
@@ -90,6 +97,7 @@ OPTION_ENV = {  # ``--backend-option KEY=VALUE`` -> the env setting it overrides
     "backoff_limit": "QUICKTUNE_STEP_BACKOFF_LIMIT",
     "ttl_seconds": "QUICKTUNE_STEP_TTL_SECONDS",
     "owner": "QUICKTUNE_STEP_OWNER",
+    "cache_pvc": "QUICKTUNE_STEP_CACHE_PVC",
     "warm_workers": "QUICKTUNE_WARM_WORKERS",
     "warm_lease_seconds": "QUICKTUNE_WARM_LEASE_SECONDS",
     "warm_idle_seconds": "QUICKTUNE_WARM_IDLE_SECONDS",
@@ -152,6 +160,8 @@ class StepJobSettings:
     backoff_limit: int = 3
     ttl_seconds_after_finished: int | None = 24 * 3600
     owner_mode: str = "controller"
+    # a PersistentVolumeClaim for the caches that should outlive a pod (manifests.CACHE_MOUNT); None: emptyDir
+    cache_pvc: str | None = None
     # warm mode (``quicktune.backends.kubernetes.warm``): 0 = one Job per step (the default)
     warm_workers: int = 0
     warm_lease_seconds: int = 60
@@ -181,6 +191,8 @@ class StepJobSettings:
             raise ValueError(
                 f"QUICKTUNE_STEP_OWNER (owner) must be one of {list(OWNER_MODES)}, got {self.owner_mode!r}"
             )
+        if self.cache_pvc is not None:
+            check_claim_name(self.cache_pvc, "QUICKTUNE_STEP_CACHE_PVC (cache_pvc)")
         _refuse_inline_secrets(self.env)
         # normalise containers to immutable-ish, comparable forms (frozen: set through object.__setattr__)
         object.__setattr__(self, "secret_names", tuple(self.secret_names))
@@ -218,6 +230,7 @@ class StepJobSettings:
             active_deadline_seconds=self.active_deadline_seconds,
             backoff_limit=self.backoff_limit,
             ttl_seconds_after_finished=self.ttl_seconds_after_finished,
+            cache_pvc=self.cache_pvc,
         )
 
     # ------------------------------------------------------------------------------- parsing
@@ -289,6 +302,7 @@ class StepJobSettings:
             backoff_limit=get_int("QUICKTUNE_STEP_BACKOFF_LIMIT", 3),
             ttl_seconds_after_finished=get_int("QUICKTUNE_STEP_TTL_SECONDS", 24 * 3600),
             owner_mode=(env.get("QUICKTUNE_STEP_OWNER") or "controller").strip().lower(),
+            cache_pvc=(env.get("QUICKTUNE_STEP_CACHE_PVC") or "").strip() or None,
             warm_workers=get_int("QUICKTUNE_WARM_WORKERS", 0),
             warm_lease_seconds=get_int("QUICKTUNE_WARM_LEASE_SECONDS", 60),
             warm_idle_seconds=get_int("QUICKTUNE_WARM_IDLE_SECONDS", 300),

@@ -120,7 +120,17 @@ def _generated_pod_templates() -> list[tuple[str, dict]]:
         namespace="q",
         image="img",
     )
-    return [("step Job", step["spec"]["template"]), ("controller Job (watcher)", ctl["spec"]["template"])]
+    cached = build_job(
+        StepRequest("s-1", "0123456789ab", {"model": "m"}, "s3://d/x", 2, "s3://c/x"),
+        namespace="q",
+        image="img",
+        cache_pvc="quicktune-cache",
+    )
+    return [
+        ("step Job", step["spec"]["template"]),
+        ("step Job with a cache PVC", cached["spec"]["template"]),
+        ("controller Job (watcher)", ctl["spec"]["template"]),
+    ]
 
 
 @pytest.mark.parametrize("overlay", ["base", "gpu", "generated"])
@@ -136,7 +146,7 @@ def test_every_pod_template_meets_pod_security_restricted(overlay, base, gpu):
         "gpu": lambda: _pod_templates(gpu),
         "generated": _generated_pod_templates,
     }[overlay]()
-    assert len(templates) == 2
+    assert len(templates) == (3 if overlay == "generated" else 2)
     for what, tmpl in templates:
         assert pod_security_violations(tmpl["spec"], "restricted", tmpl.get("metadata")) == [], what
 
@@ -147,7 +157,7 @@ def test_pod_security_check_catches_each_rule():
 
     from quicktune.testing.fake_k8s import pod_security_violations
 
-    (_, tmpl), _ = _generated_pod_templates()
+    (_, tmpl), *_ = _generated_pod_templates()
     good = tmpl["spec"]
     assert pod_security_violations(good) == []
 

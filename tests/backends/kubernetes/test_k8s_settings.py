@@ -50,6 +50,7 @@ def _env_of(s: StepJobSettings) -> dict[str, str]:
         ("QUICKTUNE_STEP_PRIORITY_CLASS", s.priority_class),
         ("QUICKTUNE_KUEUE_QUEUE", s.kueue_queue),
         ("QUICKTUNE_STEP_SERVICE_ACCOUNT", s.service_account),
+        ("QUICKTUNE_STEP_CACHE_PVC", s.cache_pvc),
     ):
         if value:
             env[var] = value
@@ -82,6 +83,7 @@ plain_keys = st.sampled_from(["AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "QUICKTU
     deadline=st.integers(1, 10**6),
     backoff=st.integers(0, 20),
     ttl=st.integers(0, 10**6),
+    cache=st.none() | names,
 )
 def test_env_settings_round_trip(
     namespace,
@@ -101,6 +103,7 @@ def test_env_settings_round_trip(
     deadline,
     backoff,
     ttl,
+    cache,
 ):
     s = StepJobSettings(
         namespace=namespace,
@@ -120,6 +123,7 @@ def test_env_settings_round_trip(
         active_deadline_seconds=deadline,
         backoff_limit=backoff,
         ttl_seconds_after_finished=ttl,
+        cache_pvc=cache,
     )
     assert StepJobSettings.from_env(_env_of(s)) == s
 
@@ -143,6 +147,7 @@ def test_every_documented_variable_is_read():
         "QUICKTUNE_STEP_BACKOFF_LIMIT": "0",
         "QUICKTUNE_STEP_TTL_SECONDS": "5",
         "QUICKTUNE_STEP_OWNER": "none",
+        "QUICKTUNE_STEP_CACHE_PVC": "quicktune-cache",
         "QUICKTUNE_WARM_WORKERS": "3",
         "QUICKTUNE_WARM_LEASE_SECONDS": "20",
         "QUICKTUNE_WARM_IDLE_SECONDS": "30",
