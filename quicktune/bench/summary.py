@@ -11,6 +11,10 @@ shape on the pure-table clock. Ranks are computed among the optimizers within ea
 (dataset, seed) and then averaged (1 = best; ties share the mean rank). When some runs are
 missing (a benchmark stopped at a deadline), only the (dataset, seed) groups in which every
 optimizer ran are averaged, so all optimizers are compared on the same problems.
+
+Under leave-one-model-out / leave-one-source-out a record also names its ``held_out`` unit; the
+problem is then (unit, dataset) (``"<unit> / <dataset>"`` in the tables: one task is searched once
+per held-out model), and ``results.md`` adds the mean regret per held-out unit.
 """
 
 from __future__ import annotations
@@ -37,13 +41,20 @@ def run_regret(run: Mapping[str, Any], fractions: Sequence[float], clock: str = 
     return regret_at(t, r, np.asarray(fractions, dtype=float) * float(run["budget"]))
 
 
+def problem(run: Mapping[str, Any]) -> str:
+    """The problem a run solved: its dataset, or ``"<held-out unit> / <dataset>"``."""
+    unit = run.get("held_out")
+    return f"{unit} / {run['dataset']}" if unit is not None else str(run["dataset"])
+
+
 def _frame(runs: Iterable[Mapping[str, Any]], fractions: Sequence[float], clock: str) -> pd.DataFrame:
     rows = []
     for run in runs:
         reg = run_regret(run, fractions, clock)
+        unit = str(run.get("held_out", ""))
         for i, f in enumerate(fractions):
-            rows.append((run["optimizer"], run["dataset"], int(run["seed"]), i, float(f), float(reg[i])))
-    return pd.DataFrame(rows, columns=["optimizer", "dataset", "seed", "i", "fraction", "regret"])
+            rows.append((run["optimizer"], problem(run), unit, int(run["seed"]), i, float(f), float(reg[i])))
+    return pd.DataFrame(rows, columns=["optimizer", "dataset", "held_out", "seed", "i", "fraction", "regret"])
 
 
 def _with_ranks(df: pd.DataFrame) -> pd.DataFrame:
@@ -119,6 +130,24 @@ def per_dataset_table(runs: Sequence[Mapping[str, Any]], fraction: float = 1.0, 
     return "\n".join(lines)
 
 
+def per_held_out_table(runs: Sequence[Mapping[str, Any]], fraction: float = 1.0, clock: str = "time") -> str:
+    """A Markdown table of mean regret (over the unit's tasks and seeds) per held-out unit and
+    optimizer at one budget fraction ("" when no run names a held-out unit)."""
+    held = [r for r in runs if r.get("held_out") is not None]
+    if not held:
+        return ""
+    df = _frame(held, [fraction], clock)
+    piv = df.groupby(["held_out", "optimizer"])["regret"].mean().unstack("optimizer")
+    order = [n for n in dict.fromkeys(r["optimizer"] for r in held) if n in piv.columns]
+    kind = held[0].get("held_out_kind", "unit")
+    lines = [f"| held-out {kind} | " + " | ".join(order) + " |", "|" + "---|" * (len(order) + 1)]
+    for unit, row in piv[order].iterrows():
+        best = row.min()
+        cells = [(f"**{v:.4f}**" if v == best else f"{v:.4f}") for v in row]
+        lines.append(f"| {unit} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _plot_over_time(runs: Sequence[Mapping[str, Any]], path: Path, what: str, clock: str, title: str) -> None:
     import matplotlib
 
@@ -189,6 +218,14 @@ def write_summary(
         per_dataset_table(runs, 0.25),
         "",
     ]
+    if any(r.get("held_out") is not None for r in runs):
+        for f in (0.25, 1.0):
+            md += [
+                f"**{title} — mean regret per held-out unit at {f:.0%} of the budget**",
+                "",
+                per_held_out_table(runs, f),
+                "",
+            ]
     (out / "results.md").write_text("\n".join(md))
     if plots and runs:
         _plot_over_time(runs, out / "regret.png", "regret", "time", f"{title} mean normalized regret".strip())

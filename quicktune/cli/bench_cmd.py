@@ -22,10 +22,25 @@ Writes OUT/summary.json (mean regret and rank at 10/25/50/100% of the budget),
 OUT/summary_table_clock.json, OUT/results.md, OUT/regret.png, OUT/rank.png and OUT/runs/*.json.
 Finished runs are reused when the command is repeated with the same settings (--no-resume to redo).
 
+What the meta-trained methods (quicktune, quicktune-nocost, quicktune-onehot) are meta-trained on
+(--meta-train):
+  loo   leave-one-dataset-out: the table's other datasets (class subsets of the same source stay in)
+  lomo  leave-one-model-out: for each model m, every curve but m's (all tasks); searched on each task
+        whose configs include m, with the task's whole pool (m's configs included): can the
+        optimizer judge a model it never saw? Results per (held-out model, task).
+  loso  leave-one-source-out: for each source (a dataset and all its class subsets), the other
+        sources' tasks; searched on each task of the source. Results per (held-out source, task).
+  none  no meta-training
+One meta-training per held-out unit (and model encoding), shared by its tasks, seeds and methods.
+quicktune-onehot is quicktune meta-trained with a one-hot model encoding instead of descriptors.
+
 Examples:
   quicktune bench synth --out synth.parquet
   quicktune bench --table synth.parquet --optimizer quicktune --optimizer random --optimizer asha \\
       --seeds 10 --budget-multiple 20 --out out/bench
+  quicktune bench --table quicktune/metadataset/data/metadataset.parquet --meta-train lomo \\
+      --optimizer quicktune --optimizer quicktune-onehot --optimizer quicktune-nometa \\
+      --seeds 3 --budget-multiple 2 --meta-train-epochs 10 --out out/lomo
 """
 
 
@@ -45,7 +60,7 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="NAME",
         help="optimizer to compare (repeatable): quicktune, quicktune-nometa, quicktune-nocost, "
-        "dyhpo, random, sh, asha, hyperband, and peers such as optuna-tpe, synetune-dyhpo",
+        "quicktune-onehot, dyhpo, random, sh, asha, hyperband, and peers such as optuna-tpe, synetune-dyhpo",
     )
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1) per dataset and optimizer")
     p.add_argument(
@@ -57,9 +72,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", help="output folder")
     p.add_argument(
         "--meta-train",
-        choices=["loo", "none"],
+        choices=["loo", "lomo", "loso", "none"],
         default="loo",
-        help="meta-train quicktune / quicktune-nocost leaving the evaluated dataset out, or not",
+        help="what the meta-trained methods' artifact leaves out: the evaluated dataset (loo), "
+        "one model at a time (lomo), one source with all its class subsets (loso); none: no meta-training",
     )
     p.add_argument(
         "--meta-train-epochs",
@@ -129,6 +145,14 @@ def _bench(args: argparse.Namespace) -> int:
         return 2
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] or None
     n_ds = len(datasets) if datasets else table["dataset"].nunique()
+    if args.meta_train in ("lomo", "loso"):  # one search per (held-out unit, task)
+        from quicktune.bench.heldout import held_out_units
+
+        try:
+            n_ds = sum(len(t) for t in held_out_units(table, args.meta_train, datasets).values())
+        except ValueError as exc:
+            print(f"quicktune bench: {exc}", file=sys.stderr)
+            return 2
     total = n_ds * len(optimizers) * args.seeds
     bar = tqdm(total=total, desc="runs", unit="run", file=sys.stderr, dynamic_ncols=True)
 
