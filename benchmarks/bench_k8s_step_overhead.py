@@ -9,7 +9,10 @@ scheduling on a real cluster (they only make a cold Job dearer).
 For each of ``--configs`` configs: a first step (epoch 1), then continued steps (epoch 2, 3, ...),
 each measured from ``backend.start`` to the backend seeing it succeeded (polled every 0.1 s). The
 fixed cost of a continued step = its wall time - the epoch's train + eval seconds (RESULT.json),
-reported as a fraction of the epoch (train + eval). Medians over the continued steps.
+reported as a fraction of the epoch (train + eval). Medians over the continued steps, with the
+median of each step phase (RESULT "phases"; "overlapped": the checkpoint's tensors written while
+the epoch is evaluated), the time outside the step's own run (pod start or claim, API round trips)
+and how many continued steps a warm worker ran from memory (``quicktune.finetune.warm_cache``).
 
     nice -n 10 .venv/bin/python benchmarks/bench_k8s_step_overhead.py \
         --out benchmarks/results/k8s_step_overhead.json
@@ -124,6 +127,9 @@ def _run_mode(mode: str, args, s3, data_uri: str, bucket: str, workdir: Path) ->
                             "train_eval_seconds": round(work, 3),
                             "fixed_seconds": round(wall - work, 3),
                             "fixed_fraction": round((wall - work) / work, 4),
+                            # outside the step's own run: pod start (jobs), claim (warm), API round trips
+                            "outside_step_seconds": round(wall - float(res.get("step_seconds") or 0.0), 3),
+                            "memory": bool(res.get("memory")),  # continued from the warm worker's memory
                             "phases": res.get("phases"),
                         }
                     )
@@ -132,12 +138,31 @@ def _run_mode(mode: str, args, s3, data_uri: str, bucket: str, workdir: Path) ->
             backend.close()
     cont = [s for s in steps if s["epoch"] > 1]
     return {
+        "continued_median_phases": _median_phases(cont),
+        "continued_from_memory": sum(s["memory"] for s in cont),
+        "continued": len(cont),
         "steps": steps,
         "continued_median_fixed_seconds": round(statistics.median(s["fixed_seconds"] for s in cont), 3),
         "continued_median_fixed_fraction": round(statistics.median(s["fixed_fraction"] for s in cont), 4),
         "continued_median_epoch_seconds": round(statistics.median(s["train_eval_seconds"] for s in cont), 3),
         "first_step_fixed_seconds": [s["fixed_seconds"] for s in steps if s["epoch"] == 1],
     }
+
+
+def _median_phases(steps: list[dict]) -> dict:
+    """Median seconds of each step phase (RESULT "phases"; "overlapped": work beside the epoch,
+    not on the critical path) and of the time outside the step."""
+    out: dict = {}
+    for group in (None, "overlapped"):
+        rows = [(s["phases"] or {}) if group is None else (s["phases"] or {}).get(group) or {} for s in steps]
+        keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))})
+        medians = {k: round(statistics.median(float(r.get(k, 0.0)) for r in rows), 3) for k in keys}
+        if group is None:
+            out.update(medians)
+        elif medians:
+            out[group] = medians
+    out["outside_step"] = round(statistics.median(s["outside_step_seconds"] for s in steps), 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{mode}: continued epoch fixed cost {m['continued_median_fixed_seconds']:.2f} s = "
             f"{100 * m['continued_median_fixed_fraction']:.1f} % of a {m['continued_median_epoch_seconds']:.1f} s epoch"
+            f" ({m['continued_from_memory']}/{m['continued']} continued from memory); median phases "
+            + json.dumps(m["continued_median_phases"])
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))

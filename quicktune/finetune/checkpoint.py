@@ -11,6 +11,9 @@ from a torn one, and S3 needs no rename: the tensors are written first and the m
 a manifest only exists for a complete checkpoint (locally both files are also written to a
 temporary name and renamed, see ``quicktune.storage.write_bytes``).
 
+A step writes the tensors in a thread while it evaluates the epoch (:class:`TensorsWrite`) and
+the manifest once they are stored; nothing else about the order changes.
+
 Retention: after each save the step keeps the newest checkpoint and the best epoch's (by
 validation score) and deletes the others (:func:`prune`).
 """

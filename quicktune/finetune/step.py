@@ -22,6 +22,12 @@ the RNG states; besides, every epoch reseeds python/numpy/torch and draws its da
 ``(seed, epoch)`` alone, so "2 epochs, then 2 more" trains on the same batches with the same
 augmentations as "4 epochs" and ends with the same weights.
 
+Warm processes (``quicktune.finetune.warm_cache``, on in the warm workers): the opened dataset, its
+decoded images and the last config's parts stay in memory between steps; a step continues from
+memory only when the checkpoint folder's newest manifest is byte for byte the one this process
+wrote (RESULT ``memory: true``), else it restores from the checkpoint. Same batches, same
+weights, same checkpoints as a cold step.
+
 Schedule length: the lr schedule spans ``max_epochs`` (the search's epoch budget, from the
 controller; default 50 as in the paper's learning curves). The first step records it (and the
 image size and seed) in the checkpoint; later steps use the recorded values so that a config
