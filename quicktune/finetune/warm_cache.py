@@ -159,8 +159,8 @@ class DatasetCheck:
                 log.warning("could not re-check dataset %s: %s", self.used.uri, self.error)
                 return None
             old, new = getattr(self.used, "fingerprint", None), getattr(self.fresh, "fingerprint", None)
-            if _enabled:
-                _datasets[self.key] = self.fresh
+            if old != new and _enabled:
+                _datasets[self.key] = self.fresh  # unchanged: the used one stays (its meta-features loaded)
             if old != new:
                 return (
                     f"{self.used.uri}: the dataset changed while this step ran (fingerprint {old} -> {new}); "

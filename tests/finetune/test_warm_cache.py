@@ -192,3 +192,17 @@ def test_a_diverged_epoch_leaves_no_tensors_file(tiny_image_folder, tmp_path):
     assert res["status"] == "diverged"
     left = sorted(p.name for p in (tmp_path / "ck").iterdir()) if (tmp_path / "ck").exists() else []
     assert all(n.endswith(".json") or n.replace(".safetensors", ".json") in left for n in left), left
+
+
+def test_a_dataset_changed_between_steps_is_noticed(tiny_image_folder, tmp_path, warm):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_image_folder, data)
+    _step(data, 1, tmp_path / "ck")
+    img = sorted(p for p in data.rglob("*.png"))[0]
+    img.write_bytes(sorted(p for p in data.rglob("*.png"))[1].read_bytes())  # another image's pixels
+    second = _step(data, 2, tmp_path / "ck")  # trained on the version it had opened, checked beside
+    assert any("changed while this step ran" in w for w in second["warnings"]), second["warnings"]
+    third = _step(data, 3, tmp_path / "ck")  # opens the new version
+    assert any("changed since this config's last checkpoint" in w for w in third["warnings"]), third["warnings"]
+    fingerprints = [json.loads((tmp_path / "ck" / "epoch-0003.json").read_text())["data_fingerprint"]]
+    assert fingerprints[0] == __import__("quicktune.data").data.open_dataset(str(data)).fingerprint
