@@ -513,9 +513,11 @@ def _run(
             if best_score is None or record["score"] > best_score:
                 best_epoch, best_score = epoch, record["score"]
             history = report.history + [record]
-            _join_data_check(data_check, report)  # a reused dataset's freshness check, before the first save
-            data_check = None
             mark("scheduler")
+            if data_check is not None:  # a reused dataset's freshness check, joined before the first save
+                _join_data_check(data_check, report)
+                data_check = None
+                mark("data")
             meta = replace(run_meta, history=history, best_epoch=best_epoch, best_score=best_score)
             uri, manifest_bytes = write.commit(meta.manifest(parts, rng))
         except BaseException:
