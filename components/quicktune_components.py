@@ -96,6 +96,8 @@ def search(
     meta_artifact: str = "",
     step_credentials_from: str = "quicktune-s3",
     step_gpu: int = 0,
+    step_cache_pvc: str = "",
+    precision: str = "",
 ) -> NamedTuple(
     "Outputs",
     [
@@ -115,7 +117,12 @@ def search(
     values never pass through the pipeline's parameters. Empty: none.
     ``step_gpu`` > 0: each step Job gets that many ``nvidia.com/gpu`` on a GPU node (the
     ``nvidia.com/gpu.present`` node selector, the ``nvidia.com/gpu`` toleration, 4 CPUs, 24Gi, as
-    ``k8s/overlays/gpu``); ``backend_options`` override each of these."""
+    ``k8s/overlays/gpu``); ``backend_options`` override each of these.
+    ``step_cache_pvc``: a PersistentVolumeClaim every step pod mounts for the dataset mirror and the
+    weights (``--backend-option cache_pvc=NAME``; docs/cluster.md "Caches that survive a pod"), unless
+    ``backend_options`` names ``cache_pvc`` itself. Empty: each step pod has its own emptyDir cache.
+    ``precision``: the steps' training precision (fp32, fp16, bf16, auto; empty: the step's default);
+    like ``device``, a retried task must keep it."""
     import json
     import os
     import subprocess
@@ -172,11 +179,15 @@ def search(
         cmd += ["--alias", alias]
     if image_size:
         cmd += ["--image-size", str(image_size)]
+    if precision:
+        cmd += ["--precision", precision]
     if budget_epochs:
         cmd += ["--budget-epochs", str(budget_epochs)]
     options = dict(backend_options or {})
     if backend == "kubernetes" and step_credentials_from:
         options.setdefault("secrets", step_credentials_from)
+    if backend == "kubernetes" and step_cache_pvc:
+        options.setdefault("cache_pvc", step_cache_pvc)
     if backend == "kubernetes" and step_gpu > 0:
         gpu_steps = {
             "gpu": str(step_gpu),

@@ -19,6 +19,9 @@ Argo Workflow, so a retried search task re-adopts them and deleting the run dele
 
 The step pods get the S3 credentials from the Secret named by ``step_credentials_from``
 (default ``quicktune-s3``, passed as ``--backend-option secrets=...``: ``envFrom``, never values).
+``step_cache_pvc`` (default empty: none) names a PersistentVolumeClaim the step pods share for the
+dataset mirror and the weights (``--backend-option cache_pvc=...``, docs/cluster.md); ``precision``
+(default empty: the step's ``auto``) is the steps' training precision.
 
 Two compiled variants are committed: ``quicktune_pipeline.yaml`` (every task and, by default, every
 step on CPU nodes, searching ``builtin:cpu``) and ``quicktune_pipeline_gpu.yaml`` (steps on GPU nodes
@@ -103,6 +106,8 @@ def build_pipeline(gpu: bool = False):
         s3_endpoint_url: str = "",
         search_id: str = "",
         meta_artifact: str = "",
+        step_cache_pvc: str = "",
+        precision: str = "",
     ):
         validate = qc.validate_dataset(data_uri=data_uri, s3_endpoint_url=s3_endpoint_url)
         validate.set_display_name("validate dataset")
@@ -127,6 +132,8 @@ def build_pipeline(gpu: bool = False):
             meta_artifact=meta_artifact,
             step_credentials_from=step_credentials_from,
             step_gpu=step_gpu,
+            step_cache_pvc=step_cache_pvc,
+            precision=precision,
         ).after(validate)
         search.set_display_name("search").set_caching_options(False)
         search.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)

