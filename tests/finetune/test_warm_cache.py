@@ -76,12 +76,13 @@ def _assert_same_checkpoint(a, b):
 
 
 def test_warm_sequence_is_bit_identical_to_cold_steps(tiny_image_folder, tmp_path, warm):
-    warm_runs = [_step(tiny_image_folder, e, tmp_path / "warm") for e in (1, 2, 3)]
+    kw = {"deterministic": True, "precision": "fp32"}
+    warm_runs = [_step(tiny_image_folder, e, tmp_path / "warm", **kw) for e in (1, 2, 3)]
     assert [r.get("memory") for r in warm_runs] == [None, True, True]  # epochs 2 and 3 from memory
     assert warm_cache.stats()["pixel_hits"] >= 4  # train + val images, decoded once
     assert warm_cache.stats()["dataset_hits"] == 2
     warm_cache.disable()
-    cold_runs = [_step(tiny_image_folder, e, tmp_path / "cold") for e in (1, 2, 3)]
+    cold_runs = [_step(tiny_image_folder, e, tmp_path / "cold", **kw) for e in (1, 2, 3)]
     assert all("memory" not in r for r in cold_runs)
     for w, c in zip(warm_runs, cold_runs, strict=True):
         assert _metrics(w["epochs"]) == _metrics(c["epochs"])
