@@ -65,6 +65,17 @@ def default_source() -> Callable[[str], str]:
     return lambda task: source_of(task.removeprefix(BACKGROUND_PREFIX), names)
 
 
+def spread_over_sources(tasks: Sequence[str], source: Callable[[str], str]) -> list[str]:
+    """``tasks`` round-robin over their sources (the first of each source by name, then the second...),
+    so that the first N of them are as unrelated as the table allows."""
+    rank: dict[str, int] = {}
+    keyed = []
+    for t in sorted(tasks):
+        rank[source(t)] = rank.get(source(t), -1) + 1
+        keyed.append((rank[source(t)], t))
+    return [t for _, t in sorted(keyed)]
+
+
 def random_orders(tasks: Sequence[str], n: int, seed: int = 0) -> list[list[str]]:
     """``n`` random orders of ``tasks`` (distinct while possible), reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
@@ -323,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-multiple", type=float, default=2.0, help="x the median full-curve cost of each task")
     ap.add_argument("--meta-train-epochs", type=int, default=5)
     ap.add_argument("--steps-per-epoch", type=int, default=50)
+    ap.add_argument(
+        "--max-tasks",
+        type=int,
+        default=0,
+        help="replay only N tasks of the history, taken round-robin over its sources (0 = all)",
+    )
     ap.add_argument("--out", default="benchmarks/results/metalearning_curve.json")
     ap.add_argument("--plot", default="", help="PNG of regret at 10 % and 25 % vs k")
     ap.add_argument("--title", default="")
@@ -335,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         history, background = load_lct(args.history_table), load_lct(shipped)
     else:
         history, background = load_lct(shipped), None
+    if args.max_tasks > 0:
+        keep = spread_over_sources(history["dataset"].unique().tolist(), default_source())[: args.max_tasks]
+        history = history[history["dataset"].isin(keep)]
     doc = play(
         history,
         background,

@@ -89,3 +89,9 @@ def test_play_meta_trains_only_on_earlier_foreign_tasks(table, monkeypatch, tmp_
     k1 = [e for e in doc["curve"]["time"]["quicktune[history]"] if e["k"] == 1][0]
     assert k1["diff_vs_nometa"]["mean"] == [0.0] * 4
     json.dumps(doc)  # serialisable
+
+
+def test_max_tasks_spreads_over_sources():
+    mod = _load()
+    tasks = ["digits", "digits-c01234", "digits-c56789", "fashion-mnist", "lfw", "mnist5k"]
+    assert mod.spread_over_sources(tasks, mod.default_source())[:4] == ["digits", "fashion-mnist", "lfw", "mnist5k"]
