@@ -257,7 +257,32 @@ def curve(records: Sequence[Mapping[str, Any]], n_tasks: int) -> dict[str, Any]:
                 rows.append(entry)
             per[arm] = rows
         out[clock] = per
+        out[f"{clock}_trend"] = {arm: _trend(records, arm, nometa, clock) for arm in arms if arm != NOMETA}
     return out
+
+
+def _trend(records: Sequence[Mapping[str, Any]], arm: str, nometa: Mapping[tuple, Any], clock: str) -> dict[str, Any]:
+    """Least-squares slope of the paired difference (quicktune - nometa) on k, per checkpoint, with
+    its naive SE (runs of one order share meta-training sets, so the SE is optimistic): < 0 means the
+    advantage of meta-learning grows with the history."""
+    mine = [r for r in records if r["arm"] == arm]
+    k = np.array([r["k"] for r in mine], dtype=float)
+    d = np.array(
+        [np.subtract(r["regret"][clock], nometa[(r["order"], r["k"], r["seed"])]["regret"][clock]) for r in mine]
+    )
+    slopes, ses = [], []
+    for ci in range(len(CHECKPOINTS)):
+        kc = k - k.mean()
+        sxx = float((kc**2).sum())
+        if len(k) < 3 or sxx == 0:
+            slopes.append(math.nan)
+            ses.append(math.nan)
+            continue
+        b = float((kc * (d[:, ci] - d[:, ci].mean())).sum() / sxx)
+        resid = d[:, ci] - d[:, ci].mean() - b * kc
+        slopes.append(round(b, 5))
+        ses.append(round(math.sqrt(float((resid**2).sum()) / (len(k) - 2) / sxx), 5))
+    return {"slope_per_k": slopes, "se": ses, "n": len(mine)}
 
 
 def markdown(doc: Mapping[str, Any], clock: str = "time") -> str:
@@ -371,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(markdown(doc))
+    for arm, t in doc["curve"]["time_trend"].items():
+        print(f"slope of {arm} - nometa per k at 10/25/50/100 %: {t['slope_per_k']} (naive SE {t['se']})")
     print(
         f"{doc['meta_trainings']} meta-trainings ({doc['meta_train_seconds_mean']} s each), "
         f"{doc['distinct_runs']} distinct runs, {doc['wall_seconds']:.0f} s; JSON in {out}"
