@@ -230,10 +230,15 @@ def package_weights_file(name: str, cache: Path | None = None) -> Path:
 # s3 / file / hf
 # --------------------------------------------------------------------------------------------
 def s3_weights_file(uri: str, cache: Path) -> Path:
-    """Download ``uri`` once into the cache (keyed by its ETag) and return the local path."""
+    """Download ``uri`` once into the cache (keyed by its ETag) and return the local path.
+
+    A cached file is reused only when its size is the object's: the cache may sit on a volume shared
+    by many pods (docs/cluster.md "Caches that survive a pod"), where a file cut short by a node's
+    crash must be fetched again, not loaded."""
     bucket, key = storage.parse_s3_uri(uri)
     try:
-        etag = storage.stat(uri)["version"]
+        head = storage.stat(uri)
+        etag, size = head["version"], int(head["size"])
     except storage.NoSuchBucketError as exc:
         raise HubError(f"weights {uri}: {exc}") from None
     except storage.NotFoundError:
@@ -242,7 +247,7 @@ def s3_weights_file(uri: str, cache: Path) -> Path:
         raise HubError(f"weights {uri}: {exc}") from None
     suffix = Path(key).suffix or ".safetensors"
     dest = cache / "s3" / bucket / f"{hashlib.sha1(key.encode()).hexdigest()[:12]}-{etag}{suffix}"
-    if not dest.is_file():
+    if not dest.is_file() or dest.stat().st_size != size:
         try:
             storage.download_file(uri, dest)
         except storage.StorageError as exc:

@@ -158,6 +158,12 @@ def test_weights_from_an_s3_mirror(s3_env, tmp_path, weights_cache, monkeypatch)
     assert torch.equal(model.state_dict()["layer1.0.conv2.weight"], state["layer1.0.conv2.weight"])
     cached = list(weights_cache.rglob("*.safetensors"))
     assert len(cached) == 1
+    # a cached file cut short (a node crashed on a shared cache volume) is fetched again, not loaded
+    full = cached[0].read_bytes()
+    cached[0].write_bytes(full[: len(full) // 2])
+    model = create_model("resnet10t", num_classes=2, weights_config=config)
+    assert cached[0].read_bytes() == full
+    assert torch.equal(model.state_dict()["layer1.0.conv2.weight"], state["layer1.0.conv2.weight"])
     # second use: served from the ETag-keyed cache, no download
     monkeypatch.setattr(storage, "download_file", lambda *a, **k: pytest.fail("downloaded again"))
     create_model("resnet10t", num_classes=2, weights_config=config)
