@@ -45,8 +45,10 @@ class TestLocalBackendConformance(BackendConformance):
         return RealStepRequests(data_uri=str(tiny_image_folder), checkpoint_root=str(tmp_path / "ckpt"))
 
 
+@pytest.mark.slow
 class TestLocalBackendSpawnConformance(TestLocalBackendConformance):
-    """Fresh processes per step (QUICKTUNE_FORK_SERVER=0, or a custom step command)."""
+    """Fresh processes per step (QUICKTUNE_FORK_SERVER=0, or a custom step command). Slow (a fresh
+    interpreter per step); the fork-server variant above, the default path, runs in ``make test``."""
 
     @pytest.fixture
     def make_backend(self, tmp_path):
@@ -126,6 +128,7 @@ def test_bad_arguments_are_refused(tmp_path):
         LocalBackend(tmp_path).logs("../etc")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fork_server", [True, False])
 def test_backend_killed_mid_launch_never_launches_twice(tmp_path, tiny_image_folder, fork_server):
     """The launching backend dies after the fork but before recording the pid (only the provisional

@@ -59,6 +59,7 @@ def test_s3_capacity_does_not_depend_on_free_disk(s3_server):
         assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x" * 1000
 
 
+@pytest.mark.slow
 def test_a_server_whose_volumes_are_read_only_fails_to_start_and_says_why(tmp_path, monkeypatch):
     """Below ``min_free_space`` of free disk SeaweedFS turns every volume read-only: it still answers
     ``ListBuckets`` but fails each write with HTTP 500 (a CI run on a nearly full disk failed every

@@ -139,7 +139,8 @@ def requests_factory(s3_digits):
 class TestKubernetesBackendConformance(BackendConformance):
     """Both modes: one Job per step (the default) and warm worker pods (``warm_workers=2``)."""
 
-    @pytest.fixture(params=["jobs", "warm"])
+    # warm mode is slow-marked (test_k8s_warm.py has its fast tests); one Job per step, the default, runs in make test
+    @pytest.fixture(params=["jobs", pytest.param("warm", marks=pytest.mark.slow)])
     def make_backend(self, request, backend_factory):
         if request.param == "warm":
             return lambda: backend_factory(None, warm_workers=2, warm_lease_seconds=8, warm_idle_seconds=600)
