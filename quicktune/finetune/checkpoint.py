@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import re
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 
 from quicktune import storage
+from quicktune.finetune.threadcpu import CpuThread
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +134,10 @@ class TensorsWrite:
         self._sha256: str | None = None
         self._size = 0
         self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
+        self.thread: CpuThread | None = None  # (its CPU time: threadcpu; kept after the join)
         if background:
-            self._thread = threading.Thread(target=self._write, name=f"checkpoint-{epoch}", daemon=True)
-            self._thread.start()
+            self.thread = CpuThread(target=self._write, name=f"checkpoint-{epoch}", daemon=True)
+            self.thread.start()
         else:
             self._write()
 
@@ -156,9 +156,8 @@ class TensorsWrite:
             self.seconds = time.perf_counter() - t0
 
     def _join(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if self.thread is not None:
+            self.thread.join()
 
     def commit(self, meta: Mapping[str, Any]) -> tuple[str, bytes]:
         """Wait for the tensors, then write the manifest; ``(manifest URI, manifest bytes)``."""

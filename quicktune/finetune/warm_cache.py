@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from quicktune.finetune.threadcpu import CpuThread
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -140,8 +142,8 @@ class DatasetCheck:
         self.key, self.used, self._opener = key, used, opener
         self.fresh: Any = None
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="quicktune-dataset-check", daemon=True)
-        self._thread.start()
+        self.thread = CpuThread(target=self._run, name="quicktune-dataset-check", daemon=True)
+        self.thread.start()
 
     def _run(self) -> None:
         try:
@@ -152,7 +154,7 @@ class DatasetCheck:
     def result(self) -> str | None:
         """Wait for the check; a warning when the dataset changed (or could not be re-checked),
         else None. Either way the next step opens the data as it is now."""
-        self._thread.join()
+        self.thread.join()
         with _lock:
             if self.error is not None:
                 _datasets.pop(self.key, None)  # the next step opens it cold and sees the problem
@@ -330,7 +332,7 @@ def free_gpu() -> None:
     import gc
     import sys
 
-    gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        gc.collect()  # (host memory needs no collection pass: freed as the last reference goes)
         torch.cuda.empty_cache()

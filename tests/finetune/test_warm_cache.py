@@ -207,3 +207,26 @@ def test_a_dataset_changed_between_steps_is_noticed(tiny_image_folder, tmp_path,
     assert any("changed since this config's last checkpoint" in w for w in third["warnings"]), third["warnings"]
     fingerprints = [json.loads((tmp_path / "ck" / "epoch-0003.json").read_text())["data_fingerprint"]]
     assert fingerprints[0] == __import__("quicktune.data").data.open_dataset(str(data)).fingerprint
+
+
+def test_a_threads_cpu_time_is_read_while_it_runs():
+    import threading
+    import time
+
+    from quicktune.finetune.threadcpu import CpuThread, cpu_seconds
+
+    go = threading.Event()
+
+    def spin():
+        end = time.thread_time() + 0.2
+        while time.thread_time() < end:
+            pass
+        go.wait(10)
+
+    t = CpuThread(target=spin, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    running = cpu_seconds([t, None])
+    go.set()
+    t.join()
+    assert 0.15 <= running <= t.cpu_seconds() + 1e-6 and t.final_cpu is not None
