@@ -276,8 +276,9 @@ def _write_part(
         f"\n{part}: {len(runs)} runs, {entry['wall_seconds']} s\n" + format_table(agg, optimizers) + "\n",
         flush=True,
     )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+    path = Path(args.json_dir) / ("lomo.json" if part == "lomo" else "lomo_loso.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result, "parts": {part: entry}}, indent=1, default=float))
 
 
 if __name__ == "__main__":
