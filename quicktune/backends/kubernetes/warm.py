@@ -4,8 +4,9 @@ Why: a step Job pays every fixed cost on every epoch -- pod start, ``import torc
 dataset's S3 sync, the weights' download, the decode -- and on a continued epoch of a small model
 that is a large part of the step (``benchmarks/bench_k8s_step_overhead.py``). A warm worker pays
 them once and keeps them: the interpreter with torch/timm imported, the dataset mirror and the
-weights in its own cache folders (``/tmp/cache``, an ``emptyDir`` that lives as long as the pod)
-and the decoded images in memory (``quicktune.finetune.loader``'s process cache).
+weights in its cache folders (``/tmp/cache``, an ``emptyDir`` that lives as long as the pod, or
+``/cache`` on a claim shared by the step pods when ``cache_pvc`` is set) and, in memory, the opened
+dataset, its decoded images and the last config's training state (``quicktune.finetune.warm_cache``).
 
 Coordination: step requests are Kubernetes objects, so no new infrastructure (no queue, no
 database, no service to reach the workers) and nothing a restarted controller cannot see again:

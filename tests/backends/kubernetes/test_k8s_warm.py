@@ -133,6 +133,7 @@ def _epochs_logged(text: str) -> list[int]:
     return [int(m) for m in re.findall(r"epoch (\d+): val top-1", text)]
 
 
+@pytest.mark.slow
 def test_a_warm_worker_killed_mid_epoch_loses_nothing_and_trains_no_epoch_twice(
     backend_factory,  # noqa: F811 - fixtures of test_k8s_backend
     requests_factory,  # noqa: F811
@@ -182,6 +183,7 @@ def test_a_warm_worker_killed_mid_epoch_loses_nothing_and_trains_no_epoch_twice(
     assert sorted(trained) == list(range(2, 31)), trained  # epoch 1 was the first step's
 
 
+@pytest.mark.slow
 def test_two_warm_workers_share_a_queue_and_never_run_one_request_twice(
     backend_factory,  # noqa: F811 - fixtures of test_k8s_backend
     requests_factory,  # noqa: F811
