@@ -70,6 +70,8 @@ def aggregate(df: pd.DataFrame, optimizers: Sequence[str]) -> dict[str, Any]:
     """Mean +- standard error per optimizer and checkpoint, overall and per held-out unit, and the
     paired difference to ``REFERENCE``."""
     out: dict[str, Any] = {"overall": {}, "per_unit": {}, "paired_vs_nometa": {}}
+    # per_unit: mean +- se over the unit's (task, seed) searches; paired_vs_nometa_per_search: over
+    # every (unit, task, seed) search (under lomo the reference's search is shared by the units)
     # overall: average over the units that searched a (task, seed), then mean +- se over (task, seed)
     per_problem = df.groupby(["optimizer", "dataset", "seed", "fraction"])["regret"].mean().reset_index()
     for name in optimizers:
@@ -80,6 +82,29 @@ def aggregate(df: pd.DataFrame, optimizers: Sequence[str]) -> dict[str, Any]:
             ref = per_problem[per_problem["optimizer"] == REFERENCE].set_index(["dataset", "seed", "fraction"])
             d = (a - ref["regret"]).dropna().reset_index()
             out["paired_vs_nometa"][name] = [_mean_se(d[d["fraction"] == f]["regret"].tolist()) for f in CHECKPOINTS]
+    # per search: each (unit, task, seed) search against the reference's search of that (task, seed)
+    ref_ts = per_problem[per_problem["optimizer"] == REFERENCE].set_index(["dataset", "seed", "fraction"])["regret"]
+    out["paired_vs_nometa_per_search"] = {}
+    for name in optimizers:
+        if name == REFERENCE or REFERENCE not in optimizers:
+            continue
+        sub = df[df["optimizer"] == name]
+        diff = (
+            sub["regret"].to_numpy()
+            - ref_ts.reindex(pd.MultiIndex.from_frame(sub[["dataset", "seed", "fraction"]])).to_numpy()
+        )
+        sub = sub.assign(diff=diff).dropna(subset=["diff"])
+        out["paired_vs_nometa_per_search"][name] = [
+            _mean_se(sub[sub["fraction"] == f]["diff"].tolist()) for f in CHECKPOINTS
+        ]
+    if "quicktune" in optimizers and "quicktune-onehot" in optimizers:  # the encoding ablation, same searches
+        key = ["held_out", "dataset", "seed", "fraction"]
+        a = df[df["optimizer"] == "quicktune"].set_index(key)["regret"]
+        b = df[df["optimizer"] == "quicktune-onehot"].set_index(key)["regret"]
+        d = (a - b).dropna().reset_index()
+        out["descriptor_minus_onehot_per_search"] = [
+            _mean_se(d[d["fraction"] == f]["regret"].tolist()) for f in CHECKPOINTS
+        ]
     for unit, g in df.groupby("held_out"):
         out["per_unit"][unit] = {
             name: [_mean_se(g[(g["optimizer"] == name) & (g["fraction"] == f)]["regret"].tolist()) for f in CHECKPOINTS]
