@@ -45,7 +45,6 @@ def load_trained_model(
     ``image_size``, ``in_chans``, ``mean``, ``std``, ``resize`` (``"square-bilinear"``), ``classes``,
     ``model``, ``epoch``, ``val_score``). ``Preprocessing(d).transform(pil_image)`` applies it."""
     from quicktune.finetune.model import build_network, model_defaults
-    from quicktune.finetune.transforms import Preprocessing
 
     ck = find_checkpoint(checkpoint_dir, which)
     m = ck.manifest
@@ -63,20 +62,7 @@ def load_trained_model(
     state = {k[len("model/") :]: v for k, v in ck.tensors.items() if k.startswith("model/")}
     net.load_state_dict(state, strict=True)
     net.to(device).eval()
-    score = next((r["score"] for r in m.get("history", []) if r["epoch"] == ck.epoch), None)
-    pre = Preprocessing(
-        image_size=int(m["image_size"]),
-        in_chans=int(m["in_chans"]),
-        mean=list(m["mean"]),
-        std=list(m["std"]),
-        resize="square-bilinear",
-        classes=list(m["classes"]),
-        model=cfg["model"],
-        epoch=ck.epoch,
-        val_score=score,
-        config=m["config"],
-    )
-    return net, pre
+    return net, checkpoint_preprocessing(m, ck.epoch)
 
 
 def evaluate_checkpoint(
@@ -119,3 +105,23 @@ def evaluate_checkpoint(
 def _split_seed(checkpoint_dir: str) -> int:
     found = list_checkpoints(checkpoint_dir)
     return int(load_checkpoint(found[-1][1], tensors=False).manifest.get("split_seed", 0))
+
+
+def checkpoint_preprocessing(manifest: dict[str, Any], epoch: int) -> Any:
+    """The ``Preprocessing`` a checkpoint's model needs at inference, from its manifest: the one
+    place it is spelled, for the exported model and for promotion's test of the winner."""
+    from quicktune.finetune.transforms import Preprocessing
+
+    score = next((r["score"] for r in manifest.get("history", []) if r["epoch"] == epoch), None)
+    return Preprocessing(
+        image_size=int(manifest["image_size"]),
+        in_chans=int(manifest["in_chans"]),
+        mean=list(manifest["mean"]),
+        std=list(manifest["std"]),
+        resize="square-bilinear",
+        classes=list(manifest["classes"]),
+        model=manifest["resolved_config"]["model"],
+        epoch=epoch,
+        val_score=score,
+        config=manifest["config"],
+    )

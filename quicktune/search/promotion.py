@@ -151,7 +151,7 @@ def load_winner(checkpoint_dir: str, which: str | int = "best") -> tuple[torch.n
     from quicktune import storage
     from quicktune.finetune.checkpoint import list_checkpoints, load_checkpoint
 
-    model, transforms = _finetune("model"), _finetune("transforms")
+    model, export = _finetune("model"), _finetune("export")
 
     found = list_checkpoints(checkpoint_dir)
     if not found:
@@ -180,19 +180,7 @@ def load_winner(checkpoint_dir: str, which: str | int = "best") -> tuple[torch.n
         )
         _read_model_weights(path, net)
     net.eval()
-    score = next((r["score"] for r in m.get("history", []) if r["epoch"] == ck.epoch), None)
-    pre = transforms.Preprocessing(
-        image_size=int(m["image_size"]),
-        in_chans=int(m["in_chans"]),
-        mean=list(m["mean"]),
-        std=list(m["std"]),
-        resize="square-bilinear",
-        classes=list(m["classes"]),
-        model=cfg["model"],
-        epoch=ck.epoch,
-        val_score=score,
-        config=m["config"],
-    )
+    pre = export.checkpoint_preprocessing(m, ck.epoch)
     return net, pre, int(newest.manifest.get("split_seed", 0))
 
 
