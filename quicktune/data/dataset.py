@@ -22,9 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,6 +33,8 @@ from quicktune.data.errors import BadImageError, DatasetError, InvalidDatasetErr
 from quicktune.data.images import is_image_file
 from quicktune.data.paths import path_problem, safe_form, shown
 from quicktune.data.splits import SPLIT_NAMES, read_split_files, stratified_split
+
+_T = TypeVar("_T")
 
 META_FILE = ".quicktune-meta.json"
 META_VERSION = 2  # 2: bad files reported without Pillow's text; full-decode verification recorded
@@ -244,23 +246,19 @@ class ImageDataset:
         their real range, never clipped (``quicktune.data.images``). A file that is not a fully
         decodable image raises :class:`BadImageError` naming it relative to the root.
         """
-        im = images.open_full(self.local_path(i), self.paths[i], self.uri)
-        try:
-            return images.to_model_mode(im, self.mode)
-        except images.DECODE_ERRORS as exc:
-            raise BadImageError(
-                f"{self.uri}: image {shown(self.paths[i])} has an unsupported mode {im.mode!r} ({type(exc).__name__})",
-                [self.paths[i]],
-            ) from None
-        finally:
-            im.close()
+        return self._decoded(i, lambda im: images.to_model_mode(im, self.mode))
 
     def load_array(self, i: int) -> np.ndarray:
         """Image ``i`` as float32 ``[H, W, num_channels]`` in [0, 1], without 8-bit quantisation
         (16-bit data keep their precision); same conversion rules as :meth:`load_image`."""
+        return self._decoded(i, lambda im: images.to_float(im, self.num_channels))
+
+    def _decoded(self, i: int, convert: Callable[[Any], _T]) -> _T:
+        """``convert`` applied to image ``i`` opened and fully decoded; a mode ``convert`` cannot
+        handle is a :class:`BadImageError` naming the file relative to the root."""
         im = images.open_full(self.local_path(i), self.paths[i], self.uri)
         try:
-            return images.to_float(im, self.num_channels)
+            return convert(im)
         except images.DECODE_ERRORS as exc:
             raise BadImageError(
                 f"{self.uri}: image {shown(self.paths[i])} has an unsupported mode {im.mode!r} ({type(exc).__name__})",
