@@ -8,7 +8,8 @@ timeout, and writes its JSON into ``benchmarks/results/run_all/`` (never over th
 full-size results in ``benchmarks/results/``), plus ``summary.json`` (command, exit status, wall
 seconds of each).
 
-Quick (default; wall time measured on the 2-core development VM under load, 2026-12-03: 7.3 min in all):
+Quick (default; wall time measured on the 2-core development VM under load, 2026-12-03: 7.3 min in all
+without metalearning_curve, added later):
 
 =======================  =================================================================  ======
 name                     small arguments                                                     about
@@ -21,6 +22,9 @@ controller_overhead      ``bench_controller_overhead.py --budget 30 --workers 1 
 data_s3                  ``bench_data_s3.py --per-class 20 --size 16 --workers 4``           20 s
 pretrained_vs_random     ``pretrained_vs_random.py --datasets digits --per-class 20          52 s
                          --epochs 1 --image-size 32``
+metalearning_curve       ``bench_metalearning_curve.py --max-tasks 3 --orders 1 --seeds 1    69 s
+                         --meta-train-epochs 1 --steps-per-epoch 10 --budget-multiple 1``
+                         (measured alone, load 6, 2026-12-03 14:56 UTC)
 =======================  =================================================================  ======
 
 Long (only with ``--all``; at their documented sizes):
@@ -141,6 +145,28 @@ BENCHES: tuple[Bench, ...] = (
         ],
         timeout_s=900,
         about="52 s",
+    ),
+    Bench(
+        "metalearning_curve",
+        "bench_metalearning_curve.py",
+        lambda out, _: [
+            "--max-tasks",
+            "3",
+            "--orders",
+            "1",
+            "--seeds",
+            "1",
+            "--meta-train-epochs",
+            "1",
+            "--steps-per-epoch",
+            "10",
+            "--budget-multiple",
+            "1",
+            "--out",
+            str(out),
+        ],
+        timeout_s=600,
+        about="69 s",
     ),
     Bench("heldout_searches", "heldout_searches.py", _heldout_args, long=True, timeout_s=3 * 3600, about="35 min"),
     Bench(
