@@ -306,7 +306,7 @@ def _meta_album(root: Path, names: list[str]) -> None:
         Image.fromarray(np.full((4, 4), 40 * i, np.uint8)).save(root / "images" / f"{i}.png")
         rows.append(f"{i}.png,{'ab'[i % 2]}")
     rows += [f"{n},a" for n in names]
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
 @pytest.mark.parametrize(
@@ -334,10 +334,12 @@ def test_labels_csv_entries_cannot_read_outside_the_dataset(tmp_path, entry, why
         st.lists(st.sampled_from(["..", ".", "", "0.png", "images", "labels.csv", "\\"]), min_size=1, max_size=5).map(
             "/".join
         ),
-        st.text(alphabet=st.characters(blacklist_characters=',"\r\n'), max_size=20),
+        # any text a UTF-8 labels.csv can hold (a lone surrogate cannot be written to a file at all)
+        st.text(alphabet=st.characters(codec="utf-8", blacklist_characters=',"\r\n'), max_size=20),
     )
 )
 @example(name="../labels.csv")  # exists: the old code listed it as an image of the dataset
+@example(name="\u00e9/../../x.png")
 @example(name="images/../../ma/labels.csv")
 def test_labels_csv_any_entry_stays_inside_or_errors(tmp_path_factory, name):
     root = tmp_path_factory.mktemp("ma") / "ma"
