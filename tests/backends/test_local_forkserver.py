@@ -41,7 +41,8 @@ def test_steps_are_forked_from_one_warm_server(tmp_path, tiny_image_folder):
     assert server.poll() is not None  # close() stops the server
 
 
-@pytest.mark.parametrize("warm_up", [pytest.param(False, marks=pytest.mark.slow), True])
+@pytest.mark.slow
+@pytest.mark.parametrize("warm_up", [False, True])
 def test_fork_server_failure_falls_back_to_spawning(tmp_path, tiny_image_folder, warm_up):
     backend = LocalBackend(tmp_path / "work", max_workers=1)
     backend._fork.python = "/nonexistent/python"  # the server cannot start; the fallback spawn works

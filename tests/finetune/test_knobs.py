@@ -209,6 +209,7 @@ def test_stoch_norm_replaces_batchnorm_and_changes_training(tiny_image_folder, t
     assert _differs(base[1], sn[1])
 
 
+@pytest.mark.slow
 def test_cotuning_uses_pretrained_source_head(tiny_image_folder, tmp_path_factory):
     lite = {"model": "tf_efficientnet_lite0", "lr": 0.001, "batch_size": 32, "opt": "adamw"}
     _, parts = _parts({"cotuning_reg": 1.0}, model="tf_efficientnet_lite0", image_size=16)

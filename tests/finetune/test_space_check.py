@@ -121,6 +121,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "quicktune.cli", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_validate_is_strict(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(

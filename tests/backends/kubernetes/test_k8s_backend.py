@@ -489,6 +489,7 @@ def test_deleting_the_controller_job_garbage_collects_its_steps(
     assert wait_state(backend, sid, (FAILED,), timeout=30) == FAILED
 
 
+@pytest.mark.slow
 def test_kueue_admission_then_ttl_cleanup_keeps_the_result(backend_factory, requests_factory, fake_cluster):
     """A Kueue Job waits suspended until admitted; after its TTL deletes it, the step still reads as
     succeeded, and a restarted controller finds the result in S3 instead of running it again."""
