@@ -110,7 +110,7 @@ def numpyfied(obj: Any) -> Any:
         return np.int64(obj)
     if isinstance(obj, float):
         return np.float64(obj)
-    if isinstance(obj, str):
+    if isinstance(obj, str) and not obj.endswith("\x00"):  # np.str_ drops trailing NULs: another string
         return np.str_(obj)
     return obj
 
