@@ -5,12 +5,12 @@ into ``--backend-option cache_pvc=NAME`` (unless ``backend_options`` names one) 
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from component_argv import search_component_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "pipelines"))
@@ -40,19 +40,7 @@ def test_the_search_component_turns_them_into_cli_flags(qp, monkeypatch):
     from quicktune.backends.kubernetes import StepJobSettings
     from quicktune.cli import build_parser
 
-    seen: list[list[str]] = []
-
-    def fake_run(cmd, **kw):
-        seen.append(list(cmd))
-        return subprocess.CompletedProcess(cmd, 1, stdout='{"status": "failed", "message": "stop here"}')
-
-    monkeypatch.setattr(subprocess, "run", fake_run)
-    search = qp.qc.search.python_func
-
-    def run(**kw) -> list[str]:
-        with pytest.raises(RuntimeError, match="stop here"):
-            search(data_uri="s3://d/x", budget="1m", tracking_uri="http://m", **kw)
-        return seen.pop()
+    run = search_component_argv(qp, monkeypatch)
 
     def options(cmd: list[str]) -> dict[str, str]:
         return dict(cmd[i + 1].split("=", 1) for i, a in enumerate(cmd) if a == "--backend-option")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from component_argv import search_component_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "pipelines"))
@@ -184,23 +185,13 @@ def test_each_variant_searches_a_space_its_steps_can_run_and_wires_the_s3_secret
 def test_the_search_component_hands_the_s3_secret_name_to_the_steps(qp, monkeypatch):
     """The component's own code: ``step_credentials_from`` becomes ``--backend-option secrets=NAME``
     unless ``backend_options`` names secrets itself; nothing for a local backend or an empty name."""
-    import subprocess
 
     from quicktune.backends.kubernetes import StepJobSettings
 
-    seen: list[list[str]] = []
-
-    def fake_run(cmd, **kw):
-        seen.append(list(cmd))
-        return subprocess.CompletedProcess(cmd, 1, stdout='{"status": "failed", "message": "stop here"}')
-
-    monkeypatch.setattr(subprocess, "run", fake_run)
-    search = qp.qc.search.python_func
+    run = search_component_argv(qp, monkeypatch)
 
     def options(**kw) -> list[str]:
-        with pytest.raises(RuntimeError, match="stop here"):
-            search(data_uri="s3://d/x", budget="1m", tracking_uri="http://m", **kw)
-        cmd = seen.pop()
+        cmd = run(**kw)
         return [cmd[i + 1] for i, a in enumerate(cmd) if a == "--backend-option"]
 
     assert options() == ["secrets=quicktune-s3"]
