@@ -109,24 +109,33 @@ def merge_tables(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     df["_src"] = np.concatenate([np.full(len(f), i) for i, f in enumerate(parts)])
     df["epoch"] = df["epoch"].astype(np.int64)
 
-    # one curve per (fingerprint, config id): longest, then the larger content digest
-    content = sorted(c for c in df.columns if c not in ("_src", "dataset"))
-    row_hash = pd.util.hash_pandas_object(_canonical_missing(df[content]).astype(str), index=False).to_numpy()
-    df["_h"] = row_hash
+    # one curve per (fingerprint, config id): longest, then the larger digest of the curve itself
+    # (config, epochs, scores, costs), then the larger digest with its meta-features. The curve's
+    # digest leaves the meta-features out because the merge rewrites them (below): a merged curve
+    # must win again against the inputs it beat, or merging a merged table would change it.
+    own = sorted(c for c in df.columns if c not in ("_src", "dataset") and not str(c).startswith(META_PREFIX))
+    meta = sorted(c for c in df.columns if str(c).startswith(META_PREFIX))
+    for col, cols in (("_h", own), ("_hm", own + meta)):
+        df[col] = pd.util.hash_pandas_object(_canonical_missing(df[cols]).astype(str), index=False).to_numpy()
     df = df.sort_values([FINGERPRINT_COLUMN, "config_id", "_src", "epoch"], kind="mergesort")
-    per_curve = df.groupby([FINGERPRINT_COLUMN, "config_id", "_src"], sort=False)["_h"].agg(
-        length="size", digest=lambda h: hashlib.sha1(h.to_numpy().tobytes()).hexdigest()
+
+    def _digest(h: pd.Series) -> str:
+        return hashlib.sha1(h.to_numpy().tobytes()).hexdigest()
+
+    per_curve = df.groupby([FINGERPRINT_COLUMN, "config_id", "_src"], sort=False).agg(
+        length=("_h", "size"), digest=("_h", _digest), meta_digest=("_hm", _digest)
     )
     curves = (
         pd.DataFrame(per_curve)
         .reset_index()
         .sort_values(
-            [FINGERPRINT_COLUMN, "config_id", "length", "digest", "_src"], ascending=[True, True, False, False, True]
+            [FINGERPRINT_COLUMN, "config_id", "length", "digest", "meta_digest", "_src"],
+            ascending=[True, True, False, False, False, True],
         )
     )
     best = curves.drop_duplicates([FINGERPRINT_COLUMN, "config_id"], keep="first")
     keep = df.merge(best[[FINGERPRINT_COLUMN, "config_id", "_src"]], how="left", indicator=True)["_merge"] == "both"
-    df = df[keep.to_numpy()].drop(columns=["_src", "_h"])
+    df = df[keep.to_numpy()].drop(columns=["_src", "_h", "_hm"])
     # one set of meta-features per fingerprint (the same data measured by two versions may differ):
     # those of its first kept curve, so that the choice does not depend on the order of ``frames``
     df = df.sort_values([FINGERPRINT_COLUMN, "config_id", "epoch"], kind="mergesort")

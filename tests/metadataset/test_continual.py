@@ -138,3 +138,31 @@ def test_meta_train_table_keeps_one_hot_for_made_up_model_names():
     df["hp.model"] = "made-up-" + df["hp.model"].astype(str)
     art = c.meta_train_table(df, 32, epochs=1, steps_per_epoch=1)
     assert art.schema.model is not None and art.schema.model.kind == "onehot"
+
+
+def test_merging_a_merged_table_again_keeps_its_curves_when_meta_features_differ():
+    """One fingerprint measured under two names (different meta-features): the merge rewrites the
+    losing side's meta-features, so the tie-break between equally long curves must not read them,
+    or ``merge([ab, b])`` picks other scores than ``merge([a, b])`` (a Hypothesis finding)."""
+
+    def table(name, n_classes, scores):
+        return pd.DataFrame(
+            {
+                "dataset": name,
+                "config_id": list(scores),
+                "epoch": 1,
+                "score": list(scores.values()),
+                "cost": 1.0,
+                "hp.lr": 0.1,
+                "meta.num_classes": n_classes,
+                c.FINGERPRINT_COLUMN: "fp:x",
+            }
+        )
+
+    # c1's tie goes to b (meta-features 5), c2's to a: ab's c2 then carries b's meta-features
+    a = table("digits", 10.0, {"c1": 0.1, "c2": 0.3})
+    b = table("emoji", 5.0, {"c1": 0.1, "c2": 0.6})
+    ab = c.merge_tables([a, b])
+    assert_frame_equal(c.merge_tables([ab, b]), ab)
+    assert_frame_equal(c.merge_tables([ab, a]), ab)
+    assert_frame_equal(c.merge_tables([b, a]), ab)
