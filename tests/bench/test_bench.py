@@ -224,6 +224,7 @@ def test_optuna_peer_maps_onto_the_table_and_replays_its_state():
     assert opt.ask() == other.ask()
 
 
+@pytest.mark.slow
 def test_synetune_peer_when_installed():
     from quicktune.bench.peers import unavailable_reason
 

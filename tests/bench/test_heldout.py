@@ -63,6 +63,7 @@ def test_units_of_each_mode(table):
         heldout.held_out_units(table, "none")
 
 
+@pytest.mark.slow
 def test_lomo_never_meta_trains_on_the_held_out_model(table, spy, tmp_path):
     every = sorted(table["hp.model"].dropna().astype(str).unique())
     table = table[table["hp.model"].astype(str).isin(every[:3])]  # three models: three held-out units
@@ -114,6 +115,7 @@ def test_lomo_never_meta_trains_on_the_held_out_model(table, spy, tmp_path):
     assert "held-out model" in md and f"{sorted(units)[0]} / {task}" in md
 
 
+@pytest.mark.slow
 def test_loso_holds_out_every_task_of_a_source_together(table, spy, tmp_path):
     runner.run_benchmark(
         table,
