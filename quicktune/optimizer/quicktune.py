@@ -22,10 +22,9 @@ meta-trained search (``mixture=True``, the default) runs a second, non-meta surr
 one ``quicktune-nometa`` uses: its own encoding of the space, random initial weights) and predicts
 with their *mixture*: weight ``w`` on the meta-trained one. ``w`` starts from the domain score of
 ``domain.domain_report`` (the artifact's meta-training domain vs this space, its models and this
-dataset; clipped to [``W_MIN``, ``W_MAX``]) and is updated like Bayesian model averaging from the
-predictive log-likelihood each surrogate gave the observed epoch it was asked for (the log odds of
-``w`` grow by ``log p_meta(y) - log p_base(y)``, clipped to ``LOG_ODDS_CAP``). The initial design
-follows the prior head with probability ``w`` and is random otherwise. Far from the meta-training
+dataset) and is updated like Bayesian model averaging from the predictive log-likelihood each
+surrogate gave the observed epoch it was asked for (``mixture.py`` holds ``w`` and its rule). The
+initial design follows the prior head with probability ``w`` and is random otherwise. Far from the meta-training
 domain, or when the meta-trained surrogate mispredicts the first epochs, the search behaves like
 ``quicktune-nometa``; in domain it keeps the meta-trained start.
 """
@@ -49,16 +48,13 @@ from quicktune.optimizer.base import STATUSES, Optimizer, Suggestion
 from quicktune.optimizer.cost import CostPredictor
 from quicktune.optimizer.domain import DomainReport, domain_report
 from quicktune.optimizer.encoding import DescriptorError, Schema, train_images
+from quicktune.optimizer.mixture import PriorWeight, mix
 from quicktune.optimizer.surrogate import Batch, DeepKernelGP, SurrogateConfig, make_batch
 from quicktune.space import SearchSpace, config_id
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 3  # 2: the cost model's physics term (a0, a1, model mask); 3: the mixture with the non-meta surrogate
-#: the mixture weight of the meta-trained surrogate starts from the domain score clipped to [W_MIN, W_MAX]
-W_MIN, W_MAX = 0.05, 0.95
-#: the log odds of the weight stay within +-LOG_ODDS_CAP (w in [0.01, 0.99]): evidence can always turn it back
-LOG_ODDS_CAP = math.log(99.0)
 #: learning rate of the non-meta surrogate (as ``quicktune-nometa``)
 BASE_LEARNING_RATE = 1e-2
 
@@ -73,6 +69,29 @@ def _tensors_from_b64(blob: str) -> dict[str, torch.Tensor]:
 
 def _clone_state(m: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def _fit_or_restart(
+    model: DeepKernelGP,
+    init: Mapping[str, torch.Tensor],
+    batch: Batch,
+    y: torch.Tensor,
+    steps: int,
+    restart_steps: int,
+    lr: float,
+) -> bool:
+    """Fit ``model`` for ``steps``; on numerical trouble (a non-finite loss, a matrix that is not
+    positive definite) restore ``init`` and try once more for ``restart_steps``. True when a fit
+    ended with a finite loss; otherwise the model is left at ``init``."""
+    for _attempt in range(2):
+        try:
+            if math.isfinite(model.fit(batch, y, steps=steps, lr=lr)):
+                return True
+        except Exception as exc:
+            log.debug("surrogate fit failed: %s", exc)
+        model.load_state_dict(init)
+        steps = restart_steps
+    return False
 
 
 class QuickTune(Optimizer):
@@ -200,11 +219,7 @@ class QuickTune(Optimizer):
         self._enc_base: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         self.base_model: DeepKernelGP | None = None
         self._base_config = SurrogateConfig(hp_dim=own_schema.hp_dim, model_dim=own_schema.model_dim, meta_dim=0)
-        score = self.domain.score if self.domain is not None else 1.0
-        self.w0 = float(np.clip(score, W_MIN, W_MAX))
-        self.log_odds = math.log(self.w0 / (1.0 - self.w0))
-        self.mix_preds: dict[str, list[float]] = {}  # cid -> [epoch, mean_meta, sd_meta, mean_base, sd_base]
-        self.mix_updates = 0
+        self.weight = PriorWeight(self.domain.score if self.domain is not None else 1.0)
         self.base_fitted_obs = 0
         self.base_fitted_once = False
 
@@ -337,7 +352,7 @@ class QuickTune(Optimizer):
             return 0.0
         if not self.mixture:
             return 1.0
-        return float(1.0 / (1.0 + math.exp(-self.log_odds)))
+        return self.weight.value
 
     def _reset_models(self) -> None:
         self.model.load_state_dict(self._init_model)
@@ -353,21 +368,12 @@ class QuickTune(Optimizer):
         n = len(self.obs_log)
         if n == self.fitted_obs and self.fitted_once:
             return True
-        idx = self._select(n, self.fit_cap)
-        batch, y = self._train_data(idx)
+        batch, y = self._train_data(self._select(n, self.fit_cap))
         steps = self.refit_steps if (self.fitted_once or self.meta) else self.first_fit_steps
-        for _attempt in range(2):
-            try:
-                loss = self.model.fit(batch, y, steps=steps, lr=self.learning_rate)
-                if math.isfinite(loss):
-                    self.fitted_once = True
-                    self.fitted_obs = n
-                    return True
-            except Exception as exc:  # numerical trouble (e.g. not positive definite): start over
-                log.debug("surrogate fit failed: %s", exc)
-            self.model.load_state_dict(self._init_model)
-            steps = self.first_fit_steps
         self.fitted_obs = n
+        if _fit_or_restart(self.model, self._init_model, batch, y, steps, self.first_fit_steps, self.learning_rate):
+            self.fitted_once = True
+            return True
         return False
 
     def _fit_base(self) -> bool:
@@ -376,21 +382,12 @@ class QuickTune(Optimizer):
         n = len(self.obs_log)
         if n == self.base_fitted_obs and self.base_fitted_once:
             return True
-        idx = self._select(n, self.fit_cap)
-        batch, y = self._train_data(idx, base=True)
+        batch, y = self._train_data(self._select(n, self.fit_cap), base=True)
         steps = self.refit_steps if self.base_fitted_once else self.first_fit_steps
-        for _attempt in range(2):
-            try:
-                loss = self.base_model.fit(batch, y, steps=steps, lr=BASE_LEARNING_RATE)
-                if math.isfinite(loss):
-                    self.base_fitted_once = True
-                    self.base_fitted_obs = n
-                    return True
-            except Exception as exc:  # numerical trouble: start over
-                log.debug("non-meta surrogate fit failed: %s", exc)
-            self.base_model.load_state_dict(self._init_base)
-            steps = self.first_fit_steps
         self.base_fitted_obs = n
+        if _fit_or_restart(self.base_model, self._init_base, batch, y, steps, self.first_fit_steps, BASE_LEARNING_RATE):
+            self.base_fitted_once = True
+            return True
         return False
 
     def _posterior(
@@ -407,21 +404,6 @@ class QuickTune(Optimizer):
             train = Batch.cat([train, pb])
             y = torch.cat([y, torch.as_tensor(p_mean, dtype=torch.float32)])
         return model.predict(train, y, test)
-
-    def _update_weight(self, cid: str, epoch: int, score: float) -> None:
-        """Bayesian model averaging of the two surrogates on the observed epoch they predicted."""
-        pred = self.mix_preds.pop(cid, None)
-        if pred is None or int(pred[0]) != int(epoch) or not math.isfinite(score):
-            return
-        _, m1, s1, m2, s2 = pred
-
-        def loglik(m: float, s: float) -> float:
-            s = max(float(s), 1e-4)
-            return -0.5 * ((score - m) / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)
-
-        delta = loglik(m1, s1) - loglik(m2, s2)
-        self.log_odds = float(np.clip(self.log_odds + delta, -LOG_ODDS_CAP, LOG_ODDS_CAP))
-        self.mix_updates += 1
 
     def _cost_obs(self) -> tuple[list[str], list[int], list[float]]:
         ids, eps, cs = [], [], []
@@ -519,11 +501,7 @@ class QuickTune(Optimizer):
                 self.base_fitted_once = False
         m_meta, s_meta = mean, std
         if base_pred is not None:
-            w = self.prior_weight
-            m_base, s_base = base_pred
-            mean = w * m_meta + (1 - w) * m_base
-            var = w * s_meta**2 + (1 - w) * s_base**2 + w * (1 - w) * (m_meta - m_base) ** 2
-            std = np.sqrt(np.maximum(var, 1e-12))
+            mean, std = mix(self.prior_weight, m_meta, s_meta, *base_pred)
         best = self.best if math.isfinite(self.best) else float(np.max(mean))
         acq = acquisition(mean, std, np.asarray(eps), self.best_at_epoch, best, self._predicted_cost(test))
         if not np.all(np.isfinite(acq)):
@@ -533,13 +511,14 @@ class QuickTune(Optimizer):
             # what each surrogate predicts for the observation (latent sd + its noise): the weight's evidence
             n1 = float(self.model.likelihood.noise.detach().reshape(-1)[0])
             n2 = float(self.base_model.likelihood.noise.detach().reshape(-1)[0])
-            self.mix_preds[ids[choice]] = [
-                float(eps[choice]),
-                float(m_meta[choice]),
+            self.weight.predict(
+                ids[choice],
+                eps[choice],
+                m_meta[choice],
                 math.sqrt(float(s_meta[choice]) ** 2 + n1),
-                float(base_pred[0][choice]),
+                base_pred[0][choice],
                 math.sqrt(float(base_pred[1][choice]) ** 2 + n2),
-            ]
+            )
         return choice
 
     def _initial_design(self, cands: list[tuple[str, int]]) -> int:
@@ -574,9 +553,9 @@ class QuickTune(Optimizer):
             del self.pending[cid]
         score = float(score) if score is not None else float("nan")
         if status == "ok":
-            self._update_weight(cid, int(epoch), score)
+            self.weight.observe(cid, int(epoch), score)
         else:
-            self.mix_preds.pop(cid, None)
+            self.weight.forget(cid)
         cost = float(cost) if cost is not None else float("nan")
         curve.append(score)
         self.costs.setdefault(cid, []).append(cost)
@@ -627,9 +606,7 @@ class QuickTune(Optimizer):
             "mixture": None
             if self.base_model is None
             else {
-                "log_odds": self.log_odds,
-                "updates": self.mix_updates,
-                "preds": {k: list(v) for k, v in self.mix_preds.items()},
+                **self.weight.state(),
                 "base_fitted_obs": self.base_fitted_obs,
                 "base_fitted_once": self.base_fitted_once,
                 "base": _tensors_to_b64(self.base_model.state_dict()),
@@ -676,18 +653,16 @@ class QuickTune(Optimizer):
                 self._init_base = _clone_state(self._seeded_base(self.seed))
         self.model.load_state_dict(_tensors_from_b64(state["surrogate"]))
         self.cost_model.load_state_dict(_tensors_from_b64(state["cost_model"]))
-        mix = state.get("mixture")  # None: no mixture, or a version-2 state (the mixture starts afresh)
+        mixed = state.get("mixture")  # None: no mixture, or a version-2 state (the mixture starts afresh)
         if self.base_model is not None:
-            if mix is not None:
-                self.log_odds = float(mix["log_odds"])
-                self.mix_updates = int(mix["updates"])
-                self.mix_preds = {str(k): [float(x) for x in v] for k, v in mix["preds"].items()}
-                self.base_fitted_obs = int(mix["base_fitted_obs"])
-                self.base_fitted_once = bool(mix["base_fitted_once"])
-                self.base_model.load_state_dict(_tensors_from_b64(mix["base"]))
+            if mixed is not None:
+                self.weight.load(mixed)
+                self.base_fitted_obs = int(mixed["base_fitted_obs"])
+                self.base_fitted_once = bool(mixed["base_fitted_once"])
+                self.base_model.load_state_dict(_tensors_from_b64(mixed["base"]))
             else:
                 self.base_model.load_state_dict(self._init_base)
-                self.base_fitted_obs, self.base_fitted_once, self.mix_preds = 0, False, {}
-                self.log_odds, self.mix_updates = math.log(self.w0 / (1.0 - self.w0)), 0
-        elif mix is not None:
+                self.base_fitted_obs, self.base_fitted_once = 0, False
+                self.weight.restart()
+        elif mixed is not None:
             raise ValueError("optimizer state has a mixture with a non-meta surrogate; this optimizer has none")

@@ -167,7 +167,7 @@ def _far(meta):
 
 def test_prior_weight_starts_high_in_domain_and_low_out_of_domain(synth):
     from quicktune.lct import table_meta_features
-    from quicktune.optimizer.quicktune import W_MAX, W_MIN
+    from quicktune.optimizer.mixture import W_MAX, W_MIN
 
     meta = table_meta_features(synth[0], "synth01")  # a task the artifact was meta-trained on
     inside, outside = _opt(synth, meta), _opt(synth, _far(meta))
@@ -199,17 +199,17 @@ def test_the_weight_follows_the_predictive_likelihood_of_observed_epochs(synth):
     opt = _opt(synth, table_meta_features(synth[0], "synth01"))
     cid = next(iter(opt.configs))
     w0 = opt.prior_weight
-    opt.mix_preds[cid] = [1.0, 0.9, 0.02, 0.31, 0.1]  # the meta-trained surrogate sure and wrong
+    opt.weight.preds[cid] = [1.0, 0.9, 0.02, 0.31, 0.1]  # the meta-trained surrogate sure and wrong
     opt.tell(cid, 1, 0.3, 1.0)
     w1 = opt.prior_weight
-    assert w1 < 0.1 * w0 and opt.mix_updates == 1 and cid not in opt.mix_preds
-    opt.mix_preds[cid] = [2.0, 0.5, 0.05, 0.1, 0.05]  # now the other way round
+    assert w1 < 0.1 * w0 and opt.weight.updates == 1 and cid not in opt.weight.preds
+    opt.weight.preds[cid] = [2.0, 0.5, 0.05, 0.1, 0.05]  # now the other way round
     opt.tell(cid, 2, 0.5, 1.0)
     assert opt.prior_weight > w1
-    opt.mix_preds[cid] = [9.0, 0.0, 0.01, 1.0, 0.01]  # for another epoch than the one told: ignored
+    opt.weight.preds[cid] = [9.0, 0.0, 0.01, 1.0, 0.01]  # for another epoch than the one told: ignored
     w2 = opt.prior_weight
     opt.tell(cid, 3, 0.5, 1.0)
-    assert opt.prior_weight == w2 and cid not in opt.mix_preds
+    assert opt.prior_weight == w2 and cid not in opt.weight.preds
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -223,13 +223,14 @@ def test_the_mixture_state_round_trips_exactly(synth, log_odds, preds):
     meta = table_meta_features(synth[0], "synth01")
     a = _opt(synth, meta)
     ids = list(a.configs)
-    a.log_odds = log_odds
-    a.mix_preds = {ids[i]: [float(e), m, s, 1 - m, 2 * s] for i, (e, m, s) in enumerate(preds)}
+    a.weight.log_odds = log_odds
+    a.weight.preds = {ids[i]: [float(e), m, s, 1 - m, 2 * s] for i, (e, m, s) in enumerate(preds)}
     state = json.loads(json.dumps(a.state_dict(), allow_nan=False))
     assert state["version"] == 3
     b = _opt(synth, meta, seed=7)
     b.load_state_dict(state)
-    assert b.log_odds == a.log_odds and b.mix_preds == a.mix_preds and b.prior_weight == a.prior_weight
+    assert b.weight.log_odds == a.weight.log_odds and b.weight.preds == a.weight.preds
+    assert b.prior_weight == a.prior_weight
     assert b.state_dict() == a.state_dict()
 
 
@@ -243,8 +244,8 @@ def test_a_version_2_state_loads_with_the_mixture_starting_afresh(synth):
     a.tell(s.config_id, s.epoch, 0.5, 1.0)
     old = {k: v for k, v in a.state_dict().items() if k != "mixture"} | {"version": 2}
     b = _opt(synth, meta)
-    b.log_odds = 3.0
+    b.weight.log_odds = 3.0
     b.load_state_dict(json.loads(json.dumps(old)))
-    assert b.curves == a.curves and b.prior_weight == pytest.approx(b.w0) and not b.base_fitted_once
+    assert b.curves == a.curves and b.prior_weight == pytest.approx(b.weight.w0) and not b.base_fitted_once
     with pytest.raises(ValueError, match="version"):
         b.load_state_dict({**old, "version": 1})
