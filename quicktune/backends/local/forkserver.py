@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from quicktune.backends.local.niceness import inherit_niceness
 from quicktune.backends.local.stepdir import LOG, LOG_PREFIX, record_exit, record_runner
 
 __all__ = ["ForkServer", "ForkServerError", "STEP_ENTRY"]
@@ -227,6 +228,7 @@ def _run_step_in_child(req: Mapping[str, Any], ready_fd: int) -> None:
     ``ready_fd`` is closed once R leads its own process group, so the pid the server hands out can
     be signalled as a group at once."""
     os.setsid()
+    inherit_niceness()
     d = Path(req["dir"])
     record_runner(d)
     os.close(ready_fd)
@@ -343,4 +345,5 @@ def _pid_alive(pid: int) -> bool:
 
 
 if __name__ == "__main__":  # pragma: no cover - started by ForkServer
+    inherit_niceness()  # the server too starts a session of its own
     sys.exit(serve(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))

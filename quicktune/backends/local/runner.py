@@ -17,12 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from quicktune.backends.local.niceness import inherit_niceness
 from quicktune.backends.local.stepdir import LOG_PREFIX, RUNNER_SPEC, record_exit, record_runner
 
 
 def run(step_dir: str | os.PathLike[str]) -> int:
     """Run the step described in ``step_dir/.runner.json``; record how it ended in exit.json."""
     d = Path(step_dir)
+    inherit_niceness()  # started in a session of its own (see niceness.py)
     record_runner(d)
     spec = json.loads((d / RUNNER_SPEC).read_text())
     timeout = spec.get("timeout")

@@ -1,0 +1,62 @@
+"""A step keeps the niceness of the search that started it, although it runs in a session of its
+own (:mod:`quicktune.backends.local.niceness`): with autogroup scheduling a new session is a new
+scheduling group at nice 0, which made ``nice -n 19 quicktune ...`` take half of a 2-core machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+AUTOGROUP = Path("/proc/self/autogroup")
+CALL = "import sys, pathlib; from quicktune.backends.local.niceness import inherit_niceness as f; "
+
+
+def _python(code: str, *args: str, nice: int = 0, new_session: bool = False) -> str:
+    cmd = [sys.executable, "-c", code, *args]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, start_new_session=new_session).stdout
+
+
+def test_a_positive_nice_value_is_written_to_the_autogroup(tmp_path):
+    target = tmp_path / "autogroup"
+    target.write_text("untouched")
+    out = _python(CALL + "print(f(pathlib.Path(sys.argv[1])))", str(target), nice=7)
+    assert out.strip() == "True" and target.read_text() == "7"
+
+
+def test_nice_zero_leaves_the_autogroup_alone_and_errors_are_ignored(tmp_path):
+    target = tmp_path / "autogroup"
+    target.write_text("untouched")
+    assert _python(CALL + "print(f(pathlib.Path(sys.argv[1])))", str(target)).strip() == "False"
+    assert target.read_text() == "untouched"
+    missing = tmp_path / "no" / "such" / "file"
+    assert _python(CALL + "print(f(pathlib.Path(sys.argv[1])))", str(missing), nice=5).strip() == "False"
+
+
+autogroups = pytest.mark.skipif(
+    not AUTOGROUP.exists() or Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() != "1",
+    reason="this kernel schedules without autogroups",
+)
+
+
+@autogroups
+def test_a_step_started_by_the_runner_in_a_new_session_keeps_the_searchs_niceness(tmp_path):
+    """The real runner, started like the local backend starts it (its own session, here under
+    nice 9): the step it runs is in an autogroup at nice 9, not at the new session's nice 0."""
+    (tmp_path / ".runner.json").write_text(json.dumps({"argv": ["cat", str(AUTOGROUP)], "timeout": 30}))
+    out = subprocess.run(
+        ["nice", "-n", "9", sys.executable, "-m", "quicktune.backends.local.runner", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=True,
+    ).stdout
+    assert out.strip().endswith("nice 9"), out
+    # without the fix a new session's group is at nice 0 (what the runner corrects)
+    plain = _python(f"print(open({str(AUTOGROUP)!r}).read())", nice=9, new_session=True)
+    assert plain.strip().endswith("nice 0"), plain
