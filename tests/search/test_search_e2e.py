@@ -288,7 +288,9 @@ def test_kill_9_mid_search_then_resume_loses_and_repeats_no_epoch(server_env, ti
     after = assert_exact_epochs(tracker.client, parent.info.run_id)
     for before in (first, second):  # nothing recorded before a kill was lost
         for cid, steps in before.items():
-            assert after[cid][: len(steps)] == steps
+            # a config whose run existed with no epoch yet (a step in flight at the kill) may end the
+            # search untrained; its empty run is then deleted by design (SearchTracker.delete_untrained)
+            assert after.get(cid, [])[: len(steps)] == steps, f"config {cid} lost epochs"
     assert sum(map(len, after.values())) == 5
     for d in orphans:  # finished while no controller was alive: collected, not retrained
         req = json.loads((d / "request.json").read_text())
@@ -367,8 +369,8 @@ def test_kill_9_then_resume_on_the_shipped_defaults(server_env, tiny_image_folde
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     client = tracker.client
     after = assert_exact_epochs(client, parent.info.run_id)
-    for cid, steps in before.items():  # nothing recorded before the kill was lost
-        assert after[cid][: len(steps)] == steps
+    for cid, steps in before.items():  # nothing recorded before the kill was lost (an empty run may go)
+        assert after.get(cid, [])[: len(steps)] == steps, f"config {cid} lost epochs"
     assert sum(map(len, after.values())) == 5
     seqs = sorted(
         int(m.value)
