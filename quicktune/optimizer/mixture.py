@@ -50,9 +50,10 @@ class PriorWeight:
 
     def __init__(self, domain_score: float) -> None:
         self.w0 = float(np.clip(domain_score, W_MIN, W_MAX))
-        self.log_odds = math.log(self.w0 / (1.0 - self.w0))
+        self.log_odds = 0.0
         self.updates = 0
         self.preds: dict[str, list[float]] = {}  # cid -> [epoch, mean_meta, sd_meta, mean_base, sd_base]
+        self.restart()
 
     @property
     def value(self) -> float:
@@ -76,7 +77,8 @@ class PriorWeight:
         self.updates += 1
 
     def restart(self) -> None:
-        """Back to the starting weight (a state written before the mixture existed)."""
+        """Back to the starting weight, no evidence (a new search, or a state written before the
+        mixture existed)."""
         self.log_odds, self.updates, self.preds = math.log(self.w0 / (1.0 - self.w0)), 0, {}
 
     def state(self) -> dict[str, Any]:

@@ -24,9 +24,9 @@ with their *mixture*: weight ``w`` on the meta-trained one. ``w`` starts from th
 ``domain.domain_report`` (the artifact's meta-training domain vs this space, its models and this
 dataset) and is updated like Bayesian model averaging from the predictive log-likelihood each
 surrogate gave the observed epoch it was asked for (``mixture.py`` holds ``w`` and its rule). The
-initial design follows the prior head with probability ``w`` and is random otherwise. Far from the meta-training
-domain, or when the meta-trained surrogate mispredicts the first epochs, the search behaves like
-``quicktune-nometa``; in domain it keeps the meta-trained start.
+initial design follows the prior head with probability ``w`` and is random otherwise. Far from the
+meta-training domain, or when the meta-trained surrogate mispredicts the first epochs, the search
+behaves like ``quicktune-nometa``; in domain it keeps the meta-trained start.
 """
 
 from __future__ import annotations
