@@ -10,9 +10,11 @@ first reached (seconds since the search started, from the parent run's ``incumbe
     .venv/bin/python benchmarks/heldout_searches.py --data animal-mnist=/tmp/heldout/animal-mnist \
         --data emoji=/tmp/heldout/emoji --budget 4m --seeds 0,1,2 --out benchmarks/results/heldout_searches.json
 
-Each seed is a pair of searches (one per optimizer) with the same ``--seed`` (the training seed of
+Each seed is a set of searches (one per optimizer) with the same ``--seed`` (the training seed of
 every step and the optimizer's seed). The summary table gives means over seeds and how many seeds
-each optimizer won (higher best validation accuracy; ties count for neither).
+each optimizer won (higher best validation accuracy; ties count for neither); the paired table gives
+the first optimizer of ``--optimizers`` minus each other one, per (dataset, seed), mean +- SE.
+``--summarize FILE`` recomputes both from an earlier ``--out`` file without running a search.
 
 (make the folders with ``quicktune data import animal-mnist DIR --max-per-class 60`` and
 ``quicktune data import emoji DIR --max-per-class 70 --size 32``).
@@ -77,7 +79,34 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def markdown(rows: list[dict], summary: list[dict]) -> str:
+def paired(rows: list[dict], reference: str) -> list[dict]:
+    """``reference`` minus each other optimizer, per (dataset, seed) where both have a result:
+    mean and standard error over the pairs of best validation and winner's test accuracy, and the
+    pairs the reference won, tied and lost on best validation."""
+    import statistics
+
+    by = {(r["dataset"], r["seed"], r["optimizer"]): r for r in rows}
+    out = []
+    for peer in sorted({r["optimizer"] for r in rows} - {reference}):
+        diffs: dict[str, list[float]] = {"best_val": [], "test_accuracy": []}
+        for (ds, seed, opt), r in sorted(by.items()):
+            other = by.get((ds, seed, peer))
+            if opt != reference or other is None:
+                continue
+            for k, d in diffs.items():
+                if r.get(k) is not None and other.get(k) is not None:
+                    d.append(r[k] - other[k])
+        entry: dict = {"reference": reference, "peer": peer, "pairs": len(diffs["best_val"])}
+        for k, d in diffs.items():
+            entry[k] = statistics.fmean(d) if d else None
+            entry[f"{k}_se"] = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else None
+        v = diffs["best_val"]
+        entry.update(won=sum(x > 0 for x in v), tied=sum(x == 0 for x in v), lost=sum(x < 0 for x in v))
+        out.append(entry)
+    return out
+
+
+def markdown(rows: list[dict], summary: list[dict], reference: str | None = None) -> str:
     def f(x: float | None, fmt: str) -> str:
         return "n/a" if x is None else format(x, fmt)
 
@@ -103,19 +132,47 @@ def markdown(rows: list[dict], summary: list[dict]) -> str:
             f"{f(m['test_accuracy'], '.3f')} | {f(m['seconds_to_best'], '.0f')} | "
             f"{f(m['configs_tried'], '.1f')} | {f(m['epochs_done'], '.1f')} |"
         )
+    pairs = paired(rows, reference) if reference else []
+    if pairs:
+        lines += [
+            "",
+            f"| {reference} minus | pairs | best val: mean +- SE | won / tied / lost | winner's test acc: mean +- SE |",
+            "|---|---|---|---|---|",
+        ]
+        for p in pairs:
+            lines.append(
+                f"| {p['peer']} | {p['pairs']} | {f(p['best_val'], '+.3f')} +- {f(p['best_val_se'], '.3f')} | "
+                f"{p['won']} / {p['tied']} / {p['lost']} | "
+                f"{f(p['test_accuracy'], '+.3f')} +- {f(p['test_accuracy_se'], '.3f')} |"
+            )
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", action="append", required=True, help="NAME=PATH of a held-out dataset (repeat)")
+    ap.add_argument("--data", action="append", help="NAME=PATH of a held-out dataset (repeat)")
     ap.add_argument("--budget", default="4m")
     ap.add_argument("--max-epochs", type=int, default=10)
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--optimizers", default="quicktune,quicktune-nometa")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds; one pair of searches per seed")
     ap.add_argument("--out", default="benchmarks/results/heldout_searches.json")
+    ap.add_argument(
+        "--summarize",
+        metavar="JSON",
+        help="run no search: recompute the summary and the paired differences of an earlier --out file",
+    )
     args = ap.parse_args()
+    reference = args.optimizers.split(",")[0]
+    if args.summarize:
+        doc = json.loads(Path(args.summarize).read_text())
+        reference = doc.get("reference", reference)
+        doc.update(reference=reference, summary=summarize(doc["rows"]), paired=paired(doc["rows"], reference))
+        Path(args.summarize).write_text(json.dumps(doc, indent=1))
+        print(markdown(doc["rows"], doc["summary"], reference))
+        return 0
+    if not args.data:
+        ap.error("--data is required (unless --summarize)")
     work = Path(tempfile.mkdtemp(prefix="qt-heldout-"))
     rows = []
     seeds = [int(x) for x in args.seeds.split(",")]
@@ -184,11 +241,13 @@ def main() -> int:
                 "seeds": seeds,
                 "rows": rows,
                 "summary": summary,
+                "reference": reference,
+                "paired": paired(rows, reference),
             },
             indent=1,
         )
     )
-    print(markdown(rows, summary))
+    print(markdown(rows, summary, reference))
     return 0
 
 
