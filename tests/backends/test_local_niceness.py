@@ -72,3 +72,37 @@ def test_a_step_started_by_the_runner_in_a_new_session_keeps_the_searchs_nicenes
     # without the fix a new session's group is at nice 0 (what the runner corrects)
     plain = _python(f"print(open({str(AUTOGROUP)!r}).read())", nice=9, new_session=True)
     assert plain.strip().endswith("nice 0"), plain
+
+
+FORKED = """
+import json, sys, time
+from pathlib import Path
+from quicktune.backends.local import LocalBackend
+from quicktune.backends.testing import RealStepRequests
+
+work, data = Path(sys.argv[1]), sys.argv[2]
+backend = LocalBackend(work / "work", max_workers=1)  # the default: steps forked by the fork server
+try:
+    sid = backend.start(RealStepRequests(data, str(work / "ckpt"))("slow", "nice"))
+    launch = json.loads((backend.step_dir(sid) / "launch.json").read_text())
+    print(launch["via"], open(f"/proc/{launch['pid']}/autogroup").read().strip(), flush=True)
+    backend.cancel(sid)
+finally:
+    backend.close()
+"""
+
+
+@autogroups
+def test_a_step_forked_by_the_default_local_backend_keeps_the_searchs_niceness(tmp_path, tiny_image_folder):
+    """Where users stand: ``nice -n 9`` on a process that runs the default local backend (fork
+    server); the forked step's own session is in an autogroup at nice 9."""
+    out = subprocess.run(
+        ["nice", "-n", "9", sys.executable, "-c", FORKED, str(tmp_path), str(tiny_image_folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    via, group = out.stdout.split(maxsplit=1)
+    assert via == "fork-server" and group.strip().endswith("nice 9"), out.stdout
