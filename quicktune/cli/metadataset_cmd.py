@@ -167,6 +167,11 @@ def _status(args: argparse.Namespace) -> int:
         print(f"quicktune metadataset status: {path}: no progress recorded yet", file=sys.stderr)
         return 1
     prog = json.loads(path.read_text())
+    # the task rows from the results on disk (current even between two progress writes, and
+    # with the CPU each step measured, which older campaign code did not count)
+    from quicktune.metadataset.records import export_summary
+
+    prog.update(export_summary(args.workdir, keep=prog.get("total", {})))
     if args.json:
         print(json.dumps(prog, indent=1))
         return 0
@@ -185,8 +190,9 @@ def _status(args: argparse.Namespace) -> int:
         f"{t['compute_seconds']:>10.0f} {t['step_seconds']:>9.0f} {t['cpu_seconds']:>9.0f}"
     )
     print(
-        f"campaign wall time {t['campaign_wall_seconds'] / 3600:.2f} h over {len(prog['sessions'])} session(s), "
-        f"CPU {t['campaign_cpu_seconds'] / 3600:.2f} h (campaign + its steps); updated {prog['updated_at']}"
+        f"campaign wall time {t.get('campaign_wall_seconds', 0.0) / 3600:.2f} h over "
+        f"{len(prog.get('sessions', []))} session(s); CPU in steps {t['cpu_seconds'] / 3600:.2f} h "
+        f"(train + validation, as each step measured it); updated {prog.get('updated_at', '-')}"
     )
     return 0
 

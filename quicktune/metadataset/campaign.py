@@ -193,7 +193,7 @@ class Campaign:
             "recorded": 0,
             "host": socket.gethostname(),
         }
-        t0, cpu0 = time.time(), _children_cpu() + time.process_time()
+        t0, cpu0 = time.time(), time.process_time()
         self._log_line(
             f"session start: {len(records)}/{len(self.plan['order'])} recorded, {len(todo)} to go, "
             f"backend {type(self.backend).__name__} x{self.backend.capacity()}"
@@ -206,6 +206,7 @@ class Campaign:
         if records:
             self.store.write_table(self.out)
         new = 0
+        steps_cpu = 0.0  # CPU seconds of the steps recorded this session, as the steps measured them
         last_cpu = _children_cpu()
         while todo or inflight:
             if deadline is not None and time.time() >= deadline:
@@ -223,13 +224,16 @@ class Campaign:
                 time.sleep(poll_interval)
                 continue
             now_cpu = _children_cpu()
-            # exact only when one step finished and it was our child (1 worker, not re-adopted)
+            # a fallback for results without the step's own CPU measure: exact only when one step
+            # finished and it was our child (a subprocess backend with 1 worker, not re-adopted)
             cpu = round(now_cpu - last_cpu, 2) if len(finished) == 1 and now_cpu > last_cpu else None
             last_cpu = now_cpu
             for (t, c), st in finished:
                 sid = inflight.request((t, c)).id
                 res = inflight.collect((t, c))
                 rec = self.store.record(t, c, sid, res, st.message, cpu)
+                cpu = rec["cpu_seconds"]
+                steps_cpu += float(cpu or 0.0)
                 new += 1
                 scores = [e["score"] for e in rec["epochs"]]
                 self._log_line(
@@ -242,13 +246,13 @@ class Campaign:
                 )
             self.store.write_table(self.out)
             session["wall_seconds"] = round(time.time() - t0, 1)
-            session["cpu_seconds"] = round(_children_cpu() + time.process_time() - cpu0, 1)
+            session["cpu_seconds"] = round(steps_cpu + time.process_time() - cpu0, 1)
             session["recorded"] = new
             self._save_progress(session)
             if max_results is not None and new >= max_results:
                 break
         session["wall_seconds"] = round(time.time() - t0, 1)
-        session["cpu_seconds"] = round(_children_cpu() + time.process_time() - cpu0, 1)
+        session["cpu_seconds"] = round(steps_cpu + time.process_time() - cpu0, 1)
         session["recorded"] = new
         prog = self._save_progress(session)
         left = len(self.plan["order"]) - len(records)

@@ -47,6 +47,21 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def measured_cpu_seconds(epochs: Sequence[Mapping[str, Any]]) -> float | None:
+    """The CPU seconds the step itself measured for ``epochs`` (train + validation of each epoch,
+    the step process's own CPU time), or None when an epoch lacks the measure (older results).
+
+    Why the step's measure: the campaign cannot count its steps' CPU itself. A step forked by the
+    local fork server is not the campaign's child, so ``RUSAGE_CHILDREN`` never sees it; steps in
+    Kubernetes pods run on other machines."""
+    total = 0.0
+    for e in epochs:
+        if e.get("train_cpu_seconds") is None or e.get("eval_cpu_seconds") is None:
+            return None
+        total += float(e["train_cpu_seconds"]) + float(e["eval_cpu_seconds"])
+    return total
+
+
 class RecordStore:
     """The records of one campaign (``workdir/results``), read in plan order."""
 
@@ -75,10 +90,16 @@ class RecordStore:
     def record(
         self, task: str, cid: str, sid: str, result: Mapping[str, Any], state_message: str, cpu_seconds: float | None
     ) -> dict[str, Any]:
-        """Record a finished step's RESULT for (task, config) and return the record."""
+        """Record a finished step's RESULT for (task, config) and return the record.
+
+        ``cpu_seconds`` is the caller's estimate of the step's CPU time; the step's own measure of
+        the epochs it trained (:func:`measured_cpu_seconds`) replaces it when the result has one."""
         history = list(result.get("history") or [])
         epochs = history if history else list(result.get("epochs") or [])
         trained_now = list(result.get("epochs") or [])
+        measured = measured_cpu_seconds(trained_now) if trained_now else None
+        if measured is not None:
+            cpu_seconds = round(measured, 2)
         step_seconds = result.get("step_seconds")
         failed_cost = 0.0
         if step_seconds is not None:
@@ -180,7 +201,10 @@ class RecordStore:
             p["epochs"] += len(rec["epochs"])
             p["compute_seconds"] += sum(float(e.get("cost", 0.0)) for e in rec["epochs"])
             p["step_seconds"] += float(rec.get("step_seconds") or 0.0)
-            p["cpu_seconds"] += float(rec.get("cpu_seconds") or 0.0)
+            # the CPU of the curve's epochs as the steps measured them; the record's own figure
+            # only for results that predate the measure
+            curve_cpu = measured_cpu_seconds(rec["epochs"])
+            p["cpu_seconds"] += curve_cpu if curve_cpu is not None else float(rec.get("cpu_seconds") or 0.0)
             best = max((float(e["score"]) for e in rec["epochs"] if e.get("score") is not None), default=None)
             if best is not None and (p["best_score"] is None or best > p["best_score"]):
                 p["best_score"] = best
@@ -193,6 +217,19 @@ class RecordStore:
 def totals(per: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     """The sums of :data:`TOTAL_KEYS` over the tasks of a progress summary."""
     return {k: round(sum(p[k] for p in per.values()), 1) for k in TOTAL_KEYS}
+
+
+def export_summary(workdir: str | os.PathLike[str], keep: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The progress summary (``tasks`` and ``total``) recomputed from a campaign's recorded results
+    (read only; safe while the campaign runs). ``keep``: totals of an older summary that the
+    results cannot give (the campaign's wall time over its sessions) and are carried over."""
+    wd = Path(workdir).resolve()
+    store = RecordStore(wd, CampaignPlan.load(wd))
+    store.load()
+    per = store.progress()
+    total: dict[str, Any] = {k: v for k, v in (keep or {}).items() if k not in TOTAL_KEYS}
+    total.update(totals(per))
+    return {"tasks": per, "total": total}
 
 
 def export(workdir: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:

@@ -284,6 +284,16 @@ def test_campaign_killed_and_resumed_trains_nothing_twice(tmp_path, tiny_image_f
     )
     status = _cli("metadataset", "status", "--workdir", str(wd)).stdout
     assert "tiny" in status and "3/3" in status
+    # the CPU column is what the steps measured (train + validation of every epoch of the curves):
+    # the campaign cannot count it itself, its steps are forked by the fork server, not its children
+    status_json = json.loads(_cli("metadataset", "status", "--workdir", str(wd), "--json").stdout)
+    steps_cpu = 0.0
+    for task, cid in plan["order"]:
+        rec = json.loads((wd / "results" / task / f"{cid}.json").read_text())
+        steps_cpu += sum(e["train_cpu_seconds"] + e["eval_cpu_seconds"] for e in rec["epochs"])
+    assert steps_cpu > 0
+    assert status_json["tasks"]["tiny"]["cpu_seconds"] == pytest.approx(steps_cpu, abs=0.1)
+    assert status_json["total"]["cpu_seconds"] == pytest.approx(steps_cpu, abs=0.1)
 
     info = json.loads(_cli("metadataset", "info", str(out), "--json").stdout)
     counts = {k: info[k] for k in ("datasets", "curves", "rows", "max_epoch", "path")}
