@@ -43,20 +43,19 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from quicktune.finetune.build import build_training, compute_relationship, seed_everything
+from quicktune.finetune.build import build_training, compute_relationship
 from quicktune.finetune.config import InvalidConfigError, resolve_config
+from quicktune.finetune.epochs import EpochLoop, Marks, best_uri, join_data_check
 from quicktune.finetune.model import UnknownModelError
-from quicktune.finetune.state import CheckpointMeta, checkpoint_tensors, restore_state, rng_state, set_rng_state
-from quicktune.finetune.threadcpu import cpu_seconds
+from quicktune.finetune.state import CheckpointMeta, restore_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -248,36 +247,18 @@ def _run(
     precision: str = "auto",
 ) -> None:
     from quicktune.finetune import checkpoint as ck, warm_cache
-    from quicktune.finetune.divergence import loss_exploded
-    from quicktune.finetune.loader import ImageSet, effective_batch_size, epoch_seed, eval_batches, train_batches
+    from quicktune.finetune.loader import ImageSet, effective_batch_size
     from quicktune.finetune.model import model_defaults
-    from quicktune.finetune.precision import PRECISIONS, resolve_precision
+    from quicktune.finetune.precision import resolve_precision
     from quicktune.finetune.resources import cpu_limit, default_workers
-    from quicktune.finetune.train import DivergedError, evaluate, train_one_epoch
     from quicktune.finetune.transforms import build_policy
 
     cfg = resolve_config(config)
     if to_epoch < 1:
         raise StepError(f"--to-epoch must be >= 1, got {to_epoch}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise StepError(f"device {device!r} requested but CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise StepError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if precision not in PRECISIONS:
-        raise StepError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if threads is not None and threads > 0:
-        torch.set_num_threads(int(threads))
-    if dev.type == "cuda":
-        if dev.index is not None:
-            torch.cuda.set_device(dev)  # kernels, cuDNN handles and caches on the step's device
-        torch.backends.cudnn.benchmark = not deterministic
-        torch.backends.cudnn.deterministic = bool(deterministic)
-        torch.backends.cuda.matmul.allow_tf32 = not deterministic
-        torch.backends.cudnn.allow_tf32 = not deterministic
-        torch.cuda.reset_peak_memory_stats(dev)
+    dev = _prepare_device(device, precision, threads, deterministic)
     phases: dict[str, Any] = report.extra.setdefault("phases", {})
-    mark = _Marks(phases)
+    mark = Marks(phases)
     defaults = model_defaults(cfg["model"], weights_config)  # imports timm (the bulk of start-up)
     mark("setup")
 
@@ -292,38 +273,9 @@ def _run(
     for p in problems:
         report.warnings.append(f"skipped a bad checkpoint: {p}")
         log.warning("skipped a bad checkpoint: %s", p)
-    start_epoch = 0
-    if ckpt is not None:
-        m = ckpt.manifest
-        if m.get("config") != dict(config):
-            raise StepError(
-                f"{checkpoint_dir} holds checkpoints of another config ({m.get('config')}); "
-                f"use one checkpoint folder per config"
-            )
-        for name, asked, stored in (
-            ("image_size", image_size, m["image_size"]),
-            ("max_epochs", max_epochs, m["max_epochs"]),
-            ("seed", seed, m["seed"]),
-            ("split_seed", split_seed, m["split_seed"]),
-        ):
-            if asked is not None and int(asked) != int(stored) and not (name in ("seed", "split_seed") and asked == 0):
-                report.warnings.append(f"{name}={asked} ignored: this config was started with {name}={stored}")
-        image_size, max_epochs, seed, split_seed = m["image_size"], m["max_epochs"], m["seed"], m["split_seed"]
-        stored_precision = m.get("precision")
-        if stored_precision not in (None, resolve_precision(precision, dev)):
-            report.warnings.append(
-                f"precision {resolve_precision(precision, dev)} differs from the {stored_precision} this config's "
-                f"checkpoint was trained in: resume is not bit-exact"
-            )
-        start_epoch = ckpt.epoch
-        report.history = list(m.get("history", []))
-        report.checkpoint = ckpt.uri
-        report.best_checkpoint = _best_uri(checkpoint_dir, m)
-    else:
-        image_size = (
-            int(image_size) if image_size else (CPU_IMAGE_SIZE if dev.type == "cpu" else defaults["input_size"])
-        )
-        max_epochs = int(max_epochs) if max_epochs else DEFAULT_MAX_EPOCHS
+    image_size, max_epochs, seed, split_seed, start_epoch = _resume_settings(
+        report, ckpt, config, checkpoint_dir, image_size, max_epochs, seed, split_seed, precision, dev, defaults
+    )
     if image_size < 8:
         raise ImageSizeError(f"image size {image_size} px is too small (>= 8)")
     if to_epoch > max_epochs:
@@ -366,7 +318,7 @@ def _run(
         if ckpt is None or ckpt.epoch != start_epoch:
             raise StepError(f"{checkpoint_dir}: the newest checkpoint changed while this step started; retry")
     if to_epoch <= start_epoch:
-        _join_data_check(data_check, report)
+        join_data_check(data_check, report)
         if memory is not None:
             warm_cache.remember_training(memory)  # still the newest state
         report.message = f"already trained to epoch {start_epoch} (asked for {to_epoch}); nothing to do"
@@ -396,7 +348,7 @@ def _run(
     report.extra["precision"] = parts.precision
     report.extra["scaler_skipped_steps"] = 0
     mark("build")
-    net, optimizer, scheduler, scaler, regs = parts.net, parts.optimizer, parts.scheduler, parts.scaler, parts.regs
+    net, regs = parts.net, parts.regs
     report.num_params = int(sum(p.numel() for p in net.parameters()))
     if ckpt is None:  # a config's first step: can the model take this size at all?
         _check_input_size(net, cfg["model"], in_chans, image_size, dev)
@@ -445,119 +397,115 @@ def _run(
         data_uri=str(data_uri),
         data_fingerprint=getattr(ds, "fingerprint", None),
     )
-
-    best_epoch, best_score = _best(report.history)
-    first_loss = _first_epoch_task_loss(report.history)
-    overlapped = report.extra["phases"].setdefault("overlapped", {})
-    uri, manifest_bytes, rng = "", b"", None
-    # threads beside the epoch (dataset check, checkpoint writes): their CPU is not the epoch's
-    beside = [data_check.thread] if data_check is not None else []
-    for epoch in range(start_epoch + 1, to_epoch + 1):
-        seed_everything(epoch_seed(seed, epoch))
-        lr = float(optimizer.param_groups[0]["lr"]) / float(optimizer.param_groups[0].get("lr_scale", 1.0))
-        t0, c0, b0 = time.perf_counter(), time.process_time(), cpu_seconds(beside)
-        stats = train_one_epoch(
-            net,
-            train_batches(train_set, bs, seed, epoch, num_workers, pin_memory=dev.type == "cuda"),
-            optimizer,
-            parts.loss_fn,
-            dev,
-            regs,
-            mixup=parts.mixup,
-            num_classes=num_classes,
-            clip_grad=float(cfg["clip_grad"]),
-            scaler=scaler,
-            precision=parts.precision,
-        )
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t1, c1, b1 = time.perf_counter(), time.process_time(), cpu_seconds(beside)
-        mark("train")
-        report.extra["scaler_skipped_steps"] += int(stats["scaler_skipped_steps"])
-        exploded = loss_exploded(stats["train_task_loss"], first_loss, num_classes)
-        if exploded is not None:  # this epoch is not saved: the last good checkpoint stays
-            raise DivergedError(f"epoch {epoch}: {exploded} (lr={lr:.3g}, {parts.precision})")
-        if first_loss is None:
-            first_loss = stats["train_task_loss"]
-        # the checkpoint's tensors are written while the epoch is evaluated (evaluation reads the
-        # weights, never writes them); the manifest follows once they are stored (ck.TensorsWrite)
-        rng = rng_state(dev)
-        write = ck.TensorsWrite(checkpoint_dir, epoch, checkpoint_tensors(parts, rng))
-        beside.append(write.thread)
-        try:
-            ev = evaluate(net, eval_batches(val_set, eval_bs), dev, precision=parts.precision)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t2, c2, b2 = time.perf_counter(), time.process_time(), cpu_seconds(beside)
-            mark("eval")
-            if not math.isfinite(ev["loss"]):
-                raise DivergedError(
-                    f"epoch {epoch}: the validation loss is {ev['loss']} (train loss {stats['train_loss']:.4g}, "
-                    f"lr={lr:.3g}, {parts.precision})"
-                )
-            scheduler.step(epoch, ev["top1"])
-            record = {
-                "epoch": epoch,
-                "score": ev["top1"],
-                "top5": ev["top5"],
-                "val_loss": ev["loss"],
-                "train_loss": stats["train_loss"],
-                "train_task_loss": stats["train_task_loss"],
-                "scaler_skipped_steps": int(stats["scaler_skipped_steps"]),
-                "train_seconds": round(t1 - t0, 6),
-                "eval_seconds": round(t2 - t1, 6),
-                # CPU seconds of this process (all its threads but those working beside the epoch):
-                # unlike wall time, not inflated when other work shares the machine, so campaigns on
-                # shared CPUs keep a comparable cost
-                "train_cpu_seconds": round((c1 - c0) - (b1 - b0), 6),
-                "eval_cpu_seconds": round((c2 - c1) - (b2 - b1), 6),
-                "lr": lr,
-                "train_images": stats["train_images"],
-            }
-            record["cost"] = record["train_seconds"] + record["eval_seconds"]
-            if best_score is None or record["score"] > best_score:
-                best_epoch, best_score = epoch, record["score"]
-            history = report.history + [record]
-            mark("scheduler")
-            if data_check is not None:  # a reused dataset's freshness check, joined before the first save
-                _join_data_check(data_check, report)
-                data_check = None
-                mark("data")
-            meta = replace(run_meta, history=history, best_epoch=best_epoch, best_score=best_score)
-            uri, manifest_bytes = write.commit(meta.manifest(parts, rng))
-        except BaseException:
-            write.abandon()
-            raise
-        overlapped["checkpoint_tensors"] = round(overlapped.get("checkpoint_tensors", 0.0) + write.seconds, 6)
-        ck.prune(checkpoint_dir, {epoch, best_epoch})
-        mark("checkpoint_save")
-        report.history = history
-        report.epochs.append(record)
-        report.checkpoint = uri
-        report.best_checkpoint = _best_uri(checkpoint_dir, {"best_epoch": best_epoch})
-        log.info(
-            "epoch %d: val top-1 %.4f, loss %.4f, train loss %.4f, %.1fs",
-            epoch,
-            ev["top1"],
-            ev["loss"],
-            stats["train_loss"],
-            record["cost"],
-        )
-    if rng is not None:  # trained and saved: a warm process keeps the state (warm_cache; else a no-op)
+    loop = EpochLoop(
+        report=report,
+        parts=parts,
+        cfg=cfg,
+        dev=dev,
+        train_set=train_set,
+        val_set=val_set,
+        num_classes=num_classes,
+        num_workers=int(num_workers),
+        eval_batch_size=eval_bs,
+        checkpoint_dir=checkpoint_dir,
+        seed=seed,
+        run_meta=run_meta,
+        mark=mark,
+        data_check=data_check,
+    )
+    loop.run(start_epoch, to_epoch)
+    if loop.rng is not None:  # trained and saved: a warm process keeps the state (warm_cache; else a no-op)
         warm_cache.remember_training(
             warm_cache.TrainingMemory(
-                checkpoint_dir, to_epoch, uri, manifest_bytes, signature, parts, rng, tuple(build_warnings)
+                checkpoint_dir,
+                to_epoch,
+                loop.uri,
+                loop.manifest_bytes,
+                signature,
+                parts,
+                loop.rng,
+                tuple(build_warnings),
             )
         )
 
 
-def _join_data_check(check, report: _Report) -> None:
-    """Wait for a reused dataset's freshness check (warm_cache.DatasetCheck); warn if it changed."""
-    if check is not None:
-        warning = check.result()
-        if warning:
-            report.warnings.append(warning)
-            log.warning("%s", warning)
+def _prepare_device(device: str, precision: str, threads: int | None, deterministic: bool) -> torch.device:
+    """The step's torch device, checked (CUDA present, index in range, known precision) and set up
+    (CPU threads; on CUDA: current device, cuDNN/TF32 determinism, peak-memory counter reset)."""
+    from quicktune.finetune.precision import PRECISIONS
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise StepError(f"device {device!r} requested but CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise StepError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if precision not in PRECISIONS:
+        raise StepError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if threads is not None and threads > 0:
+        torch.set_num_threads(int(threads))
+    if dev.type == "cuda":
+        if dev.index is not None:
+            torch.cuda.set_device(dev)  # kernels, cuDNN handles and caches on the step's device
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = bool(deterministic)
+        torch.backends.cuda.matmul.allow_tf32 = not deterministic
+        torch.backends.cudnn.allow_tf32 = not deterministic
+        torch.cuda.reset_peak_memory_stats(dev)
+    return dev
+
+
+def _resume_settings(
+    report: _Report,
+    ckpt: Any,
+    config: Mapping[str, Any],
+    checkpoint_dir: str,
+    image_size: int | None,
+    max_epochs: int | None,
+    seed: int,
+    split_seed: int,
+    precision: str,
+    dev: torch.device,
+    defaults: Mapping[str, Any],
+) -> tuple[int, int, int, int, int]:
+    """(image_size, max_epochs, seed, split_seed, start_epoch) of this step. A resumed config keeps
+    what its first step recorded in the checkpoint (asking for other values is a warning, not a
+    change: a config never sees its schedule change); a new one takes the asked values or defaults.
+    Fills the report's history and checkpoint URIs from the checkpoint."""
+    from quicktune.finetune.precision import resolve_precision
+
+    start_epoch = 0
+    if ckpt is not None:
+        m = ckpt.manifest
+        if m.get("config") != dict(config):
+            raise StepError(
+                f"{checkpoint_dir} holds checkpoints of another config ({m.get('config')}); "
+                f"use one checkpoint folder per config"
+            )
+        for name, asked, stored in (
+            ("image_size", image_size, m["image_size"]),
+            ("max_epochs", max_epochs, m["max_epochs"]),
+            ("seed", seed, m["seed"]),
+            ("split_seed", split_seed, m["split_seed"]),
+        ):
+            if asked is not None and int(asked) != int(stored) and not (name in ("seed", "split_seed") and asked == 0):
+                report.warnings.append(f"{name}={asked} ignored: this config was started with {name}={stored}")
+        image_size, max_epochs, seed, split_seed = m["image_size"], m["max_epochs"], m["seed"], m["split_seed"]
+        stored_precision = m.get("precision")
+        if stored_precision not in (None, resolve_precision(precision, dev)):
+            report.warnings.append(
+                f"precision {resolve_precision(precision, dev)} differs from the {stored_precision} this config's "
+                f"checkpoint was trained in: resume is not bit-exact"
+            )
+        start_epoch = ckpt.epoch
+        report.history = list(m.get("history", []))
+        report.checkpoint = ckpt.uri
+        report.best_checkpoint = best_uri(checkpoint_dir, m)
+    else:
+        image_size = (
+            int(image_size) if image_size else (CPU_IMAGE_SIZE if dev.type == "cpu" else defaults["input_size"])
+        )
+        max_epochs = int(max_epochs) if max_epochs else DEFAULT_MAX_EPOCHS
+    return int(image_size), int(max_epochs), int(seed), int(split_seed), int(start_epoch)
 
 
 def _verified_memory(memory, checkpoint_dir: str):
@@ -604,41 +552,3 @@ def _check_input_size(net: torch.nn.Module, model: str, in_chans: int, image_siz
         ) from None
     finally:
         net.train(was_training)
-
-
-class _Marks:
-    """Accumulates wall time per phase (for RESULT["phases"] and the overhead benchmark)."""
-
-    def __init__(self, phases: dict[str, float]):
-        self.phases, self.t, self.c = phases, time.perf_counter(), time.process_time()
-        self.cpu: dict[str, float] = phases.setdefault("cpu", {})
-
-    def __call__(self, name: str) -> None:
-        now, cpu = time.perf_counter(), time.process_time()
-        self.phases[name] = round(self.phases.get(name, 0.0) + now - self.t, 6)
-        self.cpu[name] = round(self.cpu.get(name, 0.0) + cpu - self.c, 6)
-        self.t, self.c = now, cpu
-
-
-def _first_epoch_task_loss(history: list[dict[str, Any]]) -> float | None:
-    """Epoch 1's mean task loss (its ``train_loss`` in checkpoints older than ``train_task_loss``)."""
-    for r in history:
-        if int(r.get("epoch", 0)) == 1:
-            value = r.get("train_task_loss", r.get("train_loss"))
-            return None if value is None else float(value)
-    return None
-
-
-def _best(history: list[dict[str, Any]]) -> tuple[int | None, float | None]:
-    best_epoch, best_score = None, None
-    for r in history:
-        if best_score is None or r["score"] > best_score:
-            best_epoch, best_score = r["epoch"], r["score"]
-    return best_epoch, best_score
-
-
-def _best_uri(directory: str, manifest: Mapping[str, Any]) -> str | None:
-    from quicktune import storage
-
-    e = manifest.get("best_epoch")
-    return None if e is None else storage.join(directory, f"epoch-{int(e):04d}.json")

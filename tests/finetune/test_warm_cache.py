@@ -141,12 +141,12 @@ def test_memory_is_not_used_when_the_same_epoch_was_rewritten(tiny_image_folder,
 def test_a_failed_step_keeps_no_state(tiny_image_folder, tmp_path, warm, monkeypatch):
     ckdir = tmp_path / "ck"
     _step(tiny_image_folder, 1, ckdir)
-    from quicktune.finetune import step as step_mod
+    from quicktune.finetune import epochs as epochs_mod
 
     def boom(*a, **k):
         raise KeyError("boom")
 
-    monkeypatch.setattr(step_mod, "_best_uri", boom)  # fails after epoch 2's checkpoint
+    monkeypatch.setattr(epochs_mod, "best_uri", boom)  # fails after epoch 2's checkpoint
     res = run_step(CFG, str(tiny_image_folder), 2, str(ckdir), image_size=16, max_epochs=6, weights_config=RANDOM_INIT)
     assert res["status"] == "failed"
     assert warm_cache.stats()["states"] == []  # the parts may be past the checkpoint: dropped
