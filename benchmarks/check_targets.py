@@ -46,12 +46,21 @@ def _mean_se(xs: Sequence[float]) -> tuple[float, float]:
 
 def regret_matrix(runs: Sequence[Mapping[str, Any]], clock: str) -> dict[str, dict[tuple[str, int], np.ndarray]]:
     """optimizer -> (dataset, seed) -> regret at CHECKPOINTS, over the problems every optimizer solved.
-    A problem solved twice by one optimizer (two folders) is an error: the folders overlap."""
+    A problem solved twice by one optimizer (two folders) is an error: the folders overlap; so is one
+    solved under two budgets (runs of different benchmarks)."""
     from quicktune.bench.summary import problem, run_regret
 
     per: dict[str, dict[tuple[str, int], np.ndarray]] = {}
+    budgets: dict[tuple[str, int], tuple[float, str]] = {}
     for run in runs:
         key = (problem(run), int(run["seed"]))
+        budget = float(run["budget"])
+        seen = budgets.setdefault(key, (budget, str(run["optimizer"])))
+        if not math.isclose(seen[0], budget, rel_tol=1e-9):
+            raise ValueError(
+                f"{key}: {run['optimizer']} ran with budget {budget:.6g}, {seen[1]} with {seen[0]:.6g}: "
+                f"not the same benchmark (table or --budget-multiple differ)"
+            )
         slot = per.setdefault(str(run["optimizer"]), {})
         if key in slot:
             raise ValueError(f"{run['optimizer']} solved {key} twice: give folders that do not overlap")

@@ -96,3 +96,11 @@ def test_overlapping_folders_are_refused(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "| quicktune <= every peer at 100%" in ok.stdout and "FAIL" in ok.stdout
     assert json.loads((tmp_path / "t.json").read_text())["problems"] == 4
+
+
+def test_runs_of_another_budget_are_refused():
+    mod = _load()
+    runs = _runs(0.7, 0.9)
+    runs[2] = dict(runs[2], budget=200.0)  # asha's run of (a, 0) under another --budget-multiple
+    with pytest.raises(ValueError, match="budget"):
+        mod.check(runs)
