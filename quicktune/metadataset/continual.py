@@ -26,6 +26,7 @@ matters. ``quicktune metatrain --from-mlflow URI`` (:func:`retrain_from_mlflow`)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -379,16 +380,21 @@ def retrain_from_mlflow(
     champ_score: float | None = None
     champ_note = ""
     if champion is not None:
-        cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="qt-champion-"))
-        try:
-            champ_art, _ = registry.load_version(
-                client, registry.ModelRef(model_name, version=int(champion.version)), cache, MetaArtifact.load,
-                FORMAT_VERSION,
-            )  # fmt: skip
-            champ_score = heldout_loglik(champ_art, train_df, held_df, seed)["loglik"]
-        except (registry.RegistryError, ContinualError) as exc:
-            champ_note = f"the {alias} could not be scored ({exc}); replaced"
-            log.warning("%s", champ_note)
+        with contextlib.ExitStack() as stack:  # a download folder of our own is deleted after scoring
+            cache = (
+                Path(cache_dir)
+                if cache_dir
+                else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qt-champion-")))
+            )
+            try:
+                champ_art, _ = registry.load_version(
+                    client, registry.ModelRef(model_name, version=int(champion.version)), cache, MetaArtifact.load,
+                    FORMAT_VERSION,
+                )  # fmt: skip
+                champ_score = heldout_loglik(champ_art, train_df, held_df, seed)["loglik"]
+            except (registry.RegistryError, ContinualError) as exc:
+                champ_note = f"the {alias} could not be scored ({exc}); replaced"
+                log.warning("%s", champ_note)
     promote = champ_score is None or scored["loglik"] >= champ_score
     if champion is None:
         decision = f"first version: {alias}"

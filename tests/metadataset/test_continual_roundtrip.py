@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 import uuid
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -101,7 +102,12 @@ def test_two_searches_register_a_champion_a_third_uses_it_a_worse_retrain_does_n
     assert tags["quicktune.meta_artifact_version"] == "1"
     assert tags["quicktune.meta_artifact_table_hash"] == first["table_hash"]
 
-    worse = _metatrain(uri, "--epochs", "1", "--steps-per-epoch", "0")  # an untrained surrogate
+    scratch = tmp_path / "tmpdir"  # where the champion is downloaded to be scored: nothing may stay
+    scratch.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(scratch))
+        worse = _metatrain(uri, "--epochs", "1", "--steps-per-epoch", "0")  # an untrained surrogate
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("qt-champion-")]
     assert (worse["version"], worse["alias_moved"], worse["champion_version"]) == (2, False, 1)
     assert worse["searches"] == 3 and worse["champion_heldout_loglik"] > worse["heldout_loglik"]
     assert client.get_model_version_by_alias("quicktune-surrogate", "champion").version == "1"
