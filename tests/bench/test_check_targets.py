@@ -3,24 +3,16 @@ solved, with paired differences, and a miss is reported as FAIL (never hidden)."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from benchscripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "check_targets.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("check_targets", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _run(ds: str, seed: int, opt: str, scores: list[float]) -> dict:
@@ -53,7 +45,7 @@ def _runs(ours_early: float, peer_late: float, extra_problem: bool = False) -> l
 
 
 def test_targets_pass_and_fail_on_the_numbers():
-    mod = _load()
+    mod = load_benchmark("check_targets")
     res = mod.check(_runs(ours_early=0.7, peer_late=0.9, extra_problem=True))
     assert res["problems"] == 4 and res["datasets"] == ["a", "b"]
     got = {t["target"].split(" (")[0]: t["pass"] for t in res["targets"]}
@@ -68,7 +60,7 @@ def test_targets_pass_and_fail_on_the_numbers():
 
 
 def test_the_early_margin_is_relative_to_the_best_peer():
-    mod = _load()
+    mod = load_benchmark("check_targets")
     # ours 0.45 at 10 % vs the peer's 0.4: within 1.1 x (0.44)? no
     res = mod.check(_runs(ours_early=0.55, peer_late=0.8))
     early = next(t for t in res["targets"] if "best peer" in t["target"])
@@ -99,7 +91,7 @@ def test_overlapping_folders_are_refused(tmp_path):
 
 
 def test_runs_of_another_budget_are_refused():
-    mod = _load()
+    mod = load_benchmark("check_targets")
     runs = _runs(0.7, 0.9)
     runs[2] = dict(runs[2], budget=200.0)  # asha's run of (a, 0) under another --budget-multiple
     with pytest.raises(ValueError, match="budget"):

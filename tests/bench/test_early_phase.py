@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "early_phase.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("early_phase", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+from benchscripts import load_benchmark
 
 
 def _run(opt, seed, costs, configs, scores, domain=None):
@@ -34,7 +23,7 @@ def _run(opt, seed, costs, configs, scores, domain=None):
 
 
 def test_an_expensive_first_pick_shows_as_fewer_configs_and_a_high_first_cost():
-    mod = _load()
+    mod = load_benchmark("early_phase")
     runs = [
         # the meta-trained search spends 8 of its first 10 seconds on one epoch of config a
         _run("quicktune", 0, [8.0, 1.0, 1.0, 5.0], ["a", "b", "b", "c"], [0.5, 0.6, 0.7, 0.9], domain=1.0),

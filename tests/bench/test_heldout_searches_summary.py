@@ -4,24 +4,16 @@ differences quoted in the reports are computed by the script, per (dataset, seed
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from benchscripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "heldout_searches.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("heldout_searches", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _row(ds, seed, opt, val, test):
@@ -50,7 +42,7 @@ ROWS = [
 
 
 def test_paired_differences_are_per_dataset_and_seed():
-    (p,) = _load().paired(ROWS, "qt")
+    (p,) = load_benchmark("heldout_searches").paired(ROWS, "qt")
     assert p["peer"] == "asha" and p["pairs"] == 3
     assert p["best_val"] == pytest.approx((0.2 + 0.0 - 0.1) / 3)
     assert (p["won"], p["tied"], p["lost"]) == (1, 1, 1)

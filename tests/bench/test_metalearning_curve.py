@@ -4,25 +4,16 @@ JSON has one entry per k for every arm."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from benchscripts import load_benchmark
 
 from quicktune.bench.synthetic import make_synthetic_table
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location(
-        "bench_metalearning_curve", ROOT / "benchmarks" / "bench_metalearning_curve.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_metalearning_curve")
 
 
 # two siblings of one source (digits), two tasks of their own

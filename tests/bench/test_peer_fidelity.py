@@ -9,21 +9,19 @@ the Syne Tune tests skip when ``.venv-peers`` is missing (``make bench-peers``).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 import types
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from benchscripts import load_benchmark
 
 from quicktune.bench.runner import run_one
 from quicktune.bench.simulator import DatasetCurves
 
-ROOT = Path(__file__).resolve().parents[2]
 R = 9  # epochs: rungs 1, 3, 9
 BEST = "c07"
 
@@ -70,11 +68,7 @@ def _epochs_to_reach(rec: dict, config_id: str, epoch: int) -> float:
 
 
 def _direct():
-    spec = importlib.util.spec_from_file_location("peers_direct", ROOT / "benchmarks" / "peers_direct.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("peers_direct")
 
 
 # --- the own ASHA ---------------------------------------------------------------------------------
