@@ -232,8 +232,8 @@ class Campaign:
                 sid = inflight.request((t, c)).id
                 res = inflight.collect((t, c))
                 rec = self.store.record(t, c, sid, res, st.message, cpu)
-                cpu = rec["cpu_seconds"]
-                steps_cpu += float(cpu or 0.0)
+                step_cpu = rec["cpu_seconds"]
+                steps_cpu += float(step_cpu or 0.0)
                 new += 1
                 scores = [e["score"] for e in rec["epochs"]]
                 self._log_line(
@@ -241,7 +241,7 @@ class Campaign:
                     f"status={rec['status']} epochs={len(scores)} "
                     f"last={scores[-1] if scores else float('nan'):.4f} "
                     f"best={max(scores) if scores else float('nan'):.4f} "
-                    f"step={float(rec['step_seconds'] or 0):.1f}s cpu={cpu if cpu is not None else 'n/a'}"
+                    f"step={float(rec['step_seconds'] or 0):.1f}s cpu={step_cpu if step_cpu is not None else 'n/a'}"
                     + (f" message={rec['message'][:200]!r}" if rec["status"] != "ok" else "")
                 )
             self.store.write_table(self.out)

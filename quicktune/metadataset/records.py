@@ -219,14 +219,19 @@ def totals(per: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     return {k: round(sum(p[k] for p in per.values()), 1) for k in TOTAL_KEYS}
 
 
+def _loaded_store(workdir: str | os.PathLike[str]) -> RecordStore:
+    """The record store of the campaign in ``workdir``, its results read from disk."""
+    wd = Path(workdir).resolve()
+    store = RecordStore(wd, CampaignPlan.load(wd))
+    store.load()
+    return store
+
+
 def export_summary(workdir: str | os.PathLike[str], keep: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The progress summary (``tasks`` and ``total``) recomputed from a campaign's recorded results
     (read only; safe while the campaign runs). ``keep``: totals of an older summary that the
     results cannot give (the campaign's wall time over its sessions) and are carried over."""
-    wd = Path(workdir).resolve()
-    store = RecordStore(wd, CampaignPlan.load(wd))
-    store.load()
-    per = store.progress()
+    per = _loaded_store(workdir).progress()
     total: dict[str, Any] = {k: v for k, v in (keep or {}).items() if k not in TOTAL_KEYS}
     total.update(totals(per))
     return {"tasks": per, "total": total}
@@ -235,9 +240,7 @@ def export_summary(workdir: str | os.PathLike[str], keep: Mapping[str, Any] | No
 def export(workdir: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
     """Rewrite the table at ``out`` from a campaign's recorded results without running anything
     (also while the campaign runs: it only reads). Returns the progress summary."""
-    wd = Path(workdir).resolve()
-    store = RecordStore(wd, CampaignPlan.load(wd))
-    store.load()
+    store = _loaded_store(workdir)
     store.write_table(out)
     per = store.progress()
     return {"tasks": per, "total": totals(per)}
