@@ -178,6 +178,36 @@ def format_table(agg: Mapping[str, Any], optimizers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def split_by_owns_best(df: pd.DataFrame, owns: Mapping[str, bool], optimizers: Sequence[str]) -> dict[str, Any]:
+    """Regret and paired difference to ``REFERENCE`` at every checkpoint, separately for the searches
+    whose held-out model owns the task's best config and the others (``owns``: the
+    ``"<model> / <task>"`` keys of :func:`lomo_diagnostics`). The reference's search of a (task, seed)
+    does not depend on the held-out model; it is compared with every unit's search of it."""
+    ref = df[df["optimizer"] == REFERENCE].groupby(["dataset", "seed", "fraction"])["regret"].mean()
+    key = df["held_out"].astype(str) + " / " + df["dataset"].astype(str)
+    df = df.assign(owns=key.map(lambda k: bool(owns.get(k, False))))
+    out: dict[str, Any] = {}
+    for flag, label in ((True, "owns_best"), (False, "otherwise")):
+        part: dict[str, Any] = {}
+        for name in optimizers:
+            if name == REFERENCE:
+                continue
+            sub = df[(df["optimizer"] == name) & (df["owns"] == flag)]
+            if sub.empty:
+                continue
+            paired = (
+                sub["regret"].to_numpy()
+                - ref.reindex(pd.MultiIndex.from_frame(sub[["dataset", "seed", "fraction"]])).to_numpy()
+            )
+            sub = sub.assign(diff=paired)
+            part[name] = {
+                "regret": [_mean_se(sub[sub["fraction"] == f]["regret"].tolist()) for f in CHECKPOINTS],
+                "minus_reference": [_mean_se(sub[sub["fraction"] == f]["diff"].dropna().tolist()) for f in CHECKPOINTS],
+            }
+        out[label] = part
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from quicktune.bench.runner import run_benchmark
     from quicktune.lct import load_lct
@@ -203,6 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--json-dir", default="benchmarks/results", help="writes lomo.json (lomo part) and lomo_loso.json (loso part)"
     )
+    ap.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="run nothing: rewrite the JSON from the finished runs in --out (the first --seeds seeds)",
+    )
     args = ap.parse_args(argv)
 
     table_path = args.table or str(shipped_table_path())
@@ -226,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen = args.lomo_datasets if part == "lomo" else args.loso_datasets
         datasets = None if chosen == "all" else [d.strip() for d in chosen.split(",") if d.strip()]
         t0 = time.time()
+        if args.summarize_only:
+            _write_part(args, part, optimizers, datasets, args.seeds, t0, table, result)
+            continue
         done = [0]
 
         def on_run(rec: dict, part: str = part, done: list[int] = done) -> None:
@@ -289,13 +327,15 @@ def _write_part(
         "held_out_units": sorted({str(r.get("held_out")) for r in runs}),
         "n_runs": len(runs),
         "seeds_done": n_seeds,
-        "wall_seconds": round(time.time() - t0, 1),
+        # a --summarize-only pass ran nothing: no wall time of its own to report
+        "wall_seconds": None if args.summarize_only else round(time.time() - t0, 1),
         "run_wall_seconds": round(sum(float(r.get("wall_seconds", 0.0)) for r in runs), 1),
         **agg,
         "domain": domain_scores(runs),
     }
     if part == "lomo":
         entry["diagnostics"] = lomo_diagnostics(runs, table)
+        entry["split_by_owns_best"] = split_by_owns_best(df, entry["diagnostics"]["held_out_owns_best"], optimizers)
     result["parts"][part] = entry
     print(
         f"\n{part}: {len(runs)} runs, {entry['wall_seconds']} s\n" + format_table(agg, optimizers) + "\n",
