@@ -59,6 +59,15 @@ def summarise(path: str) -> dict:
         }
         for g, v in pooled.items()
     }
+    both = [
+        r
+        for r in out["tasks"].values()
+        if r["pretrained"]["last_mean"] is not None and r["random"]["last_mean"] is not None
+    ]
+    out["pretrained_ends_higher"] = {
+        "tasks": sum(r["pretrained"]["last_mean"] > r["random"]["last_mean"] for r in both),
+        "of": len(both),
+    }
     return out
 
 
@@ -74,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         left = f"{p['curves']}, {p['epoch1_mean']}, {p['last_mean']}"
         print(f"{task} | {left} | {r['curves']}, {r['epoch1_mean']}, {r['last_mean']}")
     print("all tasks:", json.dumps(res["all_tasks"]))
+    won = res["pretrained_ends_higher"]
+    print(f"pretrained ends higher on {won['tasks']} of {won['of']} tasks with both")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1))
