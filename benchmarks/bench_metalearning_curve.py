@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         help="replay only N tasks of the history, taken round-robin over its sources (0 = all)",
     )
     ap.add_argument("--out", default="benchmarks/results/metalearning_curve.json")
-    ap.add_argument("--plot", default="", help="PNG of regret at 10 % and 25 % vs k")
+    ap.add_argument("--plot", default="", help="PNG of regret at 10 %% and 25 %% vs k")
     ap.add_argument("--title", default="")
     args = ap.parse_args(argv)
     from quicktune.lct import load_lct
