@@ -65,8 +65,19 @@ def register(subparsers: Any) -> None:
     s.add_argument("--json", action="store_true", help="print progress.json")
     s.set_defaults(handler=_status)
 
-    x = sub.add_parser("export", help="rewrite a campaign's table from its recorded results (runs nothing)")
-    x.add_argument("--workdir", default="./metadataset-campaign", help="campaign folder")
+    x = sub.add_parser(
+        "export",
+        help="rewrite a campaign's table from its recorded results (runs nothing)",
+        description="Rewrite a campaign's table from its recorded results (runs nothing). Several "
+        "--workdir give one table of all their campaigns, in that order: an earlier campaign's rows "
+        "and task names never change; a later task with an earlier name but other data (other "
+        "meta-features) is renamed NAME-v<k> (k: its --workdir's position); the same name and data "
+        "is one task with both campaigns' configs. The shipped table is "
+        "--workdir V1 --workdir V2 (docs/metadataset.md).",
+    )
+    x.add_argument(
+        "--workdir", action="append", default=None, help="campaign folder (repeatable; default ./metadataset-campaign)"
+    )
     x.add_argument("--out", required=True, help="LCT path (.parquet or .csv)")
     x.set_defaults(handler=_export)
 
@@ -199,10 +210,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from quicktune.metadataset.plan import CampaignError
-    from quicktune.metadataset.records import export
+    from quicktune.metadataset.records import export_many
 
     try:
-        prog = export(args.workdir, args.out)
+        prog = export_many(args.workdir or ["./metadataset-campaign"], args.out)
     except CampaignError as exc:
         print(f"quicktune metadataset export: {exc}", file=sys.stderr)
         return 1

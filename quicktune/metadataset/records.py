@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quicktune.metadataset.plan import CampaignPlan
+from quicktune.metadataset.plan import CampaignError, CampaignPlan
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -240,7 +240,25 @@ def export_summary(workdir: str | os.PathLike[str], keep: Mapping[str, Any] | No
 def export(workdir: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
     """Rewrite the table at ``out`` from a campaign's recorded results without running anything
     (also while the campaign runs: it only reads). Returns the progress summary."""
-    store = _loaded_store(workdir)
-    store.write_table(out)
-    per = store.progress()
+    return export_many([workdir], out)
+
+
+def export_many(workdirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """One table at ``out`` from several campaigns' recorded results, combined in the given order
+    (``combine.combine_tables``: an earlier campaign's rows and names never change). Returns the
+    progress summary, tasks keyed ``"<k>:<task>"`` when there is more than one campaign."""
+    from quicktune.metadataset.combine import combine_tables
+    from quicktune.metadataset.table import write_table_atomic
+
+    if not workdirs:
+        raise CampaignError("export: no campaign folder given")
+    stores = [_loaded_store(w) for w in workdirs]
+    if len(stores) == 1:
+        stores[0].write_table(out)
+        per = stores[0].progress()
+        return {"tasks": per, "total": totals(per)}
+    frames = [df for df in (s.table() for s in stores) if df is not None]
+    if frames:
+        write_table_atomic(combine_tables(frames), Path(out))
+    per = {f"{k}:{task}": row for k, s in enumerate(stores, start=1) for task, row in s.progress().items()}
     return {"tasks": per, "total": totals(per)}
