@@ -125,24 +125,59 @@ def test_meta_train_save_load_roundtrip(table, artifact, tmp_path):
         _tell(b, sb, S, C)
 
 
-def test_meta_initial_design_follows_the_prior_but_differs_by_seed(table, artifact):
-    """The first pick of a meta-trained search is one of the prior's top-k configs, and seeds do not
-    all make the same pick (otherwise seed averages on a finite pool are a single run)."""
+@pytest.mark.parametrize("cost_aware", [False, True])
+def test_meta_initial_design_follows_the_prior_but_differs_by_seed(table, artifact, cost_aware):
+    """The first pick of a meta-trained search is one of the prior's top-k configs (by predicted
+    score, or cost-aware by predicted gain per second), and seeds do not all make the same pick
+    (otherwise seed averages on a finite pool are a single run)."""
     seeds = [seed_offset() + k for k in range(12)]  # P(all 12 pick the same of 3) = 3 / 3**12
     ds = sorted(table["dataset"].unique())[0]
     cands = table_configs(table, ds)
     # mixture=False: the prior's own design (with the mixture it is followed with probability w)
     kw = dict(meta_features=table_meta_features(table, ds), artifact=artifact, mixture=False)
-    probe = make_optimizer("quicktune", cands, 6, seed=0, **kw)
+    name = "quicktune" if cost_aware else "quicktune-nocost"
+    probe = make_optimizer(name, cands, 6, seed=0, **kw)
     ids = [cid for cid, _ in cands]
     pred = np.asarray(probe.model.prior_predict(probe._batch(ids, [6] * len(ids), zero_curves=True)))
-    top3 = {ids[i] for i in np.argsort(-pred)[:3]}
-    firsts = {make_optimizer("quicktune", cands, 6, seed=seed, **kw).ask().config_id for seed in seeds}
+    order = probe.design_order(ids)
+    assert sorted(order.tolist()) == list(range(len(ids)))  # a ranking of every config
+    if not cost_aware:
+        assert order.tolist() == np.argsort(-pred, kind="stable").tolist()
+    top3 = {ids[i] for i in order[:3]}
+    firsts = {make_optimizer(name, cands, 6, seed=seed, **kw).ask().config_id for seed in seeds}
     assert firsts <= top3 and len(firsts) >= 2, (firsts, top3)
-    only_best = {
-        make_optimizer("quicktune", cands, 6, seed=seed, init_top_k=1, **kw).ask().config_id for seed in seeds[:3]
-    }
-    assert only_best == {ids[int(np.argmax(pred))]}
+    only_best = {make_optimizer(name, cands, 6, seed=seed, init_top_k=1, **kw).ask().config_id for seed in seeds[:3]}
+    assert only_best == {ids[int(order[0])]}
+
+
+def test_cost_aware_initial_design_ranks_gain_per_second(table, artifact, monkeypatch):
+    """The cost-aware design ranks the configs the prior puts above the pool's median by predicted
+    gain over the median per predicted second of the first epoch, the others after them by score:
+    the prior's favourite is not probed first when it is predicted 100x dearer than a config of
+    almost the same predicted gain."""
+    ds = sorted(table["dataset"].unique())[0]
+    cands = table_configs(table, ds)
+    opt = make_optimizer(
+        "quicktune", cands, 6, seed=0, artifact=artifact, meta_features=table_meta_features(table, ds), mixture=False
+    )
+    ids = [cid for cid, _ in cands]
+    pred = np.asarray(opt.model.prior_predict(opt._batch(ids, [6] * len(ids), zero_curves=True)))
+    by_score = np.argsort(-pred, kind="stable")
+    best, second = int(by_score[0]), int(by_score[1])
+    assert pred[second] > np.median(pred)
+    cost = np.ones(len(ids))
+    cost[best] = 100.0
+    monkeypatch.setattr(opt.cost_model, "predict", lambda b: cost.copy())
+    order = opt.design_order(ids).tolist()
+    gain = pred - np.median(pred)
+    n_above = int(np.sum(gain > 0))
+    assert all(gain[i] > 0 for i in order[:n_above]) and all(gain[i] <= 0 for i in order[n_above:])
+    ratios = [gain[i] / cost[i] for i in order[:n_above]]
+    assert ratios == sorted(ratios, reverse=True)
+    assert order.index(second) < order.index(best)
+    assert order[n_above:] == [int(i) for i in by_score if gain[i] <= 0]
+    cost[:] = 1.0  # equal costs: the cost-aware order is the score order
+    assert opt.design_order(ids).tolist() == by_score.tolist()
 
 
 def test_meta_artifact_on_a_foreign_space(artifact):
