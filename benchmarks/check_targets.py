@@ -19,6 +19,8 @@ Why a script: the targets compare means over the *same* problems; mixing a 10-se
         --json benchmarks/results/targets_medqt.json
 
 ``--clock time`` (default) charges the optimizer's overhead; ``table_time`` does not.
+``--reference OLD.json`` takes the means of the optimizers the folders lack (e.g. the peers, after a
+change of Quick-Tune alone) from an earlier ``--json`` of exactly the same problems.
 """
 
 from __future__ import annotations
@@ -98,14 +100,34 @@ def check(runs: Sequence[Mapping[str, Any]], clock: str = "time", peer_margin: f
                 }
             )
         paired[name] = rows
-    peers = [n for n in mat if not n.startswith("quicktune")]
+    datasets = sorted({p[0] for p in problems})
+    per_dataset = {
+        ds: {name: float(np.mean([v[p][0] for p in problems if p[0] == ds])) for name, v in mat.items()}
+        for ds in datasets
+    }
+    return {
+        "clock": clock,
+        "checkpoints": list(CHECKPOINTS),
+        "problems": len(problems),
+        "datasets": datasets,
+        "seeds": sorted({p[1] for p in problems}),
+        "mean": {n: [{"mean": m, "se": s} for m, s in v] for n, v in means.items()},
+        "paired_vs": paired,
+        "targets": targets_of(means, peer_margin),
+        "regret_at_10pct_per_dataset": per_dataset,
+    }
+
+
+def targets_of(means: Mapping[str, Sequence[tuple[float, float]]], peer_margin: float = 1.1) -> list[dict[str, Any]]:
+    """The targets from the mean regrets at CHECKPOINTS (optimizer -> [(mean, se), ...])."""
+    peers = [n for n in means if not n.startswith("quicktune")]
     ours = [m for m, _ in means[OURS]]
     targets: list[dict[str, Any]] = []
 
     def target(text: str, ours_value: float, bound: float) -> None:
         targets.append({"target": text, "ours": ours_value, "other": bound, "pass": bool(ours_value <= bound)})
 
-    if ABLATION in mat:
+    if ABLATION in means:
         for i in (0, 1):
             target(f"{OURS} <= {ABLATION} at {CHECKPOINTS[i]:.0%}", ours[i], means[ABLATION][i][0])
     if peers:
@@ -122,22 +144,28 @@ def check(runs: Sequence[Mapping[str, Any]], clock: str = "time", peer_margin: f
                 ours[i],
                 means[best_there][i][0],
             )
-    datasets = sorted({p[0] for p in problems})
-    per_dataset = {
-        ds: {name: float(np.mean([v[p][0] for p in problems if p[0] == ds])) for name, v in mat.items()}
-        for ds in datasets
-    }
-    return {
-        "clock": clock,
-        "checkpoints": list(CHECKPOINTS),
-        "problems": len(problems),
-        "datasets": datasets,
-        "seeds": sorted({p[1] for p in problems}),
-        "mean": {n: [{"mean": m, "se": s} for m, s in v] for n, v in means.items()},
-        "paired_vs": paired,
-        "targets": targets,
-        "regret_at_10pct_per_dataset": per_dataset,
-    }
+    return targets
+
+
+def with_reference(res: dict[str, Any], ref: Mapping[str, Any], peer_margin: float = 1.1) -> dict[str, Any]:
+    """``res`` with the means of the optimizers it lacks taken from an earlier result ``ref`` (this
+    script's ``--json``) of the *same* problems (datasets, seeds, clock and count must match: an
+    error otherwise), and the targets recomputed. Paired differences stay those of the runs given
+    (a stored mean has no per-problem values). Why: rerunning every peer after a change of
+    Quick-Tune alone costs hours of CPU and gives the same peer numbers."""
+    for key in ("datasets", "seeds", "clock", "problems", "checkpoints"):
+        if res[key] != ref[key]:
+            raise ValueError(f"--reference solved other problems: {key} {ref[key]!r} here {res[key]!r}")
+    out = dict(res)
+    out["mean"] = {**{n: v for n, v in ref["mean"].items() if n not in res["mean"]}, **res["mean"]}
+    out["reference_optimizers"] = sorted(n for n in ref["mean"] if n not in res["mean"])
+    per = {}
+    for ds, row in res["regret_at_10pct_per_dataset"].items():
+        per[ds] = {**{n: v for n, v in ref["regret_at_10pct_per_dataset"][ds].items() if n not in row}, **row}
+    out["regret_at_10pct_per_dataset"] = per
+    means = {n: [(c["mean"], c["se"]) for c in v] for n, v in out["mean"].items()}
+    out["targets"] = targets_of(means, peer_margin)
+    return out
 
 
 def format_report(res: Mapping[str, Any]) -> str:
@@ -150,9 +178,10 @@ def format_report(res: Mapping[str, Any]) -> str:
         "|---|" + "---|" * len(res["checkpoints"]),
     ]
     order = sorted(res["mean"], key=lambda n: res["mean"][n][-1]["mean"])
+    refs = set(res.get("reference_optimizers", ()))
     for n in order:
         cells = " | ".join(f"{c['mean']:.3f} ± {c['se']:.3f}" for c in res["mean"][n])
-        lines.append(f"| `{n}` | {cells} |")
+        lines.append(f"| `{n}`{' (ref)' if n in refs else ''} | {cells} |")
     lines += ["", f"Paired, `{OURS}` minus each (mean ± SE; won/tied/lost):", "", f"| vs | {cps} |"]
     lines.append("|---|" + "---|" * len(res["checkpoints"]))
     for n in order:
@@ -178,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clock", default="time", choices=["time", "table_time"])
     ap.add_argument("--optimizers", default=None, help="comma-separated: only these optimizers")
     ap.add_argument("--json", default=None, help="also write the result here")
+    ap.add_argument(
+        "--reference",
+        default=None,
+        help="an earlier --json of the same problems: the means of optimizers not in FOLDERS come from "
+        "it (marked 'ref' in the table; no paired differences for them)",
+    )
     args = ap.parse_args(argv)
     from quicktune.bench.summary import load_runs
 
@@ -187,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [r for r in runs if r["optimizer"] in keep]
     try:
         res = check(runs, args.clock)
+        if args.reference:
+            res = with_reference(res, json.loads(Path(args.reference).read_text()))
     except ValueError as exc:
         print(f"check_targets: {exc}", file=sys.stderr)
         return 2

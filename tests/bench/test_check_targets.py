@@ -96,3 +96,22 @@ def test_runs_of_another_budget_are_refused():
     runs[2] = dict(runs[2], budget=200.0)  # asha's run of (a, 0) under another --budget-multiple
     with pytest.raises(ValueError, match="budget"):
         mod.check(runs)
+
+
+def test_a_reference_supplies_the_missing_peers_only_for_the_same_problems():
+    """After a change of Quick-Tune alone: the peers' means come from the earlier result, the targets
+    are recomputed with them, and a reference of other problems is refused."""
+    mod = load_benchmark("check_targets")
+    old = mod.check(_runs(ours_early=0.7, peer_late=0.9))
+    new_runs = [r for r in _runs(ours_early=0.55, peer_late=0.9) if r["optimizer"] == "quicktune"]
+    new = mod.with_reference(mod.check(new_runs), old)
+    assert new["reference_optimizers"] == ["asha", "quicktune-nometa"]
+    assert new["mean"]["asha"] == old["mean"]["asha"] and new["paired_vs"] == {}
+    assert new["mean"]["quicktune"][0]["mean"] == pytest.approx(0.45)  # ours, not the reference's 0.3
+    got = {t["target"].split(" (")[0]: t["pass"] for t in new["targets"]}
+    assert got["quicktune <= quicktune-nometa at 10%"] is True  # 0.45 vs 0.5
+    assert got["quicktune <= 1.1 x the best peer"] is False  # 0.45 vs 0.44
+    assert "(ref)" in mod.format_report(new)
+    other = mod.check([r for r in new_runs if r["seed"] == 0])
+    with pytest.raises(ValueError, match="other problems"):
+        mod.with_reference(other, old)
