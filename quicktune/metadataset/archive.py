@@ -1,11 +1,11 @@
 """The shipped campaign's provenance as one archive: pack a campaign's state, unpack it to resume.
 
-Why: the campaign that made ``data/metadataset.parquet`` is its provenance (plan, every recorded
+Why: the campaigns that made ``data/metadataset.parquet`` are its provenance (plan, every recorded
 curve, progress and log). Kept as ~550 loose files it buried the repository's benchmarks; as one
 deterministic ``.tar.gz`` next to the table it is one file, and resuming or extending the
 campaign on any machine is: unpack into a work folder, run the same ``quicktune metadataset
 build`` there (finished (task, config) pairs are never re-run; ``export`` rebuilds the table bit
-for bit). A plain ``tar -xzf ARCHIVE -C WORKDIR`` gives the same folder.
+for bit: ``--workdir V1 --workdir V2`` for the shipped table, ``SHIPPED_CAMPAIGNS``). A plain ``tar -xzf ARCHIVE -C WORKDIR`` gives the same folder.
 
 What is packed: ``plan.json``, ``progress.json``, ``progress.log`` and ``results/<task>/<config>.json``
 (not the materialised data, checkpoints or step folders, which a resume recreates). Entries are
@@ -32,16 +32,23 @@ from pathlib import Path
 
 from quicktune.metadataset.plan import CampaignError
 
-#: the archive of the campaign that made the shipped table (docs/metadataset.md)
+#: the archive of the first campaign (the default of ``pack`` / ``unpack``; docs/metadataset.md)
 ARCHIVE_NAME = "campaign-v1.tar.gz"
+#: every campaign the shipped table is made of, in the order ``metadataset export`` combines them
+SHIPPED_CAMPAIGNS = ("campaign-v1.tar.gz", "campaign-v2.tar.gz")
 _TOP_FILES = ("plan.json", "progress.json", "progress.log")
 _RESULT_RE = re.compile(r"results/[A-Za-z0-9][A-Za-z0-9._-]{0,62}/[A-Za-z0-9._-]{1,128}\.json")
 _MAX_MEMBER_BYTES = 16 * 2**20
 
 
-def shipped_archive_path() -> Path:
-    """Path of the shipped campaign's archive (``quicktune/metadataset/data/campaign-v1.tar.gz``)."""
-    return Path(str(resources.files("quicktune.metadataset").joinpath("data", ARCHIVE_NAME)))
+def shipped_archive_path(name: str = ARCHIVE_NAME) -> Path:
+    """Path of a shipped campaign's archive (default ``quicktune/metadataset/data/campaign-v1.tar.gz``)."""
+    return Path(str(resources.files("quicktune.metadataset").joinpath("data", name)))
+
+
+def shipped_archive_paths() -> list[Path]:
+    """The archives of every campaign of the shipped table, in combining order (``SHIPPED_CAMPAIGNS``)."""
+    return [shipped_archive_path(n) for n in SHIPPED_CAMPAIGNS]
 
 
 def _packable(rel: str) -> bool:

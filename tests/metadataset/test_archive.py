@@ -1,6 +1,6 @@
 """The shipped campaign's archive: it reproduces the shipped table, round-trips, and unpacks safely.
 
-Cost: the shipped-archive test reads 540 records (~5-10 s on 2 shared cores); the rest < 2 s.
+Cost: the shipped-archives test reads 1,380 records (~10-20 s on 2 shared cores); the rest < 2 s.
 """
 
 from __future__ import annotations
@@ -16,26 +16,39 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from quicktune.metadataset.archive import campaign_files, pack, shipped_archive_path, unpack
+from quicktune.metadataset.archive import campaign_files, pack, shipped_archive_paths, unpack
 from quicktune.metadataset.plan import CampaignError, CampaignPlan
-from quicktune.metadataset.records import RecordStore, export
+from quicktune.metadataset.records import RecordStore, export, export_many
 
 
-def test_shipped_archive_resumes_complete_and_exports_the_shipped_table_bit_for_bit(tmp_path):
+def test_shipped_archives_resume_complete_and_export_the_shipped_table_bit_for_bit(tmp_path):
+    """Both campaigns are complete (resuming starts nothing), pack back to the shipped bytes, and
+    ``export --workdir V1 --workdir V2`` rebuilds the shipped table; v1's table is a subset of it."""
     from quicktune.lct import load_lct, table_hash
     from quicktune.metadataset import shipped_table_path
 
-    wd = tmp_path / "qt-campaign"
-    names = unpack(wd)
-    assert "plan.json" in names and "progress.log" in names and len(names) == 543
-    store = RecordStore(wd, CampaignPlan.load(wd))
-    store.load()
-    assert store.todo() == []  # resuming the complete campaign starts nothing
-    prog = export(wd, tmp_path / "table.parquet")
-    assert prog["total"]["done"] == prog["total"]["planned"] == 540
-    assert table_hash(load_lct(str(tmp_path / "table.parquet"))) == table_hash(load_lct(str(shipped_table_path())))
-    # packing the unpacked state gives the shipped bytes (the archive is deterministic)
-    assert pack(wd, tmp_path / "again.tar.gz").read_bytes() == shipped_archive_path().read_bytes()
+    workdirs, expected = [], {"campaign-v1.tar.gz": (543, 540), "campaign-v2.tar.gz": (843, 840)}
+    for archive in shipped_archive_paths():
+        wd = tmp_path / archive.name.removesuffix(".tar.gz")
+        names = unpack(wd, archive)
+        n_files, n_curves = expected[archive.name]
+        assert "plan.json" in names and "progress.log" in names and len(names) == n_files
+        store = RecordStore(wd, CampaignPlan.load(wd))
+        store.load()
+        assert store.todo() == []  # resuming the complete campaign starts nothing
+        # packing the unpacked state gives the shipped bytes (the archive is deterministic)
+        assert pack(wd, tmp_path / "again.tar.gz").read_bytes() == archive.read_bytes()
+        prog = export(wd, tmp_path / f"{wd.name}.parquet")
+        assert prog["total"]["done"] == prog["total"]["planned"] == n_curves
+        workdirs.append(wd)
+    prog = export_many(workdirs, tmp_path / "table.parquet")
+    assert prog["total"]["done"] == 540 + 840
+    shipped = load_lct(str(shipped_table_path()))
+    assert table_hash(load_lct(str(tmp_path / "table.parquet"))) == table_hash(shipped)
+    v1 = load_lct(str(tmp_path / "campaign-v1.parquet"))
+    key = ["dataset", "config_id", "epoch"]
+    again = v1[key].merge(shipped, on=key, how="left")[list(v1.columns)]
+    assert again.reset_index(drop=True).equals(v1.reset_index(drop=True))  # nothing v1 measured is lost
 
 
 _names = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12).map(lambda s: "t" + s)
@@ -144,7 +157,7 @@ def test_inspecting_a_campaign_needs_no_backend(tmp_path):
 import json, sys
 from pathlib import Path
 from quicktune.metadataset.plan import CampaignPlan, make_or_extend_plan, parse_dataset_spec
-from quicktune.metadataset.records import RecordStore, export
+from quicktune.metadataset.records import RecordStore, export, export_many
 from quicktune.space import load_space
 wd = Path({str(wd)!r})
 make_or_extend_plan(wd, [parse_dataset_spec("digits:classes=0,1")], 2, 2, 0, load_space("builtin:cpu"),

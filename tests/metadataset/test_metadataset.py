@@ -396,7 +396,13 @@ def test_info_of_the_shipped_table():
         pytest.skip("no shipped meta-dataset table yet")
     info = json.loads(_cli("metadataset", "info", "--json").stdout)
     assert info["path"] == str(shipped_table_path().resolve())
-    assert info["datasets"] >= 1 and info["curves"] >= 1 and info["max_epoch"] >= 1
+    # the coverage issue 15 asks of the shipped meta-dataset (v1 + v2)
+    assert info["datasets"] >= 20 and info["num_sources"] >= 10 and len(info["colour_tasks"]) >= 4
+    assert {32, 64} <= set(info["resolutions"]) and info["images"]["max"] >= 10 * info["images"]["min"]
+    assert info["configs_per_task"]["min"] >= 40 and info["max_epoch"] >= 12
+    assert {"tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"} <= set(
+        info["pretrained_random_twins"]
+    )
     df = load_lct(shipped_table_path())
     assert not set(df["dataset"]) & {"animal-mnist", "emoji"}  # held out for evaluation
     assert not any(d.startswith(("animal-mnist", "emoji")) for d in df["dataset"])

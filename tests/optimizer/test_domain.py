@@ -69,10 +69,17 @@ def test_builtin_paper_is_flagged_out_of_domain(shipped, table_meta):
 
 
 def test_a_224px_rgb_50k_dataset_is_flagged_out_of_domain(shipped):
+    """The shipped table (v1 + v2) has colour tasks at 32 and 64 px of 128-1,500 images: colour is
+    inside, but 50,000 images and 224 px are far outside, so the task is not in domain and the
+    prior starts at less than half weight. (On the v1-only artifact, grey tasks only, it was
+    below OUT_OF_DOMAIN with num_channels=3 flagged too.)"""
     r = _report(shipped, builtin_space("cpu"), BIG_RGB, 32)
-    assert r.score < d.OUT_OF_DOMAIN and r.model_score == 1.0 and r.knob_score == 1.0, r.summary()
+    assert r.score < 0.5 and r.verdict != "in domain", r.summary()
+    assert r.model_score == 1.0 and r.knob_score == 1.0, r.summary()
     off = {m.feature for m in r.meta if m.score < 1.0}
-    assert {"num_images", "median_height", "num_channels=3"} <= off, off
+    assert {"num_images", "num_train", "median_height", "max_side"} <= off, off
+    assert {m.feature: m.score for m in r.meta}["num_images"] == 0.0
+    assert "num_channels=3" not in off  # the shipped table has colour tasks
     flag = [f for f in r.flags() if f.startswith("meta:")]
     assert flag and "num_images" in flag[0]
 
