@@ -10,6 +10,9 @@ model's native size (what ``quicktune prior --space builtin:paper --json`` print
 correlations with the measured cost are printed and written to the JSON.
 
     nice -n 10 .venv/bin/python benchmarks/bench_model_cost.py --out benchmarks/results/model_cost.json
+    # after re-meta-training: the same timings, new predictions
+    .venv/bin/python benchmarks/bench_model_cost.py --space builtin:paper --space builtin:cpu \
+        --measured benchmarks/results/model_cost.json --out benchmarks/results/model_cost.json
 
 Target (issue 14): 24 distinct predicted costs on builtin:paper, Spearman >= 0.9 with the measured cost.
 """
@@ -74,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="images per batch (default 8)")
     ap.add_argument("--batches", type=int, default=2, help="timed batches (default 2)")
     ap.add_argument("--out", default="benchmarks/results/model_cost.json")
+    ap.add_argument(
+        "--measured",
+        default=None,
+        help="reuse the measured seconds of an earlier --out (same --size, --batch and --batches: checked) "
+        "and recompute only the predictions: after re-meta-training, the timings do not change, and a "
+        "busy machine would make new ones noisy",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -95,13 +105,24 @@ def main(argv: list[str] | None = None) -> int:
         },
         "spaces": {},
     }
+    earlier: dict = {}
+    if args.measured:
+        earlier = json.loads(Path(args.measured).read_text())
+        for key, want in (("resolution_px", args.size), ("batch", args.batch), ("timed_batches", args.batches)):
+            if earlier["setting"][key] != want:
+                ap.error(f"--measured was timed with {key}={earlier['setting'][key]}, not {want}")
+        result["setting"]["measured_from"] = Path(args.measured).name
+        result["setting"]["torch"] = earlier["setting"]["torch"]
     for space_ref in args.space or ["builtin:paper"]:
         space = load_space(space_ref)
         at_size = {r["model"]: r for r in explain_prior(space, image_size=args.size)["models"]}
         native = {r["model"]: r for r in explain_prior(space)["models"]}
         rows = []
+        reuse = {r["model"]: r["measured_seconds"] for r in earlier.get("spaces", {}).get(space_ref, {}).get("models", [])}
+        if earlier and set(reuse) != set(at_size):
+            ap.error(f"--measured has other models for {space_ref}: {sorted(set(reuse) ^ set(at_size))}")
         for name in at_size:
-            sec = measure(name, args.size, args.batch, args.batches)
+            sec = reuse[name] if earlier else measure(name, args.size, args.batch, args.batches)
             d = describe(name, args.size)
             rows.append(
                 {
