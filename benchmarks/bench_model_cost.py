@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         at_size = {r["model"]: r for r in explain_prior(space, image_size=args.size)["models"]}
         native = {r["model"]: r for r in explain_prior(space)["models"]}
         rows = []
-        reuse = {r["model"]: r["measured_seconds"] for r in earlier.get("spaces", {}).get(space_ref, {}).get("models", [])}
+        timed = earlier.get("spaces", {}).get(space_ref, {}).get("models", [])
+        reuse = {r["model"]: r["measured_seconds"] for r in timed}
         if earlier and set(reuse) != set(at_size):
             ap.error(f"--measured has other models for {space_ref}: {sorted(set(reuse) ^ set(at_size))}")
         for name in at_size:

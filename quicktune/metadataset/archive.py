@@ -5,7 +5,8 @@ curve, progress and log). Kept as ~550 loose files it buried the repository's be
 deterministic ``.tar.gz`` next to the table it is one file, and resuming or extending the
 campaign on any machine is: unpack into a work folder, run the same ``quicktune metadataset
 build`` there (finished (task, config) pairs are never re-run; ``export`` rebuilds the table bit
-for bit: ``--workdir V1 --workdir V2`` for the shipped table, ``SHIPPED_CAMPAIGNS``). A plain ``tar -xzf ARCHIVE -C WORKDIR`` gives the same folder.
+for bit: ``--workdir V1 --workdir V2`` for the shipped table, ``SHIPPED_CAMPAIGNS``). A plain
+``tar -xzf ARCHIVE -C WORKDIR`` gives the same folder.
 
 What is packed: ``plan.json``, ``progress.json``, ``progress.log`` and ``results/<task>/<config>.json``
 (not the materialised data, checkpoints or step folders, which a resume recreates). Entries are
