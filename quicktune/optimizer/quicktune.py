@@ -122,6 +122,8 @@ class QuickTune(Optimizer):
         refresh_every: int = 20,
         n_init: int = 2,
         init_top_k: int = 3,
+        probability_sh: float = 0.0,
+        sh_eta: int = 3,
         stagnation_patience: int | None = None,
         model_descriptors: Mapping[str, Mapping[str, float]] | None = None,
         mixture: bool = True,
@@ -145,6 +147,12 @@ class QuickTune(Optimizer):
         self.refresh_every = int(refresh_every)
         self.n_init = int(n_init)
         self.init_top_k = int(init_top_k)
+        if not 0.0 <= float(probability_sh) < 1.0:
+            raise ValueError(f"probability_sh must be in [0, 1), got {probability_sh}")
+        if int(sh_eta) < 2:
+            raise ValueError(f"sh_eta must be >= 2, got {sh_eta}")
+        self.probability_sh = float(probability_sh)
+        self.sh_eta = int(sh_eta)
         self.stagnation_patience = int(stagnation_patience or math.ceil(1.2 * self.max_epochs))
 
         # --- meta-trained starting point (or not)
@@ -476,6 +484,9 @@ class QuickTune(Optimizer):
     def _choose(self, cands: list[tuple[str, int]]) -> int:
         if len(self.obs_log) < self.n_init:
             return self._initial_design(cands)
+        promoted = self._sh_promotion(cands)
+        if promoted is not None:
+            return promoted
         if self.cost_aware:
             self._fit_cost()
         if not self._fit_surrogate():
@@ -520,6 +531,36 @@ class QuickTune(Optimizer):
                 math.sqrt(float(base_pred[1][choice]) ** 2 + n2),
             )
         return choice
+
+    def _sh_promotion(self, cands: list[tuple[str, int]]) -> int | None:
+        """With probability ``probability_sh`` (0: never, the default), the successive-halving
+        promotion rule before the acquisition, as Syne Tune's DyHPO scheduler does (its
+        ``probability_sh``, 0.25 there; "not contained in the paper"): a paused config whose score at
+        its last epoch L is among the top ``len(scores at L) // sh_eta`` scores any config reached
+        at epoch L is continued (the highest L first, then the best score); when none is
+        promotable, the acquisition decides. Why it exists here: an ablation, to test whether this
+        rule is what puts Syne Tune's DyHPO ahead of ``quicktune-nometa`` early on MedQuickTune
+        (docs/reports/2026-12-03-issue14-targets.md). No random number is drawn when it is off, so
+        the default searches are unchanged."""
+        if self.probability_sh <= 0.0 or float(self.rng.random()) >= self.probability_sh:
+            return None
+        best: tuple[tuple[int, float], int] | None = None
+        for k, (cid, epoch) in enumerate(cands):
+            level = epoch - 1
+            curve = self.curves.get(cid, [])
+            if level < 1 or len(curve) != level or not math.isfinite(curve[-1]):
+                continue
+            at_level = sorted(
+                (c[level - 1] for c in self.curves.values() if len(c) >= level and math.isfinite(c[level - 1])),
+                reverse=True,
+            )
+            n_top = len(at_level) // self.sh_eta
+            if n_top < 1 or curve[-1] < at_level[n_top - 1]:
+                continue
+            key = (level, float(curve[-1]))
+            if best is None or key > best[0]:
+                best = (key, k)
+        return None if best is None else best[1]
 
     def _initial_design(self, cands: list[tuple[str, int]]) -> int:
         """Before the GP has ``n_init`` observations: a seeded pick among the ``init_top_k`` unseen

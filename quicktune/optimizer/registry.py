@@ -22,6 +22,15 @@ _REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
     "quicktune-nometa": ("quicktune.optimizer.quicktune:QuickTune", {"meta": False, "cost_aware": True}),
     "quicktune-nocost": ("quicktune.optimizer.quicktune:QuickTune", {"meta": True, "cost_aware": False}),
     "dyhpo": ("quicktune.optimizer.quicktune:QuickTune", {"meta": False, "cost_aware": False}),
+    # ablations: Syne Tune's DyHPO successive-halving promotions (probability 0.25) before the acquisition
+    "quicktune-sh": (
+        "quicktune.optimizer.quicktune:QuickTune",
+        {"meta": True, "cost_aware": True, "probability_sh": 0.25},
+    ),
+    "quicktune-nometa-sh": (
+        "quicktune.optimizer.quicktune:QuickTune",
+        {"meta": False, "cost_aware": True, "probability_sh": 0.25},
+    ),
     "random": ("quicktune.optimizer.baselines:RandomSearch", {}),
     "sh": ("quicktune.optimizer.baselines:SuccessiveHalving", {}),
     "asha": ("quicktune.optimizer.baselines:ASHA", {}),

@@ -419,3 +419,31 @@ def test_metatrain_cli(tmp_path, table):
     assert MetaArtifact.load(tmp_path / "art").excluded == [first]
     r = subprocess.run(cmd + ["--exclude", "no-such-dataset"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "no-such-dataset" in r.stderr
+
+
+def test_sh_promotion_continues_a_top_config_of_its_epoch_and_is_off_by_default():
+    """The successive-halving rule of Syne Tune's DyHPO (ablation ``quicktune-nometa-sh``): a paused
+    config in the top third of the scores at its last epoch is continued, the highest epoch first;
+    with ``probability_sh = 0`` (every shipped variant) no random number is drawn."""
+    cands = [(f"c{i}", {"x": float(i)}) for i in range(9)]
+    opt = QuickTune(cands, 6, seed=0, meta=False, probability_sh=0.999)
+    scores = {f"c{i}": 0.1 * i for i in range(9)}  # c8 best, c7 second, c6 third
+    for cid, s in scores.items():
+        opt.tell(cid, 1, s, 1.0)
+    opt.tell("c5", 2, 0.9, 1.0)  # the only config at epoch 2: top 0 of 1 -> not promotable there
+    pick = opt._sh_promotion(opt._candidates())
+    assert pick is not None
+    cid, epoch = opt._candidates()[pick]
+    assert (cid, epoch) == ("c8", 2)  # top 9 // 3 = 3 at epoch 1 are c8, c7, c6 (c5 moved on); best first
+    for cid in ("c6", "c7", "c8"):
+        opt.tell(cid, 2, 0.5, 1.0)
+    cands_now = opt._candidates()
+    pick = opt._sh_promotion(cands_now)
+    assert cands_now[pick] == ("c5", 3)  # epoch 2 has 4 scores: top 1 is c5 (0.9), the highest level wins
+    off = QuickTune(cands, 6, seed=0, meta=False)
+    for cid, s in scores.items():
+        off.tell(cid, 1, s, 1.0)
+    state = off.rng.bit_generator.state
+    assert off._sh_promotion(off._candidates()) is None and off.rng.bit_generator.state == state
+    with pytest.raises(ValueError, match="probability_sh"):
+        QuickTune(cands, 6, meta=False, probability_sh=1.0)
