@@ -34,7 +34,7 @@ def _same_meta(a: dict[str, Any], b: dict[str, Any]) -> bool:
     for k, x in a.items():
         y = b[k]
         fx, fy = float(x), float(y)
-        if not (fx == fy or (math.isnan(fx) and math.isnan(fy)) or math.isclose(fx, fy, rel_tol=1e-9, abs_tol=1e-12)):
+        if not ((math.isnan(fx) and math.isnan(fy)) or math.isclose(fx, fy, rel_tol=1e-9, abs_tol=1e-12)):
             return False
     return True
 

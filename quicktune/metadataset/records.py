@@ -253,12 +253,11 @@ def export_many(workdirs: Sequence[str | os.PathLike[str]], out: str | os.PathLi
     if not workdirs:
         raise CampaignError("export: no campaign folder given")
     stores = [_loaded_store(w) for w in workdirs]
-    if len(stores) == 1:
-        stores[0].write_table(out)
-        per = stores[0].progress()
-        return {"tasks": per, "total": totals(per)}
     frames = [df for df in (s.table() for s in stores) if df is not None]
-    if frames:
+    if frames:  # one table: combine_tables returns it unchanged
         write_table_atomic(combine_tables(frames), Path(out))
-    per = {f"{k}:{task}": row for k, s in enumerate(stores, start=1) for task, row in s.progress().items()}
+    if len(stores) == 1:
+        per = stores[0].progress()
+    else:
+        per = {f"{k}:{task}": row for k, s in enumerate(stores, start=1) for task, row in s.progress().items()}
     return {"tasks": per, "total": totals(per)}
